@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine: `make run` starts the app, `make test` runs
+# every check. Both bootstrap a virtualenv in .venv from the pinned requirements.lock.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test check lint typecheck pytest host-deps lock clean
+
+run: $(STAMP)
+	$(BIN)/nixos-kexec-wizard $(ARGS)
+
+test: host-deps $(STAMP) lint typecheck pytest
+
+check: test
+
+host-deps:
+	@bash tests/setup-host.sh
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests
+	$(BIN)/ruff format --check app tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lock:
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
+	.lockvenv/bin/pip install --quiet -e '.[test]'
+	{ echo "# Exact versions of every runtime and test dependency (make lock regenerates this file)."; \
+	  .lockvenv/bin/pip freeze --exclude-editable | sort -f; } > requirements.lock
+	rm -rf .lockvenv
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

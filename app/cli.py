@@ -1,0 +1,901 @@
+"""The command-line face: subcommands over the engine, human output or JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from app import __version__
+from app.core.catalog import (
+    ARCHES,
+    DEFAULT_VARIANT,
+    VARIANTS,
+    Asset,
+    CatalogClient,
+    asset_name,
+    environ_arch,
+)
+from app.core.download import CachedImage, Downloader, ImageCache, local_image
+from app.core.errors import (
+    Cancelled,
+    ConfigError,
+    ExitCode,
+    HostKeyUnknown,
+    UsageError,
+    WizardError,
+)
+from app.core.events import CancelToken, Event
+from app.core.install import (
+    DEFAULT_STAGING,
+    Installer,
+    InstallerInfo,
+    InstallPlan,
+    choose_transfer,
+    establish_privilege,
+    run_probe,
+)
+from app.core.netpreview import preview as net_preview
+from app.core.paths import AppPaths
+from app.core.preflight import Level, evaluate, worst
+from app.core.probe import Facts
+from app.core.profiles import Profile, ProfileStore, check_name
+from app.core.runlog import Redactor, RunLog
+from app.core.secrets import SecretStore, password_key, sudo_key
+from app.core.settings import Settings
+from app.core.ssh import (
+    ConnectOptions,
+    Credentials,
+    KnownHosts,
+    PassphraseRequired,
+    PasswordRequired,
+    Session,
+    Target,
+    connect,
+    load_ssh_config,
+    parse_target,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+class Reporter:
+    """Renders events: JSON lines on stdout, or readable lines and progress bars on stderr."""
+
+    def __init__(self, json_mode: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+        self.json = json_mode
+        self.out = out
+        self.err = err
+        self.tty = err.isatty()
+        self.redact = Redactor()
+        self.log: RunLog | None = None
+        self._bar_open = False
+        self._last_pct: dict[str, int] = {}
+
+    def __call__(self, event: Event) -> None:
+        if self.log is not None:
+            self.log.write(event)
+        if self.json:
+            self.out.write(json.dumps(self.redact.scrub(event.to_json())) + "\n")
+            self.out.flush()
+            return
+        self._human(event)
+
+    def _line(self, text: str) -> None:
+        if self._bar_open:
+            self.err.write("\n")
+            self._bar_open = False
+        self.err.write(self.redact(text) + "\n")
+        self.err.flush()
+
+    def _human(self, e: Event) -> None:
+        d = e.data
+        if e.type == "stage":
+            if d.get("state") == "start":
+                self._line(f"==> {e.stage}")
+            elif d.get("state") != "done":
+                self._line(f"    {e.stage} {d.get('state')} after {d.get('seconds', 0):.1f} s")
+            else:
+                self._line(f"    {e.stage} done in {d.get('seconds', 0):.1f} s")
+        elif e.type == "progress" and "done" in d:
+            self._bar(e.stage, d)
+        elif e.type == "progress":
+            if self.tty:
+                self._line(f"    {e.message}")
+        elif e.type == "output":
+            self._line(f"    | {e.message}")
+        elif e.type in ("log", "info"):
+            prefix = "    ! " if d.get("level") == "warn" else "    "
+            self._line(prefix + e.message)
+
+    def _bar(self, stage: str, d: dict[str, Any]) -> None:
+        done, total = int(d["done"]), d.get("total")
+        rate = float(d.get("rate") or 0)
+        pct = int(done * 100 / total) if total else -1
+        eta = d.get("eta")
+        text = f"    {_mb(done)}" + (f" / {_mb(total)} ({pct}%)" if total else "")
+        text += f"  {rate / 1e6:.1f} MB/s" + (f"  ETA {int(eta)} s" if eta is not None else "")
+        if self.tty:
+            width = 30
+            filled = int(width * pct / 100) if pct >= 0 else 0
+            self.err.write(f"\r    [{'#' * filled}{'.' * (width - filled)}]{text}\033[K")
+            self._bar_open = True
+            if d.get("final"):
+                self.err.write("\n")
+                self._bar_open = False
+            self.err.flush()
+        elif d.get("final") or pct // 10 != self._last_pct.get(stage, -1) // 10:
+            self._last_pct[stage] = pct
+            self._line(text.strip())
+
+    def info(self, message: str, **data: Any) -> None:
+        """A message for the person (or an ``info`` event in JSON mode)."""
+        self(Event("info", "", message, data))
+
+    def result(self, ok: bool, outcome: str, **data: Any) -> None:
+        """The final line: ``{"event": "result", ...}`` or a human summary."""
+        payload = {"ok": ok, "outcome": outcome, **data}
+        if self.log is not None:
+            self.log.write(Event("result", data=payload))
+        if self.json:
+            self.out.write(json.dumps(self.redact.scrub({"event": "result", **payload})) + "\n")
+            self.out.flush()
+
+    def error(self, exc: WizardError) -> None:
+        """A failure in three parts."""
+        if self.json:
+            self.result(False, exc.kind, error=exc.as_dict(), exit_code=int(exc.exit_code))
+            return
+        if self.log is not None:
+            self.log.write(Event("result", data={"ok": False, "error": exc.as_dict()}))
+        self._line("")
+        self._line(f"Error: {exc.what}")
+        if exc.why:
+            self._line(exc.why)
+        if exc.fix:
+            self._line(f"What to do: {exc.fix}")
+
+
+def _mb(n: int | float | None) -> str:
+    return "?" if n is None else f"{n / 1e6:.1f} MB"
+
+
+# ---------------------------------------------------------------------------------------------
+# Context shared by the subcommands
+
+
+class Context:
+    """Paths, settings, stores and the reporter for one invocation."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.paths = AppPaths.resolve(args.home)
+        self.paths.ensure()
+        self.settings = Settings.from_env(
+            api_url=args.api_url,
+            download_url=args.download_url,
+            allow_http=True if args.allow_http else None,
+            connect_timeout=getattr(args, "connect_timeout", None),
+            up_timeout=getattr(args, "timeout", None),
+            down_timeout=getattr(args, "down_timeout", None),
+        )
+        self.report = Reporter(args.json)
+        self.profiles = ProfileStore(self.paths.profiles_file)
+        self.secrets = SecretStore()
+        self.cancel = CancelToken()
+        known = Path(args.known_hosts) if getattr(args, "known_hosts", None) else None
+        self.known_hosts = KnownHosts(known or self.paths.known_hosts)
+        self.interactive = sys.stdin.isatty() and not args.json
+
+    def start_log(self, name: str) -> None:
+        """Record this run's events in a log file."""
+        self.report.log = RunLog(self.paths.logs, self.report.redact, name)
+
+
+def _env_secret(var: str | None, what: str) -> str | None:
+    if not var:
+        return None
+    if var not in os.environ:
+        raise UsageError(
+            f"The environment variable {var} (given for the {what}) is not set.",
+            "The secret is read from the environment so it never shows in the process list.",
+            f"Export {var} before running the command.",
+        )
+    return os.environ[var]
+
+
+def _profile_for(ctx: Context) -> Profile | None:
+    name = getattr(ctx.args, "profile", None)
+    if not name:
+        return None
+    p = ctx.profiles.get(name)
+    if ctx.profiles.notice:
+        ctx.report.info(ctx.profiles.notice, level="warn")
+    return p
+
+
+def _target(ctx: Context, profile: Profile | None) -> Target:
+    a = ctx.args
+    spec = a.target or (profile.host if profile else None)
+    if not spec:
+        raise UsageError(
+            "No server given.",
+            "The command needs to know which server to connect to.",
+            "Name it as [user@]host[:port] or an ~/.ssh/config alias, or use --profile NAME.",
+        )
+    identity = list(a.identity or ([profile.key_path] if profile and profile.key_path else []))
+    return parse_target(
+        spec,
+        port=a.port or (profile.port if profile and not a.target else None),
+        user=a.user or (profile.user if profile and not a.target else None),
+        identity=identity,
+        jump=a.jump or (profile.jump if profile and profile.jump else None),
+        config=load_ssh_config(),
+    )
+
+
+def _credentials(ctx: Context, profile: Profile | None) -> Credentials:
+    a = ctx.args
+    password = _env_secret(a.password_env, "login password")
+    sudo_password = _env_secret(a.sudo_password_env, "sudo password")
+    if profile is not None and profile.remember_password:
+        password = password or ctx.secrets.get(password_key(profile.name))
+        sudo_password = sudo_password or ctx.secrets.get(sudo_key(profile.name))
+    method = a.auth or (profile.auth if profile else "auto")
+    ctx.report.redact.add(password)
+    ctx.report.redact.add(sudo_password)
+    return Credentials(method=method, password=password, sudo_password=sudo_password)
+
+
+def _connect(ctx: Context, target: Target, creds: Credentials) -> Session:
+    """Connect, turning host-key and secret questions into prompts when interactive."""
+    opts = ConnectOptions(
+        timeout=ctx.settings.connect_timeout,
+        accept_new_host_key=bool(ctx.args.accept_new_host_key),
+    )
+    for _ in range(6):
+        try:
+            return connect(target, creds, ctx.known_hosts, opts, cancel=ctx.cancel)
+        except HostKeyUnknown as exc:
+            if not ctx.interactive:
+                exc.fix += " Or pass --accept-new-host-key to trust it from the command line."
+                raise
+            sys.stderr.write(f"{exc.what}\n{exc.why}\n")
+            answer = input("Trust this key and continue? [y/N] ").strip().lower()
+            if answer not in ("y", "yes"):
+                raise Cancelled("Host key not trusted; nothing was sent to the server.") from exc
+            opts = replace(opts, trust_fingerprint=exc.fingerprint)
+        except PassphraseRequired as exc:
+            if not ctx.interactive:
+                raise
+            secret = getpass.getpass(f"Passphrase for {exc.path}: ")
+            ctx.report.redact.add(secret)
+            creds.passphrases[exc.path] = secret
+        except PasswordRequired:
+            if not ctx.interactive:
+                raise
+            secret = getpass.getpass(f"Password for {target.label}: ")
+            ctx.report.redact.add(secret)
+            creds.password = secret
+    raise Cancelled("Too many attempts.")
+
+
+def _sudo_password(ctx: Context, facts: Facts, creds: Credentials) -> str | None:
+    if facts.privilege != "sudo-password":
+        return None
+    if creds.sudo_password is not None:
+        return creds.sudo_password
+    if creds.password is not None:
+        return creds.password  # sudo asks for the login password
+    if ctx.interactive:
+        secret = getpass.getpass(f"sudo password for {facts.user}: ")
+        ctx.report.redact.add(secret)
+        creds.sudo_password = secret
+        return secret
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+
+
+def cmd_images(ctx: Context) -> int:
+    """List channels and their kexec tarballs."""
+    client = CatalogClient(ctx.settings, ctx.paths.catalog_cache)
+    cat = client.load(offline=ctx.args.offline, refresh=ctx.args.refresh)
+    if ctx.args.json:
+        ctx.report.result(True, "catalog", catalog=cat.to_json())
+        return 0
+    out = sys.stdout
+    out.write(f"Source: {cat.source}" + (f" ({cat.note})" if cat.note else "") + "\n")
+    default = cat.default_channel()
+    for r in cat.releases:
+        mark = "rebuilt weekly" if r.rebuilt else f"frozen, last build {(r.last_build or '?')[:10]}"
+        star = " (default)" if r.channel == default else ""
+        out.write(f"\n{r.channel}{star}: {mark}\n")
+        for arch in ARCHES:
+            for variant in VARIANTS:
+                a = r.kexec_asset(variant, arch)
+                if a is None:
+                    continue
+                size = f"{a.size / 1e6:.0f} MB" if a.size else "size unknown"
+                out.write(f"  {variant:15} {arch:8} {size:>12}  {a.checksum_note}\n")
+    return 0
+
+
+def _resolve_asset(ctx: Context, arch: str | None) -> tuple[Asset | None, dict[str, str]]:
+    """The asset for --channel/--arch/--variant, or None for a local --image file."""
+    a = ctx.args
+    if a.image and not a.image.startswith(("https://", "http://")):
+        return None, {}
+    variant = a.variant or DEFAULT_VARIANT
+    chosen_arch = a.arch or arch or environ_arch()
+    if a.image:
+        ctx.settings.check_url(a.image, "image URL")
+        name = a.image.rstrip("/").rsplit("/", 1)[-1] or "image.tar.gz"
+        asset = Asset(name=name, url=a.image)
+        return asset, {"channel": "", "arch": chosen_arch, "variant": variant}
+    cat = CatalogClient(ctx.settings, ctx.paths.catalog_cache).load(offline=a.offline)
+    if cat.note:
+        ctx.report.info(f"Image list: {cat.note}", level="warn")
+    channel = a.channel or cat.default_channel()
+    release = cat.release(channel)
+    if release is None:
+        raise UsageError(
+            f"There is no channel {channel!r}.",
+            "Known channels: " + ", ".join(cat.channels()) + ".",
+            "Pick one of them with --channel.",
+        )
+    found = release.kexec_asset(variant, chosen_arch)
+    if found is None:
+        raise UsageError(
+            f"{channel} has no {variant} image for {chosen_arch} "
+            f"({asset_name(variant, chosen_arch)}).",
+            "Not every release carries every variant.",
+            "Choose another channel, variant or arch.",
+        )
+    return found, {"channel": channel, "arch": chosen_arch, "variant": variant}
+
+
+def _fetch_image(ctx: Context, asset: Asset | None, meta: dict[str, str]) -> CachedImage:
+    cache = ImageCache(ctx.paths.images_dir)
+    if asset is None:
+        return local_image(Path(ctx.args.image), cache)
+    if not asset.digest:
+        ctx.report.info(
+            f"WARNING: {asset.name} has no published checksum; {asset.checksum_note}.",
+            level="warn",
+        )
+    return Downloader(ctx.settings, cache).fetch(asset, emit=ctx.report, cancel=ctx.cancel, **meta)
+
+
+def cmd_download(ctx: Context) -> int:
+    """Download (or find in the cache) and verify an image."""
+    ctx.start_log("download")
+    asset, meta = _resolve_asset(ctx, None)
+    img = _fetch_image(ctx, asset, meta)
+    ctx.report.info(f"{img.path}: {img.verification_note}")
+    ctx.report.result(
+        True,
+        "downloaded" if img.downloaded else "cached",
+        path=str(img.path),
+        sha256=img.info.sha256,
+        size=img.info.size,
+        verification=img.info.verification,
+    )
+    if not ctx.args.json:
+        print(img.path)
+    return 0
+
+
+def _probe(
+    ctx: Context, session: Session, image_arch: str | None = None
+) -> tuple[Facts, list[Any]]:
+    staging = ctx.args.staging_dir or DEFAULT_STAGING
+    with_stage = Event("stage", "probe", data={"state": "start"})
+    ctx.report(with_stage)
+    t0 = time.monotonic()
+    facts = run_probe(session, ctx.settings, staging, ctx.cancel)
+    verdicts = evaluate(facts, image_arch)
+    took = round(time.monotonic() - t0, 3)
+    ctx.report(Event("stage", "probe", data={"state": "done", "seconds": took}))
+    return facts, verdicts
+
+
+def _print_facts(ctx: Context, facts: Facts, verdicts: list[Any]) -> None:
+    if ctx.args.json:
+        return
+    w = sys.stdout.write
+    mem = f"{facts.mem_total / 1024**3:.1f} GiB" if facts.mem_total else "unknown"
+    w(f"{facts.os_name}, kernel {facts.kernel} ({facts.machine}), {mem} RAM, ")
+    w(f"virt {facts.virt or 'unknown'}, user {facts.user} ({facts.privilege})\n\n")
+    for v in verdicts:
+        w(f"  [{v.level.value.upper():4}] {v.title}\n")
+        if v.level is not Level.OK:
+            w(f"         {v.reason}\n         Fix: {v.fix}\n")
+    pv = net_preview(facts)
+    w("\nAfter the kexec the installer will:\n")
+    for s in pv.keeps:
+        w(f"  + {s}\n")
+    for s in pv.loses:
+        w(f"  - {s}\n")
+
+
+def cmd_probe(ctx: Context) -> int:
+    """Connect, inspect and judge a server; change nothing."""
+    ctx.start_log("probe")
+    profile = _profile_for(ctx)
+    target = _target(ctx, profile)
+    creds = _credentials(ctx, profile)
+    with _connect(ctx, target, creds) as session:
+        facts, verdicts = _probe(ctx, session)
+        if ctx.args.save_profile:
+            _save_profile(ctx, ctx.args.save_profile, target, creds, session, facts, None, None)
+    _print_facts(ctx, facts, verdicts)
+    level = worst(verdicts)
+    ctx.report.result(
+        True,
+        f"preflight-{level.value}",
+        host=target.host,
+        port=target.port,
+        host_key_fingerprint=session.host_key_fingerprint,
+        facts=facts.to_json(),
+        verdicts=[v.to_json() for v in verdicts],
+        network=net_preview(facts).to_json(),
+    )
+    return 0
+
+
+def _confirm(ctx: Context, target: Target, summary: str) -> None:
+    if ctx.args.yes:
+        return
+    if not ctx.interactive:
+        raise UsageError(
+            "The install needs a confirmation.",
+            "kexec replaces the running system (in RAM only; disks are untouched).",
+            "Pass --yes to confirm from a script.",
+        )
+    sys.stderr.write(summary + "\n")
+    answer = input(f"Type the host name ({target.host}) to boot the installer: ").strip()
+    if answer != target.host:
+        raise Cancelled("Not confirmed; nothing was changed on the server.")
+
+
+def cmd_install(ctx: Context) -> int:
+    """The whole flow: connect, probe, preflight, image, confirm, install, verify."""
+    ctx.start_log("install")
+    a = ctx.args
+    profile = _profile_for(ctx)
+    target = _target(ctx, profile)
+    creds = _credentials(ctx, profile)
+    session = _connect(ctx, target, creds)
+    try:
+        facts, verdicts = _probe(ctx, session)
+        _print_facts(ctx, facts, verdicts)
+        if facts.is_installer:
+            info = _installer_info_from_session(session, facts)
+            _save_after(ctx, profile, target, creds, session, facts, None, info)
+            ctx.report.info(f"{target.host} already runs the NixOS installer; nothing to do.")
+            ctx.report.result(True, "already-installer", installer=info.to_json())
+            return 0
+        asset, meta = _resolve_asset(ctx, facts.arch)
+        verdicts = evaluate(facts, meta.get("arch") or None, asset.size if asset else None)
+        stops = [v for v in verdicts if v.level is Level.STOP]
+        if stops:
+            v = stops[0]
+            from app.core.errors import PreflightStop
+
+            raise PreflightStop(f"Preflight stop: {v.title}.", v.reason, v.fix)
+        establish_privilege(session, facts, _sudo_password(ctx, facts, creds), ctx.settings)
+        mode, reason = choose_transfer(a.transfer, facts, asset)
+        image = None
+        if mode == "upload":
+            image = _fetch_image(ctx, asset, meta)
+            ctx.report.info(f"Image: {image.path.name}: {image.verification_note}")
+        plan = InstallPlan(
+            target=target,
+            image=image,
+            asset=asset,
+            transfer=mode,
+            staging_dir=facts.staging.path or DEFAULT_STAGING,
+            installer_port=a.installer_port,
+            kexec_extra_flags=a.kexec_extra_flags or "",
+            key_name=(a.save_profile or (profile.name if profile else target.host)),
+        )
+        summary = (
+            f"\nAbout to boot the NixOS installer on {target.label} ({facts.os_name}).\n"
+            f"Image: {plan.file_name}; transfer: {mode} ({reason}).\n"
+            "The disks are not touched; a power cycle brings the old system back.\n"
+        )
+        _confirm(ctx, target, summary)
+        installer = Installer(
+            plan,
+            session,
+            facts,
+            creds,
+            ctx.known_hosts,
+            ctx.settings,
+            ctx.paths.keys_dir,
+            emit=ctx.report,
+            cancel=ctx.cancel,
+        )
+        try:
+            info = installer.run()
+        except WizardError:
+            if profile is not None or a.save_profile:
+                state = "unknown" if installer.point_of_no_return else "original"
+                _save_after(ctx, profile, target, creds, session, facts, meta, None, state)
+            exc_timings = installer.timings.stages
+            ctx.report(Event("timings", data={"timings": exc_timings}))
+            raise
+        _save_after(ctx, profile, target, creds, session, facts, meta, info)
+        ctx.report.info(
+            f"NixOS installer is running at root@{info.host} (port {info.port}), "
+            f"host key {info.fingerprint}."
+        )
+        ctx.report.result(
+            True,
+            "installer-ready",
+            installer=info.to_json(),
+            timings=installer.timings.stages,
+            ssh_command=_ssh_command(ctx, target, info),
+        )
+        return 0
+    finally:
+        session.close()
+
+
+def _installer_info_from_session(session: Session, facts: Facts) -> InstallerInfo:
+    return InstallerInfo(
+        host=session.target.host,
+        port=session.target.port,
+        user=session.target.user,
+        host_key=session.host_key_line,
+        fingerprint=session.host_key_fingerprint,
+        boot_id=facts.boot_id,
+        hostname=facts.hostname,
+        os_release=facts.os_release,
+        identity_file=session.target.identity_files[0] if session.target.identity_files else None,
+    )
+
+
+def _save_after(
+    ctx: Context,
+    profile: Profile | None,
+    target: Target,
+    creds: Credentials,
+    session: Session,
+    facts: Facts,
+    meta: dict[str, str] | None,
+    info: InstallerInfo | None,
+    state: str | None = None,
+) -> None:
+    name = ctx.args.save_profile or (profile.name if profile else None)
+    if name:
+        _save_profile(ctx, name, target, creds, session, facts, meta, info, state)
+
+
+def _save_profile(
+    ctx: Context,
+    name: str,
+    target: Target,
+    creds: Credentials,
+    session: Session,
+    facts: Facts,
+    meta: dict[str, str] | None,
+    info: InstallerInfo | None,
+    state: str | None = None,
+) -> None:
+    name = check_name(name)
+    existing = ctx.profiles.load().get(name)
+    remember = bool(getattr(ctx.args, "remember_password", False)) or bool(
+        existing and existing.remember_password
+    )
+    jump = ""
+    if target.jump is not None:
+        j = target.jump
+        jump = f"{j.user}@{j.host}:{j.port}"
+    new_state = state or ("installer" if info or facts.is_installer else "original")
+    prof = Profile(
+        name=name,
+        host=target.alias or target.host,
+        port=target.port,
+        user=target.user,
+        jump=jump,
+        auth=creds.method,
+        key_path=target.identity_files[0] if target.identity_files else "",
+        host_key=session.host_key_line,
+        state=new_state,
+        facts=facts.summary(),
+        image=meta or (existing.image if existing else {}),
+        installer=info.to_json() if info else (existing.installer if existing else {}),
+        remember_password=remember,
+    ).touched()
+    ctx.profiles.put(prof)
+    if remember:
+        stored = True
+        if creds.password:
+            stored = ctx.secrets.set(password_key(name), creds.password) and stored
+        if creds.sudo_password:
+            stored = ctx.secrets.set(sudo_key(name), creds.sudo_password) and stored
+        if not stored:
+            ctx.report.info(
+                f"The password was not remembered: {ctx.secrets.where()}.", level="warn"
+            )
+    ctx.report.info(f"Saved profile {name!r} ({new_state}).")
+
+
+def _ssh_command(ctx: Context, target: Target, info: InstallerInfo) -> list[str]:
+    t = Target(info.host, info.port, "root", jump=target.jump)
+    cmd = t.ssh_command(info.identity_file)
+    known = f"{ctx.known_hosts.app_file} {Path.home() / '.ssh/known_hosts'}"
+    return [cmd[0], "-o", f"UserKnownHostsFile={known}", *cmd[1:]]
+
+
+TERMINALS: list[list[str]] = [
+    ["x-terminal-emulator", "-e"],
+    ["gnome-terminal", "--"],
+    ["konsole", "-e"],
+    ["xfce4-terminal", "-x"],
+    ["alacritty", "-e"],
+    ["kitty"],
+    ["foot"],
+    ["xterm", "-e"],
+]
+
+
+def terminal_command(
+    ssh: Sequence[str], which: Callable[[str], str | None] = shutil.which
+) -> list[str] | None:
+    """A command opening the user's terminal running ``ssh``, or None when there is none."""
+    env_term = os.environ.get("TERMINAL")
+    candidates = ([[env_term, "-e"]] if env_term else []) + TERMINALS
+    for cand in candidates:
+        if which(cand[0]):
+            return [*cand, *ssh]
+    return None
+
+
+def cmd_reconnect(ctx: Context) -> int:
+    """Open a terminal with the exact ssh command for a profile's installer."""
+    profile = ctx.profiles.get(ctx.args.name)
+    inst = profile.installer
+    if not inst:
+        raise ConfigError(
+            f"Profile {profile.name!r} has no installer recorded.",
+            "reconnect opens the installer the app booted and verified.",
+            "Run `nixos-kexec-wizard install --profile NAME` first.",
+        )
+    jump = parse_target(profile.jump, config=load_ssh_config()) if profile.jump else None
+    target = Target(str(inst["host"]), int(inst["port"]), "root", jump=jump)
+    info = InstallerInfo(**inst)
+    cmd = _ssh_command(ctx, target, info)
+    line = shlex.join(cmd)
+    if ctx.args.print or ctx.args.json:
+        ctx.report.result(True, "ssh-command", command=cmd, line=line)
+        if not ctx.args.json:
+            print(line)
+        return 0
+    term = terminal_command(cmd)
+    if term is None or not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        print(line)
+        return 0
+    subprocess.Popen(term, start_new_session=True)
+    ctx.report.info(f"Opened a terminal: {line}")
+    return 0
+
+
+def cmd_profiles(ctx: Context) -> int:
+    """List, show or delete profiles."""
+    a = ctx.args
+    if a.action == "list":
+        profiles = ctx.profiles.load()
+        if ctx.profiles.notice:
+            ctx.report.info(ctx.profiles.notice, level="warn")
+        if a.json:
+            ctx.report.result(True, "profiles", profiles=[p.to_json() for p in profiles.values()])
+            return 0
+        if not profiles:
+            print("No saved profiles.")
+        for p in profiles.values():
+            when = (
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(p.last_contact))
+                if p.last_contact
+                else "never"
+            )
+            print(f"{p.name:20} {p.user}@{p.host}:{p.port:<6} {p.state:10} last contact {when}")
+        return 0
+    if not a.name:
+        raise UsageError(f"`profiles {a.action}` needs a profile name.", "", "Add the name.")
+    if a.action == "show":
+        p = ctx.profiles.get(a.name)
+        if a.json:
+            ctx.report.result(True, "profile", profile=p.to_json())
+        else:
+            print(json.dumps(p.to_json(), indent=2))
+        return 0
+    if a.action == "delete":
+        if not ctx.profiles.delete(a.name):
+            raise ConfigError(f"There is no profile named {a.name!r}.", "", "Check the name.")
+        ctx.secrets.delete(password_key(a.name))
+        ctx.secrets.delete(sudo_key(a.name))
+        ctx.report.result(True, "deleted", name=a.name)
+        if not a.json:
+            print(f"Deleted profile {a.name!r}.")
+        return 0
+    raise UsageError(f"Unknown profiles action {a.action!r}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("app")
+    g.add_argument(
+        "--home", metavar="DIR", help="keep all state under DIR (or $NIXOS_KEXEC_WIZARD_HOME)"
+    )
+    g.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+    g.add_argument(
+        "--api-url", metavar="URL", help="releases API base (or $NIXOS_KEXEC_WIZARD_API_URL)"
+    )
+    g.add_argument(
+        "--download-url",
+        metavar="URL",
+        help="release download base (or $NIXOS_KEXEC_WIZARD_DOWNLOAD_URL)",
+    )
+    g.add_argument(
+        "--allow-http", action="store_true", help="allow plain http URLs (local mirrors and tests)"
+    )
+
+
+def _add_ssh(p: argparse.ArgumentParser, target_required: bool = False) -> None:
+    p.add_argument(
+        "target",
+        nargs=None if target_required else "?",
+        help="[user@]host[:port] or an ~/.ssh/config alias",
+    )
+    g = p.add_argument_group("ssh")
+    g.add_argument("-p", "--port", type=int)
+    g.add_argument("-l", "--user")
+    g.add_argument(
+        "-i", "--identity", action="append", metavar="FILE", help="private key file (repeatable)"
+    )
+    g.add_argument(
+        "-J", "--jump", metavar="[USER@]HOST[:PORT]", help="jump host(s), comma-separated"
+    )
+    g.add_argument("--auth", choices=["auto", "agent", "key", "password"])
+    g.add_argument("--password-env", metavar="VAR", help="read the login password from $VAR")
+    g.add_argument("--sudo-password-env", metavar="VAR", help="read the sudo password from $VAR")
+    g.add_argument(
+        "--known-hosts", metavar="FILE", help="the app's known_hosts file to read and update"
+    )
+    g.add_argument(
+        "--accept-new-host-key",
+        action="store_true",
+        help="trust an unknown host key (never a changed one)",
+    )
+    g.add_argument("--connect-timeout", type=float, metavar="S")
+    g.add_argument("--profile", metavar="NAME", help="connect with a saved profile")
+    g.add_argument("--save-profile", metavar="NAME", help="save this server as a profile")
+    g.add_argument(
+        "--remember-password", action="store_true", help="store passwords in the system keyring"
+    )
+    g.add_argument(
+        "--staging-dir", metavar="DIR", help=f"folder on the server (default {DEFAULT_STAGING})"
+    )
+
+
+def _add_image(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("image")
+    g.add_argument("--channel", help="nixos-YY.MM or nixos-unstable (default: newest stable)")
+    g.add_argument("--arch", choices=ARCHES, help="default: the server's (or this computer's)")
+    g.add_argument("--variant", choices=VARIANTS, help=f"default: {DEFAULT_VARIANT}")
+    g.add_argument(
+        "--image", metavar="PATH|URL", help="a local tarball or a URL instead of a channel"
+    )
+    g.add_argument("--offline", action="store_true", help="do not ask the releases API")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    p = argparse.ArgumentParser(
+        prog="nixos-kexec-wizard",
+        description="Boot the NixOS installer into RAM on a Linux server over SSH.",
+        epilog="Without a subcommand the wizard window opens.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("images", help="list channels and images")
+    _add_common(s)
+    s.add_argument("--refresh", action="store_true", help="ignore the cached answer")
+    s.add_argument("--offline", action="store_true", help="do not ask the releases API")
+    s.set_defaults(func=cmd_images)
+
+    s = sub.add_parser("download", help="download and verify an image into the cache")
+    _add_common(s)
+    _add_image(s)
+    s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("probe", help="inspect a server and judge whether kexec will work")
+    _add_common(s)
+    _add_ssh(s)
+    s.set_defaults(func=cmd_probe)
+
+    s = sub.add_parser("install", help="boot the NixOS installer on a server")
+    _add_common(s)
+    _add_ssh(s)
+    _add_image(s)
+    g = s.add_argument_group("install")
+    g.add_argument("--transfer", choices=["auto", "upload", "remote"], default="auto")
+    g.add_argument(
+        "--installer-port", type=int, metavar="PORT", help="also try this port after the kexec"
+    )
+    g.add_argument("--kexec-extra-flags", metavar="FLAGS", help="passed to kexec/run (e.g. -c)")
+    g.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="how long to wait for the installer (default 300)",
+    )
+    g.add_argument(
+        "--down-timeout",
+        type=float,
+        metavar="S",
+        help="how long to wait for the old system to stop (default 60)",
+    )
+    g.add_argument("-y", "--yes", action="store_true", help="confirm the kexec without a prompt")
+    s.set_defaults(func=cmd_install)
+
+    s = sub.add_parser("reconnect", help="open a terminal on a profile's installer")
+    _add_common(s)
+    s.add_argument("name", help="profile name")
+    s.add_argument("--print", action="store_true", help="print the ssh command instead")
+    s.add_argument("--known-hosts", metavar="FILE")
+    s.set_defaults(func=cmd_reconnect)
+
+    s = sub.add_parser("profiles", help="list, show or delete saved profiles")
+    _add_common(s)
+    s.add_argument("action", choices=["list", "show", "delete"])
+    s.add_argument("name", nargs="?")
+    s.set_defaults(func=cmd_profiles)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``nixos-kexec-wizard``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    ctx: Context | None = None
+    try:
+        ctx = Context(args)
+        return int(args.func(ctx))
+    except WizardError as exc:
+        if ctx is not None:
+            ctx.report.error(exc)
+        else:
+            sys.stderr.write(exc.explain() + "\n")
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        if ctx is not None:
+            ctx.cancel.cancel()
+            ctx.report.error(Cancelled("Interrupted."))
+        return int(ExitCode.CANCELLED)
+    finally:
+        if ctx is not None and ctx.report.log is not None:
+            ctx.report.log.close()

@@ -1,0 +1,1 @@
+"""The Qt-free engine: catalog, download, SSH, probe, preflight, install, profiles."""

@@ -1,0 +1,533 @@
+"""Resumable, verified, content-addressed downloads of kexec tarballs, and tarball checks."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import tarfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import requests
+
+from app import __version__
+from app.core.catalog import Asset
+from app.core.errors import Cancelled, DownloadError, IntegrityError
+from app.core.events import CancelToken, Event, EventSink, ProgressMeter, discard
+from app.core.fsutil import atomic_write_text
+from app.core.settings import Settings
+
+CHUNK = 1024 * 1024
+REQUIRED_MEMBERS = ("kexec/run", "kexec/bzImage", "kexec/initrd", "kexec/kexec", "kexec/ip")
+INDEX_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the cache index records about one image."""
+
+    sha256: str
+    size: int
+    name: str
+    url: str = ""
+    channel: str = ""
+    arch: str = ""
+    variant: str = ""
+    updated_at: str = ""
+    digest: str = ""  # the API digest it was checked against ("" = none was available)
+    verification: str = "digest"  # "digest", "size", "none" or "local"
+    tarball_checked: bool = False
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    """A tarball on this computer, checked and ready to send."""
+
+    path: Path
+    info: ImageInfo
+    downloaded: bool  # False when it came straight from the cache
+
+    @property
+    def verification_note(self) -> str:
+        """How far this image can be trusted, in words."""
+        return {
+            "digest": "sha256 matches the releases API",
+            "size": "NOT VERIFIED: no checksum was published, only the size matched",
+            "none": "NOT VERIFIED: no checksum or size was published",
+            "local": "a local file you chose: its integrity is up to you",
+        }[self.info.verification]
+
+
+def check_tarball(path: Path) -> None:
+    """Refuse a tarball that is not exactly the upstream layout, before it goes anywhere.
+
+    Every member must live under ``kexec/``, with no absolute path, no ``..``, no link that
+    leaves the folder and no device; the five files ``run``, ``bzImage``, ``initrd``, ``kexec``
+    and ``ip`` must be present as regular files.
+    """
+    seen: set[str] = set()
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            for m in tar:
+                name = m.name
+                pure = PurePosixPath(name)
+                if name.startswith("/") or pure.is_absolute():
+                    raise _bad_tar(path, f"it contains an absolute path ({name!r})")
+                if ".." in pure.parts:
+                    raise _bad_tar(path, f"it contains a path with '..' ({name!r})")
+                parts = [p for p in pure.parts if p != "."]
+                if not parts or parts[0] != "kexec":
+                    raise _bad_tar(path, f"it contains {name!r}, outside the kexec/ folder")
+                if m.isdev() or m.isfifo():
+                    raise _bad_tar(path, f"it contains a device or pipe ({name!r})")
+                if m.issym() or m.islnk():
+                    target = PurePosixPath(m.linkname)
+                    resolved = target if m.islnk() else PurePosixPath(*parts[:-1]) / target
+                    if target.is_absolute() or not _inside_kexec(resolved):
+                        raise _bad_tar(path, f"{name!r} links outside the kexec/ folder")
+                clean = "/".join(parts)
+                if m.isfile():
+                    seen.add(clean)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise IntegrityError(
+            f"{path.name} is not a readable tar.gz archive ({exc}).",
+            "A damaged or truncated tarball would fail on the server.",
+            "Delete it and download it again, or choose another file.",
+        ) from exc
+    missing = [m for m in REQUIRED_MEMBERS if m not in seen]
+    if missing:
+        raise _bad_tar(path, "it lacks " + ", ".join(missing))
+
+
+def _inside_kexec(p: PurePosixPath) -> bool:
+    depth = 0
+    for part in p.parts:
+        if part == "..":
+            depth -= 1
+        elif part not in (".", ""):
+            depth += 1
+        if depth < 1:
+            return False
+    return p.parts[:1] == ("kexec",)
+
+
+def _bad_tar(path: Path, reason: str) -> IntegrityError:
+    return IntegrityError(
+        f"{path.name} is not a kexec installer tarball: {reason}.",
+        "Unpacking it on the server could overwrite files outside the staging folder, or "
+        "fail half-way through the install.",
+        "Use an image from the nixos-images releases, or rebuild your custom image.",
+    )
+
+
+def sha256_file(path: Path, cancel: CancelToken | None = None) -> str:
+    """The hex sha256 of a file, read in large chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK * 4):
+            if cancel is not None:
+                cancel.check()
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ImageCache:
+    """Blobs named by their sha256, an index of what each blob is, and partial downloads."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.index_file = root / "index.json"
+        self.partial_dir = root / "partial"
+
+    def blob_path(self, sha256: str) -> Path:
+        """Where the blob with this hash lives."""
+        return self.root / "sha256" / f"{sha256}.tar.gz"
+
+    def entries(self) -> list[ImageInfo]:
+        """Every indexed image whose blob still exists."""
+        try:
+            raw = json.loads(self.index_file.read_text())
+        except (OSError, ValueError):
+            return []
+        out = []
+        for e in raw.get("entries", []) if isinstance(raw, dict) else []:
+            try:
+                info = ImageInfo(**e)
+            except TypeError:
+                continue
+            if self.blob_path(info.sha256).is_file():
+                out.append(info)
+        return out
+
+    def find(self, asset: Asset) -> ImageInfo | None:
+        """The cached copy of ``asset`` (same URL, build time and digest), if any."""
+        for info in self.entries():
+            if info.url != asset.url or info.updated_at != (asset.updated_at or ""):
+                continue
+            if asset.digest and info.sha256 != asset.digest:
+                continue
+            if asset.size and info.size != asset.size:
+                continue
+            if self.blob_path(info.sha256).stat().st_size != info.size:
+                continue
+            return info
+        return None
+
+    def add(self, info: ImageInfo) -> None:
+        """Record ``info`` in the index, replacing an entry for the same URL and build."""
+        keep = [
+            e
+            for e in self.entries()
+            if not (e.url == info.url and e.updated_at == info.updated_at and e.url)
+            and not (e.sha256 == info.sha256 and e.url == info.url)
+        ]
+        keep.append(info)
+        payload = {"version": INDEX_VERSION, "entries": [asdict(e) for e in keep]}
+        atomic_write_text(self.index_file, json.dumps(payload, indent=1), mode=0o644)
+
+    def store(self, src: Path, info: ImageInfo) -> Path:
+        """Move a finished file into place under its hash and index it."""
+        dest = self.blob_path(info.sha256)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        self.add(info)
+        return dest
+
+
+class Downloader:
+    """Streams an asset into the cache: resume, sha256 on the fly, cancel, retries."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        cache: ImageCache,
+        session: requests.Session | None = None,
+        *,
+        retries: int = 2,
+        backoff: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.session = session or requests.Session()
+        self.session.headers.setdefault("User-Agent", f"nixos-kexec-wizard/{__version__}")
+        self.retries = retries
+        self.backoff = backoff
+
+    def fetch(
+        self,
+        asset: Asset,
+        *,
+        channel: str = "",
+        arch: str = "",
+        variant: str = "",
+        emit: EventSink = discard,
+        cancel: CancelToken | None = None,
+    ) -> CachedImage:
+        """Return the asset from the cache, downloading (or resuming) it if needed."""
+        cancel = cancel or CancelToken()
+        self.settings.check_url(asset.url, "image URL")
+        hit = self.cache.find(asset)
+        if hit is not None:
+            emit(Event("log", "download", f"{asset.name} is already cached; nothing to download"))
+            path = self.cache.blob_path(hit.sha256)
+            if not hit.tarball_checked:
+                check_tarball(path)
+                hit = ImageInfo(**{**asdict(hit), "tarball_checked": True})
+                self.cache.add(hit)
+            return CachedImage(path, hit, downloaded=False)
+
+        attempt = 0
+        while True:
+            try:
+                part, sha, size = self._download(asset, emit, cancel)
+                break
+            except _Retryable as exc:
+                attempt += 1
+                if attempt > self.retries:
+                    raise exc.error from exc
+                delay = self.backoff * 2 ** (attempt - 1)
+                emit(Event("log", "download", f"{exc.error.what} Retrying in {delay:g} s."))
+                if cancel.wait(delay):
+                    raise Cancelled("Download cancelled; the partial file is kept.") from exc
+
+        verification = self._verify(asset, part, sha, size)
+        info = ImageInfo(
+            sha256=sha,
+            size=size,
+            name=asset.name,
+            url=asset.url,
+            channel=channel,
+            arch=arch,
+            variant=variant,
+            updated_at=asset.updated_at or "",
+            digest=asset.digest or "",
+            verification=verification,
+        )
+        try:
+            check_tarball(part)
+        except IntegrityError:
+            part.unlink(missing_ok=True)
+            raise
+        info = ImageInfo(**{**asdict(info), "tarball_checked": True})
+        path = self.cache.store(part, info)
+        self._meta_path(part).unlink(missing_ok=True)
+        return CachedImage(path, info, downloaded=True)
+
+    def _part_path(self, asset: Asset) -> Path:
+        key = hashlib.sha256(f"{asset.url}\n{asset.updated_at}".encode()).hexdigest()[:32]
+        return self.cache.partial_dir / f"{key}.part"
+
+    @staticmethod
+    def _meta_path(part: Path) -> Path:
+        return part.with_suffix(".json")
+
+    def _download(
+        self, asset: Asset, emit: EventSink, cancel: CancelToken
+    ) -> tuple[Path, str, int]:
+        part = self._part_path(asset)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        meta_path = self._meta_path(part)
+        have = part.stat().st_size if part.exists() else 0
+        validator = _read_validator(meta_path) if have else None
+        if have and asset.size and have > asset.size:
+            part.unlink()
+            have, validator = 0, None
+        headers = {}
+        if have and validator:
+            headers["Range"] = f"bytes={have}-"
+            headers["If-Range"] = validator
+
+        try:
+            resp = self.session.get(
+                asset.url,
+                headers=headers,
+                stream=True,
+                timeout=(self.settings.connect_timeout, self.settings.http_timeout),
+                allow_redirects=True,
+            )
+        except requests.RequestException as exc:
+            raise _Retryable(_net_error(asset, exc)) from exc
+        unhook = cancel.on_cancel(resp.close)
+        try:
+            return self._stream(asset, resp, part, meta_path, have, emit, cancel)
+        finally:
+            unhook()
+            resp.close()
+
+    def _stream(
+        self,
+        asset: Asset,
+        resp: requests.Response,
+        part: Path,
+        meta_path: Path,
+        have: int,
+        emit: EventSink,
+        cancel: CancelToken,
+    ) -> tuple[Path, str, int]:
+        if resp.url != asset.url:
+            self.settings.check_url(resp.url, "redirected image URL")
+        if resp.status_code == 206 and have:
+            mode = "ab"
+            emit(Event("log", "download", f"Resuming {asset.name} at {have} bytes"))
+        elif resp.status_code == 200:
+            mode, have = "wb", 0
+        elif resp.status_code == 416 and have:
+            # Our partial file does not fit the server's file: start again.
+            part.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+            raise _Retryable(
+                DownloadError(f"The server refused to resume {asset.name}; starting over.")
+            )
+        elif resp.status_code >= 500 or resp.status_code == 429:
+            raise _Retryable(_http_error(asset, resp.status_code))
+        else:
+            raise _http_error(asset, resp.status_code)
+
+        validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
+        if validator:
+            atomic_write_text(meta_path, json.dumps({"validator": validator}), mode=0o644)
+        else:
+            meta_path.unlink(missing_ok=True)
+
+        total = _total_size(resp, have) or asset.size
+        h = hashlib.sha256()
+        if have:
+            with part.open("rb") as f:
+                while chunk := f.read(CHUNK * 4):
+                    h.update(chunk)
+        meter = ProgressMeter(emit, "download", total, start=have)
+        size = have
+        try:
+            with part.open(mode) as out:
+                size = self._copy(resp, out, h, meter, cancel, size)
+        except Cancelled:
+            raise Cancelled(
+                "Download cancelled; the partial file is kept to resume later."
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DownloadError(
+                    f"The disk holding {part.parent} is full.",
+                    f"{asset.name} needs {_mb(total)} and the download stopped at {_mb(size)}.",
+                    "Free some space (or choose another cache folder in the settings) and "
+                    "try again; the download resumes where it stopped.",
+                ) from exc
+            raise
+        meter.finish()
+        if total is not None and size < total:
+            raise _Retryable(
+                DownloadError(
+                    f"The download of {asset.name} stopped at {_mb(size)} of {_mb(total)}.",
+                    "The connection was cut before the end.",
+                    "Try again: the download resumes from the partial file.",
+                )
+            )
+        return part, h.hexdigest(), size
+
+    def _copy(
+        self,
+        resp: requests.Response,
+        out: IO[bytes],
+        h: Any,
+        meter: ProgressMeter,
+        cancel: CancelToken,
+        size: int,
+    ) -> int:
+        try:
+            for chunk in resp.iter_content(CHUNK):
+                if cancel.cancelled:
+                    raise Cancelled()
+                out.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+                meter.advance(len(chunk))
+        except requests.RequestException as exc:
+            out.flush()
+            if cancel.cancelled:
+                raise Cancelled() from exc
+            raise _Retryable(
+                DownloadError(
+                    f"The connection broke after {_mb(size)} ({_short(exc)}).",
+                    "The server stopped sending or the network dropped.",
+                    "Try again: the download resumes from the partial file.",
+                )
+            ) from exc
+        except (AttributeError, ValueError) as exc:
+            # resp.close() from another thread while reading surfaces as one of these.
+            if cancel.cancelled:
+                raise Cancelled() from exc
+            raise
+        return size
+
+    def _verify(self, asset: Asset, part: Path, sha: str, size: int) -> str:
+        if asset.size is not None and size != asset.size:
+            part.unlink(missing_ok=True)
+            self._meta_path(part).unlink(missing_ok=True)
+            raise IntegrityError(
+                f"{asset.name} has {size} bytes; the releases API says {asset.size}.",
+                "The file is not the one that was published. It was deleted.",
+                "Download it again; if it keeps happening, the mirror or a proxy is broken.",
+            )
+        if asset.digest:
+            if sha != asset.digest:
+                part.unlink(missing_ok=True)
+                self._meta_path(part).unlink(missing_ok=True)
+                raise IntegrityError(
+                    f"The sha256 of {asset.name} is {sha}, but the releases API says "
+                    f"{asset.digest}.",
+                    "The file is not the one that was published, so it must not be booted. "
+                    "It was deleted.",
+                    "Download it again; if it keeps happening, the mirror or a proxy is broken.",
+                )
+            return "digest"
+        return "size" if asset.size else "none"
+
+
+def local_image(path: Path, cache: ImageCache) -> CachedImage:
+    """A tarball the user picked: checked for layout and hashed, never moved or copied."""
+    p = path.expanduser().absolute()
+    if not p.is_file():
+        raise IntegrityError(
+            f"{p} does not exist or is not a file.",
+            "The image to boot must be a kexec installer tarball on this computer.",
+            "Check the path, or pick a channel instead.",
+        )
+    check_tarball(p)
+    st = p.stat()
+    info = ImageInfo(
+        sha256=sha256_file(p),
+        size=st.st_size,
+        name=p.name,
+        url=p.as_uri(),
+        verification="local",
+        tarball_checked=True,
+    )
+    return CachedImage(p, info, downloaded=False)
+
+
+class _Retryable(Exception):
+    def __init__(self, error: DownloadError) -> None:
+        super().__init__(error.what)
+        self.error = error
+
+
+def _read_validator(meta: Path) -> str | None:
+    try:
+        v = json.loads(meta.read_text()).get("validator")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return v if isinstance(v, str) else None
+
+
+def _total_size(resp: requests.Response, have: int) -> int | None:
+    if resp.status_code == 206:
+        cr = resp.headers.get("Content-Range", "")
+        if "/" in cr and cr.rsplit("/", 1)[1].isdigit():
+            return int(cr.rsplit("/", 1)[1])
+    cl = resp.headers.get("Content-Length")
+    if cl and cl.isdigit():
+        return int(cl) + (have if resp.status_code == 206 else 0)
+    return None
+
+
+def _http_error(asset: Asset, status: int) -> DownloadError:
+    if status == 404:
+        return DownloadError(
+            f"{asset.url} does not exist (HTTP 404).",
+            "This channel or architecture has no such image, or it was renamed.",
+            "Refresh the image list, or choose another channel or variant.",
+        )
+    return DownloadError(
+        f"The server answered HTTP {status} for {asset.url}.",
+        "The download server had a problem." if status >= 500 else "The request was refused.",
+        "Wait a moment and try again.",
+    )
+
+
+def _net_error(asset: Asset, exc: requests.RequestException) -> DownloadError:
+    return DownloadError(
+        f"Cannot download {asset.name}: {_short(exc)}.",
+        "This computer could not reach the download server.",
+        "Check your network connection (and proxy settings), then try again.",
+    )
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, requests.ConnectionError):
+        return "connection failed"
+    if isinstance(exc, requests.Timeout):
+        return "no data for too long"
+    return type(exc).__name__
+
+
+def _mb(n: int | None) -> str:
+    return "an unknown size" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def wait_seconds(t0: float) -> float:
+    """Seconds since ``t0`` on the monotonic clock."""
+    return time.monotonic() - t0

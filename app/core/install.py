@@ -1,0 +1,874 @@
+"""The install stages: key, transfer, checksum, unpack, run, wait down, wait up, verify."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from app.core import keys as keymod
+from app.core.catalog import Asset
+from app.core.download import CachedImage
+from app.core.errors import (
+    AuthError,
+    Cancelled,
+    ExitCode,
+    HostKeyChanged,
+    PreflightStop,
+    PrivilegeError,
+    RemoteCommandError,
+    SSHConnectError,
+    TransferError,
+    WizardError,
+)
+from app.core.events import CancelToken, Event, EventSink, ProgressMeter, discard
+from app.core.netpreview import NetPreview
+from app.core.netpreview import preview as net_preview
+from app.core.preflight import Level, evaluate
+from app.core.probe import Facts, parse_os_release, parse_probe, probe_script
+from app.core.settings import Settings
+from app.core.ssh import (
+    ConnectOptions,
+    Credentials,
+    KnownHosts,
+    Privilege,
+    Session,
+    Target,
+    connect,
+    key_line,
+)
+
+SUCCESS_LINE = "machine will boot into nixos"
+STAGES = ("key", "transfer", "checksum", "unpack", "run", "down", "up", "verify")
+MARKER = ".nixos-kexec-wizard"
+KEY_RE = re.compile(r"(?:ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+\s+([A-Za-z0-9+/=]+)")
+DEFAULT_STAGING = "~/nixos-kexec-wizard"
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures after the point of no return: each a distinct outcome and exit code
+
+
+class KexecRefused(WizardError):
+    """``run`` did not load the new kernel."""
+
+    exit_code = ExitCode.KEXEC_REFUSED
+    kind = "kexec-refused"
+
+
+class NeverWentDown(WizardError):
+    """``run`` said it would reboot, but the old system kept answering."""
+
+    exit_code = ExitCode.NEVER_WENT_DOWN
+    kind = "never-went-down"
+
+
+class OldSystemBack(WizardError):
+    """The server came back, but as its old system."""
+
+    exit_code = ExitCode.OLD_SYSTEM_BACK
+    kind = "old-system-back"
+
+
+class NeverCameBack(WizardError):
+    """The server went down and nothing answered before the deadline."""
+
+    exit_code = ExitCode.NEVER_CAME_BACK
+    kind = "never-came-back"
+
+
+class InstallerKeyChanged(WizardError):
+    """Something answered after the kexec with another host key: stop, do not log in."""
+
+    exit_code = ExitCode.INSTALLER_KEY_CHANGED
+    kind = "installer-key-changed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan and result
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """Everything the user chose; the engine reads nothing else."""
+
+    target: Target
+    image: CachedImage | None = None  # the tarball on this computer (needed to upload)
+    asset: Asset | None = None  # the release asset (needed for the server to download)
+    transfer: str = "auto"  # auto | upload | remote
+    staging_dir: str = DEFAULT_STAGING
+    installer_port: int | None = None
+    kexec_extra_flags: str = ""
+    key_name: str = "default"  # names the generated key, usually the profile name
+
+    @property
+    def sha256(self) -> str | None:
+        """The checksum the file on the server must have, if one is known."""
+        if self.image is not None:
+            return self.image.info.sha256
+        return self.asset.digest if self.asset else None
+
+    @property
+    def file_name(self) -> str:
+        """The tarball's name on the server."""
+        if self.asset is not None:
+            return self.asset.name
+        if self.image is not None:
+            return self.image.info.name
+        return "nixos-kexec-installer.tar.gz"
+
+
+@dataclass(frozen=True)
+class InstallerInfo:
+    """The verified installer: how to reach it and proof of what it is."""
+
+    host: str
+    port: int
+    user: str
+    host_key: str
+    fingerprint: str
+    boot_id: str
+    hostname: str
+    os_release: dict[str, str]
+    identity_file: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage."""
+
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def measure(self, stage: str, emit: EventSink, deadline: float | None = None) -> Iterator[None]:
+        """Time a stage and emit its start and end events."""
+        t0 = time.monotonic()
+        emit(Event("stage", stage, data={"state": "start", "deadline": deadline}))
+        state = "failed"
+        try:
+            yield
+            state = "done"
+        except Cancelled:
+            state = "cancelled"
+            raise
+        finally:
+            took = round(time.monotonic() - t0, 3)
+            self.stages[stage] = took
+            emit(Event("stage", stage, data={"state": state, "seconds": took}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Probe, privilege, transfer choice
+
+
+def run_probe(
+    session: Session,
+    settings: Settings,
+    staging: str = DEFAULT_STAGING,
+    cancel: CancelToken | None = None,
+) -> Facts:
+    """Gather every fact in one round trip."""
+    script = probe_script(staging, settings.download_url)
+    res = session.run(
+        "sh -s",
+        stdin=script.encode(),
+        timeout=settings.command_timeout,
+        cancel=cancel,
+        what="the probe",
+    )
+    return parse_probe(res.stdout)
+
+
+def establish_privilege(
+    session: Session, facts: Facts, sudo_password: str | None, settings: Settings
+) -> Privilege:
+    """Decide how to become root, checking a sudo password on the server when one is needed."""
+    if facts.privilege in ("root", "sudo", "doas"):
+        priv = Privilege(facts.privilege)
+    elif facts.privilege == "sudo-password":
+        if sudo_password is None:
+            raise PrivilegeError(
+                f"sudo on {session.target.host} needs {facts.user or 'your'}'s password.",
+                "The kexec must run as root.",
+                "Give the sudo password (--sudo-password-env VAR, or at the prompt).",
+            )
+        session.sudo_password = sudo_password
+        priv = Privilege("sudo-password")
+    else:
+        raise PrivilegeError(
+            f"{facts.user or 'This user'} cannot become root on {session.target.host}.",
+            "Neither root login, sudo nor doas is available, and the kexec must run as root.",
+            "Log in as root, or allow this user to use sudo.",
+        )
+    session.privilege = priv
+    res = session.run(
+        "id -u", privileged=True, timeout=settings.command_timeout, what="the root check"
+    )
+    if res.stdout.strip() != "0":
+        session.privilege = None
+        err = res.stderr.lower()
+        if "incorrect password" in err or "try again" in err or "no password was provided" in err:
+            raise PrivilegeError(
+                "sudo refused the password.",
+                "Without root the kexec cannot run.",
+                "Check the sudo password (it is the login password of "
+                f"{facts.user or 'this user'}, not root's).",
+            )
+        raise PrivilegeError(
+            f"Becoming root with {priv.description} failed: {res.stderr.strip()[:200]}",
+            "This user may not be allowed to use sudo/doas on the server.",
+            "Check /etc/sudoers (or doas.conf) for this user, or log in as root.",
+        )
+    return priv
+
+
+def choose_transfer(requested: str, facts: Facts, asset: Asset | None) -> tuple[str, str]:
+    """``upload`` or ``remote``, with the reason in words."""
+    downloader = facts.has("curl") or facts.has("wget")
+    can_check = facts.has("sha256sum")
+    reach = bool(facts.reach_v4 or facts.reach_v6)
+    has_digest = asset is not None and asset.digest is not None
+    if requested == "upload":
+        return "upload", "you chose to upload from this computer"
+    if requested == "remote":
+        missing = [
+            why
+            for ok, why in (
+                (asset is not None, "the image is a local file"),
+                (downloader, "the server has neither curl nor wget"),
+                (reach, "the server cannot reach the download server"),
+                (can_check, "the server has no sha256sum to check the file"),
+            )
+            if not ok
+        ]
+        if missing:
+            raise TransferError(
+                "The server cannot download the image itself: " + "; ".join(missing) + ".",
+                "The image must be checked on the server before it is booted.",
+                "Use --transfer upload (or auto) to send it from this computer.",
+            )
+        return "remote", "you chose to let the server download it"
+    if asset is not None and downloader and reach and has_digest and can_check:
+        return "remote", "the server reaches the download server and can check the sha256 itself"
+    if not has_digest:
+        return "upload", "no published checksum: the image is checked here, then uploaded"
+    if not reach:
+        return "upload", "the server cannot reach the download server"
+    return "upload", "the server lacks curl/wget or sha256sum"
+
+
+# ---------------------------------------------------------------------------------------------
+# The installer
+
+
+class Installer:
+    """Runs the stages for one plan on one connected, probed session."""
+
+    def __init__(
+        self,
+        plan: InstallPlan,
+        session: Session,
+        facts: Facts,
+        creds: Credentials,
+        known_hosts: KnownHosts,
+        settings: Settings,
+        keys_dir: Path,
+        *,
+        emit: EventSink = discard,
+        cancel: CancelToken | None = None,
+    ) -> None:
+        self.plan = plan
+        self.session = session
+        self.facts = facts
+        self.creds = creds
+        self.known_hosts = known_hosts
+        self.settings = settings
+        self.keys_dir = keys_dir
+        self.emit = emit
+        self.cancel = cancel or CancelToken()
+        self.timings = Timings()
+        self.staging = facts.staging.path or DEFAULT_STAGING
+        self.preview: NetPreview = net_preview(facts)
+        self.installer_creds: Credentials | None = None
+        self.identity_file: str | None = None
+        self.added_key: tuple[str, str] | None = None  # (file, line) we appended
+        self.point_of_no_return = False
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _log(self, stage: str, message: str, **data: Any) -> None:
+        self.emit(Event("log", stage, message, data))
+
+    def _run(
+        self, cmd: str, *, privileged: bool = False, timeout: float | None = None, what: str = ""
+    ) -> Any:
+        return self.session.run(
+            cmd,
+            privileged=privileged,
+            timeout=timeout or self.settings.command_timeout,
+            cancel=self.cancel,
+            what=what or cmd,
+        )
+
+    @property
+    def remote_tarball(self) -> str:
+        """Where the tarball lands on the server."""
+        return f"{self.staging.rstrip('/')}/{self.plan.file_name}"
+
+    # -- the whole flow -----------------------------------------------------------------
+
+    def run(self) -> InstallerInfo:
+        """All stages; returns the verified installer or raises a distinct WizardError."""
+        if self.facts.is_installer:
+            raise PreflightStop(
+                f"{self.session.target.host} already runs the NixOS installer.",
+                "The kexec already happened; running it again would only reboot the installer.",
+                "Connect with `nixos-kexec-wizard reconnect` and install NixOS.",
+            )
+        stops = [
+            v
+            for v in evaluate(self.facts, self._image_arch(), self._image_size())
+            if v.level is Level.STOP
+        ]
+        if stops:
+            v = stops[0]
+            raise PreflightStop(f"Preflight stop: {v.title}.", v.reason, v.fix)
+        if self.session.privilege is None:
+            raise PrivilegeError("Root access was not established.", "", "Probe and confirm first.")
+        try:
+            with self.timings.measure("key", self.emit, self.settings.command_timeout):
+                self.stage_key()
+            mode, reason = choose_transfer(self.plan.transfer, self.facts, self.plan.asset)
+            self._log("transfer", f"Transfer: {mode} ({reason})", mode=mode)
+            with self.timings.measure("transfer", self.emit):
+                self.stage_transfer(mode)
+            with self.timings.measure("checksum", self.emit, self.settings.command_timeout):
+                self.stage_checksum()
+            with self.timings.measure("unpack", self.emit, self.settings.command_timeout):
+                self.stage_unpack()
+            with self.timings.measure("run", self.emit, self.settings.run_timeout):
+                self.stage_run()
+        except BaseException:
+            if not self.point_of_no_return:
+                self.cleanup()
+            raise
+        old_boot = self.facts.boot_id
+        with self.timings.measure("down", self.emit, self.settings.down_timeout):
+            self.stage_wait_down(old_boot)
+        with self.timings.measure("up", self.emit, self.settings.up_timeout):
+            session = self.stage_wait_up()
+        with self.timings.measure("verify", self.emit, self.settings.command_timeout):
+            return self.stage_verify(session, old_boot)
+
+    def _image_arch(self) -> str | None:
+        m = re.search(r"-(x86_64|aarch64)-linux", self.plan.file_name)
+        return m.group(1) if m else None
+
+    def _image_size(self) -> int | None:
+        if self.plan.image is not None:
+            return self.plan.image.info.size
+        return self.plan.asset.size if self.plan.asset else None
+
+    # -- key ------------------------------------------------------------------------------
+
+    def _carried_files(self) -> tuple[list[str], str]:
+        """authorized_keys files `run` copies for this login, and the login user's own file."""
+        files = [
+            "/root/.ssh/authorized_keys",
+            "/root/.ssh/authorized_keys2",
+            "/etc/ssh/authorized_keys.d/root",
+        ]
+        home = self.facts.home or "/root"
+        if self.session.privilege and self.session.privilege.kind != "root":
+            user = self.facts.user
+            files += [
+                f"{home}/.ssh/authorized_keys",
+                f"{home}/.ssh/authorized_keys2",
+                f"/etc/ssh/authorized_keys.d/{user}",
+            ]
+        return files, f"{home}/.ssh/authorized_keys"
+
+    def _carried_blobs(self, files: list[str]) -> set[str]:
+        cmd = (
+            "for f in "
+            + " ".join(shlex.quote(f) for f in files)
+            + '; do [ -r "$f" ] && cat "$f"; done; true'
+        )
+        res = self._run(cmd, privileged=True, what="reading authorized_keys")
+        return {m.group(1) for m in KEY_RE.finditer(res.stdout)}
+
+    def stage_key(self) -> None:
+        """Make sure the installer will accept a key we hold; install our own if needed."""
+        files, own_file = self._carried_files()
+        blobs = self._carried_blobs(files)
+        auth_key = self.session.auth_key
+        if auth_key is not None and auth_key.get_base64() in blobs:
+            self._log("key", "Your login key is in a file the installer keeps; it will work there.")
+            self.installer_creds = replace(self.creds, method="auto", password=None)
+            self.identity_file = (
+                self.plan.target.identity_files[0] if self.plan.target.identity_files else None
+            )
+            return
+        reason = (
+            "you logged in with a password" if auth_key is None else "your key would not be carried"
+        )
+        path = keymod.key_path(self.keys_dir, self.plan.key_name)
+        key, line = keymod.load_or_create(
+            path, f"nixos-kexec-wizard:{keymod.slug(self.plan.key_name)}"
+        )
+        self._log("key", f"Installing the app's own key ({reason}): {path}")
+        if key.get_base64() not in blobs:
+            q_line, q_file = shlex.quote(line), shlex.quote(own_file)
+            cmd = (
+                f'umask 077; mkdir -p "$(dirname {q_file})" && '
+                f'{{ [ ! -s {q_file} ] || [ -z "$(tail -c 1 {q_file})" ] || echo >> {q_file}; }}'
+                " && "
+                f"echo {q_line} >> {q_file}"
+            )
+            res = self._run(cmd, what="adding the key")
+            if not res.ok:
+                raise RemoteCommandError(
+                    f"Could not add the app's key to {own_file}: {res.stderr.strip()[:200]}",
+                    "Without a key the installer cannot be reached (root has no password there).",
+                    "Check the permissions of ~/.ssh on the server.",
+                )
+            self.added_key = (own_file, line)
+        self.installer_creds = Credentials(method="key", extra_keys=(key,), use_agent=False)
+        self.identity_file = str(path)
+        self._verify_key_login(key)
+
+    def _verify_key_login(self, key: paramiko.PKey) -> None:
+        opts = ConnectOptions(
+            timeout=self.settings.connect_timeout, expect_key=self.session.host_key_line
+        )
+        creds = Credentials(method="key", extra_keys=(key,), use_agent=False)
+        try:
+            with connect(self.session.target, creds, self.known_hosts, opts, cancel=self.cancel):
+                pass
+            self._log("key", "Checked: a fresh login with the app's key works.")
+        except AuthError:
+            # sshd may read another AuthorizedKeysFile; `run` still copies the file we wrote.
+            self._log(
+                "key",
+                "A fresh login with the app's key was refused by this sshd (it may read keys "
+                "from elsewhere); the key is in the file the installer keeps, so continuing.",
+                level="warn",
+            )
+
+    # -- transfer -------------------------------------------------------------------------
+
+    def _remote_sha(self, path: str) -> str | None:
+        res = self._run(
+            f"sha256sum {shlex.quote(path)} 2>/dev/null",
+            timeout=max(self.settings.command_timeout, 300),
+            what="sha256sum",
+        )
+        m = re.match(r"^([0-9a-f]{64})\b", res.stdout.strip())
+        return m.group(1) if res.ok and m else None
+
+    def stage_transfer(self, mode: str) -> None:
+        """Put the tarball on the server (skipped when an identical one is already there)."""
+        q = shlex.quote
+        res = self._run(
+            f"mkdir -p {q(self.staging)} && touch {q(self.staging + '/' + MARKER)}", what="mkdir"
+        )
+        if not res.ok:
+            raise TransferError(
+                f"Cannot create {self.staging} on the server: {res.stderr.strip()[:200]}",
+                "The image needs a writable staging folder.",
+                "Choose another staging folder.",
+            )
+        want = self.plan.sha256
+        if want and self._remote_sha(self.remote_tarball) == want:
+            self._log("transfer", "The same image is already on the server; not sending it again.")
+            return
+        part = self.remote_tarball + ".part"
+        if mode == "remote":
+            self._remote_download(part)
+        else:
+            if self.plan.image is None:
+                raise TransferError("No local image to upload.", "", "Download the image first.")
+            sent = self.session.upload(
+                self.plan.image.path, part, emit=self.emit, cancel=self.cancel
+            )
+            if sent != self.plan.image.info.sha256:
+                raise TransferError(
+                    "The local image changed while it was being sent.",
+                    "Its checksum no longer matches the verified one.",
+                    "Download the image again.",
+                )
+        res = self._run(f"mv -f {q(part)} {q(self.remote_tarball)}", what="mv")
+        if not res.ok:
+            raise TransferError(f"Cannot move the image into place: {res.stderr.strip()[:200]}")
+
+    def _remote_download(self, part: str) -> None:
+        asset = self.plan.asset
+        assert asset is not None
+        q = shlex.quote
+        if self.facts.has("curl"):
+            cmd = f"curl -fsSL --retry 2 --connect-timeout 15 -o {q(part)} {q(asset.url)}"
+        else:
+            cmd = f"wget -q -T 30 -O {q(part)} {q(asset.url)}"
+        result: dict[str, Any] = {}
+
+        def worker() -> None:
+            try:
+                result["res"] = self.session.run(
+                    cmd, timeout=3600, cancel=self.cancel, what="the server's download"
+                )
+            except BaseException as exc:
+                result["exc"] = exc
+
+        th = threading.Thread(target=worker, name="remote-download", daemon=True)
+        th.start()
+        meter = ProgressMeter(self.emit, "transfer", asset.size)
+        while th.is_alive():
+            th.join(1.0)
+            if self.cancel.cancelled:
+                break
+            with contextlib.suppress(WizardError):
+                res = self.session.run(f"stat -c %s {q(part)} 2>/dev/null", timeout=5, what="stat")
+                if res.ok and res.stdout.strip().isdigit():
+                    n = int(res.stdout.strip())
+                    meter.advance(n - meter.done)
+        th.join()
+        if "exc" in result:
+            raise result["exc"]
+        res = result["res"]
+        if not res.ok:
+            raise TransferError(
+                f"The server could not download {asset.url}: {res.stderr.strip()[:300]}",
+                "The server's own download failed.",
+                "Try again with --transfer upload to send the image from this computer.",
+            )
+        meter.finish()
+
+    def stage_checksum(self) -> None:
+        """Compare the server's sha256 of the tarball with the verified one."""
+        want = self.plan.sha256
+        got = self._remote_sha(self.remote_tarball)
+        if want is None:
+            self._log(
+                "checksum", f"No checksum to compare against (server computed {got}).", level="warn"
+            )
+            return
+        if got is None:
+            if self.plan.transfer != "remote":
+                self._log(
+                    "checksum",
+                    "The server has no sha256sum; the upload was checked on this side.",
+                    level="warn",
+                )
+                return
+            raise TransferError(
+                "The server cannot compute a sha256 of the image.", "", "Install coreutils."
+            )
+        if got != want:
+            self._run(f"rm -f {shlex.quote(self.remote_tarball)}", what="rm")
+            raise TransferError(
+                f"The image on the server has sha256 {got}, expected {want}.",
+                "It was damaged on the way and must not be booted. It was deleted.",
+                "Try the install again.",
+            )
+        self._log("checksum", f"sha256 matches on the server: {got}")
+
+    def stage_unpack(self) -> None:
+        """Unpack into <staging>/kexec, setting aside a folder we did not make."""
+        q = shlex.quote
+        d = q(self.staging)
+        cmd = (
+            f"cd {d} && if [ -e kexec ]; then "
+            f"if [ -e kexec/{MARKER} ]; then rm -rf kexec; "
+            f'else mv kexec "kexec.previous-$(date +%Y%m%d%H%M%S)"; fi; fi && '
+            f"tar -xzf {q(self.plan.file_name)} && touch kexec/{MARKER} && test -x kexec/run"
+        )
+        res = self._run(cmd, timeout=max(self.settings.command_timeout, 300), what="tar")
+        if not res.ok:
+            raise TransferError(
+                f"Unpacking the image on the server failed: {res.stderr.strip()[:300]}",
+                "The staging folder may be full.",
+                "Free space on the server and try again.",
+            )
+
+    # -- run ------------------------------------------------------------------------------
+
+    def stage_run(self) -> None:
+        """Run ``kexec/run`` as root under setsid; require its success line."""
+        run = shlex.quote(f"{self.staging.rstrip('/')}/kexec/run")
+        args = ""
+        if self.plan.kexec_extra_flags:
+            args = f" --kexec-extra-flags {shlex.quote(self.plan.kexec_extra_flags)}"
+        setsid = "setsid --wait " if self.facts.has("setsid") else ""
+        lines: list[str] = []
+
+        def on_line(stream: str, line: str) -> None:
+            lines.append(line)
+            self.emit(Event("output", "run", line, {"stream": stream}))
+
+        self.point_of_no_return = True  # `run` starts a detached kexec; cancel is too late now
+        self.emit(
+            Event(
+                "log",
+                "run",
+                "Running kexec/run: cancelling is no longer safe.",
+                {"safe_to_cancel": False},
+            )
+        )
+        try:
+            res = self.session.run(
+                f"{setsid}{run}{args} </dev/null",
+                privileged=True,
+                timeout=self.settings.run_timeout,
+                on_line=on_line,
+                cancel=None,
+                what="kexec/run",
+            )
+        except RemoteCommandError as exc:
+            # The connection may drop because the kexec already happened: let the wait decide.
+            if any(SUCCESS_LINE in ln for ln in lines):
+                self._log("run", f"The connection closed after the success line ({exc.what}).")
+                return
+            raise
+        out = "\n".join(lines)
+        if res.ok and SUCCESS_LINE in out:
+            return
+        self.point_of_no_return = False
+        tail = "\n".join(lines[-25:])
+        if "kexec failed" in out or "kexec_file_load failed" in out or "kexec_load failed" in out:
+            raise KexecRefused(
+                "The kernel refused to load the installer (kexec failed).",
+                f"The server's kernel said:\n{tail}",
+                "If it mentions kexec_file_load, retry with --kexec-extra-flags -c; if "
+                "lockdown or IMA is mentioned, disable Secure Boot. The server was not changed.",
+            )
+        raise KexecRefused(
+            f"kexec/run failed (exit status {res.status}) without the success line.",
+            f"Its last output:\n{tail}",
+            "Read the output above; the server was not rebooted.",
+        )
+
+    # -- waiting --------------------------------------------------------------------------
+
+    def stage_wait_down(self, old_boot: str) -> None:
+        """Wait until the old system stops answering on the open connection."""
+        deadline = time.monotonic() + self.settings.down_timeout
+        while time.monotonic() < deadline:
+            if self.cancel.wait(self.settings.poll_interval):
+                raise Cancelled("Stopped waiting; the kexec may still happen.")
+            if not self.session.active:
+                self._log("down", "The old system went down.")
+                return
+            try:
+                res = self.session.run(
+                    "cat /proc/sys/kernel/random/boot_id", timeout=3, what="liveness check"
+                )
+            except WizardError:
+                self._log("down", "The old system went down.")
+                self.session.close()
+                return
+            if res.stdout.strip() and res.stdout.strip() != old_boot:
+                self._log("down", "The server already rebooted.")
+                return
+        dmesg = ""
+        with contextlib.suppress(WizardError):
+            r = self.session.run(
+                "dmesg 2>&1 | tail -n 40", privileged=True, timeout=10, what="dmesg"
+            )
+            dmesg = r.stdout.strip()
+        raise NeverWentDown(
+            f"{self.session.target.host} did not go down within {self.settings.down_timeout:g} s "
+            "after kexec/run reported success.",
+            "The kexec did not start. `run` sends its later messages to the kernel log; "
+            f"its tail:\n{dmesg or '(empty)'}",
+            "Read the log above. A common cause is a kernel that cannot kexec this way: retry "
+            "with --kexec-extra-flags -c. The old system is still running.",
+        )
+
+    def _ports(self) -> list[int]:
+        ports = [self.plan.installer_port, self.session.target.port, 22]
+        return list(dict.fromkeys(p for p in ports if p))
+
+    def stage_wait_up(self) -> Session:
+        """Poll with short attempts, at most one per poll interval, until the installer answers."""
+        target = self.session.target
+        deadline = time.monotonic() + self.settings.up_timeout
+        attempts = 0
+        last = "no answer yet"
+        refused_auth = False
+        while True:
+            for port in self._ports():
+                if self.cancel.cancelled:
+                    raise Cancelled("Stopped waiting; the installer may still come up.")
+                attempts += 1
+                t0 = time.monotonic()
+                ok, last = (
+                    _ssh_banner(target, port, timeout=1.0) if target.jump is None else (True, "")
+                )
+                if ok:
+                    try:
+                        sess = self._connect_installer(port)
+                        self._log(
+                            "up",
+                            f"The server answers on port {port} after {attempts} attempts.",
+                            attempts=attempts,
+                        )
+                        return sess
+                    except HostKeyChanged as exc:
+                        raise InstallerKeyChanged(
+                            f"Something answered at {target.host} port {port} with ANOTHER host "
+                            f"key ({exc.fingerprint}; expected {exc.known}).",
+                            "The installer keeps the old host keys, so this is either an installer "
+                            "that lost them or someone intercepting the connection. Nothing was "
+                            "sent to it.",
+                            "Check on the provider's console what runs there before trusting it.",
+                        ) from exc
+                    except AuthError as exc:
+                        refused_auth = True
+                        last = f"the SSH server refused our key ({exc.what})"
+                        old = self._try_old_login(port)
+                        if old is not None:
+                            return old
+                    except (SSHConnectError, RemoteCommandError) as exc:
+                        last = exc.what
+                self.emit(Event("progress", "up", last, {"attempts": attempts, "port": port}))
+                if time.monotonic() >= deadline:
+                    raise self._never_came_back(attempts, last, refused_auth)
+                rest = self.settings.poll_interval - (time.monotonic() - t0)
+                if rest > 0 and self.cancel.wait(rest):
+                    raise Cancelled("Stopped waiting; the installer may still come up.")
+
+    def _connect_installer(self, port: int) -> Session:
+        target = replace(self.session.target, port=port, user="root")
+        opts = ConnectOptions(
+            timeout=5.0, expect_key=self.session.host_key_line, update_known_hosts=False
+        )
+        assert self.installer_creds is not None
+        return connect(target, self.installer_creds, self.known_hosts, opts, cancel=self.cancel)
+
+    def _try_old_login(self, port: int) -> Session | None:
+        """Our installer key was refused: see whether the old system came back."""
+        target = replace(self.session.target, port=port)
+        opts = ConnectOptions(
+            timeout=5.0, expect_key=self.session.host_key_line, update_known_hosts=False
+        )
+        try:
+            return connect(target, self.creds, self.known_hosts, opts, cancel=self.cancel)
+        except WizardError:
+            return None
+
+    def _never_came_back(self, attempts: int, last: str, refused_auth: bool) -> NeverCameBack:
+        addrs = ", ".join(self.preview.expected_addresses) or "unknown"
+        moved = " Its address came from DHCP and may have changed." if self.preview.may_move else ""
+        net = "\n".join(f"- {s}" for s in (*self.preview.keeps, *self.preview.loses))
+        hint = (
+            "It answers SSH but refuses our key: the key may not have been carried."
+            if refused_auth
+            else "Nothing answered SSH."
+        )
+        return NeverCameBack(
+            f"{self.session.target.host} did not come back within {self.settings.up_timeout:g} s "
+            f"({attempts} attempts on ports {', '.join(map(str, self._ports()))}; last: {last}).",
+            f"{hint} The installer should be at {addrs}.{moved} Expected network:\n{net}",
+            "Look at the server's console in your provider's panel. If the address changed, "
+            "reconnect to the new one; a power cycle brings the old system back.",
+        )
+
+    # -- verify ---------------------------------------------------------------------------
+
+    def stage_verify(self, session: Session, old_boot: str) -> InstallerInfo:
+        """Prove it is the installer: VARIANT_ID=installer, a new boot_id, the same host key."""
+        try:
+            res = session.run(
+                "cat /etc/os-release; echo @@; cat /proc/sys/kernel/random/boot_id; echo @@; "
+                "cat /proc/sys/kernel/hostname",
+                timeout=self.settings.command_timeout,
+                what="the identity check",
+            )
+        finally:
+            session.close()
+        parts = res.stdout.split("@@\n")
+        osr = parse_os_release(parts[0].splitlines()) if parts else {}
+        boot = parts[1].strip() if len(parts) > 1 else ""
+        hostname = parts[2].strip() if len(parts) > 2 else ""
+        installer = osr.get("ID") == "nixos" and osr.get("VARIANT_ID") == "installer"
+        if not installer or boot == old_boot:
+            same = boot == old_boot
+            raise OldSystemBack(
+                f"{session.target.host} answers, but as {osr.get('PRETTY_NAME', 'the old system')} "
+                + (
+                    "(same boot: it never rebooted)."
+                    if same
+                    else "(it rebooted into the old system)."
+                ),
+                "The kexec did not take: the old kernel is running.",
+                "Check the kernel log (dmesg) on the server; retry with --kexec-extra-flags -c, "
+                "and make sure the server has at least 2 GiB of RAM.",
+            )
+        info = InstallerInfo(
+            host=session.target.host,
+            port=session.target.port,
+            user="root",
+            host_key=key_line(session.host_key),
+            fingerprint=str(session.host_key.fingerprint),
+            boot_id=boot,
+            hostname=hostname,
+            os_release={
+                k: v
+                for k, v in osr.items()
+                if k in ("ID", "VARIANT_ID", "VERSION_ID", "PRETTY_NAME", "BUILD_ID")
+            },
+            identity_file=self.identity_file,
+        )
+        self._log(
+            "verify",
+            f"Verified: NixOS installer at root@{info.host} port {info.port}, "
+            f"host key {info.fingerprint}",
+        )
+        return info
+
+    # -- cleanup before the point of no return --------------------------------------------
+
+    def cleanup(self) -> None:
+        """Undo what we changed on the server: partial uploads, the unpacked folder, our key."""
+        q = shlex.quote
+        cmds = [f"rm -f {q(self.remote_tarball + '.part')}"]
+        if self.added_key is not None:
+            f, line = self.added_key
+            cmds.append(
+                f"if [ -f {q(f)} ]; then grep -vxF -- {q(line)} {q(f)} > {q(f + '.nkw-tmp')}; "
+                f"cat {q(f + '.nkw-tmp')} > {q(f)}; rm -f {q(f + '.nkw-tmp')}; fi"
+            )
+        with contextlib.suppress(Exception):
+            self.session.run("; ".join(cmds), timeout=15, what="cleanup")
+            self._log(
+                "cleanup",
+                "Removed the partial upload"
+                + (" and the app's key" if self.added_key else "")
+                + ".",
+            )
+
+
+def _ssh_banner(target: Target, port: int, timeout: float) -> tuple[bool, str]:
+    """Check cheaply, before any handshake, that something sends an SSH banner."""
+    try:
+        with socket.create_connection((target.host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            data = s.recv(64)
+    except OSError as exc:
+        return False, f"port {port}: {exc.strerror or type(exc).__name__}"
+    if data.startswith(b"SSH-"):
+        return True, ""
+    return False, f"port {port}: no SSH banner"

@@ -1,0 +1,46 @@
+"""Per-profile ed25519 keys the app generates when the user's own key would not be carried."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from app.core.fsutil import atomic_write_bytes
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a profile or host name."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+    return s[:64] or "default"
+
+
+def key_path(keys_dir: Path, name: str) -> Path:
+    """Where the generated key for ``name`` lives."""
+    return keys_dir / f"{slug(name)}_ed25519"
+
+
+def load_or_create(path: Path, comment: str) -> tuple[paramiko.PKey, str]:
+    """The key at ``path`` (created, mode 0600, if missing) and its ``authorized_keys`` line."""
+    if not path.exists():
+        priv = Ed25519PrivateKey.generate()
+        pem = priv.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        pub = priv.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write_bytes(path, pem, mode=0o600)
+        atomic_write_bytes(
+            path.with_name(path.name + ".pub"), pub + f" {comment}\n".encode(), 0o644
+        )
+    key = paramiko.Ed25519Key.from_private_key_file(str(path))
+    os.chmod(path, 0o600)
+    return key, f"{key.get_name()} {key.get_base64()} {comment}"

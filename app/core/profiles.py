@@ -1,0 +1,150 @@
+"""Named host profiles in one versioned file: atomic writes, mode 0600, no secrets, ever."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from app.core.errors import ConfigError
+from app.core.fsutil import atomic_write_text
+
+SCHEMA_VERSION = 1
+STATES = ("original", "installer", "unknown")
+NAME_RE = re.compile(r"^[^\x00-\x1f/\\]{1,64}$")
+# Keys that must never appear in a profile file, whatever a caller passes in.
+SECRET_WORDS = ("password", "passphrase", "secret", "private_key")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One server the user works with."""
+
+    name: str
+    host: str
+    port: int = 22
+    user: str = "root"
+    jump: str = ""
+    auth: str = "auto"  # auto | agent | key | password
+    key_path: str = ""
+    host_key: str = ""  # pinned "type base64"
+    state: str = "unknown"  # original | installer | unknown
+    facts: dict[str, Any] = field(default_factory=dict)
+    image: dict[str, Any] = field(default_factory=dict)
+    installer: dict[str, Any] = field(default_factory=dict)
+    remember_password: bool = False
+    last_contact: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The on-disk form."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Profile:
+        """Read one profile, ignoring unknown keys (from newer versions)."""
+        names = {f.name for f in fields(cls)}
+        clean = {k: v for k, v in data.items() if k in names}
+        p = cls(**clean)
+        if p.state not in STATES:
+            p = replace(p, state="unknown")
+        return p
+
+    def touched(self, **changes: Any) -> Profile:
+        """A copy with ``changes`` and the contact time set to now."""
+        return replace(self, last_contact=time.time(), **changes)
+
+
+def check_name(name: str) -> str:
+    """A profile name: 1-64 printable characters, no slashes."""
+    name = name.strip()
+    if not NAME_RE.match(name):
+        raise ConfigError(
+            f"{name!r} cannot be a profile name.",
+            "Profile names are 1-64 characters without slashes or control characters.",
+            "Pick a short name such as the server's host name.",
+        )
+    return name
+
+
+class ProfileStore:
+    """Loads and saves every profile in one JSON file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.notice = ""  # set when a corrupt file was put aside
+
+    def load(self) -> dict[str, Profile]:
+        """All profiles; a corrupt file is renamed aside (never deleted) and noted."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot read the profiles file {self.path}: {exc.strerror}.",
+                "Your saved servers cannot be shown.",
+                "Check the file's permissions.",
+            ) from exc
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or not isinstance(data.get("profiles"), list):
+                raise ValueError("not a profiles file")
+            version = data.get("version")
+            if not isinstance(version, int) or version > SCHEMA_VERSION:
+                raise ValueError(f"unsupported version {version!r}")
+            profiles = [Profile.from_json(p) for p in data["profiles"]]
+        except (ValueError, TypeError) as exc:
+            aside = self.path.with_name(
+                f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+            )
+            os.replace(self.path, aside)
+            self.notice = (
+                f"The profiles file was unreadable ({exc}); it was kept as {aside} and the app "
+                "starts with no saved servers."
+            )
+            return {}
+        return {p.name: p for p in profiles}
+
+    def save_all(self, profiles: dict[str, Profile]) -> None:
+        """Write every profile atomically (temp file, fsync, rename), mode 0600."""
+        payload = {
+            "version": SCHEMA_VERSION,
+            "profiles": [p.to_json() for p in sorted(profiles.values(), key=lambda p: p.name)],
+        }
+        text = json.dumps(payload, indent=2, sort_keys=True)
+        lowered = text.lower()
+        for word in SECRET_WORDS:
+            # Field names such as "remember_password" are fine; values are checked by callers.
+            if f'"{word}"' in lowered:
+                raise ValueError(f"refusing to write a {word} into the profiles file")
+        atomic_write_text(self.path, text + "\n", mode=0o600)
+
+    def get(self, name: str) -> Profile:
+        """One profile by name."""
+        profiles = self.load()
+        if name not in profiles:
+            known = ", ".join(sorted(profiles)) or "none yet"
+            raise ConfigError(
+                f"There is no profile named {name!r}.",
+                f"Saved profiles: {known}.",
+                "Check the name with `nixos-kexec-wizard profiles list`.",
+            )
+        return profiles[name]
+
+    def put(self, profile: Profile) -> None:
+        """Add or replace one profile."""
+        profiles = self.load()
+        profiles[check_name(profile.name)] = profile
+        self.save_all(profiles)
+
+    def delete(self, name: str) -> bool:
+        """Remove a profile; False when it did not exist."""
+        profiles = self.load()
+        if profiles.pop(name, None) is None:
+            return False
+        self.save_all(profiles)
+        return True

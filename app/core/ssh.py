@@ -1,0 +1,881 @@
+"""One SSH session: target parsing, ssh_config, host keys, auth, privilege, run, stream, upload."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import select
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from app.core.errors import (
+    AuthError,
+    Cancelled,
+    HostKeyChanged,
+    HostKeyUnknown,
+    PrivilegeError,
+    RemoteCommandError,
+    SSHConnectError,
+    UsageError,
+)
+from app.core.events import CancelToken, EventSink, ProgressMeter, discard
+
+# Channel windows larger than the default 2 MiB keep a fast link busy during uploads.
+WINDOW_SIZE = 64 * 1024 * 1024
+MAX_PACKET = 32768
+UPLOAD_CHUNK = 256 * 1024
+# AES-GCM is the fastest cipher paramiko offers (AES-NI through cryptography).
+PREFERRED_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+    "aes192-ctr",
+)
+DEFAULT_KEY_FILES = ("id_ed25519", "id_ecdsa", "id_rsa")
+HOST_RE = re.compile(r"^[A-Za-z0-9_.:%-]+$")
+USER_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.@-]*$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to connect: resolved host, port and user, keys and jump host from ssh_config."""
+
+    host: str
+    port: int = 22
+    user: str = "root"
+    alias: str = ""
+    identity_files: tuple[str, ...] = ()
+    jump: Target | None = None
+
+    @property
+    def label(self) -> str:
+        """``user@host`` with ``:port`` when not 22 (``[v6]:port`` for IPv6)."""
+        host = f"[{self.host}]" if ":" in self.host and self.port != 22 else self.host
+        port = f":{self.port}" if self.port != 22 else ""
+        return f"{self.user}@{host}{port}"
+
+    def ssh_command(self, identity: str | None = None) -> list[str]:
+        """The OpenSSH command line that reaches this target."""
+        cmd = ["ssh"]
+        if self.port != 22:
+            cmd += ["-p", str(self.port)]
+        if identity:
+            cmd += ["-i", identity]
+        if self.jump is not None:
+            cmd += ["-J", _jump_spec(self.jump)]
+        cmd.append(f"{self.user}@{self.host}")
+        return cmd
+
+
+def _jump_spec(t: Target) -> str:
+    inner = _jump_spec(t.jump) + "," if t.jump is not None else ""
+    host = f"[{t.host}]" if ":" in t.host else t.host
+    return f"{inner}{t.user}@{host}:{t.port}"
+
+
+def split_spec(spec: str) -> tuple[str | None, str, int | None]:
+    """Split ``[user@]host[:port]`` (IPv6 as ``[addr]:port``) into its parts, validated."""
+    spec = spec.strip()
+    user = None
+    if "@" in spec:
+        user, spec = spec.rsplit("@", 1)
+    port: int | None = None
+    if spec.startswith("["):
+        end = spec.find("]")
+        if end < 0:
+            raise _bad_target(spec, "an opening '[' has no closing ']'")
+        host, rest = spec[1:end], spec[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise _bad_target(spec, "unexpected text after ']'")
+            port = _port(rest[1:], spec)
+    elif spec.count(":") == 1:
+        host, p = spec.split(":")
+        port = _port(p, spec)
+    else:
+        host = spec
+    if not host or not HOST_RE.match(host) or host.startswith("-"):
+        raise _bad_target(spec, "the host name has characters a host name cannot have")
+    if user is not None and (not user or not USER_RE.match(user)):
+        raise _bad_target(spec, "the user name has characters a user name cannot have")
+    return user, host, port
+
+
+def _port(text: str, spec: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise _bad_target(spec, f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
+def _bad_target(spec: str, why: str) -> UsageError:
+    return UsageError(
+        f"{spec!r} is not a server address: {why}.",
+        "The address must look like host, user@host, user@host:port or an ~/.ssh/config alias.",
+        "Check for typos, quotes or spaces in the address.",
+    )
+
+
+def load_ssh_config(path: Path | None = None) -> paramiko.SSHConfig:
+    """The user's ~/.ssh/config (empty when missing or unreadable)."""
+    path = path or Path.home() / ".ssh" / "config"
+    try:
+        return paramiko.SSHConfig.from_path(str(path))
+    except (OSError, paramiko.ConfigParseError):
+        return paramiko.SSHConfig()
+
+
+def ssh_config_hosts(config: paramiko.SSHConfig) -> list[str]:
+    """Concrete host aliases in the config, for completion."""
+    return sorted(h for h in config.get_hostnames() if not any(c in h for c in "*?!"))
+
+
+def parse_target(
+    spec: str,
+    *,
+    port: int | None = None,
+    user: str | None = None,
+    identity: Iterable[str] = (),
+    jump: str | None = None,
+    config: paramiko.SSHConfig | None = None,
+    default_user: str = "root",
+) -> Target:
+    """Resolve a target like ssh does: command-line values first, then ~/.ssh/config."""
+    cfg = config if config is not None else load_ssh_config()
+    spec_user, name, spec_port = split_spec(spec)
+    entry: dict[str, Any] = dict(cfg.lookup(name))
+    host = str(entry.get("hostname") or name)
+    if port is not None and not 0 < port < 65536:
+        raise _bad_target(spec, f"{port} is not a port number (1-65535)")
+    final_port = port or spec_port or _int(entry.get("port")) or 22
+    final_user = user or spec_user or str(entry.get("user") or default_user)
+    ids = tuple(identity) or tuple(
+        os.path.expanduser(p) for p in entry.get("identityfile", []) if isinstance(p, str)
+    )
+    jump_spec = jump if jump is not None else entry.get("proxyjump")
+    jump_target = None
+    if jump_spec and str(jump_spec).lower() != "none":
+        jump_target = _parse_jump(str(jump_spec), cfg, final_user)
+    alias = name if host != name else ""
+    return Target(host, final_port, final_user, alias, ids, jump_target)
+
+
+def _parse_jump(spec: str, cfg: paramiko.SSHConfig, default_user: str) -> Target:
+    hops = [h.strip() for h in spec.split(",") if h.strip()]
+    prev: Target | None = None
+    for hop in hops:
+        t = parse_target(hop, jump="none", config=cfg, default_user=default_user)
+        prev = replace(t, jump=prev)
+    assert prev is not None
+    return prev
+
+
+def _int(v: object) -> int | None:
+    try:
+        return int(str(v)) if v is not None else None
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Host keys
+
+
+def key_line(key: paramiko.PKey) -> str:
+    """``type base64``, the known_hosts form of a public key."""
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+def fingerprint_of_line(line: str) -> str:
+    """The ``SHA256:`` fingerprint of a ``type base64`` public key line."""
+    import base64
+
+    blob = base64.b64decode(line.split()[1])
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"
+
+
+def _host_names(host: str, port: int) -> list[str]:
+    return [host] if port == 22 else [f"[{host}]:{port}"]
+
+
+def _preferred_types(known_types: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for t in known_types:
+        out += ["rsa-sha2-512", "rsa-sha2-256"] if t == "ssh-rsa" else [t]
+    return out
+
+
+class KnownHosts:
+    """The app's own known_hosts (read and written) plus the user's (read only)."""
+
+    def __init__(self, app_file: Path, user_file: Path | None = None) -> None:
+        self.app_file = app_file
+        self.user_file = user_file if user_file is not None else Path.home() / ".ssh/known_hosts"
+        self._lock = threading.Lock()
+
+    def _load(self, path: Path) -> paramiko.HostKeys:
+        hk = paramiko.HostKeys()
+        with contextlib.suppress(OSError, paramiko.SSHException, ValueError):
+            if path.is_file():
+                hk.load(str(path))
+        return hk
+
+    def known(self, host: str, port: int) -> dict[str, paramiko.PKey]:
+        """Known keys by type for ``host``/``port`` (the app's own file wins on conflict)."""
+        out: dict[str, paramiko.PKey] = {}
+        for path in (self.user_file, self.app_file):
+            hk = self._load(path)
+            for name in _host_names(host, port):
+                entry = hk.lookup(name)
+                if entry:
+                    for t in entry:
+                        out[t] = entry[t]
+        return out
+
+    def add(self, host: str, port: int, key: paramiko.PKey) -> None:
+        """Trust ``key`` for ``host``/``port`` from now on (app file only)."""
+        with self._lock:
+            self.app_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            name = _host_names(host, port)[0]
+            line = f"{name} {key_line(key)}\n"
+            fd = os.open(self.app_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a") as f:
+                f.write(line)
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials and privilege
+
+
+@dataclass
+class Credentials:
+    """How to log in. Secrets live only here, in memory, never in a profile or a log."""
+
+    method: str = "auto"  # auto | agent | key | password
+    password: str | None = None
+    passphrases: dict[str, str] = field(default_factory=dict)
+    sudo_password: str | None = None
+    use_agent: bool = True
+    # Keys the app itself holds (e.g. its generated per-profile key), tried first.
+    extra_keys: tuple[paramiko.PKey, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Credentials(method={self.method!r}, password={'***' if self.password else None})"
+
+
+class PassphraseRequired(AuthError):
+    """A key file is encrypted and no passphrase was given: the face must ask."""
+
+    kind = "passphrase-required"
+
+    def __init__(self, path: str, wrong: bool = False) -> None:
+        super().__init__(
+            f"The key {path} "
+            + ("did not accept that passphrase." if wrong else "needs a passphrase."),
+            "The key file is encrypted.",
+            "Enter the key's passphrase, or load the key into your ssh-agent.",
+        )
+        self.path = path
+        self.wrong = wrong
+
+
+class PasswordRequired(AuthError):
+    """The server takes a password and none was given: the face must ask."""
+
+    kind = "password-required"
+
+    def __init__(self, label: str) -> None:
+        super().__init__(
+            f"{label} asks for a password.",
+            "No key was accepted, and no password was given.",
+            "Enter the password, or add your public key to the server's authorized_keys.",
+        )
+
+
+@dataclass(frozen=True)
+class Privilege:
+    """How commands become root on the server."""
+
+    kind: str  # root | sudo | sudo-password | doas
+
+    def wrap(self, command: str) -> str:
+        """``command`` run as root through this privilege."""
+        inner = shlex.quote(command)
+        if self.kind == "root":
+            return command
+        if self.kind == "sudo":
+            return f"sudo -n -- sh -c {inner}"
+        if self.kind == "sudo-password":
+            # -k: always read the password, so it never lands in the command's stdin.
+            return f"sudo -k -S -p '' -- sh -c {inner}"
+        if self.kind == "doas":
+            return f"doas -n -- sh -c {inner}"
+        raise ValueError(self.kind)
+
+    @property
+    def description(self) -> str:
+        """In words, for the checklist."""
+        return {
+            "root": "logged in as root",
+            "sudo": "sudo without a password",
+            "sudo-password": "sudo with your password",
+            "doas": "doas without a password",
+        }[self.kind]
+
+
+# ---------------------------------------------------------------------------------------------
+# The session
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Exit status and output of one remote command."""
+
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        """True for exit status 0."""
+        return self.status == 0
+
+
+LineSink = Callable[[str, str], None]  # (stream name, line)
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """Deadlines and host-key decisions for one connection."""
+
+    timeout: float = 10.0
+    accept_new_host_key: bool = False
+    trust_fingerprint: str | None = None  # a fingerprint the user accepted in a prompt
+    expect_key: str | None = None  # "type base64": anything else is a changed key
+    update_known_hosts: bool = True
+
+
+class Session:
+    """An authenticated SSH connection. ``close()`` may be called from any thread."""
+
+    def __init__(
+        self,
+        target: Target,
+        transport: paramiko.Transport,
+        host_key: paramiko.PKey,
+        auth_key: paramiko.PKey | None,
+        auth_kind: str,
+        jump: Session | None = None,
+    ) -> None:
+        self.target = target
+        self.transport = transport
+        self.host_key = host_key
+        self.auth_key = auth_key  # the public key that logged us in, if a key did
+        self.auth_kind = auth_kind  # "key", "agent", "password"
+        self._jump = jump
+        self.privilege: Privilege | None = None
+        self.sudo_password: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def host_key_line(self) -> str:
+        """The server's host key as ``type base64``."""
+        return key_line(self.host_key)
+
+    @property
+    def host_key_fingerprint(self) -> str:
+        """The server's host key fingerprint, ``SHA256:...``."""
+        return str(self.host_key.fingerprint)
+
+    @property
+    def active(self) -> bool:
+        """Whether the transport is still up."""
+        return bool(self.transport.is_active())
+
+    def close(self) -> None:
+        """Close the connection (and the jump host's); unblocks any waiting call at once."""
+        with contextlib.suppress(Exception):
+            self.transport.close()
+        if self._jump is not None:
+            self._jump.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- commands -------------------------------------------------------------------------
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float,
+        stdin: bytes | None = None,
+        privileged: bool = False,
+        on_line: LineSink | None = None,
+        cancel: CancelToken | None = None,
+        what: str = "",
+    ) -> CommandResult:
+        """Run ``command`` with a deadline, streaming its output lines to ``on_line``."""
+        if privileged:
+            if self.privilege is None:
+                raise PrivilegeError(
+                    "No way to become root on the server is known yet.",
+                    "The app must probe the server before it runs privileged commands.",
+                    "Run the inspection step first.",
+                )
+            command = self.privilege.wrap(command)
+            if self.privilege.kind == "sudo-password":
+                secret = (self.sudo_password or "").encode() + b"\n"
+                stdin = secret + (stdin or b"")
+        chan = self._open_channel(what or command)
+        unhook = cancel.on_cancel(chan.close) if cancel is not None else (lambda: None)
+        try:
+            chan.exec_command(command)
+            if stdin:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            return self._collect(chan, timeout, on_line, cancel, what or command)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled() from exc
+            raise RemoteCommandError(
+                f"The connection to {self.target.label} broke while running "
+                f"{_short(what or command)}.",
+                f"({exc or type(exc).__name__})",
+                "Check that the server is up and reachable, then try again.",
+            ) from exc
+        finally:
+            unhook()
+            chan.close()
+
+    def _open_channel(self, what: str) -> paramiko.Channel:
+        try:
+            return self.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteCommandError(
+                f"Cannot start {_short(what)} on {self.target.label}: the connection is closed.",
+                f"({exc or type(exc).__name__})",
+                "Reconnect and try again.",
+            ) from exc
+
+    def _collect(
+        self,
+        chan: paramiko.Channel,
+        timeout: float,
+        on_line: LineSink | None,
+        cancel: CancelToken | None,
+        what: str,
+    ) -> CommandResult:
+        deadline = time.monotonic() + timeout
+        out, err = bytearray(), bytearray()
+        pending = {"stdout": bytearray(), "stderr": bytearray()}
+
+        def feed(name: str, data: bytes) -> None:
+            if on_line is None:
+                return
+            buf = pending[name]
+            buf += data
+            while (nl := buf.find(b"\n")) >= 0:
+                on_line(name, buf[:nl].decode("utf-8", "replace").rstrip("\r"))
+                del buf[: nl + 1]
+
+        while True:
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RemoteCommandError(
+                    f"{_short(what)} ran past its {timeout:g} s deadline on {self.target.label}.",
+                    "The command hung or the server is overloaded; it was abandoned.",
+                    "Check the server's load and connectivity, then try again.",
+                )
+            select.select([chan], [], [], min(left, 0.5))
+            got = False
+            while chan.recv_ready():
+                data = chan.recv(65536)
+                out += data
+                feed("stdout", data)
+                got = True
+            while chan.recv_stderr_ready():
+                data = chan.recv_stderr(65536)
+                err += data
+                feed("stderr", data)
+                got = True
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if chan.closed and not got:
+                raise EOFError("the channel closed before the command ended")
+            if not self.transport.is_active():
+                raise EOFError("the connection closed")
+        status = chan.recv_exit_status() if chan.exit_status_ready() else -1
+        if status == -1:
+            # No exit status: killed by a signal, or our side closed the channel.
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled()
+            if not self.transport.is_active():
+                raise EOFError("the connection closed")
+        for name, buf in pending.items():
+            if buf and on_line is not None:
+                on_line(name, buf.decode("utf-8", "replace"))
+        return CommandResult(status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+    def upload(
+        self,
+        local: Path,
+        remote: str,
+        *,
+        emit: EventSink = discard,
+        stage: str = "transfer",
+        cancel: CancelToken | None = None,
+        timeout: float = 3600.0,
+    ) -> str:
+        """Stream ``local`` into ``remote`` (mode 0600), returning the sha256 of what was sent."""
+        size = local.stat().st_size
+        cmd = f"umask 077 && cat > {shlex.quote(remote)}"
+        chan = self._open_channel("the upload")
+        unhook = cancel.on_cancel(chan.close) if cancel is not None else (lambda: None)
+        h = hashlib.sha256()
+        meter = ProgressMeter(emit, stage, size)
+        deadline = time.monotonic() + timeout
+        try:
+            chan.exec_command(cmd)
+            with local.open("rb", buffering=0) as f:
+                while chunk := f.read(UPLOAD_CHUNK):
+                    if cancel is not None and cancel.cancelled:
+                        raise Cancelled()
+                    if time.monotonic() > deadline:
+                        raise RemoteCommandError(
+                            f"The upload to {self.target.label} ran past its "
+                            f"{timeout:g} s deadline.",
+                            "The link is too slow or stalled.",
+                            "Try again, or let the server download the image itself.",
+                        )
+                    h.update(chunk)
+                    chan.sendall(chunk)
+                    meter.advance(len(chunk))
+            chan.shutdown_write()
+            res = self._collect(chan, max(deadline - time.monotonic(), 30), None, cancel, "upload")
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("Upload cancelled.") from exc
+            raise RemoteCommandError(
+                f"The upload to {self.target.label} broke after {meter.done} of {size} bytes.",
+                f"The connection dropped ({exc or type(exc).__name__}).",
+                "Try again: nothing is run until the whole file arrives and its checksum matches.",
+            ) from exc
+        finally:
+            unhook()
+            chan.close()
+        meter.finish()
+        if not res.ok:
+            raise RemoteCommandError(
+                f"Writing {remote} on {self.target.label} failed: {res.stderr.strip()[:300]}",
+                "The server could not store the image (full disk or no permission).",
+                "Free space on the server or choose another staging folder.",
+            )
+        return h.hexdigest()
+
+
+def _short(command: str) -> str:
+    first = command.strip().splitlines()[0] if command.strip() else command
+    return first if len(first) <= 60 else first[:57] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Connecting
+
+
+def connect(
+    target: Target,
+    creds: Credentials,
+    known_hosts: KnownHosts,
+    options: ConnectOptions | None = None,
+    *,
+    cancel: CancelToken | None = None,
+) -> Session:
+    """Open, verify the host key, then authenticate. Never sends a credential to a wrong key."""
+    opts = options or ConnectOptions()
+    jump_session = None
+    if target.jump is not None:
+        jump_opts = replace(opts, expect_key=None, trust_fingerprint=None)
+        jump_session = connect(target.jump, creds, known_hosts, jump_opts, cancel=cancel)
+    try:
+        sock = _open_socket(target, opts.timeout, jump_session, cancel)
+        return _handshake(target, sock, creds, known_hosts, opts, jump_session, cancel)
+    except BaseException:
+        if jump_session is not None:
+            jump_session.close()
+        raise
+
+
+def _open_socket(
+    target: Target, timeout: float, jump: Session | None, cancel: CancelToken | None
+) -> Any:
+    if jump is not None:
+        try:
+            return jump.transport.open_channel(
+                "direct-tcpip", (target.host, target.port), ("127.0.0.1", 0), timeout=timeout
+            )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHConnectError(
+                f"The jump host {jump.target.label} could not reach "
+                f"{target.host} port {target.port}.",
+                f"({exc or type(exc).__name__})",
+                "Check the address and port as seen from the jump host.",
+            ) from exc
+    try:
+        sock = socket.create_connection((target.host, target.port), timeout=timeout)
+    except socket.gaierror as exc:
+        raise SSHConnectError(
+            f"The name {target.host!r} does not resolve.",
+            "DNS does not know this host (or it is a typo).",
+            "Check the spelling, or use the IP address.",
+        ) from exc
+    except ConnectionRefusedError as exc:
+        raise SSHConnectError(
+            f"{target.host} refused the connection on port {target.port}.",
+            "Nothing listens there: SSH may run on another port, or be stopped.",
+            "Check the port (use host:port), and that sshd is running.",
+        ) from exc
+    except TimeoutError as exc:
+        raise SSHConnectError(
+            f"No answer from {target.host} port {target.port} within {timeout:g} s.",
+            "The server is down, or a firewall drops the connection.",
+            "Check the address, the firewall and that the server is running.",
+        ) from exc
+    except OSError as exc:
+        raise SSHConnectError(
+            f"Cannot connect to {target.host} port {target.port}: {exc.strerror or exc}.",
+            "The network path to the server is broken.",
+            "Check the address and your network connection.",
+        ) from exc
+    if cancel is not None:
+        cancel.on_cancel(sock.close)
+    return sock
+
+
+def _handshake(
+    target: Target,
+    sock: Any,
+    creds: Credentials,
+    known_hosts: KnownHosts,
+    opts: ConnectOptions,
+    jump: Session | None,
+    cancel: CancelToken | None,
+) -> Session:
+    t = paramiko.Transport(
+        sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET
+    )
+    unhook = cancel.on_cancel(t.close) if cancel is not None else (lambda: None)
+    try:
+        t.banner_timeout = opts.timeout
+        t.handshake_timeout = opts.timeout
+        t.auth_timeout = opts.timeout
+        sec = t.get_security_options()
+        sec.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in sec.ciphers) + tuple(
+            c for c in sec.ciphers if c not in PREFERRED_CIPHERS
+        )
+        known = known_hosts.known(target.host, target.port)
+        first = [opts.expect_key.split()[0]] if opts.expect_key else list(known)
+        prefer = _preferred_types(first)
+        sec.key_types = tuple(k for k in prefer if k in sec.key_types) + tuple(
+            k for k in sec.key_types if k not in prefer
+        )
+        try:
+            t.start_client(timeout=opts.timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled() from exc
+            raise SSHConnectError(
+                f"The SSH handshake with {target.host} port {target.port} failed.",
+                f"The server does not speak SSH there, or it closed the connection ({exc}).",
+                "Check the port; wait a moment if the server is still starting.",
+            ) from exc
+        key = t.get_remote_server_key()
+        _check_host_key(target, key, known, known_hosts, opts)
+        auth_key, kind = _authenticate(t, target, creds, cancel)
+        t.set_keepalive(15)
+        unhook()
+        return Session(target, t, key, auth_key, kind, jump)
+    except BaseException:
+        unhook()
+        t.close()
+        raise
+
+
+def _check_host_key(
+    target: Target,
+    key: paramiko.PKey,
+    known: dict[str, paramiko.PKey],
+    known_hosts: KnownHosts,
+    opts: ConnectOptions,
+) -> None:
+    name, fp = key.get_name(), str(key.fingerprint)
+    if opts.expect_key is not None:
+        if key_line(key) != opts.expect_key.strip():
+            raise HostKeyChanged(
+                target.host, target.port, name, fp, fingerprint_of_line(opts.expect_key)
+            )
+        return
+    same_type = known.get(name)
+    if same_type is not None:
+        if key_line(same_type) == key_line(key):
+            return
+        raise HostKeyChanged(target.host, target.port, name, fp, str(same_type.fingerprint))
+    if opts.accept_new_host_key or (opts.trust_fingerprint and opts.trust_fingerprint == fp):
+        if opts.update_known_hosts:
+            known_hosts.add(target.host, target.port, key)
+        return
+    raise HostKeyUnknown(target.host, target.port, name, fp)
+
+
+def load_key_file(path: str, passphrase: str | None) -> paramiko.PKey:
+    """Load a private key of any supported type; PassphraseRequired when encrypted."""
+    try:
+        # paramiko hands the password to cryptography, which wants bytes.
+        secret = passphrase.encode() if passphrase is not None else None
+        return paramiko.PKey.from_path(path, password=secret)  # type: ignore[arg-type]
+    except paramiko.PasswordRequiredException as exc:
+        raise PassphraseRequired(path) from exc
+    except TypeError as exc:
+        # cryptography: "Key is password-protected, but password was not provided."
+        if "password" in str(exc).lower():
+            raise PassphraseRequired(path) from exc
+        raise _unreadable_key(path, exc) from exc
+    except (ValueError, paramiko.SSHException) as exc:
+        if passphrase is not None:
+            raise PassphraseRequired(path, wrong=True) from exc
+        raise _unreadable_key(path, exc) from exc
+    except OSError as exc:
+        raise AuthError(
+            f"The key file {path} cannot be read ({exc.strerror or exc}).",
+            "Without it this login cannot use that key.",
+            "Check the path and the file's permissions.",
+        ) from exc
+
+
+def _unreadable_key(path: str, exc: Exception) -> AuthError:
+    return AuthError(
+        f"The key file {path} cannot be read: {exc}.",
+        "It is not a private key this app understands.",
+        "Choose the private key (not the .pub file), in OpenSSH or PEM format.",
+    )
+
+
+def _authenticate(
+    t: paramiko.Transport, target: Target, creds: Credentials, cancel: CancelToken | None
+) -> tuple[paramiko.PKey | None, str]:
+    user = target.user
+    allowed: list[str] = []
+
+    def try_key(k: paramiko.PKey) -> bool:
+        nonlocal allowed
+        if cancel is not None:
+            cancel.check()
+        try:
+            t.auth_publickey(user, k)
+            return True
+        except paramiko.BadAuthenticationType as exc:
+            allowed = list(exc.allowed_types)
+            return False
+        except paramiko.AuthenticationException:
+            return False
+        except paramiko.SSHException as exc:
+            raise SSHConnectError(
+                f"{target.label} closed the connection during login.",
+                f"({exc})",
+                "The server may limit login attempts (MaxAuthTries); load fewer keys in your "
+                "agent or name the key with -i.",
+            ) from exc
+
+    method = creds.method
+    encrypted: str | None = None
+    if method in ("auto", "key", "agent"):
+        for k in creds.extra_keys:
+            if try_key(k):
+                return k, "key"
+    if method in ("auto", "agent") and creds.use_agent:
+        agent = paramiko.Agent()
+        try:
+            for k in agent.get_keys():
+                if try_key(k):
+                    return k, "agent"
+        finally:
+            agent.close()
+    if method in ("auto", "key"):
+        files = list(target.identity_files)
+        explicit = bool(files)
+        if not files:
+            ssh_dir = Path.home() / ".ssh"
+            files = [str(ssh_dir / n) for n in DEFAULT_KEY_FILES if (ssh_dir / n).is_file()]
+        for path in files:
+            try:
+                k = load_key_file(path, creds.passphrases.get(path))
+            except PassphraseRequired as exc:
+                if exc.wrong or method == "key" or explicit:
+                    raise
+                encrypted = encrypted or path
+                continue
+            except AuthError:
+                if explicit:
+                    raise
+                continue
+            if try_key(k):
+                return k, "key"
+    if method in ("auto", "password"):
+        if creds.password is not None:
+            try:
+                t.auth_password(user, creds.password)
+                return None, "password"
+            except paramiko.BadAuthenticationType as exc:
+                allowed = list(exc.allowed_types)
+                if "keyboard-interactive" in allowed and _kbd_interactive(t, user, creds.password):
+                    return None, "password"
+            except paramiko.AuthenticationException:
+                pass
+            raise AuthError(
+                f"{target.label} refused the password.",
+                "The password is wrong, or password login is disabled for this user.",
+                "Check the password (and the user name), or log in with a key.",
+            )
+        if method == "password" or (method == "auto" and not allowed and encrypted is None):
+            raise PasswordRequired(target.label)
+    if encrypted is not None:
+        raise PassphraseRequired(encrypted)
+    if "password" in allowed or "keyboard-interactive" in allowed:
+        raise PasswordRequired(target.label)
+    raise AuthError(
+        f"{target.label} accepted none of the keys offered.",
+        "Your public key is not in the server's authorized_keys for this user.",
+        "Add your key with ssh-copy-id, choose another key file, or log in with a password.",
+    )
+
+
+def _kbd_interactive(t: paramiko.Transport, user: str, password: str) -> bool:
+    def handler(_title: str, _instr: str, prompts: list[tuple[str, bool]]) -> list[str]:
+        return [password for _ in prompts]
+
+    try:
+        t.auth_interactive(user, handler)
+        return True
+    except paramiko.AuthenticationException:
+        return False

@@ -1,0 +1,175 @@
+"""Shared fixtures: isolated homes, an in-memory keyring, a real sshd and a real HTTP server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import keyring
+import keyring.backend
+import pytest
+
+from app.core.settings import Settings
+from tests.support.releases import ReleasesServer
+from tests.support.sshd import (
+    SUDOERS,
+    SSHServer,
+    TestUser,
+    ensure_user,
+    free_port,
+    keygen,
+    remove_user,
+)
+from tests.support.tarballs import standin_tarball
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+ASSET = "nixos-kexec-installer-noninteractive-x86_64-linux.tar.gz"
+PASSPHRASE = "correct horse battery staple"
+
+
+class MemoryKeyring(keyring.backend.KeyringBackend):
+    """A keyring that lives in memory: a headless machine has no real one."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.store.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.store[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.store.pop((service, username), None)
+
+
+@pytest.fixture(autouse=True)
+def memory_keyring() -> Iterator[MemoryKeyring]:
+    """Every test gets a fresh in-memory keyring."""
+    kr = MemoryKeyring()
+    previous = keyring.get_keyring()
+    keyring.set_keyring(kr)
+    yield kr
+    keyring.set_keyring(previous)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private $HOME and app home per test; no agent, no inherited URLs."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NIXOS_KEXEC_WIZARD_HOME", str(tmp_path / "app"))
+    for var in ("SSH_AUTH_SOCK", "NIXOS_KEXEC_WIZARD_API_URL", "NIXOS_KEXEC_WIZARD_DOWNLOAD_URL"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@dataclass
+class SSHEnv:
+    """The running sshd, its users and the client keys that log in."""
+
+    server: SSHServer
+    key: Path  # unencrypted ed25519, authorized for every user
+    enc_key: Path  # passphrase-protected ed25519, authorized for every user
+    stranger_key: Path  # authorized nowhere
+    nopw: TestUser  # sudo without password
+    pw: TestUser  # sudo with password
+    plain: TestUser  # no sudo at all
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+
+@pytest.fixture(scope="session")
+def ssh_env() -> Iterator[SSHEnv]:
+    """A real OpenSSH sshd on 127.0.0.1 with three test users (needs root, as CI has)."""
+    if os.geteuid() != 0:
+        pytest.fail("The sshd fixture creates users and runs sshd: run the tests as root (CI does).")
+    work = Path(f"/var/tmp/nkw-tests-{os.getpid()}")
+    work.mkdir(mode=0o755)
+    try:
+        keys = work / "keys"
+        keys.mkdir()
+        host = [keygen(keys / "ssh_host_ed25519_key"), keygen(keys / "ssh_host_rsa_key", "rsa")]
+        client = keygen(keys / "client")
+        enc = keygen(keys / "client_enc", passphrase=PASSPHRASE)
+        stranger = keygen(keys / "stranger")
+        users = [
+            TestUser("nkw-nopw", "Nopw-pass-4711", work / "h-nopw", "nopasswd"),
+            TestUser("nkw-pw", "Pw-secret-0815!", work / "h-pw", "password"),
+            TestUser("nkw-plain", "Plain-pass-42", work / "h-plain", "none"),
+        ]
+        for u in users:
+            ensure_user(u, [client, enc])
+        SUDOERS.write_text("nkw-nopw ALL=(ALL) NOPASSWD: ALL\nnkw-pw ALL=(ALL) ALL\n")
+        os.chmod(SUDOERS, 0o440)
+        server = SSHServer(free_port(), work, host)
+        server.start()
+        try:
+            yield SSHEnv(server, client, enc, stranger, *users)
+        finally:
+            server.stop()
+    finally:
+        SUDOERS.unlink(missing_ok=True)
+        for name in ("nkw-nopw", "nkw-pw", "nkw-plain"):
+            remove_user(name)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def trusted(ssh_env: SSHEnv, isolated_env: Path, tmp_path: Path) -> Path:
+    """The app's known_hosts already trusting the fixture's host keys."""
+    kh = tmp_path / "app" / "config" / "known_hosts"
+    kh.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"[127.0.0.1]:{ssh_env.port} {k.with_suffix('.pub').read_text().split()[0]} "
+        f"{k.with_suffix('.pub').read_text().split()[1]}\n"
+        for k in ssh_env.server.host_keys
+    ]
+    kh.write_text("".join(lines))
+    return kh
+
+
+@pytest.fixture
+def releases(tmp_path: Path) -> Iterator[ReleasesServer]:
+    """A local stand-in for GitHub with a stand-in tarball in three channels."""
+    srv = ReleasesServer()
+    tar = standin_tarball(tmp_path / ASSET)
+    data = tar.read_bytes()
+    srv.add("nixos-unstable", ASSET, data)
+    srv.add("nixos-26.05", ASSET, data, updated_at="2026-11-21T10:00:00Z")
+    srv.add("nixos-25.11", ASSET, data, updated_at="2026-05-30T10:00:00Z")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def settings(releases: ReleasesServer) -> Settings:
+    """Settings pointing at the local releases server, with short deadlines."""
+    return Settings(
+        api_url=releases.api_url,
+        download_url=releases.download_url,
+        allow_http=True,
+        connect_timeout=5,
+        command_timeout=30,
+        http_timeout=5,
+        run_timeout=60,
+        down_timeout=3,
+        up_timeout=5,
+        poll_interval=0.2,
+    )
+
+
+def sha256sum_remote(path: Path) -> str:
+    """sha256 of a file on this machine (the sshd fixture's server side)."""
+    return subprocess.run(["sha256sum", str(path)], capture_output=True, text=True, check=True).stdout.split()[0]

@@ -1,0 +1,1 @@
+"""Real servers for the tests: OpenSSH sshd, an HTTP releases server, stand-in tarballs."""
