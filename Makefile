@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck pytest host-deps lock clean
+.PHONY: run test check lint typecheck pytest host-deps bench lock clean
 
 run: $(STAMP)
 	$(BIN)/nixos-kexec-wizard $(ARGS)
@@ -25,14 +25,17 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $@
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests
-	$(BIN)/ruff format --check app tests
+	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff format --check app tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: host-deps $(STAMP)
+	$(BIN)/python bench/upload.py
 
 lock:
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv

@@ -32,6 +32,7 @@ from app.core.errors import (
     ConfigError,
     ExitCode,
     HostKeyUnknown,
+    PreflightStop,
     UsageError,
     WizardError,
 )
@@ -489,13 +490,13 @@ def cmd_install(ctx: Context) -> int:
             ctx.report.info(f"{target.host} already runs the NixOS installer; nothing to do.")
             ctx.report.result(True, "already-installer", installer=info.to_json())
             return 0
+        # Remember the server now, so a stop below still leaves a profile to come back to.
+        _save_after(ctx, profile, target, creds, session, facts, None, None)
         asset, meta = _resolve_asset(ctx, facts.arch)
         verdicts = evaluate(facts, meta.get("arch") or None, asset.size if asset else None)
         stops = [v for v in verdicts if v.level is Level.STOP]
         if stops:
             v = stops[0]
-            from app.core.errors import PreflightStop
-
             raise PreflightStop(f"Preflight stop: {v.title}.", v.reason, v.fix)
         establish_privilege(session, facts, _sudo_password(ctx, facts, creds), ctx.settings)
         mode, reason = choose_transfer(a.transfer, facts, asset)
@@ -891,6 +892,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sys.stderr.write(exc.explain() + "\n")
         return int(exc.exit_code)
+    except Exception as exc:  # a bug: say so plainly, keep the details in the log
+        import traceback
+
+        detail = traceback.format_exc()
+        where = ""
+        if ctx is not None and ctx.report.log is not None:
+            ctx.report.log.write(Event("log", "internal", ctx.report.redact(detail)))
+            where = f" Details are in {ctx.report.log.path}."
+        err = WizardError(
+            f"Internal error: {type(exc).__name__}: {exc}",
+            "This is a bug in nixos-kexec-wizard, not something you did." + where,
+            "Please report it with the log file; the server was left as the last message said.",
+        )
+        if ctx is not None:
+            ctx.report.error(err)
+        else:
+            sys.stderr.write(err.explain() + "\n")
+        return int(ExitCode.INTERNAL)
     except KeyboardInterrupt:
         if ctx is not None:
             ctx.cancel.cancel()

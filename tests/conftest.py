@@ -93,7 +93,9 @@ class SSHEnv:
 def ssh_env() -> Iterator[SSHEnv]:
     """A real OpenSSH sshd on 127.0.0.1 with three test users (needs root, as CI has)."""
     if os.geteuid() != 0:
-        pytest.fail("The sshd fixture creates users and runs sshd: run the tests as root (CI does).")
+        pytest.fail(
+            "The sshd fixture creates users and runs sshd: run the tests as root (CI does)."
+        )
     work = Path(f"/var/tmp/nkw-tests-{os.getpid()}")
     work.mkdir(mode=0o755)
     try:
@@ -172,4 +174,6 @@ def settings(releases: ReleasesServer) -> Settings:
 
 def sha256sum_remote(path: Path) -> str:
     """sha256 of a file on this machine (the sshd fixture's server side)."""
-    return subprocess.run(["sha256sum", str(path)], capture_output=True, text=True, check=True).stdout.split()[0]
+    return subprocess.run(
+        ["sha256sum", str(path)], capture_output=True, text=True, check=True
+    ).stdout.split()[0]

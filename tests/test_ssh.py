@@ -51,10 +51,14 @@ def _kh(trusted: Path) -> KnownHosts:
 
 
 def _connect(env: SSHEnv, trusted: Path, **kw: object) -> Session:
-    return connect(_target(env), Credentials(method="key"), _kh(trusted), ConnectOptions(timeout=5), **kw)  # type: ignore[arg-type]
+    return connect(
+        _target(env), Credentials(method="key"), _kh(trusted), ConnectOptions(timeout=5), **kw
+    )  # type: ignore[arg-type]
 
 
-def test_key_login_runs_a_command_with_status_and_both_streams(ssh_env: SSHEnv, trusted: Path) -> None:
+def test_key_login_runs_a_command_with_status_and_both_streams(
+    ssh_env: SSHEnv, trusted: Path
+) -> None:
     with _connect(ssh_env, trusted) as s:
         r = s.run("id -un; echo problem >&2; exit 3", timeout=10)
         assert (r.status, r.stdout.strip(), r.stderr.strip()) == (3, "nkw-nopw", "problem")
@@ -92,7 +96,9 @@ def test_user_known_hosts_is_read_but_never_written(ssh_env: SSHEnv, tmp_path: P
     assert not (tmp_path / "app_kh").exists()
 
 
-def test_changed_host_key_stops_before_any_credential_is_sent(ssh_env: SSHEnv, tmp_path: Path) -> None:
+def test_changed_host_key_stops_before_any_credential_is_sent(
+    ssh_env: SSHEnv, tmp_path: Path
+) -> None:
     other = tmp_path / "other"
     other.mkdir()
     impostor = SSHServer(free_port(), other, [keygen(other / "ssh_host_ed25519_key")])
@@ -144,7 +150,9 @@ def test_encrypted_key_needs_the_right_passphrase(ssh_env: SSHEnv, trusted: Path
     with pytest.raises(PassphraseRequired) as ei:
         connect(target, Credentials(method="key", passphrases={path: "nope"}), _kh(trusted))
     assert ei.value.wrong
-    with connect(target, Credentials(method="key", passphrases={path: PASSPHRASE}), _kh(trusted)) as s:
+    with connect(
+        target, Credentials(method="key", passphrases={path: PASSPHRASE}), _kh(trusted)
+    ) as s:
         assert s.run("true", timeout=5).ok
 
 
@@ -162,7 +170,9 @@ def test_refused_port_is_a_clear_connect_error(tmp_path: Path) -> None:
     assert "refused" in ei.value.what and time.monotonic() - t0 < 3
 
 
-def test_output_is_streamed_line_by_line_while_the_command_runs(ssh_env: SSHEnv, trusted: Path) -> None:
+def test_output_is_streamed_line_by_line_while_the_command_runs(
+    ssh_env: SSHEnv, trusted: Path
+) -> None:
     seen: list[tuple[float, str, str]] = []
     with _connect(ssh_env, trusted) as s:
         t0 = time.monotonic()
@@ -189,13 +199,15 @@ def test_every_command_has_a_deadline(ssh_env: SSHEnv, trusted: Path) -> None:
         assert s.run("echo still usable", timeout=5).stdout.strip() == "still usable"
 
 
-def test_upload_streams_the_file_and_returns_its_sha256(ssh_env: SSHEnv, trusted: Path, tmp_path: Path) -> None:
+def test_upload_streams_the_file_and_returns_its_sha256(
+    ssh_env: SSHEnv, trusted: Path, tmp_path: Path
+) -> None:
     src = tmp_path / "blob"
     src.write_bytes(os.urandom(12 * 1024 * 1024 + 123))
     events: list[Event] = []
     dest = ssh_env.nopw.home / "upload.bin"
     with _connect(ssh_env, trusted) as s:
-        sha = s.upload(src, str(dest), emit=events.append)
+        sha = s.upload(src, str(dest), emit=events.append, digest=True)
         remote = s.run(f"sha256sum {dest}", timeout=10).stdout.split()[0]
     assert sha == hashlib.sha256(src.read_bytes()).hexdigest() == remote
     assert dest.stat().st_mode & 0o777 == 0o600
@@ -204,7 +216,9 @@ def test_upload_streams_the_file_and_returns_its_sha256(ssh_env: SSHEnv, trusted
     dest.unlink()
 
 
-def test_cancel_stops_an_upload_promptly_and_keeps_the_session(ssh_env: SSHEnv, trusted: Path, tmp_path: Path) -> None:
+def test_cancel_stops_an_upload_promptly_and_keeps_the_session(
+    ssh_env: SSHEnv, trusted: Path, tmp_path: Path
+) -> None:
     src = tmp_path / "sparse"
     with src.open("wb") as f:
         f.truncate(2 * 1024**3)  # 2 GiB of zeros, no disk used here
@@ -226,14 +240,16 @@ def test_cancel_stops_an_upload_promptly_and_keeps_the_session(ssh_env: SSHEnv, 
     dest.unlink()
 
 
-def test_close_from_another_thread_unblocks_a_running_command(ssh_env: SSHEnv, trusted: Path) -> None:
+def test_close_from_another_thread_unblocks_a_running_command(
+    ssh_env: SSHEnv, trusted: Path
+) -> None:
     s = _connect(ssh_env, trusted)
     result: list[BaseException] = []
 
     def runner() -> None:
         try:
             s.run("sleep 30", timeout=60)
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+        except BaseException as exc:
             result.append(exc)
 
     th = threading.Thread(target=runner)
@@ -246,7 +262,9 @@ def test_close_from_another_thread_unblocks_a_running_command(ssh_env: SSHEnv, t
     assert isinstance(result[0], RemoteCommandError)
 
 
-def _probe_as(env: SSHEnv, trusted: Path, user: str, settings: Settings, password: str | None = None) -> tuple[Session, object]:
+def _probe_as(
+    env: SSHEnv, trusted: Path, user: str, settings: Settings, password: str | None = None
+) -> tuple[Session, object]:
     creds = Credentials(method="key")
     s = connect(_target(env, user), creds, _kh(trusted))
     facts = run_probe(s, settings)
@@ -266,7 +284,9 @@ def test_sudo_without_password(ssh_env: SSHEnv, trusted: Path, ssettings: Settin
         assert s.run("id -u", privileged=True, timeout=10).stdout.strip() == "0"
 
 
-def test_sudo_with_password_fed_on_stdin(ssh_env: SSHEnv, trusted: Path, ssettings: Settings) -> None:
+def test_sudo_with_password_fed_on_stdin(
+    ssh_env: SSHEnv, trusted: Path, ssettings: Settings
+) -> None:
     s, facts = _probe_as(ssh_env, trusted, "nkw-pw", ssettings)
     with s:
         assert facts.privilege == "sudo-password"  # type: ignore[attr-defined]
@@ -280,11 +300,12 @@ def test_sudo_with_password_fed_on_stdin(ssh_env: SSHEnv, trusted: Path, ssettin
         assert ssh_env.pw.password not in r.stdout + r.stderr
 
 
-def test_user_without_sudo_rights_gets_a_privilege_error(ssh_env: SSHEnv, trusted: Path, ssettings: Settings) -> None:
+def test_user_without_sudo_rights_gets_a_privilege_error(
+    ssh_env: SSHEnv, trusted: Path, ssettings: Settings
+) -> None:
     s, facts = _probe_as(ssh_env, trusted, "nkw-plain", ssettings)
-    with s:
-        with pytest.raises(PrivilegeError):
-            establish_privilege(s, facts, ssh_env.plain.password, ssettings)  # type: ignore[arg-type]
+    with s, pytest.raises(PrivilegeError):
+        establish_privilege(s, facts, ssh_env.plain.password, ssettings)  # type: ignore[arg-type]
 
 
 def test_probe_reads_the_real_server(ssh_env: SSHEnv, trusted: Path, ssettings: Settings) -> None:
@@ -304,9 +325,13 @@ def test_probe_reads_the_real_server(ssh_env: SSHEnv, trusted: Path, ssettings: 
     assert not f.notes  # type: ignore[attr-defined]
 
 
-def test_jump_host_reaches_the_target_through_a_forwarded_channel(ssh_env: SSHEnv, trusted: Path) -> None:
+def test_jump_host_reaches_the_target_through_a_forwarded_channel(
+    ssh_env: SSHEnv, trusted: Path
+) -> None:
     jump = _target(ssh_env)
-    target = Target("127.0.0.1", ssh_env.port, "nkw-plain", identity_files=(str(ssh_env.key),), jump=jump)
+    target = Target(
+        "127.0.0.1", ssh_env.port, "nkw-plain", identity_files=(str(ssh_env.key),), jump=jump
+    )
     with connect(target, Credentials(method="key"), _kh(trusted)) as s:
         assert s.run("id -un", timeout=10).stdout.strip() == "nkw-plain"
     bad = Target("127.0.0.1", free_port(), "nkw-plain", jump=jump)
@@ -324,7 +349,11 @@ def test_ssh_config_alias_is_honoured(isolated_env: Path) -> None:
     t = parse_target("box", config=load_ssh_config())
     assert (t.host, t.user, t.port, t.alias) == ("192.0.2.7", "admin", 2222, "box")
     assert t.identity_files == (str(isolated_env / ".ssh" / "box_key"),)
-    assert t.jump is not None and (t.jump.host, t.jump.user, t.jump.port) == ("198.51.100.1", "hop", 2200)
+    assert t.jump is not None and (t.jump.host, t.jump.user, t.jump.port) == (
+        "198.51.100.1",
+        "hop",
+        2200,
+    )
     # Command-line values win over the config.
     t2 = parse_target("root@box:22", identity=["/k"], config=load_ssh_config())
     assert (t2.user, t2.port, t2.identity_files) == ("root", 22, ("/k",))
@@ -334,7 +363,17 @@ def test_ssh_config_alias_is_honoured(isolated_env: Path) -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["a b", "host;rm -rf /", "user@", "[::1", "h:99999", "$(reboot)", "-oProxyCommand=x", "u'x@h", "h\nx"],
+    [
+        "a b",
+        "host;rm -rf /",
+        "user@",
+        "[::1",
+        "h:99999",
+        "$(reboot)",
+        "-oProxyCommand=x",
+        "u'x@h",
+        "h\nx",
+    ],
 )
 def test_hostile_targets_are_refused(spec: str, isolated_env: Path) -> None:
     with pytest.raises(UsageError):

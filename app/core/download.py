@@ -22,6 +22,8 @@ from app.core.fsutil import atomic_write_text
 from app.core.settings import Settings
 
 CHUNK = 1024 * 1024
+# Network reads: a cut connection loses the chunk being read, so keep them small.
+NET_CHUNK = 64 * 1024
 REQUIRED_MEMBERS = ("kexec/run", "kexec/bzImage", "kexec/initrd", "kexec/kexec", "kexec/ip")
 INDEX_VERSION = 1
 
@@ -398,7 +400,7 @@ class Downloader:
         size: int,
     ) -> int:
         try:
-            for chunk in resp.iter_content(CHUNK):
+            for chunk in resp.iter_content(NET_CHUNK):
                 if cancel.cancelled:
                     raise Cancelled()
                 out.write(chunk)

@@ -332,22 +332,33 @@ class Installer:
 
     def run(self) -> InstallerInfo:
         """All stages; returns the verified installer or raises a distinct WizardError."""
+        self.check()
+        self.prepare()
+        self.kexec()
+        return self.wait()
+
+    def check(self) -> None:
+        """Refuse to start when preflight says stop or root access is missing."""
         if self.facts.is_installer:
             raise PreflightStop(
                 f"{self.session.target.host} already runs the NixOS installer.",
                 "The kexec already happened; running it again would only reboot the installer.",
                 "Connect with `nixos-kexec-wizard reconnect` and install NixOS.",
             )
-        stops = [
-            v
-            for v in evaluate(self.facts, self._image_arch(), self._image_size())
-            if v.level is Level.STOP
-        ]
+        verdicts = evaluate(self.facts, self._image_arch(), self._image_size())
+        stops = [v for v in verdicts if v.level is Level.STOP]
         if stops:
             v = stops[0]
             raise PreflightStop(f"Preflight stop: {v.title}.", v.reason, v.fix)
         if self.session.privilege is None:
-            raise PrivilegeError("Root access was not established.", "", "Probe and confirm first.")
+            raise PrivilegeError(
+                "Root access was not established.",
+                "The kexec must run as root.",
+                "Inspect the server (probe) and give the sudo password if asked.",
+            )
+
+    def prepare(self) -> None:
+        """Key, transfer, checksum and unpack: all undone again if anything fails."""
         try:
             with self.timings.measure("key", self.emit, self.settings.command_timeout):
                 self.stage_key()
@@ -359,12 +370,22 @@ class Installer:
                 self.stage_checksum()
             with self.timings.measure("unpack", self.emit, self.settings.command_timeout):
                 self.stage_unpack()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def kexec(self) -> None:
+        """Run ``kexec/run``: from here on, cancelling is too late."""
+        try:
             with self.timings.measure("run", self.emit, self.settings.run_timeout):
                 self.stage_run()
         except BaseException:
             if not self.point_of_no_return:
                 self.cleanup()
             raise
+
+    def wait(self) -> InstallerInfo:
+        """Wait for the old system to go down and the installer to answer; prove what it is."""
         old_boot = self.facts.boot_id
         with self.timings.measure("down", self.emit, self.settings.down_timeout):
             self.stage_wait_down(old_boot)
@@ -501,15 +522,8 @@ class Installer:
         else:
             if self.plan.image is None:
                 raise TransferError("No local image to upload.", "", "Download the image first.")
-            sent = self.session.upload(
-                self.plan.image.path, part, emit=self.emit, cancel=self.cancel
-            )
-            if sent != self.plan.image.info.sha256:
-                raise TransferError(
-                    "The local image changed while it was being sent.",
-                    "Its checksum no longer matches the verified one.",
-                    "Download the image again.",
-                )
+            # No local hash: the checksum stage proves on the server what arrived.
+            self.session.upload(self.plan.image.path, part, emit=self.emit, cancel=self.cancel)
         res = self._run(f"mv -f {q(part)} {q(self.remote_tarball)}", what="mv")
         if not res.ok:
             raise TransferError(f"Cannot move the image into place: {res.stderr.strip()[:200]}")
@@ -569,7 +583,8 @@ class Installer:
             if self.plan.transfer != "remote":
                 self._log(
                     "checksum",
-                    "The server has no sha256sum; the upload was checked on this side.",
+                    "The server has no sha256sum: the image was sent from the verified copy "
+                    "on this computer over SSH, whose own integrity checks protect it.",
                     level="warn",
                 )
                 return
@@ -586,20 +601,25 @@ class Installer:
         self._log("checksum", f"sha256 matches on the server: {got}")
 
     def stage_unpack(self) -> None:
-        """Unpack into <staging>/kexec, setting aside a folder we did not make."""
+        """Unpack into <staging>/kexec as the login user, setting aside a folder we did not make."""
         q = shlex.quote
         d = q(self.staging)
+        # A previous run of `run` (as root) leaves root-owned files in our kexec/ folder.
+        self._run(
+            f"cd {d} && if [ -e kexec/{MARKER} ]; then rm -rf kexec; fi",
+            privileged=self.session.privilege is not None,
+            what="removing the previous unpack",
+        )
         cmd = (
             f"cd {d} && if [ -e kexec ]; then "
-            f"if [ -e kexec/{MARKER} ]; then rm -rf kexec; "
-            f'else mv kexec "kexec.previous-$(date +%Y%m%d%H%M%S)"; fi; fi && '
+            f'mv kexec "kexec.previous-$(date +%Y%m%d%H%M%S)"; fi && '
             f"tar -xzf {q(self.plan.file_name)} && touch kexec/{MARKER} && test -x kexec/run"
         )
         res = self._run(cmd, timeout=max(self.settings.command_timeout, 300), what="tar")
         if not res.ok:
             raise TransferError(
                 f"Unpacking the image on the server failed: {res.stderr.strip()[:300]}",
-                "The staging folder may be full.",
+                "The staging folder may be full, or the image is damaged.",
                 "Free space on the server and try again.",
             )
 
@@ -842,23 +862,35 @@ class Installer:
     # -- cleanup before the point of no return --------------------------------------------
 
     def cleanup(self) -> None:
-        """Undo what we changed on the server: partial uploads, the unpacked folder, our key."""
+        """Leave the server as it was: remove what we put there, and the key we added."""
         q = shlex.quote
-        cmds = [f"rm -f {q(self.remote_tarball + '.part')}"]
+        d = self.staging.rstrip("/")
+        cmds = [
+            f"rm -f {q(self.remote_tarball)} {q(self.remote_tarball + '.part')}",
+            f"if [ -e {q(d + '/kexec/' + MARKER)} ]; then rm -rf {q(d + '/kexec')}; fi",
+            f"rm -f {q(d + '/' + MARKER)}",
+            f"rmdir {q(d)} 2>/dev/null",
+        ]
+        steps = [("; ".join(cmds) + "; true", self.session.privilege is not None)]
         if self.added_key is not None:
             f, line = self.added_key
-            cmds.append(
-                f"if [ -f {q(f)} ]; then grep -vxF -- {q(line)} {q(f)} > {q(f + '.nkw-tmp')}; "
-                f"cat {q(f + '.nkw-tmp')} > {q(f)}; rm -f {q(f + '.nkw-tmp')}; fi"
+            tmp = q(f + ".nkw-tmp")
+            steps.append(
+                (
+                    f"if [ -f {q(f)} ]; then grep -vxF -- {q(line)} {q(f)} > {tmp}; "
+                    f"cat {tmp} > {q(f)}; rm -f {tmp}; fi",
+                    False,
+                )
             )
-        with contextlib.suppress(Exception):
-            self.session.run("; ".join(cmds), timeout=15, what="cleanup")
-            self._log(
-                "cleanup",
-                "Removed the partial upload"
-                + (" and the app's key" if self.added_key else "")
-                + ".",
-            )
+        try:
+            for cmd, privileged in steps:
+                # `run` leaves root-owned files in kexec/: remove them as root.
+                self.session.run(cmd, privileged=privileged, timeout=30, what="cleanup")
+        except WizardError as exc:
+            self._log("cleanup", f"Could not clean up on the server: {exc.what}", level="warn")
+            return
+        extra = " and removed the app's key" if self.added_key else ""
+        self._log("cleanup", f"Removed the image from the server{extra}; it is as it was.")
 
 
 def _ssh_banner(target: Target, port: int, timeout: float) -> tuple[bool, str]:

@@ -17,7 +17,22 @@ SCHEMA_VERSION = 1
 STATES = ("original", "installer", "unknown")
 NAME_RE = re.compile(r"^[^\x00-\x1f/\\]{1,64}$")
 # Keys that must never appear in a profile file, whatever a caller passes in.
-SECRET_WORDS = ("password", "passphrase", "secret", "private_key")
+SECRET_KEYS = frozenset({"password", "passphrase", "sudo_password", "secret", "private_key"})
+
+
+def _secret_key(value: Any) -> str | None:
+    """The first secret-looking key anywhere inside ``value``."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if str(k).lower() in SECRET_KEYS:
+                return str(k)
+            if found := _secret_key(v):
+                return found
+    elif isinstance(value, list | tuple):
+        for v in value:
+            if found := _secret_key(v):
+                return found
+    return None
 
 
 @dataclass(frozen=True)
@@ -115,12 +130,9 @@ class ProfileStore:
             "version": SCHEMA_VERSION,
             "profiles": [p.to_json() for p in sorted(profiles.values(), key=lambda p: p.name)],
         }
+        if key := _secret_key(payload):
+            raise ValueError(f"refusing to write a {key} into the profiles file")
         text = json.dumps(payload, indent=2, sort_keys=True)
-        lowered = text.lower()
-        for word in SECRET_WORDS:
-            # Field names such as "remember_password" are fine; values are checked by callers.
-            if f'"{word}"' in lowered:
-                raise ValueError(f"refusing to write a {word} into the profiles file")
         atomic_write_text(self.path, text + "\n", mode=0o600)
 
     def get(self, name: str) -> Profile:

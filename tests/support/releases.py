@@ -73,7 +73,15 @@ class ReleasesServer:
 
     # -- content ------------------------------------------------------------------------
 
-    def add(self, tag: str, name: str, content: bytes, *, digest: bool = True, updated_at: str = "2026-11-20T10:00:00Z") -> str:
+    def add(
+        self,
+        tag: str,
+        name: str,
+        content: bytes,
+        *,
+        digest: bool = True,
+        updated_at: str = "2026-11-20T10:00:00Z",
+    ) -> str:
         """Publish a file; returns its sha256."""
         key = f"{tag}/{name}"
         self.files[key] = content
@@ -133,7 +141,9 @@ class ReleasesServer:
             def do_GET(self) -> None:
                 self._serve(head=False)
 
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            def _send(
+                self, status: int, body: bytes, headers: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
@@ -164,7 +174,11 @@ class ReleasesServer:
                     status = server.api_status.pop(0)
                     headers = {"X-RateLimit-Remaining": "0"} if status in (403, 429) else {}
                     return self._send(status, b'{"message": "nope"}', headers)
-                body = server.api_body if server.api_body is not None else json.dumps(server.releases_json()).encode()
+                body = (
+                    server.api_body
+                    if server.api_body is not None
+                    else json.dumps(server.releases_json()).encode()
+                )
                 etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
                 if self.headers.get("If-None-Match") == etag:
                     self.send_response(304)
@@ -193,7 +207,9 @@ class ReleasesServer:
                 self.send_header("ETag", etag)
                 self.send_header("Accept-Ranges", "bytes")
                 if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")
+                    self.send_header(
+                        "Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}"
+                    )
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if head:

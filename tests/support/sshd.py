@@ -23,7 +23,18 @@ def free_port() -> int:
 
 def keygen(path: Path, kind: str = "ed25519", passphrase: str = "") -> Path:
     """Generate an OpenSSH key pair at ``path`` (and ``path.pub``)."""
-    args = ["ssh-keygen", "-q", "-t", kind, "-N", passphrase, "-C", f"test-{path.name}", "-f", str(path)]
+    args = [
+        "ssh-keygen",
+        "-q",
+        "-t",
+        kind,
+        "-N",
+        passphrase,
+        "-C",
+        f"test-{path.name}",
+        "-f",
+        str(path),
+    ]
     if kind == "rsa":
         args[4:4] = ["-b", "2048"]
     subprocess.run(args, check=True)
@@ -32,7 +43,9 @@ def keygen(path: Path, kind: str = "ed25519", passphrase: str = "") -> Path:
 
 def fingerprint(pub: Path) -> str:
     """``SHA256:...`` as ssh-keygen prints it."""
-    out = subprocess.run(["ssh-keygen", "-lf", str(pub)], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", str(pub)], check=True, capture_output=True, text=True
+    )
     return out.stdout.split()[1]
 
 
@@ -89,7 +102,9 @@ class SSHServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"sshd exited: {self.log.read_text() if self.log.exists() else ''}")
+                raise RuntimeError(
+                    f"sshd exited: {self.log.read_text() if self.log.exists() else ''}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     if s.recv(8).startswith(b"SSH-"):
@@ -118,7 +133,9 @@ def ensure_user(user: TestUser, authorized: list[Path]) -> None:
         kill_processes(user.name)
         subprocess.run(["usermod", "-d", str(user.home), user.name], check=True)
     else:
-        subprocess.run(["useradd", "-M", "-d", str(user.home), "-s", "/bin/sh", user.name], check=True)
+        subprocess.run(
+            ["useradd", "-M", "-d", str(user.home), "-s", "/bin/sh", user.name], check=True
+        )
     subprocess.run(["chpasswd"], input=f"{user.name}:{user.password}\n".encode(), check=True)
     ssh_dir = user.home / ".ssh"
     ssh_dir.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,14 @@ REFUSED = (
 )
 
 
-def standin_tarball(path: Path, behaviour: str = SUCCESS, *, size: int = 256 * 1024, extra: dict[str, bytes] | None = None, skip: tuple[str, ...] = ()) -> Path:
+def standin_tarball(
+    path: Path,
+    behaviour: str = SUCCESS,
+    *,
+    size: int = 256 * 1024,
+    extra: dict[str, bytes] | None = None,
+    skip: tuple[str, ...] = (),
+) -> Path:
     """Write a tar.gz with kexec/{run,bzImage,initrd,kexec,ip} (``size`` random initrd bytes)."""
     files = {
         "kexec/run": (STANDIN_RUN.replace("__BEHAVIOUR__", behaviour).encode(), 0o755),

@@ -1,0 +1,1 @@
+"""Benchmarks: the app beside the reference tools, run on loopback, printing ratios."""

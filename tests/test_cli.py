@@ -1,0 +1,297 @@
+"""The command line as scripts use it: real processes against the real sshd and HTTP server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.cli import terminal_command
+from app.core.profiles import Profile, ProfileStore
+from tests.conftest import ASSET, SSHEnv
+from tests.support.releases import ReleasesServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
+
+    @property
+    def result(self) -> dict[str, Any]:
+        results = [e for e in self.events if e["event"] == "result"]
+        assert len(results) == 1, self.stdout + self.stderr
+        return results[0]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Run:
+    full_env = {**os.environ, **(env or {})}
+    p = subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    return Run(p.returncode, p.stdout, p.stderr)
+
+
+@pytest.fixture
+def urls(releases: ReleasesServer) -> dict[str, str]:
+    return {
+        "NIXOS_KEXEC_WIZARD_API_URL": releases.api_url,
+        "NIXOS_KEXEC_WIZARD_DOWNLOAD_URL": releases.download_url,
+        "NIXOS_KEXEC_WIZARD_ALLOW_HTTP": "1",
+    }
+
+
+def test_help_and_version() -> None:
+    r = cli()
+    assert r.code == 0 and "images" in r.stdout and "install" in r.stdout
+    assert cli("--version").stdout.startswith("nixos-kexec-wizard ")
+
+
+def test_images_lists_channels_with_checksums(urls: dict[str, str]) -> None:
+    r = cli("images", "--json", env=urls)
+    assert r.code == 0
+    cat = r.result["catalog"]
+    assert cat["source"] == "api" and cat["default_channel"] == "nixos-26.05"
+    rebuilt = {rel["channel"]: rel["rebuilt"] for rel in cat["releases"]}
+    assert rebuilt == {"nixos-unstable": True, "nixos-26.05": True, "nixos-25.11": False}
+    assert all(a["digest"] for rel in cat["releases"] for a in rel["assets"])
+    human = cli("images", env=urls)
+    assert "nixos-26.05 (default): rebuilt weekly" in human.stdout
+    assert "nixos-25.11: frozen, last build 2026-05-30" in human.stdout
+
+
+def test_images_offline_says_checksums_are_unavailable() -> None:
+    r = cli("images", "--json", "--offline")
+    assert r.code == 0 and r.result["catalog"]["source"] == "builtin"
+    assert "checksums are unavailable" in r.result["catalog"]["note"]
+
+
+def test_download_twice_fetches_once(urls: dict[str, str], releases: ReleasesServer) -> None:
+    first = cli("download", "--json", "--arch", "x86_64", env=urls)
+    assert first.code == 0 and first.result["outcome"] == "downloaded"
+    assert first.result["verification"] == "digest"
+    assert any(e["event"] == "progress" for e in first.events)
+    second = cli("download", "--json", "--arch", "x86_64", env=urls)
+    assert second.result["outcome"] == "cached" and second.result["path"] == first.result["path"]
+    assert len(releases.downloads(ASSET)) == 1
+
+
+def test_download_of_a_missing_channel_is_a_usage_error(urls: dict[str, str]) -> None:
+    r = cli("download", "--channel", "nixos-19.03", env=urls)
+    assert (
+        r.code == 2
+        and "There is no channel 'nixos-19.03'" in r.stderr
+        and "nixos-26.05" in r.stderr
+    )
+
+
+def test_plain_http_urls_need_the_explicit_setting(releases: ReleasesServer) -> None:
+    r = cli("images", "--api-url", releases.api_url)
+    assert r.code == 3 and "plain http" in r.stderr and "NIXOS_KEXEC_WIZARD_ALLOW_HTTP" in r.stderr
+
+
+def _ssh_args(env: SSHEnv, user: str = "nkw-nopw") -> list[str]:
+    return [f"{user}@127.0.0.1", "-p", str(env.port), "-i", str(env.key)]
+
+
+@pytest.mark.sshd
+def test_probe_refuses_an_unknown_host_key_until_accepted(
+    ssh_env: SSHEnv, urls: dict[str, str]
+) -> None:
+    r = cli("probe", "--json", *_ssh_args(ssh_env), env=urls)
+    assert r.code == 22
+    err = r.result["error"]
+    assert err["error"] == "host-key-unknown" and err["fingerprint"].startswith("SHA256:")
+    assert "--accept-new-host-key" in err["fix"]
+    ok = cli("probe", "--json", "--accept-new-host-key", *_ssh_args(ssh_env), env=urls)
+    assert ok.code == 0, ok.stderr
+    res = ok.result
+    assert res["host_key_fingerprint"] == err["fingerprint"]
+    assert res["facts"]["user"] == "nkw-nopw" and res["facts"]["privilege"] == "sudo"
+    assert {v["check"] for v in res["verdicts"]} >= {
+        "arch",
+        "memory",
+        "kexec",
+        "tools",
+        "privilege",
+    }
+    assert res["facts"]["reach_v4"] is True  # the server reaches the (local) download server
+    stages = [(e["stage"], e["state"]) for e in ok.events if e["event"] == "stage"]
+    assert stages == [("probe", "start"), ("probe", "done")]
+    again = cli("probe", "--json", *_ssh_args(ssh_env), env=urls)  # known now
+    assert again.code == 0
+
+
+@pytest.mark.sshd
+def test_wrong_password_is_an_auth_error_and_never_echoed(
+    ssh_env: SSHEnv, urls: dict[str, str], trusted: Path
+) -> None:
+    env = {**urls, "PW": "Wrong-Secret-987"}
+    r = cli(
+        "probe",
+        "--json",
+        "nkw-plain@127.0.0.1",
+        "-p",
+        str(ssh_env.port),
+        "--auth",
+        "password",
+        "--password-env",
+        "PW",
+        env=env,
+    )
+    assert r.code == 21 and r.result["error"]["error"] == "auth"
+    assert "Wrong-Secret-987" not in r.stdout + r.stderr
+
+
+@pytest.mark.sshd
+def test_missing_password_variable_is_a_usage_error(ssh_env: SSHEnv, trusted: Path) -> None:
+    r = cli(
+        "probe",
+        "nkw-plain@127.0.0.1",
+        "-p",
+        str(ssh_env.port),
+        "--password-env",
+        "NOT_SET_ANYWHERE",
+    )
+    assert r.code == 2 and "NOT_SET_ANYWHERE" in r.stderr
+
+
+@pytest.mark.sshd
+def test_install_refuses_without_confirmation_and_changes_nothing(
+    ssh_env: SSHEnv, urls: dict[str, str], trusted: Path
+) -> None:
+    r = cli("install", *_ssh_args(ssh_env), "--transfer", "upload", env=urls)
+    staging = ssh_env.nopw.home / "nixos-kexec-wizard"
+    assert r.code in (2, 30), r.stderr  # 30: this machine may itself be judged a container
+    if r.code == 2:
+        assert "--yes" in r.stderr
+    assert not staging.exists()
+
+
+@pytest.mark.sshd
+def test_install_with_a_password_and_sudo_password_end_to_end(
+    ssh_env: SSHEnv, urls: dict[str, str], trusted: Path, tmp_path: Path
+) -> None:
+    pw = ssh_env.pw.password
+    env = {**urls, "PW": pw}
+    args = [
+        "install", "--json", "--yes", "nkw-pw@127.0.0.1", "-p", str(ssh_env.port),
+        "--auth", "password", "--password-env", "PW", "--sudo-password-env", "PW",
+        "--down-timeout", "3", "--timeout", "5", "--save-profile", "box", "--remember-password",
+    ]  # fmt: skip
+    r = cli(*args, env=env)
+    result = r.result
+    probe = cli(
+        "probe",
+        "--json",
+        "nkw-pw@127.0.0.1",
+        "-p",
+        str(ssh_env.port),
+        "--auth",
+        "password",
+        "--password-env",
+        "PW",
+        env=env,
+    )
+    stops = [v for v in probe.result["verdicts"] if v["level"] == "stop"]
+    staging = ssh_env.pw.home / "nixos-kexec-wizard"
+    if stops:
+        # This machine is itself judged unfit (e.g. a container): preflight must stop first.
+        assert r.code == 30 and result["outcome"] == "preflight"
+        assert not staging.exists()
+    else:
+        assert r.code == 41 and result["outcome"] == "never-went-down", r.stdout[-2000:]
+        stages = [(e["stage"], e["state"]) for e in r.events if e["event"] == "stage"]
+        assert ("run", "done") in stages and ("down", "failed") in stages
+        assert (staging / "kexec" / "ran-as").read_text().strip() == "0"
+    # Secrets: never in the output, the logs or the profile; the password is in the keyring.
+    logs = list((tmp_path / "app" / "logs").glob("install-*.log"))
+    assert logs
+    for text in [r.stdout, r.stderr, *(p.read_text() for p in logs)]:
+        assert pw not in text
+    profiles = (tmp_path / "app" / "config" / "profiles.json").read_text()
+    assert pw not in profiles and json.loads(profiles)["profiles"][0]["name"] == "box"
+    if not stops:
+        assert json.loads(profiles)["profiles"][0]["state"] == "unknown"
+
+
+@pytest.mark.sshd
+def test_save_profile_then_connect_by_profile(
+    ssh_env: SSHEnv, urls: dict[str, str], trusted: Path, tmp_path: Path
+) -> None:
+    r = cli("probe", "--json", *_ssh_args(ssh_env), "--save-profile", "web", env=urls)
+    assert r.code == 0
+    path = tmp_path / "app" / "config" / "profiles.json"
+    assert path.stat().st_mode & 0o777 == 0o600
+    prof = json.loads(path.read_text())["profiles"][0]
+    assert (prof["host"], prof["port"], prof["user"], prof["state"]) == (
+        "127.0.0.1",
+        ssh_env.port,
+        "nkw-nopw",
+        "original",
+    )
+    assert prof["host_key"].startswith("ssh-ed25519 ") and prof["facts"]["privilege"] == "sudo"
+    again = cli("probe", "--json", "--profile", "web", env=urls)
+    assert again.code == 0 and again.result["facts"]["user"] == "nkw-nopw"
+    listed = cli("profiles", "list", "--json")
+    assert [p["name"] for p in listed.result["profiles"]] == ["web"]
+    assert cli("profiles", "delete", "web").code == 0
+    assert cli("profiles", "show", "web").code == 3
+
+
+def test_reconnect_prints_the_exact_ssh_command(tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path / "app" / "config" / "profiles.json")
+    store.put(
+        Profile(
+            "box", "203.0.113.10", 2222, "admin", jump="hop@198.51.100.1:22", state="installer",
+            installer={
+                "host": "203.0.113.10", "port": 2222, "user": "root", "host_key": "ssh-ed25519 AAAA",
+                "fingerprint": "SHA256:x", "boot_id": "b", "hostname": "nixos-installer",
+                "os_release": {"ID": "nixos"}, "identity_file": "/keys/box_ed25519",
+            },
+        )
+    )  # fmt: skip
+    r = cli("reconnect", "box", "--print", "--json")
+    assert r.code == 0
+    cmd = r.result["command"]
+    known = tmp_path / "app" / "config" / "known_hosts"
+    assert cmd == [
+        "ssh", "-o", f"UserKnownHostsFile={known} {tmp_path / 'home' / '.ssh' / 'known_hosts'}",
+        "-p", "2222", "-i", "/keys/box_ed25519", "-J", "hop@198.51.100.1:22", "root@203.0.113.10",
+    ]  # fmt: skip
+    store.put(Profile("fresh", "h"))
+    no = cli("reconnect", "fresh", "--print")
+    assert no.code == 3 and "no installer recorded" in no.stderr
+
+
+def test_terminal_command_prefers_terminal_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERMINAL", "myterm")
+    found = {"myterm", "xterm"}
+    assert terminal_command(["ssh", "h"], lambda n: n if n in found else None) == [
+        "myterm",
+        "-e",
+        "ssh",
+        "h",
+    ]
+    monkeypatch.delenv("TERMINAL")
+    assert terminal_command(["ssh", "h"], lambda n: n if n in found else None) == [
+        "xterm",
+        "-e",
+        "ssh",
+        "h",
+    ]
+    assert terminal_command(["ssh"], lambda n: None) is None

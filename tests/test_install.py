@@ -1,0 +1,342 @@
+"""The install stages against the real sshd and HTTP server, with a stand-in tarball that never reboots."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from app.core.catalog import Asset, CatalogClient
+from app.core.download import Downloader, ImageCache
+from app.core.errors import Cancelled, ExitCode, TransferError
+from app.core.events import CancelToken, Event
+from app.core.install import (
+    Installer,
+    InstallerKeyChanged,
+    InstallPlan,
+    KexecRefused,
+    NeverCameBack,
+    NeverWentDown,
+    OldSystemBack,
+    establish_privilege,
+    run_probe,
+)
+from app.core.settings import Settings
+from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Session, Target, connect
+from tests.conftest import ASSET, SSHEnv
+from tests.support.releases import ReleasesServer
+from tests.support.sshd import SSHServer, free_port, keygen
+from tests.support.tarballs import REFUSED, standin_tarball
+
+pytestmark = pytest.mark.sshd
+
+
+@dataclass
+class Rig:
+    """A connected, probed session and an installer ready to run."""
+
+    installer: Installer
+    session: Session
+    events: list[Event]
+    home: Path
+
+    @property
+    def staging(self) -> Path:
+        return self.home / "nixos-kexec-wizard"
+
+
+def _kh(trusted: Path) -> KnownHosts:
+    return KnownHosts(trusted, user_file=trusted.parent / "none")
+
+
+def make_rig(
+    env: SSHEnv,
+    trusted: Path,
+    settings: Settings,
+    releases: ReleasesServer,
+    tmp_path: Path,
+    *,
+    user: str = "nkw-nopw",
+    password: str | None = None,
+    transfer: str = "upload",
+    asset: Asset | None = None,
+    port: int | None = None,
+    cancel: CancelToken | None = None,
+) -> Rig:
+    creds = (
+        Credentials(method="password", password=password) if password else Credentials(method="key")
+    )
+    ids = () if password else (str(env.key),)
+    target = Target("127.0.0.1", port or env.port, user, identity_files=ids)
+    session = connect(target, creds, _kh(trusted), ConnectOptions(timeout=5))
+    facts = run_probe(session, settings)
+    establish_privilege(session, facts, password, settings)
+    catalog = CatalogClient(settings, tmp_path / "releases.json").load()
+    asset = asset or catalog.release("nixos-26.05").kexec_asset("noninteractive", "x86_64")  # type: ignore[union-attr]
+    image = None
+    if transfer == "upload":
+        image = Downloader(settings, ImageCache(tmp_path / "images")).fetch(asset)
+    plan = InstallPlan(
+        target=target, image=image, asset=asset, transfer=transfer, key_name="test box"
+    )
+    events: list[Event] = []
+    inst = Installer(
+        plan,
+        session,
+        facts,
+        creds,
+        _kh(trusted),
+        settings,
+        tmp_path / "keys",
+        emit=events.append,
+        cancel=cancel,
+    )
+    home = next(u.home for u in (env.nopw, env.pw, env.plain) if u.name == user)
+    return Rig(inst, session, events, home)
+
+
+def _stage_states(events: list[Event]) -> list[tuple[str, str]]:
+    return [(e.stage, e.data["state"]) for e in events if e.type == "stage"]
+
+
+def test_stages_run_kexec_as_root_and_detect_a_server_that_never_goes_down(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
+    inst = rig.installer
+    inst.prepare()
+    tarball = rig.staging / ASSET
+    assert tarball.read_bytes() == releases.files[f"nixos-26.05/{ASSET}"]
+    assert (rig.staging / "kexec" / "run").stat().st_mode & 0o111
+    # The login key is in nkw-nopw's authorized_keys, which `run` carries via $SUDO_USER.
+    assert inst.added_key is None and not (tmp_path / "keys").exists()
+    inst.kexec()
+    assert (rig.staging / "kexec" / "ran-as").read_text().strip() == "0"
+    carried = (rig.staging / "kexec" / "carried-keys").read_text()
+    assert ssh_env.key.with_suffix(".pub").read_text().split()[1] in carried
+    output = [e.message for e in rig.events if e.type == "output"]
+    assert any(line.startswith("+ ") for line in output)  # set -x trace streamed
+    assert any("machine will boot into nixos" in line for line in output)
+    t0 = time.monotonic()
+    with pytest.raises(NeverWentDown) as ei:
+        inst.wait()
+    assert time.monotonic() - t0 < settings.down_timeout + 3
+    assert ei.value.exit_code == ExitCode.NEVER_WENT_DOWN
+    assert "kernel log" in ei.value.why and "--kexec-extra-flags -c" in ei.value.fix
+    assert _stage_states(rig.events)[-2:] == [("down", "start"), ("down", "failed")]
+    assert set(inst.timings.stages) == {"key", "transfer", "checksum", "unpack", "run", "down"}
+    rig.session.close()
+
+
+def test_password_login_installs_the_apps_own_key_which_run_carries(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    rig = make_rig(
+        ssh_env, trusted, settings, releases, tmp_path, user="nkw-pw", password=ssh_env.pw.password
+    )
+    inst = rig.installer
+    auth_file = rig.home / ".ssh" / "authorized_keys"
+    before = auth_file.read_text()
+    inst.prepare()
+    key_file = tmp_path / "keys" / "test-box_ed25519"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    pub = key_file.with_name("test-box_ed25519.pub").read_text().split()[1]
+    assert inst.added_key is not None and pub in auth_file.read_text()
+    assert auth_file.read_text().startswith(before)  # appended, nothing lost
+    assert any("fresh login with the app's key works" in e.message for e in rig.events)
+    inst.kexec()
+    assert pub in (rig.staging / "kexec" / "carried-keys").read_text()
+    assert (rig.staging / "kexec" / "ran-as").read_text().strip() == "0"
+    assert inst.identity_file == str(key_file)
+    rig.session.close()
+    auth_file.write_text(before)
+
+
+def test_the_server_downloads_the_image_itself_and_checks_its_sha256(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, transfer="remote")
+    assert rig.installer.plan.image is None
+    rig.installer.prepare()
+    fetched = releases.downloads(ASSET)
+    assert len(fetched) == 1 and fetched[0].headers.get("User-Agent", "").startswith("curl/")
+    assert (rig.staging / ASSET).read_bytes() == releases.files[f"nixos-26.05/{ASSET}"]
+    assert any("sha256 matches on the server" in e.message for e in rig.events)
+    rig.installer.cleanup()
+    assert not rig.staging.exists()
+    rig.session.close()
+
+
+def test_a_bad_checksum_on_the_server_stops_and_leaves_the_server_as_it_was(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    bad = Asset(ASSET, releases.url("nixos-26.05", ASSET), digest="0" * 64)
+    rig = make_rig(
+        ssh_env, trusted, settings, releases, tmp_path,
+        user="nkw-pw", password=ssh_env.pw.password, transfer="remote", asset=bad,
+    )  # fmt: skip
+    auth_file = rig.home / ".ssh" / "authorized_keys"
+    before = auth_file.read_text()
+    with pytest.raises(TransferError) as ei:
+        rig.installer.prepare()
+    assert "expected " + "0" * 64 in ei.value.what and "must not be booted" in ei.value.why
+    assert not rig.staging.exists()
+    assert auth_file.read_text() == before  # the app's key was taken out again
+    rig.session.close()
+
+
+def test_a_refused_kexec_is_its_own_outcome_and_cleans_up(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    data = standin_tarball(tmp_path / "refused.tar.gz", REFUSED).read_bytes()
+    releases.add("nixos-26.05", ASSET, data)
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
+    rig.installer.prepare()
+    with pytest.raises(KexecRefused) as ei:
+        rig.installer.kexec()
+    assert ei.value.exit_code == ExitCode.KEXEC_REFUSED
+    assert "kexec_file_load failed" in ei.value.why and "-c" in ei.value.fix
+    assert not rig.installer.point_of_no_return
+    assert not rig.staging.exists()  # root-owned leftovers of `run` removed too
+    rig.session.close()
+
+
+def test_cancel_during_the_upload_removes_the_partial_file(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    big = standin_tarball(tmp_path / "big.tar.gz", size=96 * 1024 * 1024).read_bytes()
+    releases.add("nixos-26.05", ASSET, big)
+    cancel = CancelToken()
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, cancel=cancel)
+
+    def on_event(e: Event) -> None:
+        rig.events.append(e)
+        if e.type == "progress" and e.stage == "transfer" and e.data["done"] > 4 << 20:
+            threading.Thread(target=cancel.cancel).start()
+
+    rig.installer.emit = on_event
+    with pytest.raises(Cancelled):
+        rig.installer.prepare()
+    time.sleep(0.2)
+    assert not rig.staging.exists()
+    assert ("transfer", "cancelled") in _stage_states(rig.events)
+    rig.session.close()
+
+
+# -- waiting for the installer ------------------------------------------------------------
+
+
+@pytest.fixture
+def own_sshd(ssh_env: SSHEnv, tmp_path: Path) -> Iterator[SSHServer]:
+    """A second sshd with the fixture's host keys, which a test may stop and restart."""
+    srv = SSHServer(free_port(), tmp_path, ssh_env.server.host_keys)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _trusted_for(trusted: Path, ssh_env: SSHEnv, port: int) -> Path:
+    pub = ssh_env.server.host_key_pub.read_text().split()
+    with trusted.open("a") as f:
+        f.write(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+    return trusted
+
+
+def _port22_free() -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", 22)) != 0
+
+
+def test_nothing_answering_ends_in_never_came_back_at_the_deadline(
+    ssh_env: SSHEnv,
+    own_sshd: SSHServer,
+    trusted: Path,
+    settings: Settings,
+    releases: ReleasesServer,
+    tmp_path: Path,
+) -> None:
+    if not _port22_free():
+        pytest.skip("something listens on port 22 here; the wait also tries port 22")
+    _trusted_for(trusted, ssh_env, own_sshd.port)
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, port=own_sshd.port)
+    rig.installer.stage_key()
+    own_sshd.stop()
+    t0 = time.monotonic()
+    with pytest.raises(NeverCameBack) as ei:
+        rig.installer.stage_wait_up()
+    took = time.monotonic() - t0
+    assert settings.up_timeout <= took < settings.up_timeout + 2
+    assert ei.value.exit_code == ExitCode.NEVER_CAME_BACK
+    assert f"ports {own_sshd.port}, 22" in ei.value.what
+    assert "installer should be at" in ei.value.why and "console" in ei.value.fix
+    attempts = [e for e in rig.events if e.type == "progress" and e.stage == "up"]
+    assert len(attempts) >= settings.up_timeout / settings.poll_interval / 2  # polled often
+    rig.session.close()
+
+
+def test_another_host_key_after_the_kexec_stops_without_logging_in(
+    ssh_env: SSHEnv,
+    own_sshd: SSHServer,
+    trusted: Path,
+    settings: Settings,
+    releases: ReleasesServer,
+    tmp_path: Path,
+) -> None:
+    _trusted_for(trusted, ssh_env, own_sshd.port)
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, port=own_sshd.port)
+    rig.installer.stage_key()
+    own_sshd.stop()
+    other = tmp_path / "impostor"
+    other.mkdir()
+    impostor = SSHServer(own_sshd.port, other, [keygen(other / "ssh_host_ed25519_key")])
+    impostor.start()
+    try:
+        with pytest.raises(InstallerKeyChanged) as ei:
+            rig.installer.stage_wait_up()
+        assert ei.value.exit_code == ExitCode.INSTALLER_KEY_CHANGED
+        assert "ANOTHER host key" in ei.value.what and "Nothing was sent" in ei.value.why
+        time.sleep(0.3)
+        assert "Accepted" not in impostor.log.read_text()
+        assert "root" not in impostor.log.read_text()
+    finally:
+        impostor.stop()
+        rig.session.close()
+
+
+def test_the_old_system_answering_again_is_told_apart_from_the_installer(
+    ssh_env: SSHEnv,
+    own_sshd: SSHServer,
+    trusted: Path,
+    settings: Settings,
+    releases: ReleasesServer,
+    tmp_path: Path,
+) -> None:
+    _trusted_for(trusted, ssh_env, own_sshd.port)
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, port=own_sshd.port)
+    rig.installer.stage_key()
+    # Root login with our key is refused here (as on an old system), the login user's works.
+    session = rig.installer.stage_wait_up()
+    with pytest.raises(OldSystemBack) as ei:
+        rig.installer.stage_verify(session, rig.installer.facts.boot_id)
+    assert ei.value.exit_code == ExitCode.OLD_SYSTEM_BACK
+    assert "never rebooted" in ei.value.what
+    # A different boot id but the same OS: it rebooted into the old system.
+    session = rig.installer.stage_wait_up()
+    with pytest.raises(OldSystemBack) as ei:
+        rig.installer.stage_verify(session, "another-boot")
+    assert "rebooted into the old system" in ei.value.what
+    rig.session.close()
+
+
+def test_the_installer_port_is_tried_first(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
+    rig.installer.plan = replace(rig.installer.plan, installer_port=2222)
+    assert rig.installer._ports() == [2222, ssh_env.port, 22]
+    rig.session.close()

@@ -1,0 +1,137 @@
+"""Pure probe parsers on recorded outputs: real servers, busybox, containers, garbage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.core.probe import (
+    PROBE_SCRIPT,
+    parse_os_release,
+    parse_probe,
+    parse_routes,
+    probe_script,
+    split_sections,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+def load(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+def test_a_debian_kvm_server() -> None:
+    f = parse_probe(load("probe-debian12-kvm.txt"))
+    assert (f.kernel, f.machine, f.arch) == ("6.1.0-26-cloud-amd64", "x86_64", "x86_64")
+    assert f.os_name == "Debian GNU/Linux 12 (bookworm)" and not f.is_installer
+    assert f.mem_total == 3915776 * 1024 and f.swap_total == 1048572 * 1024
+    assert (f.uid, f.user, f.home, f.privilege) == (0, "root", "/root", "root")
+    assert (f.virt, f.container) == ("kvm", "none") or (f.virt, f.container) == ("kvm", "")
+    assert f.kexec_load_disabled is False and f.lockdown == "none"
+    assert f.has("cpio") and f.sort_v and not f.has("wget")
+    assert f.staging.free_bytes == 35000000 * 1024 and f.staging.fstype == "ext4"
+    assert not f.staging.noexec and f.staging.writable
+    assert f.net_format == "json"
+    eth0 = next(i for i in f.interfaces if i.name == "eth0")
+    assert eth0.mac == "96:00:01:02:03:04"
+    assert [a.cidr for a in eth0.addresses if a.scope == "global"] == [
+        "203.0.113.10/32",
+        "2001:db8:1::1/64",
+    ]
+    default4 = next(r for r in f.routes if r.family == "inet" and r.dst == "default")
+    assert (default4.gateway, default4.onlink, default4.protocol) == ("172.31.1.1", True, "static")
+    assert f.dns == ("185.12.64.1", "185.12.64.2")
+    assert f.public_host_keys == ("ecdsa", "ed25519", "rsa")
+    assert (f.reach_v4, f.reach_v6) == (True, True) and f.notes == ()
+
+
+def test_busybox_without_json_or_sort_v_and_a_sudo_user() -> None:
+    f = parse_probe(load("probe-alpine-busybox.txt"))
+    assert f.net_format == "text" and any("--json" in n for n in f.notes)
+    assert not f.sort_v and not f.has("cpio") and f.privilege == "sudo-password"
+    assert f.staging.noexec and f.staging.fstype == "tmpfs"
+    by_name = {i.name: i for i in f.interfaces}
+    assert set(by_name) == {"lo", "eth0", "eth0.100", "wg0"}
+    assert by_name["eth0"].mac == "52:54:00:12:34:56"
+    assert (
+        by_name["eth0"].addresses[0].dynamic and by_name["eth0"].addresses[0].cidr == "10.0.2.15/24"
+    )
+    assert by_name["eth0.100"].kind == "vlan"
+    assert by_name["wg0"].mac is None and by_name["wg0"].link_type == "none"
+    default = next(r for r in f.routes if r.dst == "default")
+    assert (default.gateway, default.dev) == ("10.0.2.2", "eth0")
+    assert (f.reach_v4, f.reach_v6) == (True, False)
+
+
+def test_openvz_is_recognised_as_a_container() -> None:
+    f = parse_probe(load("probe-openvz.txt"))
+    assert f.container == "openvz"
+    assert f.kexec_load_disabled is None and f.net_format == "none"
+
+
+def test_the_installer_is_recognised_with_unquoted_and_single_quoted_values() -> None:
+    f = parse_probe(load("probe-nixos-installer.txt"))
+    assert f.is_installer and f.os_name == "NixOS 26.05 (Yarara)" and f.arch == "aarch64"
+    bond = next(i for i in f.interfaces if i.name == "bond0")
+    assert bond.kind == "bond"
+    assert next(i for i in f.interfaces if i.name == "enp1s0").master == "bond0"
+
+
+def test_truncated_output_is_noted_not_fatal() -> None:
+    text = load("probe-debian12-kvm.txt")
+    f = parse_probe(text[: text.index("@@nkw staging")])
+    assert f.kernel == "6.1.0-26-cloud-amd64" and f.staging.path == ""
+    assert any("cut short" in n for n in f.notes)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "\x00\xff garbage",
+        "@@nkw uname\n",
+        "@@nkw ip-addr\n[{broken json\n@@nkw end",
+        "@@nkw priv\nsudo; rm -rf /\n",
+    ],
+)
+def test_garbage_never_raises(text: str) -> None:
+    f = parse_probe(text)
+    assert f.privilege in ("root", "sudo", "sudo-password", "doas", "none")
+    assert f.arch is None or f.arch in ("x86_64", "aarch64")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=2000))
+def test_fuzzed_output_never_crashes_the_parser(text: str) -> None:
+    parse_probe(text)
+    parse_probe("@@nkw ip-addr\n" + text + "\n@@nkw ip-route4\n" + text + "\n@@nkw end")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=80), max_size=20))
+def test_fuzzed_os_release_and_routes(lines: list[str]) -> None:
+    parse_os_release(lines)
+    parse_routes(lines, "inet")
+
+
+def test_os_release_quoting() -> None:
+    r = parse_os_release(
+        ['ID="nixos"', "VARIANT_ID=installer", "NAME='Nix OS'", 'BAD="unterminated', "# c", "x=1"]
+    )
+    assert r == {"ID": "nixos", "VARIANT_ID": "installer", "NAME": "Nix OS", "BAD": "unterminated"}
+
+
+def test_sections_before_the_first_marker_are_ignored() -> None:
+    assert split_sections("motd line\n@@nkw a\n1\n\n2\n@@nkw b\n") == {"a": ["1", "2"], "b": []}
+
+
+def test_staging_and_url_are_quoted_into_the_script() -> None:
+    s = probe_script("/srv/it's here; rm -rf /", "http://h/$(reboot)")
+    assert "STAGING='/srv/it'\"'\"'s here; rm -rf /'" in s
+    assert "URL='http://h/$(reboot)'" in s
+    assert "__" not in s.replace("__STAGING__", "").replace("__URL__", "").replace("__TOOLS__", "")
+    assert "__STAGING__" in PROBE_SCRIPT

@@ -1,0 +1,136 @@
+"""Profiles on disk and secrets in the keyring: atomic, private, versioned, never a secret."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keyring
+import keyring.backends.fail
+import pytest
+
+from app.core.errors import ConfigError
+from app.core.events import Event
+from app.core.profiles import Profile, ProfileStore, check_name
+from app.core.runlog import Redactor, RunLog
+from app.core.secrets import SecretStore, password_key
+from tests.conftest import MemoryKeyring
+
+
+def test_profiles_round_trip_with_mode_0600(tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path / "cfg" / "profiles.json")
+    p = Profile("web 1", "203.0.113.10", 2222, "admin", state="original", facts={"os": "Debian"})
+    store.put(p)
+    assert (tmp_path / "cfg" / "profiles.json").stat().st_mode & 0o777 == 0o600
+    loaded = ProfileStore(store.path).load()
+    assert loaded == {"web 1": p}
+    data = json.loads(store.path.read_text())
+    assert data["version"] == 1 and data["profiles"][0]["host"] == "203.0.113.10"
+    assert store.delete("web 1") and not store.delete("web 1")
+    with pytest.raises(ConfigError, match="no profile named"):
+        store.get("web 1")
+
+
+def test_a_corrupt_file_is_kept_aside_not_lost(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.json"
+    path.write_text('{"version": 1, "profiles": [ {broken')
+    store = ProfileStore(path)
+    assert store.load() == {}
+    aside = list(tmp_path.glob("profiles.json.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_text().endswith("{broken")
+    assert "kept as" in store.notice and not path.exists()
+
+
+def test_a_file_from_a_newer_version_is_not_misread(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.json"
+    path.write_text('{"version": 99, "profiles": []}')
+    store = ProfileStore(path)
+    assert store.load() == {} and "unsupported version" in store.notice
+
+
+def test_unknown_fields_and_states_are_tolerated(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.json"
+    path.write_text(
+        json.dumps(
+            {"version": 1, "profiles": [{"name": "a", "host": "h", "state": "weird", "future": 1}]}
+        )
+    )
+    assert ProfileStore(path).load()["a"].state == "unknown"
+
+
+def test_secret_fields_are_refused(tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path / "profiles.json")
+    with pytest.raises(ValueError, match="password"):
+        store.put(Profile("a", "h", facts={"password": "hunter2"}))
+    assert not store.path.exists()
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "x" * 65, "tab\there"])
+def test_bad_names(name: str) -> None:
+    with pytest.raises(ConfigError):
+        check_name(name)
+
+
+KILLER = r"""
+import sys, time
+from pathlib import Path
+from app.core.profiles import Profile, ProfileStore
+store = ProfileStore(Path(sys.argv[1]))
+i = 0
+while True:
+    i += 1
+    store.save_all({f"p{j}": Profile(f"p{j}", f"host-{i}-{j}", facts={"pad": "x" * 2000}) for j in range(50)})
+"""
+
+
+def test_kill_9_during_saves_always_leaves_a_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.json"
+    ProfileStore(path).save_all({"seed": Profile("seed", "h")})
+    root = Path(__file__).resolve().parent.parent
+    hosts_seen: set[str] = set()
+    for round_ in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", KILLER, str(path)], cwd=root)
+        time.sleep(0.25 + round_ * 0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        store = ProfileStore(path)
+        profiles = store.load()
+        assert store.notice == "" and profiles, f"round {round_}: {store.notice}"
+        hosts_seen.add(next(iter(profiles.values())).host)
+    assert len(hosts_seen) > 2  # the writer really was killed mid-way through many saves
+    assert not list(tmp_path.glob("*.corrupt-*"))
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_secrets_go_to_the_keyring(memory_keyring: MemoryKeyring) -> None:
+    s = SecretStore()
+    assert s.available and "system keyring" in s.where()
+    assert s.set(password_key("web"), "hunter2")
+    assert s.get(password_key("web")) == "hunter2"
+    s.delete(password_key("web"))
+    assert s.get(password_key("web")) is None
+
+
+def test_no_keyring_is_said_honestly_and_nothing_is_stored() -> None:
+    keyring.set_keyring(keyring.backends.fail.Keyring())
+    s = SecretStore()
+    assert not s.available and "asked each time" in s.where()
+    assert s.set("k", "secret") is False and s.get("k") is None
+    s.delete("k")  # no error
+
+
+def test_run_logs_redact_secrets(tmp_path: Path) -> None:
+    r = Redactor()
+    r.add("Pw-secret-0815!")
+    log = RunLog(tmp_path / "logs", r)
+    log.write(
+        Event("output", "run", "sudo said Pw-secret-0815! oops", {"nested": ["Pw-secret-0815!"]})
+    )
+    log.close()
+    text = log.path.read_text()
+    assert "Pw-secret-0815!" not in text and text.count("[redacted]") == 2
+    assert log.path.stat().st_mode & 0o777 == 0o600

@@ -1,0 +1,45 @@
+"""House rules checked on the source: a Qt-free engine, docstrings everywhere."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+QT_MODULES = ("PySide6", "PyQt5", "PyQt6", "shiboken6")
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_the_engine_never_imports_qt() -> None:
+    files = list((ROOT / "app" / "core").rglob("*.py"))
+    assert len(files) > 10
+    offenders = [str(f.relative_to(ROOT)) for f in files if _imports(f) & set(QT_MODULES)]
+    assert offenders == []
+
+
+def test_qt_is_imported_only_under_app_ui() -> None:
+    offenders = [
+        str(f.relative_to(ROOT))
+        for f in (ROOT / "app").rglob("*.py")
+        if "ui" not in f.relative_to(ROOT / "app").parts[:1] and _imports(f) & set(QT_MODULES)
+    ]
+    assert offenders == []
+
+
+def test_every_module_has_a_one_line_docstring() -> None:
+    missing = []
+    for f in [*(ROOT / "app").rglob("*.py"), *(ROOT / "tests").rglob("*.py")]:
+        doc = ast.get_docstring(ast.parse(f.read_text()))
+        if not doc or "\n" in doc.strip():
+            missing.append(str(f.relative_to(ROOT)))
+    assert missing == []
