@@ -39,9 +39,9 @@ bench: host-deps $(STAMP)
 
 lock:
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
-	.lockvenv/bin/pip install --quiet -e '.[test]'
+	.lockvenv/bin/pip install --quiet 'setuptools>=77' && .lockvenv/bin/pip install --quiet -e '.[test]'
 	{ echo "# Exact versions of every runtime and test dependency (make lock regenerates this file)."; \
-	  .lockvenv/bin/pip freeze --exclude-editable | sort -f; } > requirements.lock
+	  .lockvenv/bin/pip freeze --all --exclude-editable | grep -v '^pip==' | sort -f; } > requirements.lock
 	rm -rf .lockvenv
 
 clean:
