@@ -492,12 +492,9 @@ def cmd_install(ctx: Context) -> int:
             return 0
         # Remember the server now, so a stop below still leaves a profile to come back to.
         _save_after(ctx, profile, target, creds, session, facts, None, None)
+        _raise_first_stop(verdicts)
         asset, meta = _resolve_asset(ctx, facts.arch)
-        verdicts = evaluate(facts, meta.get("arch") or None, asset.size if asset else None)
-        stops = [v for v in verdicts if v.level is Level.STOP]
-        if stops:
-            v = stops[0]
-            raise PreflightStop(f"Preflight stop: {v.title}.", v.reason, v.fix)
+        _raise_first_stop(evaluate(facts, meta.get("arch") or None, asset.size if asset else None))
         establish_privilege(session, facts, _sudo_password(ctx, facts, creds), ctx.settings)
         mode, reason = choose_transfer(a.transfer, facts, asset)
         image = None
@@ -555,6 +552,13 @@ def cmd_install(ctx: Context) -> int:
         return 0
     finally:
         session.close()
+
+
+def _raise_first_stop(verdicts: list[Any]) -> None:
+    stops = [v for v in verdicts if v.level is Level.STOP]
+    if stops:
+        v = stops[0]
+        raise PreflightStop(f"Preflight stop: {v.title}.", v.reason, v.fix)
 
 
 def _installer_info_from_session(session: Session, facts: Facts) -> InstallerInfo:

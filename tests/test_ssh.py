@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -121,6 +122,33 @@ def test_changed_host_key_stops_before_any_credential_is_sent(
         assert "nkw-nopw" not in log and "Accepted" not in log and "Failed" not in log
     finally:
         impostor.stop()
+
+
+def test_login_through_a_real_ssh_agent(
+    ssh_env: SSHEnv, trusted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(
+            ["ssh-add", "-q", str(ssh_env.key)], env=env, check=True, capture_output=True
+        )
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        target = Target("127.0.0.1", ssh_env.port, "nkw-plain")  # no key file named
+        with connect(target, Credentials(method="agent"), _kh(trusted)) as s:
+            assert s.auth_kind == "agent"
+            assert (
+                s.auth_key is not None
+                and s.auth_key.get_base64()
+                == ssh_env.key.with_suffix(".pub").read_text().split()[1]
+            )
+    finally:
+        agent.terminate()
+        agent.wait(5)
 
 
 def test_password_login_and_wrong_password(ssh_env: SSHEnv, trusted: Path) -> None:

@@ -89,7 +89,7 @@ def preview(facts: Facts) -> NetPreview:
                 "advertisements: the installer may get another address."
             )
             expected += [a.local for a in dynamic]
-        if not globals_:
+        if not globals_ and iface.up:
             keeps.append(f"{iface.name} ({iface.mac}) will try DHCP.")
     for r in facts.routes:
         if r.protocol in KEPT_ROUTE_PROTOCOLS_EXCLUDED:

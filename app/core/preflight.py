@@ -46,6 +46,10 @@ def _gib(n: int) -> str:
     return f"{n / GiB:.1f} GiB"
 
 
+def _size(n: int) -> str:
+    return _gib(n) if n >= 10 * GiB else f"{n // MiB} MiB"
+
+
 def evaluate(
     facts: Facts, image_arch: str | None = None, image_size: int | None = None
 ) -> list[Verdict]:
@@ -254,7 +258,7 @@ def _staging(f: Facts, image_size: int) -> Verdict:
         return Verdict(
             "staging",
             Level.STOP,
-            f"Only {s.free_bytes // MiB} MiB free for {where}",
+            f"Only {_size(s.free_bytes)} free for {where}",
             f"The image and its unpacked copy need about {need // MiB} MiB.",
             "Free some space or choose another staging folder.",
         )
@@ -274,7 +278,7 @@ def _staging(f: Facts, image_size: int) -> Verdict:
             "df did not answer.",
             f"Make sure about {need // MiB} MiB are free.",
         )
-    return _ok("staging", f"{s.free_bytes // MiB} MiB free in {where}")
+    return _ok("staging", f"{_size(s.free_bytes)} free in {where}")
 
 
 def _host_keys(f: Facts) -> Verdict:
