@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import keyring.backend
 import pytest
 
 from app.core.settings import Settings
+from tests.support.machine import Machine
 from tests.support.releases import ReleasesServer
 from tests.support.sshd import (
     SUDOERS,
@@ -177,3 +179,27 @@ def sha256sum_remote(path: Path) -> str:
     return subprocess.run(
         ["sha256sum", str(path)], capture_output=True, text=True, check=True
     ).stdout.split()[0]
+
+
+@pytest.fixture
+def machine(ssh_env: SSHEnv) -> Iterator[Machine]:
+    """A loopback server in its own namespaces whose kexec really 'reboots' into an installer."""
+    work = Path(tempfile.mkdtemp(prefix="nkw-machine-", dir="/var/tmp"))
+    os.chmod(work, 0o755)
+    m = Machine(work, free_port(), ssh_env.server.host_keys, [ssh_env.key.with_suffix(".pub")])
+    m.start()
+    try:
+        yield m
+    finally:
+        m.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def trust_machine(known_hosts: Path, machine: Machine) -> Path:
+    """Add the machine's host keys (for its port) to a known_hosts file."""
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    with known_hosts.open("a") as f:
+        for k in machine.host_keys:
+            t, b64 = k.with_suffix(".pub").read_text().split()[:2]
+            f.write(f"[127.0.0.1]:{machine.port} {t} {b64}\n")
+    return known_hosts

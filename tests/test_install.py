@@ -29,9 +29,10 @@ from app.core.install import (
 from app.core.settings import Settings
 from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Session, Target, connect
 from tests.conftest import ASSET, SSHEnv
+from tests.support.cpio import read_initrd
 from tests.support.releases import ReleasesServer
 from tests.support.sshd import SSHServer, free_port, keygen
-from tests.support.tarballs import REFUSED, standin_tarball
+from tests.support.tarballs import KEXEC_REFUSE, standin_tarball
 
 pytestmark = pytest.mark.sshd
 
@@ -100,6 +101,20 @@ def make_rig(
     return Rig(inst, session, events, home)
 
 
+def _kexec_log(rig: Rig) -> str:
+    return (rig.staging / "kexec" / "kexec.log").read_text()
+
+
+def _carried(rig: Rig) -> dict[str, str]:
+    """What `run` appended to the initrd, as the installer would unpack it."""
+    files = read_initrd((rig.staging / "kexec" / "initrd").read_bytes())
+    return {
+        name: data.decode(errors="replace")
+        for name, (_mode, data) in files.items()
+        if name != "padding"
+    }
+
+
 def _stage_states(events: list[Event]) -> list[tuple[str, str]]:
     return [(e.stage, e.data["state"]) for e in events if e.type == "stage"]
 
@@ -116,9 +131,9 @@ def test_stages_run_kexec_as_root_and_detect_a_server_that_never_goes_down(
     # The login key is in nkw-nopw's authorized_keys, which `run` carries via $SUDO_USER.
     assert inst.added_key is None and not (tmp_path / "keys").exists()
     inst.kexec()
-    assert (rig.staging / "kexec" / "ran-as").read_text().strip() == "0"
-    carried = (rig.staging / "kexec" / "carried-keys").read_text()
-    assert ssh_env.key.with_suffix(".pub").read_text().split()[1] in carried
+    assert _kexec_log(rig).startswith("uid=0 --load ")  # `run` ran as root
+    carried = _carried(rig)
+    assert ssh_env.key.with_suffix(".pub").read_text().split()[1] in carried["ssh/authorized_keys"]
     output = [e.message for e in rig.events if e.type == "output"]
     assert any(line.startswith("+ ") for line in output)  # set -x trace streamed
     assert any("machine will boot into nixos" in line for line in output)
@@ -150,8 +165,8 @@ def test_password_login_installs_the_apps_own_key_which_run_carries(
     assert auth_file.read_text().startswith(before)  # appended, nothing lost
     assert any("fresh login with the app's key works" in e.message for e in rig.events)
     inst.kexec()
-    assert pub in (rig.staging / "kexec" / "carried-keys").read_text()
-    assert (rig.staging / "kexec" / "ran-as").read_text().strip() == "0"
+    assert pub in _carried(rig)["ssh/authorized_keys"]
+    assert _kexec_log(rig).startswith("uid=0 --load ")
     assert inst.identity_file == str(key_file)
     rig.session.close()
     auth_file.write_text(before)
@@ -193,7 +208,7 @@ def test_a_bad_checksum_on_the_server_stops_and_leaves_the_server_as_it_was(
 def test_a_refused_kexec_is_its_own_outcome_and_cleans_up(
     ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
 ) -> None:
-    data = standin_tarball(tmp_path / "refused.tar.gz", REFUSED).read_bytes()
+    data = standin_tarball(tmp_path / "refused.tar.gz", kexec=KEXEC_REFUSE).read_bytes()
     releases.add("nixos-26.05", ASSET, data)
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
     rig.installer.prepare()

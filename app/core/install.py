@@ -666,13 +666,19 @@ class Installer:
         if res.ok and SUCCESS_LINE in out:
             return
         self.point_of_no_return = False
-        tail = "\n".join(lines[-25:])
+        tail = _diagnosis(lines)
         if "kexec failed" in out or "kexec_file_load failed" in out or "kexec_load failed" in out:
+            hint = (
+                "The kernel refused kexec_file_load: retry with --kexec-extra-flags -c "
+                "(the classic syscall). "
+                if "kexec_file_load" in out
+                else ""
+            )
             raise KexecRefused(
                 "The kernel refused to load the installer (kexec failed).",
-                f"The server's kernel said:\n{tail}",
-                "If it mentions kexec_file_load, retry with --kexec-extra-flags -c; if "
-                "lockdown or IMA is mentioned, disable Secure Boot. The server was not changed.",
+                f"What the server said:\n{tail}",
+                hint + "If lockdown, Secure Boot or IMA is mentioned, turn Secure Boot off in "
+                "the provider's console. The server was not changed.",
             )
         raise KexecRefused(
             f"kexec/run failed (exit status {res.status}) without the success line.",
@@ -891,6 +897,18 @@ class Installer:
             return
         extra = " and removed the app's key" if self.added_key else ""
         self._log("cleanup", f"Removed the image from the server{extra}; it is as it was.")
+
+
+NOTABLE = re.compile(r"kexec|lockdown|secure boot|\bIMA\b|not permitted|denied|error|failed", re.I)
+
+
+def _diagnosis(lines: list[str], notable: int = 8, tail: int = 12) -> str:
+    """The lines that explain a failure (kexec, lockdown, errors), then the last few lines."""
+    picked = [ln for ln in lines[:-tail] if NOTABLE.search(ln) and not ln.startswith("+ ")]
+    out = picked[-notable:]
+    if out:
+        out.append("...")
+    return "\n".join(out + lines[-tail:])
 
 
 def _ssh_banner(target: Target, port: int, timeout: float) -> tuple[bool, str]:
