@@ -7,11 +7,9 @@ import getpass
 import json
 import os
 import shlex
-import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,7 +21,6 @@ from app.core.catalog import (
     VARIANTS,
     Asset,
     CatalogClient,
-    asset_name,
     environ_arch,
 )
 from app.core.download import CachedImage, Downloader, ImageCache, local_image
@@ -32,7 +29,6 @@ from app.core.errors import (
     ConfigError,
     ExitCode,
     HostKeyUnknown,
-    PreflightStop,
     UsageError,
     WizardError,
 )
@@ -50,7 +46,7 @@ from app.core.netpreview import preview as net_preview
 from app.core.paths import AppPaths
 from app.core.preflight import Level, evaluate, worst
 from app.core.probe import Facts
-from app.core.profiles import Profile, ProfileStore, check_name
+from app.core.profiles import Profile, ProfileStore
 from app.core.runlog import Redactor, RunLog
 from app.core.secrets import SecretStore, password_key, sudo_key
 from app.core.settings import Settings
@@ -65,6 +61,17 @@ from app.core.ssh import (
     connect,
     load_ssh_config,
     parse_target,
+)
+from app.core.workflow import (
+    channel_asset,
+    forget_profile,
+    installer_info_from_session,
+    installer_ssh_command,
+    open_terminal,
+    profile_installer,
+    raise_first_stop,
+    save_profile,
+    url_asset,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +191,7 @@ class Context:
         self.paths = AppPaths.resolve(args.home)
         self.paths.ensure()
         self.settings = Settings.from_env(
+            self.paths.settings_file,
             api_url=args.api_url,
             download_url=args.download_url,
             allow_http=True if args.allow_http else None,
@@ -336,41 +344,26 @@ def cmd_images(ctx: Context) -> int:
 
 
 def _resolve_asset(ctx: Context, arch: str | None) -> tuple[Asset | None, dict[str, str]]:
-    """The asset for --channel/--arch/--variant, or None for a local --image file."""
+    """The asset for --channel/--arch/--variant or --image URL; None for a local file."""
     a = ctx.args
     if a.image and not a.image.startswith(("https://", "http://")):
         return None, {}
     variant = a.variant or DEFAULT_VARIANT
     chosen_arch = a.arch or arch or environ_arch()
     if a.image:
-        ctx.settings.check_url(a.image, "image URL")
-        name = a.image.rstrip("/").rsplit("/", 1)[-1] or "image.tar.gz"
-        asset = Asset(name=name, url=a.image)
-        return asset, {"channel": "", "arch": chosen_arch, "variant": variant}
+        return url_asset(a.image, ctx.settings), {
+            "channel": "",
+            "arch": chosen_arch,
+            "variant": variant,
+        }
     cat = CatalogClient(ctx.settings, ctx.paths.catalog_cache).load(offline=a.offline)
     if cat.note:
         ctx.report.info(f"Image list: {cat.note}", level="warn")
-    channel = a.channel or cat.default_channel()
-    release = cat.release(channel)
-    if release is None:
-        raise UsageError(
-            f"There is no channel {channel!r}.",
-            "Known channels: " + ", ".join(cat.channels()) + ".",
-            "Pick one of them with --channel.",
-        )
-    found = release.kexec_asset(variant, chosen_arch)
-    if found is None:
-        raise UsageError(
-            f"{channel} has no {variant} image for {chosen_arch} "
-            f"({asset_name(variant, chosen_arch)}).",
-            "Not every release carries every variant.",
-            "Choose another channel, variant or arch.",
-        )
-    return found, {"channel": channel, "arch": chosen_arch, "variant": variant}
+    return channel_asset(cat, a.channel, variant, chosen_arch)
 
 
 def _fetch_image(ctx: Context, asset: Asset | None, meta: dict[str, str]) -> CachedImage:
-    cache = ImageCache(ctx.paths.images_dir)
+    cache = ImageCache(ctx.paths.images_dir_for(ctx.settings.cache_dir))
     if asset is None:
         return local_image(Path(ctx.args.image), cache)
     if not asset.digest:
@@ -485,16 +478,16 @@ def cmd_install(ctx: Context) -> int:
         facts, verdicts = _probe(ctx, session)
         _print_facts(ctx, facts, verdicts)
         if facts.is_installer:
-            info = _installer_info_from_session(session, facts)
+            info = installer_info_from_session(session, facts)
             _save_after(ctx, profile, target, creds, session, facts, None, info)
             ctx.report.info(f"{target.host} already runs the NixOS installer; nothing to do.")
             ctx.report.result(True, "already-installer", installer=info.to_json())
             return 0
         # Remember the server now, so a stop below still leaves a profile to come back to.
         _save_after(ctx, profile, target, creds, session, facts, None, None)
-        _raise_first_stop(verdicts)
+        raise_first_stop(verdicts)
         asset, meta = _resolve_asset(ctx, facts.arch)
-        _raise_first_stop(evaluate(facts, meta.get("arch") or None, asset.size if asset else None))
+        raise_first_stop(evaluate(facts, meta.get("arch") or None, asset.size if asset else None))
         establish_privilege(session, facts, _sudo_password(ctx, facts, creds), ctx.settings)
         mode, reason = choose_transfer(a.transfer, facts, asset)
         image = None
@@ -547,32 +540,11 @@ def cmd_install(ctx: Context) -> int:
             "installer-ready",
             installer=info.to_json(),
             timings=installer.timings.stages,
-            ssh_command=_ssh_command(ctx, target, info),
+            ssh_command=installer_ssh_command(info, target.jump, ctx.known_hosts.app_file),
         )
         return 0
     finally:
         session.close()
-
-
-def _raise_first_stop(verdicts: list[Any]) -> None:
-    stops = [v for v in verdicts if v.level is Level.STOP]
-    if stops:
-        v = stops[0]
-        raise PreflightStop(f"Preflight stop: {v.title}.", v.reason, v.fix)
-
-
-def _installer_info_from_session(session: Session, facts: Facts) -> InstallerInfo:
-    return InstallerInfo(
-        host=session.target.host,
-        port=session.target.port,
-        user=session.target.user,
-        host_key=session.host_key_line,
-        fingerprint=session.host_key_fingerprint,
-        boot_id=facts.boot_id,
-        hostname=facts.hostname,
-        os_release=facts.os_release,
-        identity_file=session.target.identity_files[0] if session.target.identity_files else None,
-    )
 
 
 def _save_after(
@@ -602,101 +574,38 @@ def _save_profile(
     info: InstallerInfo | None,
     state: str | None = None,
 ) -> None:
-    name = check_name(name)
-    existing = ctx.profiles.load().get(name)
-    remember = bool(getattr(ctx.args, "remember_password", False)) or bool(
-        existing and existing.remember_password
-    )
-    jump = ""
-    if target.jump is not None:
-        j = target.jump
-        jump = f"{j.user}@{j.host}:{j.port}"
-    new_state = state or ("installer" if info or facts.is_installer else "original")
-    prof = Profile(
-        name=name,
-        host=target.alias or target.host,
-        port=target.port,
-        user=target.user,
-        jump=jump,
-        auth=creds.method,
-        key_path=target.identity_files[0] if target.identity_files else "",
+    profile, warning = save_profile(
+        ctx.profiles,
+        ctx.secrets,
+        name,
+        target=target,
+        creds=creds,
         host_key=session.host_key_line,
-        state=new_state,
-        facts=facts.summary(),
-        image=meta or (existing.image if existing else {}),
-        installer=info.to_json() if info else (existing.installer if existing else {}),
-        remember_password=remember,
-    ).touched()
-    ctx.profiles.put(prof)
-    if remember:
-        stored = True
-        if creds.password:
-            stored = ctx.secrets.set(password_key(name), creds.password) and stored
-        if creds.sudo_password:
-            stored = ctx.secrets.set(sudo_key(name), creds.sudo_password) and stored
-        if not stored:
-            ctx.report.info(
-                f"The password was not remembered: {ctx.secrets.where()}.", level="warn"
-            )
-    ctx.report.info(f"Saved profile {name!r} ({new_state}).")
-
-
-def _ssh_command(ctx: Context, target: Target, info: InstallerInfo) -> list[str]:
-    t = Target(info.host, info.port, "root", jump=target.jump)
-    cmd = t.ssh_command(info.identity_file)
-    known = f"{ctx.known_hosts.app_file} {Path.home() / '.ssh/known_hosts'}"
-    return [cmd[0], "-o", f"UserKnownHostsFile={known}", *cmd[1:]]
-
-
-TERMINALS: list[list[str]] = [
-    ["x-terminal-emulator", "-e"],
-    ["gnome-terminal", "--"],
-    ["konsole", "-e"],
-    ["xfce4-terminal", "-x"],
-    ["alacritty", "-e"],
-    ["kitty"],
-    ["foot"],
-    ["xterm", "-e"],
-]
-
-
-def terminal_command(
-    ssh: Sequence[str], which: Callable[[str], str | None] = shutil.which
-) -> list[str] | None:
-    """A command opening the user's terminal running ``ssh``, or None when there is none."""
-    env_term = os.environ.get("TERMINAL")
-    candidates = ([[env_term, "-e"]] if env_term else []) + TERMINALS
-    for cand in candidates:
-        if which(cand[0]):
-            return [*cand, *ssh]
-    return None
+        facts=facts,
+        image=meta,
+        installer=info,
+        state=state,
+        remember=bool(getattr(ctx.args, "remember_password", False)),
+    )
+    if warning:
+        ctx.report.info(warning, level="warn")
+    ctx.report.info(f"Saved profile {profile.name!r} ({profile.state}).")
 
 
 def cmd_reconnect(ctx: Context) -> int:
     """Open a terminal with the exact ssh command for a profile's installer."""
-    profile = ctx.profiles.get(ctx.args.name)
-    inst = profile.installer
-    if not inst:
-        raise ConfigError(
-            f"Profile {profile.name!r} has no installer recorded.",
-            "reconnect opens the installer the app booted and verified.",
-            "Run `nixos-kexec-wizard install --profile NAME` first.",
-        )
-    jump = parse_target(profile.jump, config=load_ssh_config()) if profile.jump else None
-    target = Target(str(inst["host"]), int(inst["port"]), "root", jump=jump)
-    info = InstallerInfo(**inst)
-    cmd = _ssh_command(ctx, target, info)
+    info, jump = profile_installer(ctx.profiles.get(ctx.args.name))
+    cmd = installer_ssh_command(info, jump, ctx.known_hosts.app_file)
     line = shlex.join(cmd)
     if ctx.args.print or ctx.args.json:
         ctx.report.result(True, "ssh-command", command=cmd, line=line)
         if not ctx.args.json:
             print(line)
         return 0
-    term = terminal_command(cmd)
-    if term is None or not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    why_not = open_terminal(cmd)
+    if why_not is not None:
         print(line)
         return 0
-    subprocess.Popen(term, start_new_session=True)
     ctx.report.info(f"Opened a terminal: {line}")
     return 0
 
@@ -731,10 +640,8 @@ def cmd_profiles(ctx: Context) -> int:
             print(json.dumps(p.to_json(), indent=2))
         return 0
     if a.action == "delete":
-        if not ctx.profiles.delete(a.name):
+        if not forget_profile(ctx.profiles, ctx.secrets, a.name):
             raise ConfigError(f"There is no profile named {a.name!r}.", "", "Check the name.")
-        ctx.secrets.delete(password_key(a.name))
-        ctx.secrets.delete(sudo_key(a.name))
         ctx.report.result(True, "deleted", name=a.name)
         if not a.json:
             print(f"Deleted profile {a.name!r}.")
@@ -818,9 +725,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nixos-kexec-wizard",
         description="Boot the NixOS installer into RAM on a Linux server over SSH.",
-        epilog="Without a subcommand the wizard window opens.",
+        epilog="Without a subcommand the wizard window opens. `COMMAND --help` shows each "
+        "command's options.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--home", dest="gui_home", metavar="DIR", help="keep all state under DIR")
+    p.add_argument(
+        "--smoke-test", action="store_true", help="open the wizard, then quit (for tests)"
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("images", help="list channels and images")
@@ -879,13 +791,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _gui(home: str | None, smoke_test: bool) -> int:
+    try:
+        from app.ui.main import run_gui
+    except ImportError as exc:
+        sys.stderr.write(
+            f"The wizard window cannot start: {exc}.\n"
+            "Qt needs a few system libraries (on Debian/Ubuntu: libegl1 libxkbcommon-x11-0 "
+            "libxcb-cursor0 libfontconfig1). Every feature is also available from the command "
+            "line: see `nixos-kexec-wizard --help`.\n"
+        )
+        return int(ExitCode.CONFIG)
+    return run_gui(home, smoke_test)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``nixos-kexec-wizard``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
-        parser.print_help()
-        return 0
+        return _gui(args.gui_home, args.smoke_test)
     ctx: Context | None = None
     try:
         ctx = Context(args)
@@ -919,6 +844,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             ctx.cancel.cancel()
             ctx.report.error(Cancelled("Interrupted."))
         return int(ExitCode.CANCELLED)
-    finally:
-        if ctx is not None and ctx.report.log is not None:
-            ctx.report.log.close()

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from app.cli import terminal_command
 from app.core.profiles import Profile, ProfileStore
+from app.core.workflow import terminal_command
 from tests.conftest import ASSET, SSHEnv
 from tests.support.releases import ReleasesServer
 

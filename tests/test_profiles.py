@@ -130,7 +130,6 @@ def test_run_logs_redact_secrets(tmp_path: Path) -> None:
     log.write(
         Event("output", "run", "sudo said Pw-secret-0815! oops", {"nested": ["Pw-secret-0815!"]})
     )
-    log.close()
     text = log.path.read_text()
     assert "Pw-secret-0815!" not in text and text.count("[redacted]") == 2
     assert log.path.stat().st_mode & 0o777 == 0o600

@@ -386,13 +386,19 @@ class Installer:
 
     def wait(self) -> InstallerInfo:
         """Wait for the old system to go down and the installer to answer; prove what it is."""
-        old_boot = self.facts.boot_id
         with self.timings.measure("down", self.emit, self.settings.down_timeout):
-            self.stage_wait_down(old_boot)
+            self.stage_wait_down(self.facts.boot_id)
+        return self.wait_for_installer()
+
+    def wait_for_installer(self, host: str | None = None) -> InstallerInfo:
+        """Wait for the installer (at ``host`` if it moved) and prove what it is; repeatable."""
+        if host and host != self.session.target.host:
+            self.session.target = replace(self.session.target, host=host)
+            self._log("up", f"Looking for the installer at {host} now.")
         with self.timings.measure("up", self.emit, self.settings.up_timeout):
             session = self.stage_wait_up()
         with self.timings.measure("verify", self.emit, self.settings.command_timeout):
-            return self.stage_verify(session, old_boot)
+            return self.stage_verify(session, self.facts.boot_id)
 
     def _image_arch(self) -> str | None:
         m = re.search(r"-(x86_64|aarch64)-linux", self.plan.file_name)
@@ -858,6 +864,10 @@ class Installer:
             },
             identity_file=self.identity_file,
         )
+        # OpenSSH (and `reconnect`) must trust it too, also when it answered on another port.
+        known = self.known_hosts.known(info.host, info.port)
+        if all(key_line(k) != info.host_key for k in known.values()):
+            self.known_hosts.add(info.host, info.port, session.host_key)
         self._log(
             "verify",
             f"Verified: NixOS installer at root@{info.host} port {info.port}, "

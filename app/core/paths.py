@@ -40,6 +40,15 @@ class AppPaths:
         return self.config / "profiles.json"
 
     @property
+    def settings_file(self) -> Path:
+        """The user's settings (URLs, cache folder, timeouts)."""
+        return self.config / "settings.json"
+
+    def images_dir_for(self, cache_dir: str) -> Path:
+        """The image cache, in ``cache_dir`` when the user chose one."""
+        return Path(cache_dir).expanduser() / "images" if cache_dir else self.images_dir
+
+    @property
     def known_hosts(self) -> Path:
         """The app's own known_hosts (the user's ~/.ssh/known_hosts is read too)."""
         return self.config / "known_hosts"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from app.core.events import Event
 
@@ -41,22 +42,19 @@ class Redactor:
 
 
 class RunLog:
-    """Appends one JSON line per event to ``logs/run-<time>.log`` (mode 0600)."""
+    """Appends one JSON line per event to ``logs/<name>-<time>-<pid>.log`` (mode 0600)."""
 
     def __init__(self, logs_dir: Path, redactor: Redactor, name: str = "run") -> None:
         logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.path = logs_dir / f"{name}-{stamp}-{os.getpid()}.log"
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._f: TextIO = os.fdopen(fd, "a", encoding="utf-8")
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         self.redact = redactor
+        self._lock = threading.Lock()
 
     def write(self, event: Event) -> None:
-        """Record one event."""
+        """Record one event (opened and closed each time: nothing stays open, nothing is lost)."""
         record = {"t": round(time.time(), 3), **self.redact.scrub(event.to_json())}
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
-
-    def close(self) -> None:
-        """Close the file."""
-        self._f.close()
+        line = json.dumps(record) + "\n"
+        with self._lock, self.path.open("a", encoding="utf-8") as f:
+            f.write(line)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from app.core.errors import ConfigError
+from app.core.fsutil import atomic_write_text
 
 DEFAULT_API_URL = "https://api.github.com/repos/nix-community/nixos-images"
 DEFAULT_DOWNLOAD_URL = "https://github.com/nix-community/nixos-images/releases/download"
@@ -32,15 +36,30 @@ class Settings:
     up_timeout: float = 300.0
     poll_interval: float = 0.5
     catalog_max_age: float = 600.0
+    cache_dir: str = ""  # "" = the platform's cache folder
+
+    # Settings a person may change in the settings dialog (and settings.json).
+    USER_KEYS = (
+        "api_url",
+        "download_url",
+        "allow_http",
+        "cache_dir",
+        "connect_timeout",
+        "up_timeout",
+    )
 
     @classmethod
-    def from_env(cls, **overrides: object) -> Settings:
-        """Defaults, then environment variables, then explicit overrides (None ignored)."""
-        s = cls(
-            api_url=os.environ.get(API_URL_ENV, DEFAULT_API_URL),
-            download_url=os.environ.get(DOWNLOAD_URL_ENV, DEFAULT_DOWNLOAD_URL),
-            allow_http=os.environ.get(ALLOW_HTTP_ENV, "") not in ("", "0", "false", "no"),
-        )
+    def from_env(cls, file: Path | None = None, **overrides: object) -> Settings:
+        """Defaults, then ``file`` (settings.json), then environment variables, then overrides."""
+        s = cls(**load_user_settings(file)) if file is not None else cls()
+        env: dict[str, Any] = {}
+        if API_URL_ENV in os.environ:
+            env["api_url"] = os.environ[API_URL_ENV]
+        if DOWNLOAD_URL_ENV in os.environ:
+            env["download_url"] = os.environ[DOWNLOAD_URL_ENV]
+        if ALLOW_HTTP_ENV in os.environ:
+            env["allow_http"] = os.environ[ALLOW_HTTP_ENV] not in ("", "0", "false", "no")
+        s = replace(s, **env)
         given = {k: v for k, v in overrides.items() if v is not None}
         s = replace(s, **given)  # type: ignore[arg-type]
         s.check_url(s.api_url, "releases API URL")
@@ -66,3 +85,34 @@ class Settings:
             "The app only downloads over https.",
             "Give a URL that starts with https://.",
         )
+
+
+def load_user_settings(path: Path | None) -> dict[str, Any]:
+    """The user's saved settings (unknown keys and wrong types are ignored)."""
+    if path is None:
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    types = {f.name: f.type for f in fields(Settings)}
+    out: dict[str, Any] = {}
+    for key in Settings.USER_KEYS:
+        value = raw.get(key)
+        kind = types[key]
+        if kind == "bool" and isinstance(value, bool):
+            out[key] = value
+        elif kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+            if value > 0:
+                out[key] = float(value)
+        elif kind == "str" and isinstance(value, str):
+            out[key] = value
+    return out
+
+
+def save_user_settings(path: Path, settings: Settings) -> None:
+    """Write the user-changeable settings to ``path`` (atomically)."""
+    data = {k: v for k, v in asdict(settings).items() if k in Settings.USER_KEYS}
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,85 @@
+"""What the wizard's pages share: the app's stores and settings, and the flow's choices so far."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.core.catalog import Asset, Catalog
+from app.core.download import CachedImage, ImageCache
+from app.core.events import Event
+from app.core.inhibit import SleepInhibitor
+from app.core.install import Installer, InstallerInfo, InstallPlan
+from app.core.paths import AppPaths
+from app.core.preflight import Verdict
+from app.core.probe import Facts
+from app.core.profiles import Profile, ProfileStore
+from app.core.runlog import Redactor, RunLog
+from app.core.secrets import SecretStore
+from app.core.settings import Settings
+from app.core.ssh import Credentials, KnownHosts, Session, Target
+
+
+class AppContext:
+    """Paths, settings and stores for one run of the app, and its log file."""
+
+    def __init__(self, paths: AppPaths, settings: Settings | None = None) -> None:
+        self.paths = paths
+        paths.ensure()
+        self.settings = settings or Settings.from_env(paths.settings_file)
+        self.profiles = ProfileStore(paths.profiles_file)
+        self.secrets = SecretStore()
+        self.known_hosts = KnownHosts(paths.known_hosts)
+        self.redact = Redactor()
+        self.log = RunLog(paths.logs, self.redact, "wizard")
+        self.inhibitor = SleepInhibitor()
+
+    @property
+    def image_cache(self) -> ImageCache:
+        """The image cache, where the settings put it."""
+        return ImageCache(self.paths.images_dir_for(self.settings.cache_dir))
+
+    def reload_settings(self) -> None:
+        """Read settings.json again after the settings dialog saved it."""
+        self.settings = Settings.from_env(self.paths.settings_file)
+
+    def record(self, event: Event) -> None:
+        """Append an event to this run's log (secrets redacted)."""
+        self.log.write(event)
+
+    def note(self, stage: str, message: str) -> None:
+        """Append a plain message to this run's log."""
+        self.log.write(Event("log", stage, message))
+
+
+@dataclass
+class Flow:
+    """The user's choices and what the engine found, page by page."""
+
+    profile: Profile | None = None
+    profile_name: str = ""
+    remember_password: bool = False
+    target: Target | None = None
+    creds: Credentials = field(default_factory=Credentials)
+    session: Session | None = None
+    facts: Facts | None = None
+    verdicts: list[Verdict] = field(default_factory=list)
+    privileged: bool = False
+    catalog: Catalog | None = None
+    asset: Asset | None = None
+    image_meta: dict[str, str] = field(default_factory=dict)
+    image: CachedImage | None = None
+    local_file: Path | None = None
+    transfer: str = "auto"
+    plan: InstallPlan | None = None
+    installer: Installer | None = None
+    info: InstallerInfo | None = None
+
+    def drop_session(self) -> None:
+        """Close the SSH session (any thread may still hold it: close() is safe)."""
+        if self.session is not None:
+            self.session.close()
+        self.session = None
+        self.facts = None
+        self.verdicts = []
+        self.privileged = False

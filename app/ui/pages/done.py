@@ -1,0 +1,213 @@
+"""Done page: where the installer runs, how to reach it, and what to do next."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from PySide6.QtCore import Slot
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QGridLayout,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QVBoxLayout,
+)
+
+from app.core.errors import WizardError
+from app.core.events import CancelToken, EventSink
+from app.core.install import InstallerInfo
+from app.core.ssh import Credentials
+from app.core.workflow import (
+    connect_installer,
+    hardware_report,
+    installer_ssh_command,
+    nixos_anywhere_command,
+    open_terminal,
+    reboot_installer,
+)
+from app.ui.context import AppContext, Flow
+from app.ui.jobs import JobResult
+from app.ui.pages.base import BasePage
+from app.ui.widgets import ErrorPanel, wrap_label
+
+
+class DonePage(BasePage):
+    """The verified installer, one click away."""
+
+    def __init__(self, ctx: AppContext, flow: Flow) -> None:
+        super().__init__(ctx, flow)
+        self.setTitle("Done")
+        self.setFinalPage(True)
+        self.headline = wrap_label("", rich=True)
+        self.headline.setAccessibleName("Result")
+        self.command = QLineEdit(self)
+        self.command.setReadOnly(True)
+        self.command.setAccessibleName("SSH command")
+        self.status = wrap_label("")
+        self.status.setAccessibleName("Status")
+        self.error = ErrorPanel(self)
+        self.open_terminal = QPushButton("Open &terminal", self)
+        self.copy_ssh = QPushButton("Copy &SSH command", self)
+        self.report = QPushButton("Save &hardware report…", self)
+        self.copy_anywhere = QPushButton("Copy &nixos-anywhere command", self)
+        self.reboot = QPushButton("&Reboot to the original system…", self)
+        grid = QGridLayout()
+        buttons = (self.open_terminal, self.copy_ssh, self.report, self.copy_anywhere, self.reboot)
+        for i, b in enumerate(buttons):
+            b.setAccessibleName(b.text().replace("&", "").rstrip("…"))
+            grid.addWidget(b, i // 2, i % 2)
+        self.open_terminal.clicked.connect(self._open_terminal)
+        self.copy_ssh.clicked.connect(self._copy_ssh)
+        self.report.clicked.connect(self._ask_report_path)
+        self.copy_anywhere.clicked.connect(self._copy_anywhere)
+        self.reboot.clicked.connect(self._ask_reboot)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.headline)
+        layout.addWidget(self.command)
+        layout.addLayout(grid)
+        layout.addWidget(self.status)
+        layout.addWidget(self.error)
+        layout.addStretch(1)
+        self.reboot_box: QMessageBox | None = None
+        self.report_path: Path | None = None
+
+    @property
+    def info(self) -> InstallerInfo | None:
+        """The verified installer."""
+        return self.flow.info
+
+    def ssh_command(self) -> list[str]:
+        """The exact OpenSSH command for the installer."""
+        assert self.info is not None
+        jump = self.flow.target.jump if self.flow.target else None
+        return installer_ssh_command(self.info, jump, self.ctx.known_hosts.app_file)
+
+    def initializePage(self) -> None:
+        info = self.info
+        if info is None:
+            return
+        port = f" (port {info.port})" if info.port != 22 else ""
+        name = info.os_release.get("PRETTY_NAME", "NixOS installer")
+        self.headline.setText(
+            f"<h3>The NixOS installer is running at root@{info.host}{port}</h3>"
+            f"{name}, host name <b>{info.hostname}</b>.<br>"
+            f"Its host key is the same as before the kexec: <code>{info.fingerprint}</code>.<br>"
+            "It runs from RAM: nothing on the disks has changed yet."
+        )
+        self.command.setText(shlex.join(self.ssh_command()))
+
+    # -- actions --------------------------------------------------------------------------
+
+    @Slot()
+    def _open_terminal(self) -> None:
+        why_not = open_terminal(self.ssh_command())
+        if why_not is None:
+            self.status.setText("Opened a terminal.")
+        else:
+            self.status.setText(f"Could not open a terminal: {why_not}. Copy the command instead.")
+
+    @Slot()
+    def _copy_ssh(self) -> None:
+        QGuiApplication.clipboard().setText(self.command.text())
+        self.status.setText("SSH command copied.")
+
+    @Slot()
+    def _copy_anywhere(self) -> None:
+        if self.info is None:
+            return
+        QGuiApplication.clipboard().setText(
+            nixos_anywhere_command(self.info, self.flow.profile_name or "my-host")
+        )
+        self.status.setText("nixos-anywhere command copied: run it in your flake's folder.")
+
+    def _installer_creds(self) -> Credentials:
+        inst = self.flow.installer
+        if inst is not None and inst.installer_creds is not None:
+            return inst.installer_creds
+        return Credentials(method="auto", passphrases=dict(self.flow.creds.passphrases))
+
+    @Slot()
+    def _ask_report_path(self) -> None:
+        if self.info is None:
+            return
+        suggested = str(Path.home() / f"facter-{self.flow.profile_name or self.info.host}.json")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save hardware report", suggested, "JSON (*.json)"
+        )
+        if path:
+            self.save_report(Path(path))
+
+    def save_report(self, path: Path) -> None:
+        """Run nixos-facter on the installer and save its report at ``path``."""
+        info, creds, ctx = self.info, self._installer_creds(), self.ctx
+        assert info is not None
+        jump = self.flow.target.jump if self.flow.target else None
+
+        def work(_emit: EventSink, _cancel: CancelToken) -> Path:
+            with connect_installer(info, jump, ctx.known_hosts, creds, ctx.settings) as s:
+                report = hardware_report(s)
+            tmp = path.with_name(path.name + ".part")
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+            tmp.replace(path)
+            return path
+
+        job = self.start_job("hardware-report", work)
+        job.finished.connect(self._report_saved)
+        job.start()
+        self.status.setText("Running nixos-facter on the installer…")
+
+    @Slot(object)
+    def _report_saved(self, result: JobResult) -> None:
+        if result.ok:
+            self.report_path = result.value
+            self.status.setText(f"Hardware report saved to {result.value}.")
+            self.error.clear()
+        elif result.wizard_error:
+            self.status.setText("")
+            self.error.show_error(result.wizard_error)
+
+    @Slot()
+    def _ask_reboot(self) -> None:
+        box = QMessageBox(
+            QMessageBox.Icon.Question,
+            "Reboot to the original system",
+            "Reboot the server now?\n\nThe installer runs from RAM, so after the reboot the "
+            "original system starts again from its disks, as it was.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+            self,
+        )
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.finished.connect(self._reboot_answered)
+        self.reboot_box = box
+        box.open()
+
+    @Slot(int)
+    def _reboot_answered(self, answer: int) -> None:
+        self.reboot_box = None
+        if answer != QMessageBox.StandardButton.Yes or self.info is None:
+            return
+        info, creds, ctx = self.info, self._installer_creds(), self.ctx
+        jump = self.flow.target.jump if self.flow.target else None
+
+        def work(_emit: EventSink, _cancel: CancelToken) -> None:
+            with connect_installer(info, jump, ctx.known_hosts, creds, ctx.settings) as s:
+                reboot_installer(s)
+
+        job = self.start_job("reboot", work)
+        job.finished.connect(self._rebooted)
+        job.start()
+
+    @Slot(object)
+    def _rebooted(self, result: JobResult) -> None:
+        if result.ok:
+            self.status.setText("The server is rebooting into its original system.")
+        elif result.wizard_error:
+            self.error.show_error(result.wizard_error)
+
+    def show_error(self, error: WizardError) -> None:
+        """Show a failure on this page."""
+        self.error.show_error(error)

@@ -1,0 +1,387 @@
+"""Image page: channel, variant, arch and transfer, or a local file or URL; downloads start here."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from PySide6.QtCore import Slot
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core.catalog import ARCHES, Asset, Catalog, CatalogClient
+from app.core.download import CachedImage, Downloader, local_image
+from app.core.errors import TransferError, WizardError
+from app.core.events import CancelToken, Event, EventSink
+from app.core.install import choose_transfer
+from app.core.workflow import channel_asset, url_asset
+from app.ui.context import AppContext, Flow
+from app.ui.jobs import Job, JobResult
+from app.ui.pages.base import BasePage, PageId
+from app.ui.widgets import ErrorPanel, wrap_label
+
+VARIANT_TEXT = {
+    "noninteractive": "Small (recommended): what nixos-anywhere uses",
+    "full": "Full: the interactive installer, larger",
+}
+TRANSFER_TEXT = {
+    "auto": "Automatic",
+    "remote": "The server downloads it",
+    "upload": "Upload it from this computer",
+}
+
+
+def _mb(n: int | None) -> str:
+    return "unknown size" if n is None else f"{n / 1e6:.0f} MB"
+
+
+class ImagePage(BasePage):
+    """Chooses the image and how it reaches the server; Next waits for what upload needs."""
+
+    def __init__(self, ctx: AppContext, flow: Flow) -> None:
+        super().__init__(ctx, flow)
+        self.setTitle("Image")
+        self.setSubTitle("Which NixOS installer to boot, and how it gets to the server.")
+        self.download_job: Job | None = None
+        self._download_key: str | None = None
+        self.catalog_note = wrap_label("")
+
+        self.source = QButtonGroup(self)
+        self.use_release = QRadioButton("A &release", self)
+        self.use_file = QRadioButton("A tarball on this &computer", self)
+        self.use_url = QRadioButton("A tarball at a UR&L", self)
+        for i, b in enumerate((self.use_release, self.use_file, self.use_url)):
+            self.source.addButton(b, i)
+            b.setAccessibleName(b.text().replace("&", ""))
+        self.use_release.setChecked(True)
+        self.channel = QComboBox(self)
+        self.variant = QComboBox(self)
+        for key, text in VARIANT_TEXT.items():
+            self.variant.addItem(text, key)
+        self.arch = QComboBox(self)
+        for a in ARCHES:
+            self.arch.addItem(a, a)
+        self.file_row = QWidget(self)
+        fr = QHBoxLayout(self.file_row)
+        fr.setContentsMargins(0, 0, 0, 0)
+        self.file = QLineEdit(self)
+        self.file.setPlaceholderText("nixos-kexec-installer-….tar.gz")
+        browse = QPushButton("Browse…", self)
+        browse.clicked.connect(self._browse)
+        fr.addWidget(self.file, 1)
+        fr.addWidget(browse)
+        self.url = QLineEdit(self)
+        self.url.setPlaceholderText(
+            "https://…/nixos-kexec-installer-noninteractive-x86_64-linux.tar.gz"
+        )
+        self.transfer = QComboBox(self)
+        for key, text in TRANSFER_TEXT.items():
+            self.transfer.addItem(text, key)
+        self.transfer_reason = wrap_label("")
+        self.details = wrap_label("", rich=True)
+        self.details.setAccessibleName("Image details")
+        self.progress = QProgressBar(self)
+        self.progress.setAccessibleName("Download progress")
+        self.progress.hide()
+        self.progress_text = QLabel(self)
+        self.cancel_download = QPushButton("Stop download", self)
+        self.cancel_download.clicked.connect(self._stop_download)
+        self.cancel_download.hide()
+        self.error = ErrorPanel(self)
+        names = {
+            self.channel: "Channel",
+            self.variant: "Variant",
+            self.arch: "Architecture",
+            self.file: "Local tarball",
+            self.url: "Image URL",
+            self.transfer: "Transfer",
+        }
+        for w, n in names.items():
+            w.setAccessibleName(n)
+
+        form = QFormLayout()
+        src = QHBoxLayout()
+        for b in (self.use_release, self.use_file, self.use_url):
+            src.addWidget(b)
+        src.addStretch(1)
+        form.addRow("Boot:", src)
+        form.addRow("C&hannel:", self.channel)
+        form.addRow("&Variant:", self.variant)
+        form.addRow("&Architecture:", self.arch)
+        form.addRow("&File:", self.file_row)
+        form.addRow("&URL:", self.url)
+        form.addRow("&Transfer:", self.transfer)
+        form.addRow("", self.transfer_reason)
+        self.form = form
+        prog = QHBoxLayout()
+        prog.addWidget(self.progress, 1)
+        prog.addWidget(self.cancel_download)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.catalog_note)
+        layout.addLayout(form)
+        layout.addWidget(self.details)
+        layout.addLayout(prog)
+        layout.addWidget(self.progress_text)
+        layout.addWidget(self.error)
+        layout.addStretch(1)
+
+        self.source.idToggled.connect(self._source_changed)
+        for combo in (self.channel, self.variant, self.arch, self.transfer):
+            combo.currentIndexChanged.connect(self.update_choice)
+        self.file.editingFinished.connect(self.update_choice)
+        self.url.editingFinished.connect(self.update_choice)
+        self._source_changed()
+
+    # -- catalog --------------------------------------------------------------------------
+
+    def initializePage(self) -> None:
+        facts = self.flow.facts
+        if facts is not None and facts.arch:
+            self.arch.setCurrentIndex(max(0, self.arch.findData(facts.arch)))
+        if self.flow.catalog is None:
+            settings, cache = self.ctx.settings, self.ctx.paths.catalog_cache
+
+            def work(_emit: EventSink, _cancel: CancelToken) -> Catalog:
+                return CatalogClient(settings, cache).load()
+
+            job = self.start_job("catalog", work)
+            job.finished.connect(self._catalog_loaded)
+            job.start()
+            self.catalog_note.setText("Reading the list of releases…")
+        else:
+            self.update_choice()
+
+    @Slot(object)
+    def _catalog_loaded(self, result: JobResult) -> None:
+        if not result.ok:
+            if result.wizard_error and not result.cancelled:
+                self.error.show_error(result.wizard_error)
+            return
+        catalog: Catalog = result.value
+        self.flow.catalog = catalog
+        self.catalog_note.setText(
+            f"Releases from {catalog.source}" + (f": {catalog.note}" if catalog.note else ".")
+        )
+        default = catalog.default_channel()
+        self.channel.blockSignals(True)
+        self.channel.clear()
+        for r in catalog.releases:
+            if r.channel == default:
+                label = f"{r.channel} — current stable, rebuilt weekly"
+            elif r.rebuilt:
+                label = f"{r.channel} — rebuilt weekly"
+            else:
+                label = f"{r.channel} — frozen, last build {(r.last_build or 'unknown')[:10]}"
+            self.channel.addItem(label, r.channel)
+        self.channel.setCurrentIndex(max(0, self.channel.findData(default)))
+        self.channel.blockSignals(False)
+        self.update_choice()
+
+    # -- choosing -------------------------------------------------------------------------
+
+    @Slot()
+    def _source_changed(self) -> None:
+        which = self.source.checkedId()
+        for row, visible in (
+            (self.channel, which == 0),
+            (self.variant, which == 0),
+            (self.file_row, which == 1),
+            (self.url, which == 2),
+        ):
+            self.form.setRowVisible(row, visible)
+        self.update_choice()
+
+    @Slot()
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Kexec installer tarball", "", "Tarballs (*.tar.gz *.tgz)"
+        )
+        if path:
+            self.file.setText(path)
+            self.update_choice()
+
+    def _asset(self) -> tuple[Asset | None, dict[str, str]]:
+        arch = str(self.arch.currentData())
+        which = self.source.checkedId()
+        if which == 1:
+            return None, {"arch": arch}
+        if which == 2:
+            return url_asset(self.url.text().strip(), self.ctx.settings), {"arch": arch}
+        if self.flow.catalog is None:
+            raise WizardError("The list of releases is still loading.")
+        return channel_asset(
+            self.flow.catalog, self.channel.currentData(), str(self.variant.currentData()), arch
+        )
+
+    @Slot()
+    def update_choice(self) -> None:
+        """Work out the image and transfer; start the download when an upload needs one."""
+        self.error.clear()
+        self.flow.image = None
+        self.flow.asset = None
+        facts = self.flow.facts
+        try:
+            if self.source.checkedId() == 1 and not self.file.text().strip():
+                raise WizardError("Choose the tarball file.")
+            if self.source.checkedId() == 2 and not self.url.text().strip():
+                raise WizardError("Enter the tarball's URL.")
+            asset, meta = self._asset()
+            arch = meta["arch"]
+            if facts is not None and facts.arch and arch != facts.arch:
+                raise WizardError(
+                    f"The server is {facts.arch}; an {arch} image cannot start there.",
+                    "kexec can only start a kernel for the server's own architecture.",
+                    f"Choose {facts.arch}.",
+                )
+            requested = str(self.transfer.currentData())
+            mode, reason = choose_transfer(requested, facts, asset) if facts else ("upload", "")
+        except (WizardError, TransferError) as exc:
+            self._stop_download()
+            self.details.setText("")
+            self.transfer_reason.setText("")
+            if exc.what not in ("The list of releases is still loading.",):
+                self.error.show_error(exc, "warn")
+            self.completeChanged.emit()
+            return
+        self.flow.asset = asset
+        self.flow.image_meta = meta
+        self.flow.transfer = mode
+        self.transfer_reason.setText(
+            (
+                "→ The server will download it"
+                if mode == "remote"
+                else "→ This computer will upload it"
+            )
+            + f": {reason}."
+        )
+        self._show_details(asset)
+        if mode == "upload":
+            self._ensure_local(asset, meta)
+        else:
+            self._stop_download()
+        self.completeChanged.emit()
+
+    def _show_details(self, asset: Asset | None) -> None:
+        if asset is None:
+            self.details.setText(
+                "A local file: checked for the kexec layout and hashed here; "
+                "its integrity is up to you."
+            )
+            return
+        cached = self.ctx.image_cache.find(asset)
+        parts = [f"<b>{html.escape(asset.name)}</b>", _mb(asset.size)]
+        if asset.updated_at:
+            parts.append(f"built {asset.updated_at[:10]}")
+        check = asset.checksum_note
+        parts.append(check if asset.digest else f"<b>{html.escape(check)}</b>")
+        parts.append("cached on this computer" if cached else "not downloaded yet")
+        self.details.setText(" · ".join(parts))
+
+    # -- getting the file ---------------------------------------------------------------
+
+    def _ensure_local(self, asset: Asset | None, meta: dict[str, str]) -> None:
+        key = asset.url if asset else f"file:{self.file.text().strip()}"
+        if (
+            self.download_job is not None
+            and self.download_job.running
+            and self._download_key == key
+        ):
+            return
+        self._stop_download()
+        self._download_key = key
+        cache, settings = self.ctx.image_cache, self.ctx.settings
+        path = Path(self.file.text().strip()).expanduser()
+
+        def work(emit: EventSink, cancel: CancelToken) -> CachedImage:
+            if asset is None:
+                return local_image(path, cache)
+            return Downloader(settings, cache).fetch(
+                asset, emit=emit, cancel=cancel, channel=meta.get("channel", ""),
+                arch=meta.get("arch", ""), variant=meta.get("variant", ""),
+            )  # fmt: skip
+
+        job = Job(work, "download", self)
+        job.message.connect(self._download_event)
+        job.message.connect(self._record)
+        job.finished.connect(self._downloaded)
+        self.download_job = job
+        self.progress.setRange(0, 0)
+        self.progress.show()
+        self.cancel_download.show()
+        self.progress_text.setText("Checking the file…" if asset is None else "Downloading…")
+        self.ctx.inhibitor.acquire("Downloading the NixOS installer")
+        job.start()
+
+    @Slot(object)
+    def _download_event(self, event: Event) -> None:
+        d = event.data
+        if event.type == "progress" and "done" in d:
+            total = d.get("total")
+            if total:
+                self.progress.setRange(0, 1000)
+                self.progress.setValue(int(1000 * d["done"] / total))
+            rate = float(d.get("rate") or 0) / 1e6
+            eta = d.get("eta")
+            text = f"{d['done'] / 1e6:.0f} of {_mb(total)} at {rate:.1f} MB/s"
+            self.progress_text.setText(text + (f", {int(eta)} s left" if eta is not None else ""))
+
+    @Slot(object)
+    def _downloaded(self, result: JobResult) -> None:
+        if self.sender() is not self.download_job:
+            return
+        self.ctx.inhibitor.release()
+        self.cancel_download.hide()
+        self.progress.hide()
+        if result.ok:
+            image: CachedImage = result.value
+            self.flow.image = image
+            self.progress_text.setText(f"Ready: {image.verification_note}.")
+            self._show_details(self.flow.asset)
+        elif result.cancelled:
+            self.progress_text.setText("Download stopped; it resumes where it stopped.")
+        elif result.wizard_error:
+            self.progress_text.setText("")
+            self.error.show_error(result.wizard_error)
+        self.completeChanged.emit()
+
+    @Slot()
+    def _stop_download(self) -> None:
+        if self.download_job is not None and self.download_job.running:
+            self.download_job.cancel()
+        self.cancel_download.hide()
+
+    def cancel_job(self, wait_ms: int = 0) -> bool:
+        done = super().cancel_job(wait_ms)
+        job = self.download_job
+        if job is not None and job.running:
+            job.cancel()
+            return job.wait(wait_ms) if wait_ms else False
+        return done
+
+    @property
+    def busy(self) -> bool:
+        return super().busy or (self.download_job is not None and self.download_job.running)
+
+    # -- leaving --------------------------------------------------------------------------
+
+    def isComplete(self) -> bool:
+        if self.error.error is not None:
+            return False
+        if self.flow.transfer == "remote":
+            return self.flow.asset is not None
+        return self.flow.image is not None
+
+    def nextId(self) -> int:
+        return int(PageId.CONFIRM)

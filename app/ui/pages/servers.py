@@ -1,0 +1,189 @@
+"""Start page: saved servers with their last known state; new, resume, reconnect, edit, forget."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import Qt, Slot
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QHeaderView,
+    QMessageBox,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+)
+
+from app.core.errors import WizardError
+from app.core.profiles import Profile
+from app.core.workflow import (
+    forget_profile,
+    installer_ssh_command,
+    open_terminal,
+    profile_installer,
+)
+from app.ui.context import AppContext, Flow
+from app.ui.pages.base import BasePage, PageId
+from app.ui.widgets import ErrorPanel, wrap_label
+
+STATE_TEXT = {"original": "Original OS", "installer": "NixOS installer", "unknown": "Unknown"}
+
+
+class ServersPage(BasePage):
+    """Lists profiles; Next (or a double-click) continues with the selected one."""
+
+    def __init__(self, ctx: AppContext, flow: Flow) -> None:
+        super().__init__(ctx, flow)
+        self.setTitle("Servers")
+        self.setSubTitle(
+            "Boot the NixOS installer into RAM on a Linux server you reach over SSH. "
+            "Pick a saved server or start with a new one."
+        )
+        self.tree = QTreeWidget(self)
+        self.tree.setHeaderLabels(["Name", "Address", "State", "Last contact"])
+        self.tree.setRootIsDecorated(False)
+        self.tree.setAccessibleName("Saved servers")
+        self.tree.header().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.tree.itemSelectionChanged.connect(self._selection_changed)
+        self.tree.itemDoubleClicked.connect(self._double_clicked)
+        self.empty = wrap_label("No saved servers yet. Click “New server” to begin.")
+        self.notice = ErrorPanel(self)
+        self.new_button = QPushButton("&New server", self)
+        self.reconnect_button = QPushButton("&Reconnect", self)
+        self.reconnect_button.setToolTip("Open a terminal on this server's NixOS installer")
+        self.edit_button = QPushButton("&Edit", self)
+        self.forget_button = QPushButton("&Forget", self)
+        for b in (self.new_button, self.reconnect_button, self.edit_button, self.forget_button):
+            b.setAccessibleName(b.text().replace("&", ""))
+        self.new_button.clicked.connect(self._new)
+        self.reconnect_button.clicked.connect(self._reconnect)
+        self.edit_button.clicked.connect(self._edit)
+        self.forget_button.clicked.connect(self._forget)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.new_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.reconnect_button)
+        buttons.addWidget(self.edit_button)
+        buttons.addWidget(self.forget_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.notice)
+        layout.addWidget(self.tree, 1)
+        layout.addWidget(self.empty)
+        layout.addLayout(buttons)
+        self.confirm_forget: QMessageBox | None = None
+        self.profiles: dict[str, Profile] = {}
+
+    def initializePage(self) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the profiles file again."""
+        self.tree.clear()
+        try:
+            self.profiles = self.ctx.profiles.load()
+        except WizardError as exc:
+            self.notice.show_error(exc)
+            self.profiles = {}
+        if self.ctx.profiles.notice:
+            self.notice.show_error(
+                WizardError(self.ctx.profiles.notice, "", "Nothing else is needed."), "warn"
+            )
+        for p in sorted(self.profiles.values(), key=lambda p: -(p.last_contact or 0)):
+            when = (
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(p.last_contact))
+                if p.last_contact
+                else "never"
+            )
+            port = f":{p.port}" if p.port != 22 else ""
+            item = QTreeWidgetItem([p.name, f"{p.user}@{p.host}{port}", STATE_TEXT[p.state], when])
+            item.setData(0, Qt.ItemDataRole.UserRole, p.name)
+            self.tree.addTopLevelItem(item)
+        self.empty.setVisible(not self.profiles)
+        self.tree.setVisible(bool(self.profiles))
+        first = self.tree.topLevelItem(0)
+        if first is not None:
+            self.tree.setCurrentItem(first)
+        self._selection_changed()
+
+    def selected(self) -> Profile | None:
+        """The highlighted profile."""
+        items = self.tree.selectedItems()
+        if not items:
+            return None
+        return self.profiles.get(str(items[0].data(0, Qt.ItemDataRole.UserRole)))
+
+    @Slot()
+    def _selection_changed(self) -> None:
+        p = self.selected()
+        self.edit_button.setEnabled(p is not None)
+        self.forget_button.setEnabled(p is not None)
+        self.reconnect_button.setEnabled(p is not None and bool(p.installer))
+        self.flow.profile = p
+
+    @Slot()
+    def _new(self) -> None:
+        self.tree.clearSelection()
+        self.flow.profile = None
+        self.wizard().next()
+
+    @Slot()
+    def _edit(self) -> None:
+        self.wizard().next()
+
+    @Slot(QTreeWidgetItem, int)
+    def _double_clicked(self, _item: QTreeWidgetItem, _column: int) -> None:
+        self.wizard().next()
+
+    @Slot()
+    def _reconnect(self) -> None:
+        p = self.selected()
+        if p is None:
+            return
+        try:
+            info, jump = profile_installer(p)
+        except WizardError as exc:
+            self.notice.show_error(exc)
+            return
+        cmd = installer_ssh_command(info, jump, self.ctx.known_hosts.app_file)
+        why_not = open_terminal(cmd)
+        if why_not is not None:
+            import shlex
+
+            self.notice.show_error(
+                WizardError(
+                    f"Could not open a terminal: {why_not}.",
+                    "Run this command in a terminal instead:\n" + shlex.join(cmd),
+                    "Or set $TERMINAL to your terminal program.",
+                ),
+                "warn",
+            )
+
+    @Slot()
+    def _forget(self) -> None:
+        p = self.selected()
+        if p is None:
+            return
+        box = QMessageBox(
+            QMessageBox.Icon.Question,
+            "Forget server",
+            f"Forget {p.name} ({p.user}@{p.host})?\n\nIts profile and any password remembered "
+            "in the keyring are removed. Nothing changes on the server.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+            self,
+        )
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.finished.connect(self._forget_answered)
+        self.confirm_forget = box
+        box.open()
+
+    @Slot(int)
+    def _forget_answered(self, answer: int) -> None:
+        p = self.selected()
+        self.confirm_forget = None
+        if p is not None and answer == QMessageBox.StandardButton.Yes:
+            forget_profile(self.ctx.profiles, self.ctx.secrets, p.name)
+            self.reload()
+
+    def nextId(self) -> int:
+        return int(PageId.CONNECT)

@@ -1,0 +1,160 @@
+"""The wizard window: seven pages over one flow, settings and log buttons, a careful close."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QSize, QUrl, Slot
+from PySide6.QtGui import QCloseEvent, QDesktopServices, QIcon
+from PySide6.QtWidgets import QMessageBox, QWidget, QWizard
+
+from app.core.settings import save_user_settings
+from app.ui.context import AppContext, Flow
+from app.ui.dialogs import SettingsDialog
+from app.ui.pages.base import BasePage, PageId
+from app.ui.pages.confirm import ConfirmPage
+from app.ui.pages.connect import ConnectPage
+from app.ui.pages.done import DonePage
+from app.ui.pages.image import ImagePage
+from app.ui.pages.inspect import InspectPage
+from app.ui.pages.install import InstallPage
+from app.ui.pages.servers import ServersPage
+
+
+class KexecWizard(QWizard):
+    """Servers → Connect → Inspect → Image → Confirm → Install → Done."""
+
+    def __init__(
+        self, ctx: AppContext, icon: QIcon | None = None, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.ctx = ctx
+        self.flow = Flow()
+        self.setWindowTitle("NixOS Kexec Wizard")
+        if icon is not None:
+            self.setWindowIcon(icon)
+        self.setWizardStyle(QWizard.WizardStyle.ModernStyle)
+        self.setMinimumSize(QSize(820, 640))
+        self.setOption(QWizard.WizardOption.NoBackButtonOnLastPage, True)
+        self.setOption(QWizard.WizardOption.HaveCustomButton1, True)
+        self.setOption(QWizard.WizardOption.HaveCustomButton2, True)
+        self.setButtonText(QWizard.WizardButton.CustomButton1, "Se&ttings…")
+        self.setButtonText(QWizard.WizardButton.CustomButton2, "Open &log")
+        self.setButtonLayout(
+            [
+                QWizard.WizardButton.CustomButton1,
+                QWizard.WizardButton.CustomButton2,
+                QWizard.WizardButton.Stretch,
+                QWizard.WizardButton.BackButton,
+                QWizard.WizardButton.NextButton,
+                QWizard.WizardButton.CommitButton,
+                QWizard.WizardButton.FinishButton,
+                QWizard.WizardButton.CancelButton,
+            ]
+        )
+        self.customButtonClicked.connect(self._custom_button)
+        self.pages: dict[PageId, BasePage] = {
+            PageId.SERVERS: ServersPage(ctx, self.flow),
+            PageId.CONNECT: ConnectPage(ctx, self.flow),
+            PageId.INSPECT: InspectPage(ctx, self.flow),
+            PageId.IMAGE: ImagePage(ctx, self.flow),
+            PageId.CONFIRM: ConfirmPage(ctx, self.flow),
+            PageId.INSTALL: InstallPage(ctx, self.flow),
+            PageId.DONE: DonePage(ctx, self.flow),
+        }
+        for pid, page in self.pages.items():
+            self.setPage(int(pid), page)
+        self.setStartId(int(PageId.SERVERS))
+        self.close_prompt: QMessageBox | None = None
+        self.settings_dialog: SettingsDialog | None = None
+        self._closing = False
+
+    def page_of(self, pid: PageId) -> BasePage:
+        """The page object for ``pid``."""
+        return self.pages[pid]
+
+    # -- buttons --------------------------------------------------------------------------
+
+    @Slot(int)
+    def _custom_button(self, which: int) -> None:
+        if which == QWizard.WizardButton.CustomButton1.value:
+            self.open_settings()
+        elif which == QWizard.WizardButton.CustomButton2.value:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.ctx.log.path)))
+
+    def open_settings(self) -> SettingsDialog:
+        """Show the settings dialog (not blocking)."""
+        default_cache = str(self.ctx.paths.images_dir.parent)
+        dialog = SettingsDialog(self.ctx.settings, default_cache, self)
+        dialog.accepted.connect(self._settings_saved)
+        self.settings_dialog = dialog
+        dialog.open()
+        return dialog
+
+    @Slot()
+    def _settings_saved(self) -> None:
+        dialog = self.settings_dialog
+        if dialog is None:
+            return
+        save_user_settings(self.ctx.paths.settings_file, dialog.settings)
+        self.ctx.reload_settings()
+        self.flow.catalog = None  # the releases URL may have changed
+        self.settings_dialog = None
+
+    # -- closing --------------------------------------------------------------------------
+
+    def busy_pages(self) -> list[BasePage]:
+        """Pages whose job is still running."""
+        return [p for p in self.pages.values() if p.busy]
+
+    def reject(self) -> None:
+        """Cancel, Escape or the window's close button: ask first when a job runs."""
+        if self._closing or not self.busy_pages():
+            self._shutdown()
+            super().reject()
+            return
+        self._ask_to_close()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self._closing or not self.busy_pages():
+            self._shutdown()
+            super().closeEvent(event)
+            return
+        event.ignore()
+        self._ask_to_close()
+
+    def _ask_to_close(self) -> None:
+        if self.close_prompt is not None:
+            return
+        install = self.pages[PageId.INSTALL]
+        late = isinstance(install, InstallPage) and install.busy and not install.safe_to_cancel
+        text = (
+            "The server is already rebooting into the installer: closing now only stops "
+            "watching it. Close anyway?"
+            if late
+            else "Work is still running. Cancel it and close? Before the kexec starts, the "
+            "server is left as it was."
+        )
+        box = QMessageBox(
+            QMessageBox.Icon.Question,
+            "Close the wizard",
+            text,
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            self,
+        )
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+        box.finished.connect(self._close_answered)
+        self.close_prompt = box
+        box.open()
+
+    @Slot(int)
+    def _close_answered(self, answer: int) -> None:
+        self.close_prompt = None
+        if answer != QMessageBox.StandardButton.Yes:
+            return
+        for page in self.busy_pages():
+            page.cancel_job(wait_ms=20_000)
+        self._closing = True
+        self.reject()
+
+    def _shutdown(self) -> None:
+        self.ctx.inhibitor.release()
+        self.flow.drop_session()

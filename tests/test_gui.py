@@ -1,0 +1,397 @@
+"""The wizard driven like a person would, against the real sshd, HTTP server and loopback machine."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QMessageBox, QWizard
+from pytestqt.qtbot import QtBot
+
+from app.core.paths import AppPaths
+from app.core.profiles import Profile
+from app.core.settings import Settings
+from app.ui.context import AppContext
+from app.ui.pages.base import PageId
+from app.ui.pages.connect import ConnectPage
+from app.ui.pages.done import DonePage
+from app.ui.pages.image import ImagePage
+from app.ui.pages.inspect import InspectPage
+from app.ui.pages.install import InstallPage
+from app.ui.pages.servers import ServersPage
+from app.ui.wizard import KexecWizard
+from tests.conftest import ASSET, SSHEnv
+from tests.support.machine import Machine
+from tests.support.releases import ReleasesServer
+from tests.support.sshd import fingerprint
+from tests.support.tarballs import standin_tarball
+
+pytestmark = pytest.mark.sshd
+NEXT = QWizard.WizardButton.NextButton
+COMMIT = QWizard.WizardButton.CommitButton
+LEFT = Qt.MouseButton.LeftButton
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, settings: Settings) -> AppContext:
+    from dataclasses import replace
+
+    return AppContext(
+        AppPaths.resolve(tmp_path / "app"), replace(settings, up_timeout=30, down_timeout=30)
+    )
+
+
+@pytest.fixture
+def wizard(qtbot: QtBot, ctx: AppContext) -> Iterator[KexecWizard]:
+    w = KexecWizard(ctx)
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitExposed(w)
+    yield w
+    for page in w.busy_pages():
+        page.cancel_job(wait_ms=20_000)
+    w.flow.drop_session()
+
+
+def click(qtbot: QtBot, widget: object) -> None:
+    qtbot.mouseClick(widget, LEFT)  # type: ignore[arg-type]
+
+
+def next_page(qtbot: QtBot, w: KexecWizard, timeout: int = 20_000) -> None:
+    qtbot.waitUntil(
+        lambda: w.button(NEXT).isEnabled() and w.button(NEXT).isVisible(), timeout=timeout
+    )
+    click(qtbot, w.button(NEXT))
+
+
+def fill_connect(
+    qtbot: QtBot,
+    page: ConnectPage,
+    port: int,
+    user: str,
+    key: Path | None = None,
+    password: str | None = None,
+) -> None:
+    qtbot.keyClicks(page.address, "127.0.0.1")
+    page.port.setValue(port)
+    qtbot.keyClicks(page.user, user)
+    if key is not None:
+        page.auth.setCurrentIndex(page.auth.findData("key"))
+        qtbot.keyClicks(page.key_path, str(key))
+    if password is not None:
+        page.auth.setCurrentIndex(page.auth.findData("password"))
+        qtbot.keyClicks(page.password, password)
+
+
+def connect_and_trust(qtbot: QtBot, w: KexecWizard, expected_fp: str) -> ConnectPage:
+    page = w.page_of(PageId.CONNECT)
+    assert isinstance(page, ConnectPage)
+    assert not w.button(NEXT).isEnabled()  # Next only after a real connection
+    click(qtbot, page.connect_button)
+    qtbot.waitUntil(lambda: page.host_key_dialog is not None, timeout=10_000)
+    dialog = page.host_key_dialog
+    assert dialog is not None and dialog.fingerprint.text() == expected_fp
+    click(qtbot, dialog.trust)
+    qtbot.waitUntil(lambda: page.isComplete(), timeout=10_000)
+    assert "Connected as" in page.status.text()
+    return page
+
+
+def test_the_whole_wizard_boots_the_installer(
+    qtbot: QtBot,
+    wizard: KexecWizard,
+    machine: Machine,
+    ssh_env: SSHEnv,
+    releases: ReleasesServer,
+    tmp_path: Path,
+) -> None:
+    w = wizard
+    servers = w.page_of(PageId.SERVERS)
+    assert isinstance(servers, ServersPage) and servers.empty.isVisible()
+    click(qtbot, servers.new_button)
+    assert w.currentId() == PageId.CONNECT
+    connect_page = w.page_of(PageId.CONNECT)
+    assert isinstance(connect_page, ConnectPage)
+    fill_connect(qtbot, connect_page, machine.port, "root", key=ssh_env.key)
+    connect_and_trust(
+        qtbot,
+        w,
+        fingerprint(next(k for k in machine.host_keys if "ed25519" in k.name).with_suffix(".pub")),
+    )
+    assert connect_page.profile_name.text() == "127.0.0.1"
+    connect_page.profile_name.setText("web-1")
+    next_page(qtbot, w)
+
+    inspect = w.page_of(PageId.INSPECT)
+    assert isinstance(inspect, InspectPage) and w.currentId() == PageId.INSPECT
+    qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=20_000)
+    facts = w.flow.facts
+    assert facts is not None and facts.hostname == "web-1" and facts.container in ("", "none")
+    titles = [r.objectName() for r in inspect.checklist.rows]
+    assert "verdict-memory" in titles and "verdict-kexec" in titles
+    if inspect.override.isVisible():  # warnings need an explicit "I know what I'm doing"
+        assert not w.button(NEXT).isEnabled()
+        inspect.override.setChecked(True)
+    assert "keeps" in inspect.net_label.text() or "DHCP" in inspect.net_label.text()
+    next_page(qtbot, w)
+
+    image = w.page_of(PageId.IMAGE)
+    assert isinstance(image, ImagePage) and w.currentId() == PageId.IMAGE
+    qtbot.waitUntil(lambda: image.isComplete(), timeout=20_000)
+    assert image.channel.currentData() == "nixos-26.05" and image.arch.currentData() == "x86_64"
+    assert w.flow.transfer == "remote"  # the server reaches the (local) download server
+    assert "sha256 from the releases API" in image.details.text()
+    next_page(qtbot, w)
+
+    assert w.currentId() == PageId.CONFIRM
+    commit = w.button(COMMIT)
+    assert (
+        commit.isVisible()
+        and not commit.isEnabled()
+        and commit.text().replace("&", "") == "Install"
+    )
+    confirm = w.currentPage()
+    qtbot.keyClicks(confirm.typed, "127.0.0.")  # type: ignore[attr-defined]
+    assert not commit.isEnabled()
+    qtbot.keyClicks(confirm.typed, "1")  # type: ignore[attr-defined]
+    assert commit.isEnabled()
+    click(qtbot, commit)
+
+    install = w.page_of(PageId.INSTALL)
+    assert isinstance(install, InstallPage) and w.currentId() == PageId.INSTALL
+    qtbot.waitUntil(lambda: not install.safe_to_cancel, timeout=30_000)
+    assert "too late" in install.cancel_button.text().lower()
+    qtbot.waitUntil(lambda: w.currentId() == PageId.DONE, timeout=60_000)
+    assert all(s == "done" for s in install.stages.stage_state.values()), install.stages.stage_state
+    assert install.overall.value() == 100
+    assert any(
+        "machine will boot into nixos" in line for line in install.log.toPlainText().splitlines()
+    )
+
+    done = w.page_of(PageId.DONE)
+    assert isinstance(done, DonePage)
+    assert "root@127.0.0.1" in done.headline.text() and "same as before" in done.headline.text()
+    cmd = done.command.text()
+    assert f"-p {machine.port}" in cmd and cmd.endswith("root@127.0.0.1")
+    assert machine.state == "installer"
+    profile = json.loads((tmp_path / "app" / "config" / "profiles.json").read_text())["profiles"][0]
+    assert profile["name"] == "web-1" and profile["state"] == "installer"
+    assert profile["installer"]["hostname"] == "nixos-installer"
+
+    # The hardware report runs nixos-facter, which the stand-in installer lacks: a clear error.
+    done.save_report(tmp_path / "facter.json")
+    qtbot.waitUntil(lambda: done.error.isVisible(), timeout=20_000)
+    assert "nixos-facter failed" in done.error.text.text()
+    assert not (tmp_path / "facter.json").exists()
+    click(qtbot, done.reboot)
+    assert done.reboot_box is not None
+    done.reboot_box.button(QMessageBox.StandardButton.Cancel).click()  # never reboot this machine
+    assert done.reboot_box is None and machine.state == "installer"
+
+
+def test_a_stop_verdict_blocks_next_without_override(
+    qtbot: QtBot, wizard: KexecWizard, machine: Machine, ssh_env: SSHEnv
+) -> None:
+    (
+        machine.workdir / "run" / ".containerenv"
+    ).touch()  # the machine now looks like a podman container
+    w = wizard
+    click(qtbot, w.page_of(PageId.SERVERS).new_button)  # type: ignore[attr-defined]
+    fill_connect(qtbot, w.page_of(PageId.CONNECT), machine.port, "root", key=ssh_env.key)  # type: ignore[arg-type]
+    connect_and_trust(
+        qtbot,
+        w,
+        fingerprint(next(k for k in machine.host_keys if "ed25519" in k.name).with_suffix(".pub")),
+    )
+    next_page(qtbot, w)
+    inspect = w.page_of(PageId.INSPECT)
+    assert isinstance(inspect, InspectPage)
+    qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=20_000)
+    assert w.flow.facts is not None and w.flow.facts.container == "podman"
+    assert [v.check for v in w.flow.verdicts if v.level.value == "stop"] == ["container"]
+    assert not w.button(NEXT).isEnabled() and not inspect.override.isVisible()
+    assert "stop the kexec" in inspect.status.text()
+    assert inspect.checklist.rows[0].objectName() == "verdict-container"  # the stop comes first
+
+
+def test_wrong_password_keeps_next_disabled(
+    qtbot: QtBot, wizard: KexecWizard, ssh_env: SSHEnv, trusted: Path
+) -> None:
+    w = wizard
+    click(qtbot, w.page_of(PageId.SERVERS).new_button)  # type: ignore[attr-defined]
+    page = w.page_of(PageId.CONNECT)
+    assert isinstance(page, ConnectPage)
+    fill_connect(qtbot, page, ssh_env.port, "nkw-plain", password="Wrong-Secret-1")
+    click(qtbot, page.connect_button)
+    qtbot.waitUntil(lambda: page.error.isVisible(), timeout=10_000)
+    assert "refused the password" in page.error.text.text()
+    assert not w.button(NEXT).isEnabled()
+    page.password.clear()
+    qtbot.keyClicks(page.password, ssh_env.plain.password)
+    click(qtbot, page.connect_button)
+    qtbot.waitUntil(lambda: w.button(NEXT).isEnabled(), timeout=10_000)
+    log = w.ctx.log.path.read_text()
+    assert "Wrong-Secret-1" not in log and ssh_env.plain.password not in log
+
+
+def test_cancel_during_the_upload_leaves_the_server_as_it_was(
+    qtbot: QtBot,
+    wizard: KexecWizard,
+    machine: Machine,
+    ssh_env: SSHEnv,
+    releases: ReleasesServer,
+    tmp_path: Path,
+) -> None:
+    releases.add(
+        "nixos-26.05", ASSET, standin_tarball(tmp_path / "big.tar.gz", size=64 << 20).read_bytes()
+    )
+    w = wizard
+    click(qtbot, w.page_of(PageId.SERVERS).new_button)  # type: ignore[attr-defined]
+    fill_connect(qtbot, w.page_of(PageId.CONNECT), machine.port, "root", key=ssh_env.key)  # type: ignore[arg-type]
+    connect_and_trust(
+        qtbot,
+        w,
+        fingerprint(next(k for k in machine.host_keys if "ed25519" in k.name).with_suffix(".pub")),
+    )
+    next_page(qtbot, w)
+    qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=20_000)
+    inspect = w.page_of(PageId.INSPECT)
+    if inspect.override.isVisible():  # type: ignore[attr-defined]
+        inspect.override.setChecked(True)  # type: ignore[attr-defined]
+    next_page(qtbot, w)
+    image = w.page_of(PageId.IMAGE)
+    assert isinstance(image, ImagePage)
+    qtbot.waitUntil(lambda: w.flow.catalog is not None, timeout=20_000)
+    image.transfer.setCurrentIndex(image.transfer.findData("upload"))
+    qtbot.waitUntil(lambda: w.flow.image is not None, timeout=30_000)  # downloaded for the upload
+    next_page(qtbot, w)
+    qtbot.keyClicks(w.currentPage().typed, "127.0.0.1")  # type: ignore[attr-defined]
+    install = w.page_of(PageId.INSTALL)
+    assert isinstance(install, InstallPage)
+    click(qtbot, w.button(COMMIT))
+    qtbot.waitUntil(
+        lambda: (
+            install.stages.stage_state["transfer"] == "running"
+            or install.stages.stage_state["transfer"] != "waiting"
+        ),
+        timeout=20_000,
+    )
+    assert install.safe_to_cancel and "safe" in install.cancel_button.text()
+    click(qtbot, install.cancel_button)
+    qtbot.waitUntil(lambda: install.error.isVisible(), timeout=20_000)
+    assert "left as it was" in install.error.text.text()
+    assert not (machine.workdir / "root" / "nixos-kexec-wizard").exists()
+    assert machine.state == "original"
+
+
+def test_closing_while_connecting_asks_cancels_and_waits(qtbot: QtBot, wizard: KexecWizard) -> None:
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts, never speaks SSH: the connect would wait for its banner
+    try:
+        w = wizard
+        click(qtbot, w.page_of(PageId.SERVERS).new_button)  # type: ignore[attr-defined]
+        page = w.page_of(PageId.CONNECT)
+        assert isinstance(page, ConnectPage)
+        fill_connect(qtbot, page, silent.getsockname()[1], "root")
+        click(qtbot, page.connect_button)
+        qtbot.waitUntil(lambda: page.busy, timeout=5_000)
+        w.close()
+        assert w.isVisible() and w.close_prompt is not None
+        w.close_prompt.button(QMessageBox.StandardButton.No).click()
+        assert w.isVisible() and page.busy
+        w.close()
+        assert w.close_prompt is not None
+        w.close_prompt.button(QMessageBox.StandardButton.Yes).click()
+        qtbot.waitUntil(lambda: not w.isVisible(), timeout=5_000)
+        assert not page.busy
+    finally:
+        silent.close()
+
+
+def test_saved_servers_reconnect_and_forget(qtbot: QtBot, ctx: AppContext) -> None:
+    ctx.profiles.put(Profile("old", "198.51.100.7", state="original", last_contact=1.0))
+    ctx.profiles.put(
+        Profile(
+            "nix", "203.0.113.9", state="installer", last_contact=2.0,
+            installer={"host": "203.0.113.9", "port": 22, "user": "root", "host_key": "ssh-ed25519 AAAA",
+                       "fingerprint": "SHA256:x", "boot_id": "b", "hostname": "nixos-installer", "os_release": {}},
+        )
+    )  # fmt: skip
+    w = KexecWizard(ctx)
+    qtbot.addWidget(w)
+    w.show()
+    page = w.page_of(PageId.SERVERS)
+    assert isinstance(page, ServersPage)
+    names = [page.tree.topLevelItem(i).text(0) for i in range(page.tree.topLevelItemCount())]  # type: ignore[union-attr]
+    assert names == ["nix", "old"]  # most recent first
+    assert page.tree.topLevelItem(0).text(2) == "NixOS installer"  # type: ignore[union-attr]
+    assert page.reconnect_button.isEnabled()
+    page.tree.setCurrentItem(page.tree.topLevelItem(1))
+    assert not page.reconnect_button.isEnabled()
+    click(qtbot, page.forget_button)
+    assert page.confirm_forget is not None
+    page.confirm_forget.button(QMessageBox.StandardButton.Yes).click()
+    assert set(ctx.profiles.load()) == {"nix"}
+    # Continue with a profile: the connect page is filled in from it.
+    page.tree.setCurrentItem(page.tree.topLevelItem(0))
+    click(qtbot, w.button(NEXT))
+    connect = w.page_of(PageId.CONNECT)
+    assert isinstance(connect, ConnectPage)
+    assert connect.address.text() == "203.0.113.9" and connect.profile_name.text() == "nix"
+
+
+def test_settings_are_validated_and_saved(
+    qtbot: QtBot, wizard: KexecWizard, ctx: AppContext
+) -> None:
+    dialog = wizard.open_settings()
+    dialog.allow_http.setChecked(False)
+    dialog.api.setText("http://mirror.example/api")
+    dialog._save()
+    assert dialog.isVisible() and "plain http" in dialog.error.text()
+    dialog.api.setText("https://mirror.example/api")
+    dialog.download.setText("https://mirror.example/download")
+    dialog.up_timeout.setValue(900)
+    dialog._save()
+    saved = json.loads(ctx.paths.settings_file.read_text())
+    assert saved["api_url"] == "https://mirror.example/api" and saved["up_timeout"] == 900
+    assert ctx.settings.api_url == "https://mirror.example/api"
+
+
+def test_every_control_has_an_accessible_name(wizard: KexecWizard) -> None:
+    from PySide6.QtWidgets import QAbstractButton, QComboBox, QLineEdit, QSpinBox
+
+    missing = []
+    for pid, page in wizard.pages.items():
+        for cls in (QLineEdit, QComboBox, QSpinBox, QAbstractButton):
+            for widget in page.findChildren(cls):
+                if not widget.accessibleName() and not (
+                    isinstance(widget, QAbstractButton) and widget.text()
+                ):
+                    if widget.parent() is not None and type(widget.parent()).__name__ in (
+                        "QSpinBox",
+                        "QComboBox",
+                        "QDoubleSpinBox",
+                    ):
+                        continue
+                    missing.append(f"{pid.name}: {type(widget).__name__} {widget.objectName()}")
+    assert missing == []
+
+
+def test_smoke_test_flag_opens_and_quits(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    r = subprocess.run(
+        [sys.executable, "-m", "app", "--smoke-test", "--home", str(tmp_path / "h")],
+        cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "wizard shown after" in r.stdout
