@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck pytest host-deps bench lock clean
+.PHONY: run test check lint typecheck pytest host-deps bench screenshots lock clean
 
 run: $(STAMP)
 	$(BIN)/nixos-kexec-wizard $(ARGS)
@@ -25,14 +25,18 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $@
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app tests bench
+	$(BIN)/ruff check app tests bench scripts
+	$(BIN)/ruff format --check app tests bench scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+screenshots: host-deps $(STAMP)
+	@bash tests/setup-host.sh screenshots
+	QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1280x1000x24" $(BIN)/python scripts/screenshots.py
 
 bench: host-deps $(STAMP)
 	$(BIN)/python bench/upload.py

@@ -16,6 +16,22 @@ check useradd /usr/sbin/useradd passwd
 check python3 /usr/bin/python3 python3
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 [ -e /usr/lib/x86_64-linux-gnu/libEGL.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libEGL.so.1 ] || need+=(libegl1)
+check unshare /usr/bin/unshare util-linux
+ldconfig -p | grep -q libfontconfig.so.1 || need+=(libfontconfig1)
+ldconfig -p | grep -q libxkbcommon.so.0 || need+=(libxkbcommon0)
+ldconfig -p | grep -q libglib-2.0.so.0 || need+=(libglib2.0-0)
+fc-list 2>/dev/null | grep -qi dejavu || need+=(fonts-dejavu-core)
+if [ "${1:-}" = screenshots ]; then
+  # A real X server and the xcb platform's libraries, for `make screenshots`.
+  check Xvfb /usr/bin/Xvfb xvfb
+  check xauth /usr/bin/xauth xauth
+  for lib in libxcb-cursor.so.0:libxcb-cursor0 libxkbcommon-x11.so.0:libxkbcommon-x11-0 \
+             libxcb-icccm.so.4:libxcb-icccm4 libxcb-keysyms.so.1:libxcb-keysyms1 \
+             libxcb-shape.so.0:libxcb-shape0 libxcb-render-util.so.0:libxcb-render-util0 \
+             libxcb-image.so.0:libxcb-image0 libxcb-xkb.so.1:libxcb-xkb1; do
+    ldconfig -p | grep -q "${lib%%:*}" || need+=("${lib##*:}")
+  done
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -56,8 +56,9 @@ def urls(releases: ReleasesServer) -> dict[str, str]:
 
 
 def test_help_and_version() -> None:
-    r = cli()
+    r = cli("--help")
     assert r.code == 0 and "images" in r.stdout and "install" in r.stdout
+    assert "wizard window opens" in r.stdout
     assert cli("--version").stdout.startswith("nixos-kexec-wizard ")
 
 

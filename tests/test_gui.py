@@ -174,7 +174,7 @@ def test_the_whole_wizard_boots_the_installer(
     done = w.page_of(PageId.DONE)
     assert isinstance(done, DonePage)
     assert "root@127.0.0.1" in done.headline.text() and "same as before" in done.headline.text()
-    cmd = done.command.text()
+    cmd = done.command.toPlainText()
     assert f"-p {machine.port}" in cmd and cmd.endswith("root@127.0.0.1")
     assert machine.state == "installer"
     profile = json.loads((tmp_path / "app" / "config" / "profiles.json").read_text())["profiles"][0]

@@ -912,13 +912,16 @@ class Installer:
 NOTABLE = re.compile(r"kexec|lockdown|secure boot|\bIMA\b|not permitted|denied|error|failed", re.I)
 
 
-def _diagnosis(lines: list[str], notable: int = 8, tail: int = 12) -> str:
-    """The lines that explain a failure (kexec, lockdown, errors), then the last few lines."""
-    picked = [ln for ln in lines[:-tail] if NOTABLE.search(ln) and not ln.startswith("+ ")]
-    out = picked[-notable:]
-    if out:
-        out.append("...")
-    return "\n".join(out + lines[-tail:])
+def _diagnosis(lines: list[str], keep: int = 8) -> str:
+    """What explains a failed ``run``: kexec's own words first, then the telling kernel lines."""
+    marker = next((i for i, ln in enumerate(lines) if "kexec failed" in ln), len(lines))
+    own = [ln for ln in lines[:marker] if ln.strip() and not ln.startswith("+ ")][-keep:]
+    dmesg = [ln for ln in lines[marker + 1 :] if not ln.startswith("+ ")]
+    telling = [ln for ln in dmesg if NOTABLE.search(ln)][-keep:] or dmesg[-keep:]
+    parts = own
+    if telling:
+        parts = [*own, "Kernel log:", *telling]
+    return "\n".join(parts) or "(no output)"
 
 
 def _ssh_banner(target: Target, port: int, timeout: float) -> tuple[bool, str]:

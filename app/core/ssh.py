@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import select
@@ -43,6 +44,9 @@ PREFERRED_CIPHERS = (
     "aes192-ctr",
 )
 DEFAULT_KEY_FILES = ("id_ed25519", "id_ecdsa", "id_rsa")
+# paramiko logs broken connections itself (every kexec breaks one); our errors say it better.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 HOST_RE = re.compile(r"^[A-Za-z0-9_.:%-]+$")
 USER_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.@-]*$")
 

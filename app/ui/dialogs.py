@@ -54,7 +54,7 @@ class HostKeyDialog(QDialog):
         layout.addWidget(
             wrap_label(
                 "Compare it with the fingerprint your provider shows, or with the output of "
-                "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the server's console. "
+                "“ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub” on the server's console. "
                 "Trust it only if they match: a wrong key lets someone in the middle read what "
                 "you send."
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from importlib import resources
+from pathlib import Path
 
 from PySide6.QtCore import QTimer
 from PySide6.QtGui import QIcon, QPixmap
@@ -36,6 +37,18 @@ def make_app(argv: list[str] | None = None) -> QApplication:
     return app
 
 
+def _rss_mb() -> float:
+    """This process's resident memory in MB (0 where /proc is not available)."""
+    try:
+        status = Path("/proc/self/status").read_text(encoding="ascii")
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def run_gui(home: str | None = None, smoke_test: bool = False) -> int:
     """Open the wizard and run until it closes."""
     t0 = time.perf_counter()
@@ -46,6 +59,10 @@ def run_gui(home: str | None = None, smoke_test: bool = False) -> int:
     if smoke_test:
         app.processEvents()
         shown = time.perf_counter() - t0
-        print(f"smoke test: wizard shown after {shown:.2f} s; quitting", flush=True)
+        print(
+            f"smoke test: wizard shown after {shown:.2f} s, resident memory {_rss_mb():.0f} MB; "
+            "quitting",
+            flush=True,
+        )
         QTimer.singleShot(500, wizard.reject)
     return int(app.exec())

@@ -71,8 +71,9 @@ class Checklist(QWidget):
             icon.setPixmap(std_icon(self, v.level.value).pixmap(20, 20))
             icon.setAlignment(Qt.AlignmentFlag.AlignTop)
             h.addWidget(icon)
-            text = f"<b>{html.escape(v.title)}</b>"
+            text = html.escape(v.title)
             if v.level is not Level.OK:
+                text = f"<b>{text}</b>"
                 text += f"<br>{html.escape(v.reason)}<br><i>Fix: {html.escape(v.fix)}</i>"
             label = wrap_label(text, rich=True)
             label.setAccessibleName(f"{v.level.value}: {v.title}")

@@ -31,9 +31,11 @@ class KexecWizard(QWizard):
         self.setWindowTitle("NixOS Kexec Wizard")
         if icon is not None:
             self.setWindowIcon(icon)
+            self.setPixmap(QWizard.WizardPixmap.LogoPixmap, icon.pixmap(48, 48))
         self.setWizardStyle(QWizard.WizardStyle.ModernStyle)
         self.setMinimumSize(QSize(820, 640))
         self.setOption(QWizard.WizardOption.NoBackButtonOnLastPage, True)
+        self.setOption(QWizard.WizardOption.NoCancelButtonOnLastPage, True)
         self.setOption(QWizard.WizardOption.HaveCustomButton1, True)
         self.setOption(QWizard.WizardOption.HaveCustomButton2, True)
         self.setButtonText(QWizard.WizardButton.CustomButton1, "Se&ttings…")

@@ -7,12 +7,12 @@ import shlex
 from pathlib import Path
 
 from PySide6.QtCore import Slot
-from PySide6.QtGui import QGuiApplication
+from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QFileDialog,
     QGridLayout,
-    QLineEdit,
     QMessageBox,
+    QPlainTextEdit,
     QPushButton,
     QVBoxLayout,
 )
@@ -41,12 +41,15 @@ class DonePage(BasePage):
     def __init__(self, ctx: AppContext, flow: Flow) -> None:
         super().__init__(ctx, flow)
         self.setTitle("Done")
+        self.setSubTitle("The installer runs from RAM. Connect to it and install NixOS.")
         self.setFinalPage(True)
         self.headline = wrap_label("", rich=True)
         self.headline.setAccessibleName("Result")
-        self.command = QLineEdit(self)
+        self.command = QPlainTextEdit(self)
         self.command.setReadOnly(True)
         self.command.setAccessibleName("SSH command")
+        self.command.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.command.setFixedHeight(self.command.fontMetrics().lineSpacing() * 4 + 12)
         self.status = wrap_label("")
         self.status.setAccessibleName("Status")
         self.error = ErrorPanel(self)
@@ -93,12 +96,12 @@ class DonePage(BasePage):
         port = f" (port {info.port})" if info.port != 22 else ""
         name = info.os_release.get("PRETTY_NAME", "NixOS installer")
         self.headline.setText(
-            f"<h3>The NixOS installer is running at root@{info.host}{port}</h3>"
+            f"<h3>✔ The NixOS installer is running at root@{info.host}{port}</h3>"
             f"{name}, host name <b>{info.hostname}</b>.<br>"
             f"Its host key is the same as before the kexec: <code>{info.fingerprint}</code>.<br>"
             "It runs from RAM: nothing on the disks has changed yet."
         )
-        self.command.setText(shlex.join(self.ssh_command()))
+        self.command.setPlainText(shlex.join(self.ssh_command()))
 
     # -- actions --------------------------------------------------------------------------
 
@@ -112,7 +115,7 @@ class DonePage(BasePage):
 
     @Slot()
     def _copy_ssh(self) -> None:
-        QGuiApplication.clipboard().setText(self.command.text())
+        QGuiApplication.clipboard().setText(self.command.toPlainText())
         self.status.setText("SSH command copied.")
 
     @Slot()

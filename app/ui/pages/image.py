@@ -123,7 +123,6 @@ class ImagePage(BasePage):
         form.addRow("&File:", self.file_row)
         form.addRow("&URL:", self.url)
         form.addRow("&Transfer:", self.transfer)
-        form.addRow("", self.transfer_reason)
         self.form = form
         prog = QHBoxLayout()
         prog.addWidget(self.progress, 1)
@@ -131,6 +130,7 @@ class ImagePage(BasePage):
         layout = QVBoxLayout(self)
         layout.addWidget(self.catalog_note)
         layout.addLayout(form)
+        layout.addWidget(self.transfer_reason)
         layout.addWidget(self.details)
         layout.addLayout(prog)
         layout.addWidget(self.progress_text)
@@ -171,8 +171,13 @@ class ImagePage(BasePage):
             return
         catalog: Catalog = result.value
         self.flow.catalog = catalog
+        source = {
+            "api": "the GitHub releases API",
+            "cache": "the list saved from the releases API",
+            "builtin": "the app's built-in list",
+        }[catalog.source]
         self.catalog_note.setText(
-            f"Releases from {catalog.source}" + (f": {catalog.note}" if catalog.note else ".")
+            f"Releases from {source}" + (f" ({catalog.note})." if catalog.note else ".")
         )
         default = catalog.default_channel()
         self.channel.blockSignals(True)
@@ -286,7 +291,8 @@ class ImagePage(BasePage):
             parts.append(f"built {asset.updated_at[:10]}")
         check = asset.checksum_note
         parts.append(check if asset.digest else f"<b>{html.escape(check)}</b>")
-        parts.append("cached on this computer" if cached else "not downloaded yet")
+        if self.flow.transfer == "upload":
+            parts.append("cached on this computer" if cached else "not downloaded yet")
         self.details.setText(" · ".join(parts))
 
     # -- getting the file ---------------------------------------------------------------

@@ -50,7 +50,9 @@ class InspectPage(BasePage):
         self.net_box = QGroupBox("After the kexec, the installer's network", self)
         self.net_label = wrap_label("", rich=True)
         self.net_label.setAccessibleName("Network preview")
-        QVBoxLayout(self.net_box).addWidget(self.net_label)
+        net_layout = QVBoxLayout(self.net_box)
+        net_layout.addWidget(self.net_label)
+        net_layout.addStretch(1)
 
         self.sudo_row = QWidget(self)
         sudo = QHBoxLayout(self.sudo_row)

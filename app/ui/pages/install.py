@@ -141,7 +141,9 @@ class InstallPage(BasePage):
                 self.done.add(e.stage)
                 self.overall.setValue(sum(WEIGHTS.get(s, 0) for s in self.done))
             if e.stage == "transfer":
-                self.transfer.setVisible(d.get("state") == "start")
+                running = d.get("state") == "start"
+                self.transfer.setVisible(running)
+                self.transfer_text.setVisible(running)
         elif e.type == "progress" and "done" in d:
             total = d.get("total")
             if total:
