@@ -287,6 +287,92 @@ def test_cancel_during_the_upload_leaves_the_server_as_it_was(
     assert machine.state == "original"
 
 
+def _to_install(qtbot: QtBot, w: KexecWizard, machine: Machine, ssh_env: SSHEnv) -> InstallPage:
+    click(qtbot, w.page_of(PageId.SERVERS).new_button)  # type: ignore[attr-defined]
+    fill_connect(qtbot, w.page_of(PageId.CONNECT), machine.port, "root", key=ssh_env.key)  # type: ignore[arg-type]
+    connect_and_trust(
+        qtbot,
+        w,
+        fingerprint(next(k for k in machine.host_keys if "ed25519" in k.name).with_suffix(".pub")),
+    )
+    next_page(qtbot, w)
+    qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=20_000)
+    inspect = w.page_of(PageId.INSPECT)
+    if inspect.override.isVisible():  # type: ignore[attr-defined]
+        inspect.override.setChecked(True)  # type: ignore[attr-defined]
+    next_page(qtbot, w)
+    next_page(qtbot, w)
+    qtbot.keyClicks(w.currentPage().typed, "127.0.0.1")  # type: ignore[attr-defined]
+    click(qtbot, w.button(COMMIT))
+    install = w.page_of(PageId.INSTALL)
+    assert isinstance(install, InstallPage)
+    return install
+
+
+def test_stop_waiting_after_the_kexec_then_wait_again(
+    qtbot: QtBot, wizard: KexecWizard, machine: Machine, ssh_env: SSHEnv, releases: ReleasesServer
+) -> None:
+    machine.installer_mode = "silent"  # the installer does not come up (yet)
+    w = wizard
+    install = _to_install(qtbot, w, machine, ssh_env)
+    qtbot.waitUntil(lambda: install.stages.stage_state["up"] == "running", timeout=30_000)
+    assert not install.safe_to_cancel and "too late" in install.cancel_button.text().lower()
+    click(qtbot, install.cancel_button)
+    qtbot.waitUntil(lambda: install.error.isVisible(), timeout=10_000)
+    assert "Stopped waiting" in install.error.text.text()
+    assert install.retry.isVisible() and install.retry_address.text() == "127.0.0.1"
+    assert "Expected network" in install.expected.text()
+    profile = w.ctx.profiles.load()["127.0.0.1"]
+    assert profile.state == "unknown"  # after the point of no return the app cannot know
+    machine.boot_installer()  # it comes up late
+    click(qtbot, install.retry_button)
+    qtbot.waitUntil(lambda: w.currentId() == PageId.DONE, timeout=30_000)
+    assert w.flow.info is not None and w.flow.info.hostname == "nixos-installer"
+    assert w.ctx.profiles.load()["127.0.0.1"].state == "installer"
+
+
+def test_stopping_a_download_on_the_image_page(
+    qtbot: QtBot,
+    wizard: KexecWizard,
+    machine: Machine,
+    ssh_env: SSHEnv,
+    releases: ReleasesServer,
+    tmp_path: Path,
+) -> None:
+    from tests.support.releases import Fault
+
+    releases.add(
+        "nixos-26.05", ASSET, standin_tarball(tmp_path / "big.tar.gz", size=32 << 20).read_bytes()
+    )
+    releases.faults[f"nixos-26.05/{ASSET}"] = Fault(stall=3.0)  # slow enough to stop by hand
+    w = wizard
+    click(qtbot, w.page_of(PageId.SERVERS).new_button)  # type: ignore[attr-defined]
+    fill_connect(qtbot, w.page_of(PageId.CONNECT), machine.port, "root", key=ssh_env.key)  # type: ignore[arg-type]
+    connect_and_trust(
+        qtbot,
+        w,
+        fingerprint(next(k for k in machine.host_keys if "ed25519" in k.name).with_suffix(".pub")),
+    )
+    next_page(qtbot, w)
+    qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=20_000)
+    inspect = w.page_of(PageId.INSPECT)
+    if inspect.override.isVisible():  # type: ignore[attr-defined]
+        inspect.override.setChecked(True)  # type: ignore[attr-defined]
+    next_page(qtbot, w)
+    image = w.page_of(PageId.IMAGE)
+    assert isinstance(image, ImagePage)
+    qtbot.waitUntil(lambda: w.flow.catalog is not None, timeout=20_000)
+    image.transfer.setCurrentIndex(image.transfer.findData("upload"))
+    qtbot.waitUntil(lambda: image.cancel_download.isVisible(), timeout=5_000)
+    assert not w.button(NEXT).isEnabled()
+    click(qtbot, image.cancel_download)
+    qtbot.waitUntil(lambda: "stopped" in image.progress_text.text(), timeout=10_000)
+    assert not w.button(NEXT).isEnabled() and w.flow.image is None
+    # Choosing the server download instead needs no local copy.
+    image.transfer.setCurrentIndex(image.transfer.findData("remote"))
+    assert w.button(NEXT).isEnabled()
+
+
 def test_closing_while_connecting_asks_cancels_and_waits(qtbot: QtBot, wizard: KexecWizard) -> None:
     import socket
 

@@ -68,6 +68,7 @@ class Machine:
     installer_mode: str = "ok"  # ok | silent (sshd never starts) | other-key
     boot_delay: float = 1.0
     state: str = "off"  # off | original | down | installer
+    carried: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     events: list[tuple[float, str]] = field(default_factory=list)
     _proc: subprocess.Popen[bytes] | None = None
     _watch: threading.Thread | None = None
@@ -216,8 +217,14 @@ class Machine:
         self.events.append((time.monotonic(), "kexec"))
         self.power_off()
         self.state = "down"
+        self.carried = files
         if self._stop.wait(self.boot_delay) or self.installer_mode == "silent":
             return
+        self.boot_installer(files)
+
+    def boot_installer(self, files: dict[str, tuple[int, bytes]] | None = None) -> None:
+        """Start the installer from what `run` carried (a silent machine's late boot, too)."""
+        files = files if files is not None else self.carried
         port = self.installer_port or self.port
         self._prepare(INSTALLER, "nixos-installer", str(uuid.uuid4()))
         etc = self.workdir / "etc-ssh"
