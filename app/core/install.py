@@ -637,7 +637,9 @@ class Installer:
         args = ""
         if self.plan.kexec_extra_flags:
             args = f" --kexec-extra-flags {shlex.quote(self.plan.kexec_extra_flags)}"
-        setsid = "setsid --wait " if self.facts.has("setsid") else ""
+        # Like nixos-anywhere: its own session, waited for. busybox's setsid cannot wait, and
+        # without waiting the output would be lost; `run` detaches its kexec with nohup anyway.
+        setsid = "setsid --wait " if self.facts.setsid_wait else ""
         lines: list[str] = []
 
         def on_line(stream: str, line: str) -> None:

@@ -13,6 +13,8 @@ MiB = 1024**2
 # The initrd is unpacked into RAM by the new kernel; the tarball plus its unpacked copy live on
 # disk in the staging folder while `run` works.
 DEFAULT_IMAGE_SIZE = 500 * MiB
+# What kexec/run and the app's own steps cannot do without (busybox often lacks nohup).
+REQUIRED_TOOLS = ("cpio", "tar", "gzip", "find", "nohup", "mktemp")
 
 
 class Level(StrEnum):
@@ -186,15 +188,17 @@ def _lockdown(f: Facts) -> Verdict:
 
 
 def _tools(f: Facts) -> Verdict:
-    missing = [t for t in ("cpio", "tar", "gzip", "find") if not f.has(t)]
+    missing = [t for t in REQUIRED_TOOLS if not f.has(t)]
     if missing:
         return Verdict(
             "tools",
             Level.STOP,
             "Missing tools: " + ", ".join(missing),
-            "The kexec `run` script needs them to pack your keys and network settings; "
-            "without cpio the installer boots but you cannot log in.",
-            "Install them first, e.g. `apt install cpio` / `dnf install cpio` / `apk add cpio`.",
+            "The kexec `run` script needs them: cpio, gzip and find pack your keys and network "
+            "settings (without cpio the installer boots but you cannot log in), nohup detaches "
+            "the final kexec, tar unpacks the image.",
+            "Install them first, e.g. `apt install cpio coreutils` / `dnf install cpio` / "
+            "`apk add cpio coreutils`.",
         )
     if not f.sort_v:
         return Verdict(
@@ -205,7 +209,7 @@ def _tools(f: Facts) -> Verdict:
             "the older one.",
             "Install coreutils if the kexec fails.",
         )
-    return _ok("tools", "cpio, tar, gzip and find are present")
+    return _ok("tools", "cpio, tar, gzip, find, nohup and mktemp are present")
 
 
 def _privilege(f: Facts) -> Verdict:

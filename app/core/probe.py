@@ -58,6 +58,7 @@ S lockdown; cat /sys/kernel/security/lockdown 2>/dev/null
 S tools
 for t in __TOOLS__; do p=$(command -v "$t" 2>/dev/null) && echo "$t=$p"; done
 printf '1.10\n1.9\n' | sort -V 2>/dev/null | head -n1 | sed 's/^/sort-v=/'
+setsid --wait true >/dev/null 2>&1 && echo setsid-wait=yes
 S priv
 if [ "$(id -u)" = 0 ]; then echo root
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then echo sudo
@@ -181,6 +182,7 @@ class Facts:
     lockdown: str | None = None
     tools: dict[str, str] = field(default_factory=dict)
     sort_v: bool = False
+    setsid_wait: bool = False  # util-linux setsid; busybox's has no --wait
     privilege: str = "none"
     staging: Staging = field(default_factory=Staging)
     net_format: str = "none"  # json, text or none
@@ -506,6 +508,7 @@ def parse_probe(text: str) -> Facts:
     kexec = sec.get("kexec", [])
     tools = parse_kv(sec.get("tools", []))
     sort_v = tools.pop("sort-v", "") == "1.9"
+    setsid_wait = tools.pop("setsid-wait", "") == "yes"
     fmt, ifaces = parse_ip_addr(sec.get("ip-addr", []))
     if fmt == "text":
         notes.append("the server's ip has no --json; network facts come from its plain output")
@@ -538,6 +541,7 @@ def parse_probe(text: str) -> Facts:
         lockdown=parse_lockdown(sec.get("lockdown", [])),
         tools=tools,
         sort_v=sort_v,
+        setsid_wait=setsid_wait,
         privilege=privilege,
         staging=parse_staging(sec.get("staging", [])),
         net_format=fmt,

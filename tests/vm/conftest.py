@@ -1,0 +1,33 @@
+"""Fixtures for the VM tests: the test bed (built once, cached) and one VM per test."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.vm.qemu import VM, testbed
+
+
+@pytest.fixture(scope="session")
+def bed() -> Path:
+    """The built test bed (kernel, origin initramfs, installer tarballs, keys)."""
+    return testbed()
+
+
+@pytest.fixture
+def make_vm(bed: Path) -> Iterator[Callable[..., VM]]:
+    """Start VMs with options; every one is killed at the end of the test."""
+    vms: list[VM] = []
+    work = Path(tempfile.mkdtemp(prefix="nkw-vm-", dir="/var/tmp"))
+
+    def start(**kw: object) -> VM:
+        vm = VM(bed, work, **kw)  # type: ignore[arg-type]
+        vms.append(vm)
+        return vm.start()
+
+    yield start
+    for vm in vms:
+        vm.stop()

@@ -1,0 +1,107 @@
+"""Start and stop the origin server VM (QEMU, user networking restricted to loopback forwards)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.sshd import free_port
+
+HERE = Path(__file__).resolve().parent
+GUEST_HTTP = "10.0.2.100:8080"  # where the guest reaches the host's releases server
+_accel: str | None = None
+
+
+def testbed() -> Path:
+    """Build (or find in the cache) the test bed; returns its folder."""
+    out = subprocess.run(
+        ["bash", str(HERE / "build.sh")], check=True, capture_output=True, text=True
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class VM:
+    """One origin server; its serial console goes to a log file."""
+
+    bed: Path
+    workdir: Path
+    memory_mb: int = 2048
+    append: str = ""
+    guest_ip: str = ""  # forward to this guest address (a static one); default: the DHCP lease
+    http_port: int | None = None  # the host's releases server, reachable at GUEST_HTTP
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    accel: str = "tcg"
+
+    @property
+    def serial(self) -> Path:
+        """The console log."""
+        return self.workdir / f"serial-{self.port}.log"
+
+    def _cmd(self, accel: str) -> list[str]:
+        fwd = f"hostfwd=tcp:127.0.0.1:{self.port}-{self.guest_ip}:22"
+        if self.http_port:
+            fwd += f",guestfwd=tcp:{GUEST_HTTP}-tcp:127.0.0.1:{self.http_port}"
+        return [
+            "qemu-system-x86_64", "-accel", accel, "-m", str(self.memory_mb), "-smp", "1",
+            "-nographic", "-no-reboot", "-monitor", "none", "-serial", f"file:{self.serial}",
+            "-kernel", str(self.bed / "vmlinuz"), "-initrd", str(self.bed / "origin.img"),
+            "-append", f"console=ttyS0 panic=-1 quiet {self.append}".strip(),
+            "-netdev", f"user,id=n0,restrict=on,{fwd}",
+            "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56",
+        ]  # fmt: skip
+
+    def start(self, deadline: float = 90.0) -> VM:
+        """Boot; KVM when it really runs guests here, else software emulation (TCG)."""
+        global _accel
+        if _accel is None:
+            _accel = (
+                "kvm"
+                if os.access("/dev/kvm", os.R_OK | os.W_OK) and self._boot("kvm", 20)
+                else "tcg"
+            )
+            if _accel == "tcg":
+                self._boot("tcg", deadline)
+            self.accel = _accel
+            return self
+        self.accel = _accel
+        if not self._boot(_accel, deadline):
+            raise RuntimeError(
+                f"the VM did not boot within {deadline:.0f} s:\n{self.console()[-3000:]}"
+            )
+        return self
+
+    def _boot(self, accel: str, deadline: float) -> bool:
+        self.stop()
+        self.serial.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            self._cmd(accel), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                return False
+            if "nkw: origin ready" in self.console():
+                return True
+            time.sleep(0.1)
+        self.stop()
+        return False
+
+    def console(self) -> str:
+        """Everything the VM printed on its serial console."""
+        try:
+            return self.serial.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Kill QEMU by pid and wait for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
