@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck pytest host-deps bench screenshots lock clean
+.PHONY: run test check lint typecheck pytest e2e host-deps bench screenshots lock clean
 
 run: $(STAMP)
 	$(BIN)/nixos-kexec-wizard $(ARGS)
@@ -33,6 +33,9 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+e2e: host-deps $(STAMP)
+	$(BIN)/pytest -m vm $(PYTEST_ARGS)
 
 screenshots: host-deps $(STAMP)
 	@bash tests/setup-host.sh screenshots

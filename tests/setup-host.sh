@@ -17,6 +17,13 @@ check python3 /usr/bin/python3 python3
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 [ -e /usr/lib/x86_64-linux-gnu/libEGL.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libEGL.so.1 ] || need+=(libegl1)
 check unshare /usr/bin/unshare util-linux
+# The QEMU test bed (tests/vm/build.sh also downloads the Debian cloud kernel itself).
+check qemu-system-x86_64 /usr/bin/qemu-system-x86_64 qemu-system-x86
+check busybox /usr/bin/busybox busybox-static
+check kexec /usr/sbin/kexec kexec-tools
+check jq /usr/bin/jq jq
+check dash /usr/bin/dash dash
+check openssl /usr/bin/openssl openssl
 ldconfig -p | grep -q libfontconfig.so.1 || need+=(libfontconfig1)
 ldconfig -p | grep -q libxkbcommon.so.0 || need+=(libxkbcommon0)
 ldconfig -p | grep -q libglib-2.0.so.0 || need+=(libglib2.0-0)

@@ -719,9 +719,11 @@ class Installer:
         dmesg = ""
         with contextlib.suppress(WizardError):
             r = self.session.run(
-                "dmesg 2>&1 | tail -n 40", privileged=True, timeout=10, what="dmesg"
+                "dmesg 2>&1 | tail -n 200", privileged=True, timeout=10, what="dmesg"
             )
-            dmesg = r.stdout.strip()
+            lines = r.stdout.strip().splitlines()
+            telling = [ln for ln in lines[:-8] if NOTABLE.search(ln)][-8:]
+            dmesg = "\n".join([*telling, *(["..."] if telling else []), *lines[-8:]])
         raise NeverWentDown(
             f"{self.session.target.host} did not go down within {self.settings.down_timeout:g} s "
             "after kexec/run reported success.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,8 +43,11 @@ def install(
         ),
         {},
     )
-    print(
-        f"\n[{vm.accel}] {image} {' '.join(args)}: exit {r.code} in {time.monotonic() - t0:.1f} s; stages {timings}"
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+    # Straight to the terminal, past pytest's capture: the stage timings are worth seeing.
+    sys.__stdout__.write(
+        f"\n  [{vm.accel}] {image}: exit {r.code} in {time.monotonic() - t0:.1f} s"
+        f" (stages, s: {stages or 'none'})\n"
     )
     return r
 
