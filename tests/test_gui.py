@@ -249,29 +249,10 @@ def test_cancel_during_the_upload_leaves_the_server_as_it_was(
         "nixos-26.05", ASSET, standin_tarball(tmp_path / "big.tar.gz", size=64 << 20).read_bytes()
     )
     w = wizard
-    click(qtbot, w.page_of(PageId.SERVERS).new_button)  # type: ignore[attr-defined]
-    fill_connect(qtbot, w.page_of(PageId.CONNECT), machine.port, "root", key=ssh_env.key)  # type: ignore[arg-type]
-    connect_and_trust(
-        qtbot,
-        w,
-        fingerprint(next(k for k in machine.host_keys if "ed25519" in k.name).with_suffix(".pub")),
-    )
-    next_page(qtbot, w)
-    qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=20_000)
-    inspect = w.page_of(PageId.INSPECT)
-    if inspect.override.isVisible():  # type: ignore[attr-defined]
-        inspect.override.setChecked(True)  # type: ignore[attr-defined]
-    next_page(qtbot, w)
-    image = w.page_of(PageId.IMAGE)
-    assert isinstance(image, ImagePage)
-    qtbot.waitUntil(lambda: w.flow.catalog is not None, timeout=20_000)
+    image = reach_image_page(qtbot, w, machine, ssh_env)
     image.transfer.setCurrentIndex(image.transfer.findData("upload"))
     qtbot.waitUntil(lambda: w.flow.image is not None, timeout=30_000)  # downloaded for the upload
-    next_page(qtbot, w)
-    qtbot.keyClicks(w.currentPage().typed, "127.0.0.1")  # type: ignore[attr-defined]
-    install = w.page_of(PageId.INSTALL)
-    assert isinstance(install, InstallPage)
-    click(qtbot, w.button(COMMIT))
+    install = confirm_and_install(qtbot, w)
     qtbot.waitUntil(
         lambda: (
             install.stages.stage_state["transfer"] == "running"
@@ -287,20 +268,31 @@ def test_cancel_during_the_upload_leaves_the_server_as_it_was(
     assert machine.state == "original"
 
 
-def _to_install(qtbot: QtBot, w: KexecWizard, machine: Machine, ssh_env: SSHEnv) -> InstallPage:
+def machine_fingerprint(machine: Machine) -> str:
+    return fingerprint(
+        next(k for k in machine.host_keys if "ed25519" in k.name).with_suffix(".pub")
+    )
+
+
+def reach_image_page(qtbot: QtBot, w: KexecWizard, machine: Machine, ssh_env: SSHEnv) -> ImagePage:
+    """New server → connect as root → inspect (accepting warnings) → image, catalog loaded."""
     click(qtbot, w.page_of(PageId.SERVERS).new_button)  # type: ignore[attr-defined]
     fill_connect(qtbot, w.page_of(PageId.CONNECT), machine.port, "root", key=ssh_env.key)  # type: ignore[arg-type]
-    connect_and_trust(
-        qtbot,
-        w,
-        fingerprint(next(k for k in machine.host_keys if "ed25519" in k.name).with_suffix(".pub")),
-    )
+    connect_and_trust(qtbot, w, machine_fingerprint(machine))
     next_page(qtbot, w)
     qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=20_000)
     inspect = w.page_of(PageId.INSPECT)
     if inspect.override.isVisible():  # type: ignore[attr-defined]
         inspect.override.setChecked(True)  # type: ignore[attr-defined]
     next_page(qtbot, w)
+    image = w.page_of(PageId.IMAGE)
+    assert isinstance(image, ImagePage)
+    qtbot.waitUntil(lambda: w.flow.catalog is not None, timeout=20_000)
+    return image
+
+
+def confirm_and_install(qtbot: QtBot, w: KexecWizard) -> InstallPage:
+    """From the image page: Next, type the host name, Install."""
     next_page(qtbot, w)
     qtbot.keyClicks(w.currentPage().typed, "127.0.0.1")  # type: ignore[attr-defined]
     click(qtbot, w.button(COMMIT))
@@ -314,7 +306,8 @@ def test_stop_waiting_after_the_kexec_then_wait_again(
 ) -> None:
     machine.installer_mode = "silent"  # the installer does not come up (yet)
     w = wizard
-    install = _to_install(qtbot, w, machine, ssh_env)
+    reach_image_page(qtbot, w, machine, ssh_env)
+    install = confirm_and_install(qtbot, w)
     qtbot.waitUntil(lambda: install.stages.stage_state["up"] == "running", timeout=30_000)
     assert not install.safe_to_cancel and "too late" in install.cancel_button.text().lower()
     click(qtbot, install.cancel_button)
@@ -346,22 +339,7 @@ def test_stopping_a_download_on_the_image_page(
     )
     releases.faults[f"nixos-26.05/{ASSET}"] = Fault(stall=3.0)  # slow enough to stop by hand
     w = wizard
-    click(qtbot, w.page_of(PageId.SERVERS).new_button)  # type: ignore[attr-defined]
-    fill_connect(qtbot, w.page_of(PageId.CONNECT), machine.port, "root", key=ssh_env.key)  # type: ignore[arg-type]
-    connect_and_trust(
-        qtbot,
-        w,
-        fingerprint(next(k for k in machine.host_keys if "ed25519" in k.name).with_suffix(".pub")),
-    )
-    next_page(qtbot, w)
-    qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=20_000)
-    inspect = w.page_of(PageId.INSPECT)
-    if inspect.override.isVisible():  # type: ignore[attr-defined]
-        inspect.override.setChecked(True)  # type: ignore[attr-defined]
-    next_page(qtbot, w)
-    image = w.page_of(PageId.IMAGE)
-    assert isinstance(image, ImagePage)
-    qtbot.waitUntil(lambda: w.flow.catalog is not None, timeout=20_000)
+    image = reach_image_page(qtbot, w, machine, ssh_env)
     image.transfer.setCurrentIndex(image.transfer.findData("upload"))
     qtbot.waitUntil(lambda: image.cancel_download.isVisible(), timeout=5_000)
     assert not w.button(NEXT).isEnabled()

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import tarfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -528,8 +527,3 @@ def _short(exc: BaseException) -> str:
 
 def _mb(n: int | None) -> str:
     return "an unknown size" if n is None else f"{n / 1e6:.1f} MB"
-
-
-def wait_seconds(t0: float) -> float:
-    """Seconds since ``t0`` on the monotonic clock."""
-    return time.monotonic() - t0

@@ -105,7 +105,6 @@ class ProgressMeter:
         self._stage = stage
         self.total = total
         self.done = start
-        self._start_bytes = start
         self._clock = clock
         self._t0 = clock()
         self._last = -1.0
@@ -123,16 +122,6 @@ class ProgressMeter:
     def finish(self) -> None:
         """Emit the final figures."""
         self._send(self._clock(), final=True)
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds since the meter started."""
-        return self._clock() - self._t0
-
-    def average_rate(self) -> float:
-        """Bytes per second over the whole run (bytes resumed from earlier runs excluded)."""
-        elapsed = max(self.elapsed, 1e-6)
-        return (self.done - self._start_bytes) / elapsed
 
     def _send(self, now: float, final: bool = False) -> None:
         self._last = now

@@ -48,7 +48,6 @@ from app.core.ssh import (
 )
 
 SUCCESS_LINE = "machine will boot into nixos"
-STAGES = ("key", "transfer", "checksum", "unpack", "run", "down", "up", "verify")
 MARKER = ".nixos-kexec-wizard"
 KEY_RE = re.compile(r"(?:ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+\s+([A-Za-z0-9+/=]+)")
 DEFAULT_STAGING = "~/nixos-kexec-wizard"

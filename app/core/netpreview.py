@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.core.probe import Facts, Interface, Route
+from app.core.probe import Facts, Route
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,3 @@ def _route_text(r: Route) -> str:
     via = f" via {r.gateway}" if r.gateway else ""
     onlink = " (onlink)" if r.onlink else ""
     return f"{r.dst}{via} on {r.dev}{onlink}"
-
-
-def interfaces_with_mac(facts: Facts) -> list[Interface]:
-    """Interfaces the installer can match by MAC."""
-    return [i for i in facts.interfaces if i.mac and i.name != "lo"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Callable
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QIcon
@@ -12,6 +13,8 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMessageBox,
+    QProgressBar,
     QStyle,
     QTreeWidget,
     QTreeWidgetItem,
@@ -182,3 +185,42 @@ class ErrorPanel(QFrame):
         self.error = None
         self.text.clear()
         self.hide()
+
+
+def show_progress(bar: QProgressBar, data: dict[str, object]) -> str:
+    """Put a byte-progress event on ``bar``; returns the text: done, total, rate and time left."""
+    done = int(data["done"])  # type: ignore[call-overload]
+    total = data.get("total")
+    if isinstance(total, int) and total:
+        bar.setRange(0, 1000)
+        bar.setValue(int(1000 * done / total))
+    rate = float(data.get("rate") or 0) / 1e6  # type: ignore[arg-type]
+    eta = data.get("eta")
+    text = (
+        f"{done / 1e6:.0f} of {total / 1e6:.0f} MB"
+        if isinstance(total, int) and total
+        else f"{done / 1e6:.0f} MB"
+    )
+    text += f" at {rate:.1f} MB/s"
+    if isinstance(eta, int | float):
+        text += f", {int(eta)} s left"
+    return text
+
+
+def ask(
+    parent: QWidget, title: str, text: str, on_answer: Callable[[int], None], yes: str = ""
+) -> QMessageBox:
+    """A non-blocking question (Yes / Cancel, Cancel by default); ``on_answer`` gets the button."""
+    box = QMessageBox(
+        QMessageBox.Icon.Question,
+        title,
+        text,
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+        parent,
+    )
+    if yes:
+        box.button(QMessageBox.StandardButton.Yes).setText(yes)
+    box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+    box.finished.connect(on_answer)
+    box.open()
+    return box

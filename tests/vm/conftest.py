@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.qemu import VM, testbed
+from tests.vm.qemu import STAGE_TIMINGS, VM, testbed
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +31,11 @@ def make_vm(bed: Path) -> Iterator[Callable[..., VM]]:
     yield start
     for vm in vms:
         vm.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print each VM install's stage timings (seconds) after the run."""
+    if STAGE_TIMINGS:
+        terminalreporter.section("VM install stage timings (seconds)")
+        for line in STAGE_TIMINGS:
+            terminalreporter.write_line(line)

@@ -14,6 +14,7 @@ from tests.support.sshd import free_port
 HERE = Path(__file__).resolve().parent
 GUEST_HTTP = "10.0.2.100:8080"  # where the guest reaches the host's releases server
 _accel: str | None = None
+STAGE_TIMINGS: list[str] = []  # one line per install, shown in pytest's terminal summary
 
 
 def testbed() -> Path:

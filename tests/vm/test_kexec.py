@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_cli import Run, cli
-from tests.vm.qemu import VM
+from tests.vm.qemu import STAGE_TIMINGS, VM
 
 pytestmark = pytest.mark.vm
 
@@ -44,10 +43,9 @@ def install(
         {},
     )
     stages = ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
-    # Straight to the terminal, past pytest's capture: the stage timings are worth seeing.
-    sys.__stdout__.write(
-        f"\n  [{vm.accel}] {image}: exit {r.code} in {time.monotonic() - t0:.1f} s"
-        f" (stages, s: {stages or 'none'})\n"
+    STAGE_TIMINGS.append(
+        f"[{vm.accel}] {image} {' '.join(a for a in args if not a.startswith('/'))}: "
+        f"exit {r.code} in {time.monotonic() - t0:.1f} s ({stages or 'no stage ran'})"
     )
     return r
 

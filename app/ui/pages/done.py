@@ -32,7 +32,7 @@ from app.core.workflow import (
 from app.ui.context import AppContext, Flow
 from app.ui.jobs import JobResult
 from app.ui.pages.base import BasePage
-from app.ui.widgets import ErrorPanel, wrap_label
+from app.ui.widgets import ErrorPanel, ask, wrap_label
 
 
 class DonePage(BasePage):
@@ -175,18 +175,13 @@ class DonePage(BasePage):
 
     @Slot()
     def _ask_reboot(self) -> None:
-        box = QMessageBox(
-            QMessageBox.Icon.Question,
+        self.reboot_box = ask(
+            self,
             "Reboot to the original system",
             "Reboot the server now?\n\nThe installer runs from RAM, so after the reboot the "
             "original system starts again from its disks, as it was.",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
-            self,
+            self._reboot_answered,
         )
-        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
-        box.finished.connect(self._reboot_answered)
-        self.reboot_box = box
-        box.open()
 
     @Slot(int)
     def _reboot_answered(self, answer: int) -> None:

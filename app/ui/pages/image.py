@@ -30,7 +30,7 @@ from app.core.workflow import channel_asset, url_asset
 from app.ui.context import AppContext, Flow
 from app.ui.jobs import Job, JobResult
 from app.ui.pages.base import BasePage, PageId
-from app.ui.widgets import ErrorPanel, wrap_label
+from app.ui.widgets import ErrorPanel, show_progress, wrap_label
 
 VARIANT_TEXT = {
     "noninteractive": "Small (recommended): what nixos-anywhere uses",
@@ -334,14 +334,7 @@ class ImagePage(BasePage):
     def _download_event(self, event: Event) -> None:
         d = event.data
         if event.type == "progress" and "done" in d:
-            total = d.get("total")
-            if total:
-                self.progress.setRange(0, 1000)
-                self.progress.setValue(int(1000 * d["done"] / total))
-            rate = float(d.get("rate") or 0) / 1e6
-            eta = d.get("eta")
-            text = f"{d['done'] / 1e6:.0f} of {_mb(total)} at {rate:.1f} MB/s"
-            self.progress_text.setText(text + (f", {int(eta)} s left" if eta is not None else ""))
+            self.progress_text.setText(show_progress(self.progress, d))
 
     @Slot(object)
     def _downloaded(self, result: JobResult) -> None:

@@ -25,7 +25,7 @@ from app.core.workflow import save_profile
 from app.ui.context import AppContext, Flow
 from app.ui.jobs import JobResult
 from app.ui.pages.base import BasePage, PageId
-from app.ui.widgets import ErrorPanel, StageList, wrap_label
+from app.ui.widgets import ErrorPanel, StageList, show_progress, wrap_label
 
 WEIGHTS = {
     "key": 2,
@@ -145,18 +145,7 @@ class InstallPage(BasePage):
                 self.transfer.setVisible(running)
                 self.transfer_text.setVisible(running)
         elif e.type == "progress" and "done" in d:
-            total = d.get("total")
-            if total:
-                self.transfer.setRange(0, 1000)
-                self.transfer.setValue(int(1000 * d["done"] / total))
-            rate = float(d.get("rate") or 0) / 1e6
-            eta = d.get("eta")
-            text = (
-                f"{d['done'] / 1e6:.0f} of {total / 1e6:.0f} MB"
-                if total
-                else f"{d['done'] / 1e6:.0f} MB"
-            )
-            text += f" at {rate:.1f} MB/s" + (f", {int(eta)} s left" if eta is not None else "")
+            text = show_progress(self.transfer, d)
             self.transfer_text.setText(text)
             self.stages.detail(e.stage, text)
         elif e.type == "progress" and e.stage == "up":

@@ -25,7 +25,7 @@ from app.core.workflow import (
 )
 from app.ui.context import AppContext, Flow
 from app.ui.pages.base import BasePage, PageId
-from app.ui.widgets import ErrorPanel, wrap_label
+from app.ui.widgets import ErrorPanel, ask, wrap_label
 
 STATE_TEXT = {"original": "Original OS", "installer": "NixOS installer", "unknown": "Unknown"}
 
@@ -164,18 +164,13 @@ class ServersPage(BasePage):
         p = self.selected()
         if p is None:
             return
-        box = QMessageBox(
-            QMessageBox.Icon.Question,
+        self.confirm_forget = ask(
+            self,
             "Forget server",
             f"Forget {p.name} ({p.user}@{p.host})?\n\nIts profile and any password remembered "
             "in the keyring are removed. Nothing changes on the server.",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
-            self,
+            self._forget_answered,
         )
-        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
-        box.finished.connect(self._forget_answered)
-        self.confirm_forget = box
-        box.open()
 
     @Slot(int)
     def _forget_answered(self, answer: int) -> None:
