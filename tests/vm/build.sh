@@ -7,6 +7,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${NKW_TESTBED_CACHE:-/var/cache/nixos-kexec-wizard-testbed}
 ROOT_PASSWORD=${NKW_TESTBED_ROOT_PASSWORD:-Origin-root-2026}
+BOB_PASSWORD=${NKW_TESTBED_BOB_PASSWORD:-Bob-sudo-2026}
 
 need=()
 for pair in qemu-system-x86_64:qemu-system-x86 busybox:busybox-static kexec:kexec-tools jq:jq \
@@ -87,9 +88,30 @@ NAME="Debian GNU/Linux"
 VERSION_ID="12"
 ID=debian
 OSR
+ssh-keygen -q -t ed25519 -N "" -C testbed-client -f client_ed25519
+# Two sudo users, as hosting images often have: alice without a password, bob with one.
+add_files origin /usr/bin/sudo /usr/libexec/sudo/sudoers.so /usr/libexec/sudo/libsudo_util.so.0 \
+  /usr/lib/x86_64-linux-gnu/security/pam_unix.so /usr/lib/x86_64-linux-gnu/security/pam_permit.so \
+  /usr/sbin/unix_chkpwd
+chmod 4755 origin/usr/bin/sudo
+mkdir -p origin/etc/pam.d
+printf 'auth required pam_unix.so\naccount required pam_permit.so\nsession required pam_permit.so\n' \
+  | tee origin/etc/pam.d/sudo > origin/etc/pam.d/other
+printf 'root ALL=(ALL:ALL) ALL\nalice ALL=(ALL:ALL) NOPASSWD: ALL\nbob ALL=(ALL:ALL) ALL\n' > origin/etc/sudoers
+chmod 440 origin/etc/sudoers
+printf '127.0.0.1 localhost origin\n' > origin/etc/hosts
+printf 'alice:x:1000:1000::/home/alice:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\n' >> origin/etc/passwd
+printf 'alice:x:1000:\nbob:x:1001:\n' >> origin/etc/group
+bob_hash=$(openssl passwd -6 -salt nkwbob "$BOB_PASSWORD")
+printf 'alice:*:19000:0:99999:7:::\nbob:%s:19000:0:99999:7:::\n' "$bob_hash" >> origin/etc/shadow
+for u in alice:1000 bob:1001; do
+  mkdir -p "origin/home/${u%%:*}/.ssh"
+  cp client_ed25519.pub "origin/home/${u%%:*}/.ssh/authorized_keys"
+  chown -R "${u##*:}:${u##*:}" "origin/home/${u%%:*}"
+  chmod 700 "origin/home/${u%%:*}/.ssh"
+done
 ssh-keygen -q -t ed25519 -N "" -C origin -f origin/etc/ssh/ssh_host_ed25519_key
 ssh-keygen -q -t rsa -b 2048 -N "" -C origin -f origin/etc/ssh/ssh_host_rsa_key
-ssh-keygen -q -t ed25519 -N "" -C testbed-client -f client_ed25519
 mkdir -p origin/root/.ssh
 cp client_ed25519.pub origin/root/.ssh/authorized_keys
 chmod 700 origin/root/.ssh
@@ -145,6 +167,7 @@ for mode in ok nosshd newkey fake; do
 done
 rm -rf kernel ./*.deb origin installer
 echo "$ROOT_PASSWORD" > root-password
+echo "$BOB_PASSWORD" > bob-password
 touch ready
 cd /
 rm -rf "$out"

@@ -11,11 +11,14 @@ mkdir -p /dev/pts /run/sshd /tmp /var/empty /var/log
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmp /tmp
 chmod 755 /run/sshd
-# /root on a tmpfs (the initramfs root has no mount entry, so df could not size it).
-cp -a /root /run/root-copy
-mount -t tmpfs -o size=1200m,mode=700 root /root
-cp -a /run/root-copy/. /root/
-rm -rf /run/root-copy
+# /root and /home on tmpfs (the initramfs root has no mount entry, so df could not size it).
+for d in root home; do
+  cp -a "/$d" "/run/$d-copy"
+  mount -t tmpfs -o size=1200m "$d" "/$d"
+  cp -a "/run/$d-copy/." "/$d/"
+  rm -rf "/run/$d-copy"
+done
+chmod 700 /root
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net; do
   insmod "/lib/modules/$m.ko" 2>/dev/null
 done

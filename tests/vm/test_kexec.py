@@ -225,3 +225,22 @@ def test_an_installer_with_another_host_key_is_refused(
     r = install(vm, bed, "-i", str(bed / "client_ed25519"), image="installer-newkey.tar.gz")
     assert r.code == 44 and r.result["outcome"] == "installer-key-changed"
     assert "ANOTHER host key" in r.result["error"]["what"]
+
+
+@pytest.mark.parametrize("user", ["alice", "bob"], ids=["passwordless-sudo", "sudo-with-password"])
+def test_a_sudo_user_boots_the_installer(
+    make_vm: Callable[..., VM], bed: Path, tmp_path: Path, user: str
+) -> None:
+    vm = make_vm()
+    env = {"SUDOPW": (bed / "bob-password").read_text().strip()}
+    extra = ["--sudo-password-env", "SUDOPW"] if user == "bob" else []
+    r = cli(
+        "install", "--json", "--yes", "--accept-new-host-key", f"{user}@127.0.0.1:{vm.port}",
+        "-i", str(bed / "client_ed25519"), "--image", str(bed / "installer-ok.tar.gz"),
+        *TIMEOUTS, *extra, env=env, timeout=400,
+    )  # fmt: skip
+    # The key reaches the installer because run carries $SUDO_USER's authorized_keys.
+    assert_installer(r, vm, bed, tmp_path, bed / "client_ed25519")
+    messages = [e.get("message", "") for e in r.events if e["event"] == "log"]
+    assert any("Your login key is in a file the installer keeps" in m for m in messages)
+    assert env["SUDOPW"] not in r.stdout + r.stderr
