@@ -640,9 +640,12 @@ class Installer:
         # without waiting the output would be lost; `run` detaches its kexec with nohup anyway.
         setsid = "setsid --wait " if self.facts.setsid_wait else ""
         lines: list[str] = []
+        stderr: list[str] = []
 
         def on_line(stream: str, line: str) -> None:
             lines.append(line)
+            if stream == "stderr":
+                stderr.append(line)
             self.emit(Event("output", "run", line, {"stream": stream}))
 
         self.point_of_no_return = True  # `run` starts a detached kexec; cancel is too late now
@@ -673,7 +676,7 @@ class Installer:
         if res.ok and SUCCESS_LINE in out:
             return
         self.point_of_no_return = False
-        tail = _diagnosis(lines)
+        tail = _diagnosis(lines, stderr)
         if "kexec failed" in out or "kexec_file_load failed" in out or "kexec_load failed" in out:
             hint = (
                 "The kernel refused kexec_file_load: retry with --kexec-extra-flags -c "
@@ -915,15 +918,17 @@ class Installer:
 NOTABLE = re.compile(r"kexec|lockdown|secure boot|\bIMA\b|not permitted|denied|error|failed", re.I)
 
 
-def _diagnosis(lines: list[str], keep: int = 8) -> str:
-    """What explains a failed ``run``: kexec's own words first, then the telling kernel lines."""
+def _diagnosis(lines: list[str], stderr: list[str], keep: int = 8) -> str:
+    """What explains a failed ``run``: kexec's own words first, then the telling kernel lines.
+
+    kexec's errors come on stderr (beside ``set -x``'s trace), ``run``'s dmesg dump on stdout
+    after its "kexec failed" line; the two streams may arrive in either order.
+    """
+    own = [ln for ln in stderr if ln.strip() and not ln.startswith("+ ")][-keep:]
     marker = next((i for i, ln in enumerate(lines) if "kexec failed" in ln), len(lines))
-    own = [ln for ln in lines[:marker] if ln.strip() and not ln.startswith("+ ")][-keep:]
-    dmesg = [ln for ln in lines[marker + 1 :] if not ln.startswith("+ ")]
+    dmesg = [ln for ln in lines[marker + 1 :] if not ln.startswith("+ ") and ln not in own]
     telling = [ln for ln in dmesg if NOTABLE.search(ln)][-keep:] or dmesg[-keep:]
-    parts = own
-    if telling:
-        parts = [*own, "Kernel log:", *telling]
+    parts = [*own, "Kernel log:", *telling] if telling else own
     return "\n".join(parts) or "(no output)"
 
 
