@@ -38,6 +38,7 @@ from app.core.install import (
     Installer,
     InstallerInfo,
     InstallPlan,
+    Timings,
     choose_transfer,
     establish_privilege,
     run_probe,
@@ -397,14 +398,9 @@ def _probe(
     ctx: Context, session: Session, image_arch: str | None = None
 ) -> tuple[Facts, list[Any]]:
     staging = ctx.args.staging_dir or DEFAULT_STAGING
-    with_stage = Event("stage", "probe", data={"state": "start"})
-    ctx.report(with_stage)
-    t0 = time.monotonic()
-    facts = run_probe(session, ctx.settings, staging, ctx.cancel)
-    verdicts = evaluate(facts, image_arch)
-    took = round(time.monotonic() - t0, 3)
-    ctx.report(Event("stage", "probe", data={"state": "done", "seconds": took}))
-    return facts, verdicts
+    with Timings().measure("probe", ctx.report):
+        facts = run_probe(session, ctx.settings, staging, ctx.cancel)
+    return facts, evaluate(facts, image_arch)
 
 
 def _print_facts(ctx: Context, facts: Facts, verdicts: list[Any]) -> None:
@@ -524,11 +520,9 @@ def cmd_install(ctx: Context) -> int:
         try:
             info = installer.run()
         except WizardError:
-            if profile is not None or a.save_profile:
-                state = "unknown" if installer.point_of_no_return else "original"
-                _save_after(ctx, profile, target, creds, session, facts, meta, None, state)
-            exc_timings = installer.timings.stages
-            ctx.report(Event("timings", data={"timings": exc_timings}))
+            state = "unknown" if installer.point_of_no_return else "original"
+            _save_after(ctx, profile, target, creds, session, facts, meta, None, state)
+            ctx.report(Event("timings", data={"timings": installer.timings.stages}))
             raise
         _save_after(ctx, profile, target, creds, session, facts, meta, info)
         ctx.report.info(

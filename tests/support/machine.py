@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.cpio import read_initrd
+from tests.support.sshd import sshd_config
 
 # Builds the machine's root from bind mounts (so /.dockerenv and the real /root are not there),
 # overlays the machine's own files, then runs sshd chrooted. Everything vanishes with the
@@ -87,22 +88,8 @@ class Machine:
         return self.workdir / "run" / "nkw-machine"
 
     def _write_sshd_config(self, etc: Path, port: int, keys: list[str]) -> None:
-        lines = [
-            f"Port {port}",
-            "ListenAddress 127.0.0.1",
-            *[f"HostKey /etc/ssh/{k}" for k in keys],
-            "PidFile /run/sshd.pid",
-            "AuthorizedKeysFile .ssh/authorized_keys",
-            "PasswordAuthentication yes",
-            "KbdInteractiveAuthentication no",
-            "PermitRootLogin prohibit-password",
-            "UsePAM no",
-            "StrictModes no",
-            "MaxStartups 100:30:200",
-            "MaxAuthTries 20",
-            "Subsystem sftp internal-sftp",
-        ]
-        (etc / "sshd_config").write_text("\n".join(lines) + "\n")
+        paths = [f"/etc/ssh/{k}" for k in keys]
+        (etc / "sshd_config").write_text(sshd_config(port, paths, "/run/sshd.pid"))
 
     def _prepare(self, os_release: str, hostname: str, boot_id: str | None) -> None:
         for name in ("run", "root"):

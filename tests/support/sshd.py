@@ -21,6 +21,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def sshd_config(port: int, host_keys: list[str], pid_file: str, extra: str = "") -> str:
+    """An sshd_config for a test server on 127.0.0.1 (keys by path; password login allowed)."""
+    lines = [
+        f"Port {port}",
+        "ListenAddress 127.0.0.1",
+        *[f"HostKey {k}" for k in host_keys],
+        f"PidFile {pid_file}",
+        "AuthorizedKeysFile .ssh/authorized_keys",
+        "PasswordAuthentication yes",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password",
+        "UsePAM no",
+        "StrictModes no",
+        "MaxStartups 100:30:200",
+        "MaxSessions 100",
+        "MaxAuthTries 20",
+        "Subsystem sftp internal-sftp",
+        extra,
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def keygen(path: Path, kind: str = "ed25519", passphrase: str = "") -> Path:
     """Generate an OpenSSH key pair at ``path`` (and ``path.pub``)."""
     args = [
@@ -77,25 +99,9 @@ class SSHServer:
     def start(self, extra_config: str = "") -> None:
         """Write the config and start sshd, waiting (10 s deadline) for its banner."""
         cfg = self.workdir / "sshd_config"
-        lines = [
-            f"Port {self.port}",
-            "ListenAddress 127.0.0.1",
-            *[f"HostKey {k}" for k in self.host_keys],
-            f"PidFile {self.workdir / 'sshd.pid'}",
-            "AuthorizedKeysFile .ssh/authorized_keys",
-            "PasswordAuthentication yes",
-            "KbdInteractiveAuthentication no",
-            "PermitRootLogin prohibit-password",
-            "UsePAM no",
-            "StrictModes no",
-            "MaxStartups 100:30:200",
-            "MaxSessions 100",
-            "MaxAuthTries 20",
-            "Subsystem sftp internal-sftp",
-            "LogLevel VERBOSE",
-            extra_config,
-        ]
-        cfg.write_text("\n".join(lines) + "\n")
+        pid = str(self.workdir / "sshd.pid")
+        keys = [str(k) for k in self.host_keys]
+        cfg.write_text(sshd_config(self.port, keys, pid, f"LogLevel VERBOSE\n{extra_config}"))
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         self.log = self.workdir / f"sshd-{self.port}.log"
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg), "-E", str(self.log)])
