@@ -11,9 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import paramiko
+from typing import TYPE_CHECKING, Any
 
 from app.core import keys as keymod
 from app.core.catalog import Asset
@@ -31,6 +29,7 @@ from app.core.errors import (
     WizardError,
 )
 from app.core.events import CancelToken, Event, EventSink, ProgressMeter, discard
+from app.core.lazy import LazyModule
 from app.core.netpreview import NetPreview
 from app.core.netpreview import preview as net_preview
 from app.core.preflight import Level, evaluate
@@ -46,6 +45,11 @@ from app.core.ssh import (
     connect,
     key_line,
 )
+
+if TYPE_CHECKING:
+    import paramiko
+else:
+    paramiko = LazyModule("paramiko")
 
 SUCCESS_LINE = "machine will boot into nixos"
 MARKER = ".nixos-kexec-wizard"
@@ -237,7 +241,7 @@ def establish_privilege(
 def choose_transfer(requested: str, facts: Facts, asset: Asset | None) -> tuple[str, str]:
     """``upload`` or ``remote``, with the reason in words."""
     downloader = facts.has("curl") or facts.has("wget")
-    can_check = facts.has("sha256sum")
+    can_check = facts.has("sha256sum") or facts.has("openssl")
     reach = bool(facts.reach_v4 or facts.reach_v6)
     has_digest = asset is not None and asset.digest is not None
     if requested == "upload":
@@ -249,7 +253,7 @@ def choose_transfer(requested: str, facts: Facts, asset: Asset | None) -> tuple[
                 (asset is not None, "the image is a local file"),
                 (downloader, "the server has neither curl nor wget"),
                 (reach, "the server cannot reach the download server"),
-                (can_check, "the server has no sha256sum to check the file"),
+                (can_check, "the server has neither sha256sum nor openssl to check the file"),
             )
             if not ok
         ]
@@ -266,7 +270,7 @@ def choose_transfer(requested: str, facts: Facts, asset: Asset | None) -> tuple[
         return "upload", "no published checksum: the image is checked here, then uploaded"
     if not reach:
         return "upload", "the server cannot reach the download server"
-    return "upload", "the server lacks curl/wget or sha256sum"
+    return "upload", "the server lacks curl/wget or a sha256 tool"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,13 +501,9 @@ class Installer:
     # -- transfer -------------------------------------------------------------------------
 
     def _remote_sha(self, path: str) -> str | None:
-        res = self._run(
-            f"sha256sum {shlex.quote(path)} 2>/dev/null",
-            timeout=max(self.settings.command_timeout, 300),
-            what="sha256sum",
+        return remote_sha256(
+            self.session, path, timeout=max(self.settings.command_timeout, 300), cancel=self.cancel
         )
-        m = re.match(r"^([0-9a-f]{64})\b", res.stdout.strip())
-        return m.group(1) if res.ok and m else None
 
     def stage_transfer(self, mode: str) -> None:
         """Put the tarball on the server (skipped when an identical one is already there)."""
@@ -588,8 +588,8 @@ class Installer:
             if self.plan.transfer != "remote":
                 self._log(
                     "checksum",
-                    "The server has no sha256sum: the image was sent from the verified copy "
-                    "on this computer over SSH, whose own integrity checks protect it.",
+                    "The server has neither sha256sum nor openssl: the image was sent from the "
+                    "verified copy on this computer over SSH, whose integrity checks protect it.",
                     level="warn",
                 )
                 return
@@ -930,6 +930,25 @@ def _diagnosis(lines: list[str], stderr: list[str], keep: int = 8) -> str:
     telling = [ln for ln in dmesg if NOTABLE.search(ln)][-keep:] or dmesg[-keep:]
     parts = [*own, "Kernel log:", *telling] if telling else own
     return "\n".join(parts) or "(no output)"
+
+
+def remote_sha256(
+    session: Session, path: str, *, timeout: float, cancel: CancelToken | None = None
+) -> str | None:
+    """The sha256 of a file on the server, or None if it is missing or nothing can hash it.
+
+    OpenSSL uses the CPU's SHA instructions where coreutils' sha256sum often does not (about
+    7x faster on a recent x86 server), so it goes first; sha256sum is the fallback.
+    """
+    q = shlex.quote(path)
+    res = session.run(
+        f"{{ openssl dgst -sha256 -r {q} || sha256sum {q}; }} 2>/dev/null",
+        timeout=timeout,
+        cancel=cancel,
+        what="sha256 of the image",
+    )
+    m = re.match(r"^([0-9a-f]{64})\b", res.stdout.strip())
+    return m.group(1) if m else None
 
 
 def _ssh_banner(target: Target, port: int, timeout: float) -> tuple[bool, str]:

@@ -13,7 +13,7 @@ from app.core.catalog import machine_to_arch
 MARK = "@@nkw "
 TOOLS = (
     "cpio", "gzip", "tar", "find", "sort", "setsid", "curl", "wget", "sha256sum",
-    "sudo", "doas", "ip", "nohup", "mktemp", "dmesg", "systemd-detect-virt",
+    "openssl", "sudo", "doas", "ip", "nohup", "mktemp", "dmesg", "systemd-detect-virt",
 )  # fmt: skip
 
 # One round trip. Every section starts with a marker line; a failing command leaves its section

@@ -15,9 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import paramiko
+from typing import TYPE_CHECKING, Any
 
 from app.core.errors import (
     AuthError,
@@ -30,6 +28,12 @@ from app.core.errors import (
     UsageError,
 )
 from app.core.events import CancelToken, EventSink, ProgressMeter, discard
+from app.core.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import paramiko
+else:
+    paramiko = LazyModule("paramiko")
 
 # Channel windows larger than the default 2 MiB keep a fast link busy during uploads.
 WINDOW_SIZE = 64 * 1024 * 1024
@@ -567,8 +571,10 @@ class Session:
         deadline = time.monotonic() + timeout
         try:
             chan.exec_command(cmd)
+            buf = bytearray(UPLOAD_CHUNK)
             with local.open("rb", buffering=0) as f:
-                while chunk := f.read(UPLOAD_CHUNK):
+                while n := f.readinto(buf):
+                    chunk = memoryview(buf)[:n]
                     if cancel is not None and cancel.cancelled:
                         raise Cancelled()
                     if time.monotonic() > deadline:
@@ -580,8 +586,8 @@ class Session:
                         )
                     if digest:
                         h.update(chunk)
-                    chan.sendall(chunk)
-                    meter.advance(len(chunk))
+                    _send_all(chan, chunk)
+                    meter.advance(n)
             chan.shutdown_write()
             res = self._collect(chan, max(deadline - time.monotonic(), 30), None, cancel, "upload")
         except (OSError, EOFError, paramiko.SSHException) as exc:
@@ -603,6 +609,15 @@ class Session:
                 "Free space on the server or choose another staging folder.",
             )
         return h.hexdigest() if digest else None
+
+
+def _send_all(chan: paramiko.Channel, view: memoryview) -> None:
+    """``Channel.sendall`` without its copy of the unsent rest after every packet."""
+    while view:
+        sent = chan.send(view)  # type: ignore[arg-type]  # any buffer works
+        if sent == 0:
+            raise EOFError("the channel closed")
+        view = view[sent:]
 
 
 def _short(command: str) -> str:
