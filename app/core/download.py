@@ -6,23 +6,31 @@ import errno
 import hashlib
 import json
 import os
+import queue
 import tarfile
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
-
-import requests
+from typing import IO, TYPE_CHECKING, Any
 
 from app import __version__
 from app.core.catalog import Asset
 from app.core.errors import Cancelled, DownloadError, IntegrityError
 from app.core.events import CancelToken, Event, EventSink, ProgressMeter, discard
 from app.core.fsutil import atomic_write_text
+from app.core.lazy import LazyModule
 from app.core.settings import Settings
+
+if TYPE_CHECKING:
+    import requests
+    import urllib3.exceptions as urllib3_exceptions
+else:
+    requests = LazyModule("requests")
+    urllib3_exceptions = LazyModule("urllib3.exceptions")
 
 CHUNK = 1024 * 1024
 # Network reads: a cut connection loses the chunk being read, so keep them small.
-NET_CHUNK = 64 * 1024
+NET_CHUNK = 1024 * 1024
 REQUIRED_MEMBERS = ("kexec/run", "kexec/bzImage", "kexec/initrd", "kexec/kexec", "kexec/ip")
 INDEX_VERSION = 1
 
@@ -72,7 +80,9 @@ def check_tarball(path: Path) -> None:
     """
     seen: set[str] = set()
     try:
-        with tarfile.open(path, mode="r:*") as tar:
+        # Stream mode with a large buffer: random access into a gzip file reads it in 8 KiB
+        # steps, which makes this check 2.5x slower on a 1 GiB tarball.
+        with tarfile.open(path, mode="r|*", bufsize=CHUNK) as tar:
             for m in tar:
                 name = m.name
                 pure = PurePosixPath(name)
@@ -241,6 +251,34 @@ class Downloader:
                 self.cache.add(hit)
             return CachedImage(path, hit, downloaded=False)
 
+        part, info = self.download(
+            asset, channel=channel, arch=arch, variant=variant, emit=emit, cancel=cancel
+        )
+        try:
+            check_tarball(part)
+        except IntegrityError:
+            part.unlink(missing_ok=True)
+            raise
+        info = ImageInfo(**{**asdict(info), "tarball_checked": True})
+        path = self.cache.store(part, info)
+        self._meta_path(part).unlink(missing_ok=True)
+        return CachedImage(path, info, downloaded=True)
+
+    def download(
+        self,
+        asset: Asset,
+        *,
+        channel: str = "",
+        arch: str = "",
+        variant: str = "",
+        emit: EventSink = discard,
+        cancel: CancelToken | None = None,
+    ) -> tuple[Path, ImageInfo]:
+        """Download (or resume) into the partial folder, verifying size and sha256 on the fly.
+
+        The tarball's members are not checked yet: :meth:`fetch` does that before storing.
+        """
+        cancel = cancel or CancelToken()
         attempt = 0
         while True:
             try:
@@ -268,15 +306,7 @@ class Downloader:
             digest=asset.digest or "",
             verification=verification,
         )
-        try:
-            check_tarball(part)
-        except IntegrityError:
-            part.unlink(missing_ok=True)
-            raise
-        info = ImageInfo(**{**asdict(info), "tarball_checked": True})
-        path = self.cache.store(part, info)
-        self._meta_path(part).unlink(missing_ok=True)
-        return CachedImage(path, info, downloaded=True)
+        return part, info
 
     def _part_path(self, asset: Asset) -> Path:
         key = hashlib.sha256(f"{asset.url}\n{asset.updated_at}".encode()).hexdigest()[:32]
@@ -363,8 +393,8 @@ class Downloader:
         meter = ProgressMeter(emit, "download", total, start=have)
         size = have
         try:
-            with part.open(mode) as out:
-                size = self._copy(resp, out, h, meter, cancel, size)
+            with part.open(mode) as out, BackgroundHash(h) as bh:
+                size = self._copy(resp, out, bh, meter, cancel, size)
         except Cancelled:
             raise Cancelled(
                 "Download cancelled; the partial file is kept to resume later."
@@ -393,20 +423,22 @@ class Downloader:
         self,
         resp: requests.Response,
         out: IO[bytes],
-        h: Any,
+        h: BackgroundHash,
         meter: ProgressMeter,
         cancel: CancelToken,
         size: int,
     ) -> int:
         try:
-            for chunk in resp.iter_content(NET_CHUNK):
+            # read1: whatever has arrived, up to NET_CHUNK, so a cut connection keeps every
+            # byte received (iter_content drops the chunk it was filling).
+            while chunk := resp.raw.read1(NET_CHUNK, decode_content=True):
                 if cancel.cancelled:
                     raise Cancelled()
                 out.write(chunk)
                 h.update(chunk)
                 size += len(chunk)
                 meter.advance(len(chunk))
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3_exceptions.HTTPError) as exc:
             out.flush()
             if cancel.cancelled:
                 raise Cancelled() from exc
@@ -468,6 +500,36 @@ def local_image(path: Path, cache: ImageCache) -> CachedImage:
         tarball_checked=True,
     )
     return CachedImage(p, info, downloaded=False)
+
+
+class BackgroundHash:
+    """Feeds a hash on its own thread, so hashing overlaps network reads and disk writes.
+
+    hashlib releases the GIL for large updates, so on two cores a download runs at the speed
+    of the slower of the two instead of their sum. ``update`` keeps the chunk (bytes, never a
+    reused buffer); leaving the ``with`` block waits for the hash to catch up.
+    """
+
+    def __init__(self, h: Any, depth: int = 16) -> None:
+        self._h = h
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._work, name="sha256", daemon=True)
+
+    def __enter__(self) -> BackgroundHash:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._q.put(None)
+        self._thread.join()
+
+    def update(self, chunk: bytes) -> None:
+        """Queue ``chunk`` for hashing (blocks while the hash is ``depth`` chunks behind)."""
+        self._q.put(chunk)
+
+    def _work(self) -> None:
+        while (chunk := self._q.get()) is not None:
+            self._h.update(chunk)
 
 
 class _Retryable(Exception):
