@@ -8,14 +8,18 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from app import __version__
 from app.core.errors import DownloadError
 from app.core.fsutil import atomic_write_text
+from app.core.lazy import LazyModule
 from app.core.settings import Settings
+
+if TYPE_CHECKING:
+    import requests
+else:
+    requests = LazyModule("requests")
 
 ARCHES = ("x86_64", "aarch64")
 VARIANTS = ("noninteractive", "full")

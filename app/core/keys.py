@@ -5,12 +5,19 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-
-import paramiko
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING
 
 from app.core.fsutil import atomic_write_bytes
+from app.core.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import paramiko
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+else:
+    paramiko = LazyModule("paramiko")
+    serialization = LazyModule("cryptography.hazmat.primitives.serialization")
+    ed25519 = LazyModule("cryptography.hazmat.primitives.asymmetric.ed25519")
 
 
 def slug(name: str) -> str:
@@ -27,7 +34,7 @@ def key_path(keys_dir: Path, name: str) -> Path:
 def load_or_create(path: Path, comment: str) -> tuple[paramiko.PKey, str]:
     """The key at ``path`` (created, mode 0600, if missing) and its ``authorized_keys`` line."""
     if not path.exists():
-        priv = Ed25519PrivateKey.generate()
+        priv = ed25519.Ed25519PrivateKey.generate()
         pem = priv.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,

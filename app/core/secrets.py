@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-
-import keyring
-import keyring.errors
+from typing import TYPE_CHECKING
 
 from app import APP_NAME
+from app.core.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import keyring
+    import keyring.errors as keyring_errors
+else:
+    keyring = LazyModule("keyring")
+    keyring_errors = LazyModule("keyring.errors")
 
 SERVICE = APP_NAME
 
@@ -49,7 +55,7 @@ class SecretStore:
             return None
         try:
             value = keyring.get_password(self.service, key)
-        except keyring.errors.KeyringError:
+        except keyring_errors.KeyringError:
             return None
         return value
 
@@ -59,7 +65,7 @@ class SecretStore:
             return False
         try:
             keyring.set_password(self.service, key, secret)
-        except keyring.errors.KeyringError:
+        except keyring_errors.KeyringError:
             return False
         return True
 
@@ -67,7 +73,7 @@ class SecretStore:
         """Forget a secret (no error when there was none)."""
         if not self.available:
             return
-        with contextlib.suppress(keyring.errors.KeyringError):
+        with contextlib.suppress(keyring_errors.KeyringError):
             keyring.delete_password(self.service, key)
 
 

@@ -61,9 +61,6 @@ class ConnectPage(BasePage):
 
         self.address = QLineEdit(self)
         self.address.setPlaceholderText("host name, IP address or ~/.ssh/config alias")
-        hosts = ssh_config_hosts(load_ssh_config())
-        if hosts:
-            self.address.setCompleter(QCompleter(hosts, self))
         self.port = QSpinBox(self)
         self.port.setRange(1, 65535)
         self.port.setValue(22)
@@ -86,14 +83,7 @@ class ConnectPage(BasePage):
         self.password = QLineEdit(self)
         self.password.setEchoMode(QLineEdit.EchoMode.Password)
         self.remember = QCheckBox(self)
-        if ctx.secrets.available:
-            self.remember.setText(f"Remember the password in {ctx.secrets.where()}")
-        else:
-            self.remember.setText(
-                "The password cannot be remembered: no system keyring is available, "
-                "so you will be asked each time"
-            )
-            self.remember.setEnabled(False)
+        self._looked_around = False  # ~/.ssh/config and the keyring: read when first shown
         self.profile_name = QLineEdit(self)
         self.profile_name.setPlaceholderText("the host name")
         names = {
@@ -148,7 +138,24 @@ class ConnectPage(BasePage):
 
     # -- filling in ---------------------------------------------------------------------
 
+    def _look_around(self) -> None:
+        """Read ~/.ssh/config and find the keyring, once: not at start-up, which they slow."""
+        self._looked_around = True
+        hosts = ssh_config_hosts(load_ssh_config())
+        if hosts:
+            self.address.setCompleter(QCompleter(hosts, self))
+        if self.ctx.secrets.available:
+            self.remember.setText(f"Remember the password in {self.ctx.secrets.where()}")
+        else:
+            self.remember.setText(
+                "The password cannot be remembered: no system keyring is available, "
+                "so you will be asked each time"
+            )
+            self.remember.setEnabled(False)
+
     def initializePage(self) -> None:
+        if not self._looked_around:
+            self._look_around()
         p = self.flow.profile
         name = p.name if p else None
         if name == self._loaded_profile and (p is None or self.address.text()):
