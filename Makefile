@@ -42,7 +42,7 @@ screenshots: host-deps $(STAMP)
 	QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1280x1000x24" $(BIN)/python scripts/screenshots.py
 
 bench: host-deps $(STAMP)
-	$(BIN)/python bench/upload.py
+	$(BIN)/python -m bench --write docs/benchmarks.md
 
 lock:
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv

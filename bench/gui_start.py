@@ -15,11 +15,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def once(home: Path) -> tuple[float, float]:
+def once(home: Path, command: list[str]) -> tuple[float, float]:
     env = {**os.environ, "QT_QPA_PLATFORM": os.environ.get("QT_QPA_PLATFORM", "offscreen")}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "--smoke-test", "--home", str(home)],
+        [*command, "--smoke-test", "--home", str(home)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -35,12 +35,20 @@ def once(home: Path) -> tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--rows", action="store_true", help="print just the two medians")
+    ap.add_argument("--exe", help="time this program (e.g. the bundle) instead of python -m app")
     args = ap.parse_args()
+    # An installed app (pip, pipx, the bundle) ships its bytecode; a checkout may not have it yet.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "app")], check=True)
     with tempfile.TemporaryDirectory() as home:
-        once(Path(home))  # warm the page cache, as a second launch would be
-        results = [once(Path(home)) for _ in range(args.runs)]
+        command = [args.exe] if args.exe else [sys.executable, "-m", "app"]
+        once(Path(home), command)  # warm the page cache, as a second launch would be
+        results = [once(Path(home), command) for _ in range(args.runs)]
     starts = [r[0] for r in results]
     rss = [r[1] for r in results]
+    if args.rows:
+        print(f"{statistics.median(starts):.3f} {statistics.median(rss):.0f}")
+        return 0
     print(
         f"GUI start to first window (median of {args.runs}): {statistics.median(starts):.2f} s "
         f"(min {min(starts):.2f}, max {max(starts):.2f}); "

@@ -149,7 +149,7 @@ class Machine:
                     if s.recv(8).startswith(b"SSH-"):
                         return
             except OSError:
-                time.sleep(0.05)
+                time.sleep(0.01)  # fine-grained: the reachability benchmark times from here
         raise RuntimeError(f"the machine did not answer on port {port}")
 
     def processes(self) -> list[int]:
