@@ -6,7 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck pytest e2e host-deps bench screenshots lock clean
+.PHONY: run test check lint typecheck pytest e2e host-deps bench screenshots icons bundle \
+        install-desktop lock clean
 
 run: $(STAMP)
 	$(BIN)/nixos-kexec-wizard $(ARGS)
@@ -38,11 +39,21 @@ e2e: host-deps $(STAMP)
 	$(BIN)/pytest -m vm $(PYTEST_ARGS)
 
 screenshots: host-deps $(STAMP)
-	@bash tests/setup-host.sh screenshots
 	QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1280x1000x24" $(BIN)/python scripts/screenshots.py
 
 bench: host-deps $(STAMP)
 	$(BIN)/python -m bench --write docs/benchmarks.md
+
+icons: $(STAMP)
+	$(BIN)/python scripts/make_icons.py
+
+# A one-dir PyInstaller bundle in dist/ and a Linux tarball with the launcher and install.sh.
+bundle: $(STAMP)
+	PYTHON=$(BIN)/python bash packaging/build-bundle.sh
+
+# The menu entry and icons for a pip/pipx install (the command must be on PATH).
+install-desktop:
+	@sh packaging/install-desktop.sh
 
 lock:
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
