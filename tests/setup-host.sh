@@ -24,21 +24,26 @@ check kexec /usr/sbin/kexec kexec-tools
 check jq /usr/bin/jq jq
 check dash /usr/bin/dash dash
 check openssl /usr/bin/openssl openssl
+# Packaging checks: the desktop file and metainfo validators, Nix (parse and evaluate only).
+check desktop-file-validate /usr/bin/desktop-file-validate desktop-file-utils
+check appstreamcli /usr/bin/appstreamcli appstream
+check nix-instantiate /usr/bin/nix-instantiate nix-bin
 ldconfig -p | grep -q libfontconfig.so.1 || need+=(libfontconfig1)
 ldconfig -p | grep -q libxkbcommon.so.0 || need+=(libxkbcommon0)
 ldconfig -p | grep -q libglib-2.0.so.0 || need+=(libglib2.0-0)
 fc-list 2>/dev/null | grep -qi dejavu || need+=(fonts-dejavu-core)
-if [ "${1:-}" = screenshots ]; then
-  # A real X server and the xcb platform's libraries, for `make screenshots`.
-  check Xvfb /usr/bin/Xvfb xvfb
-  check xauth /usr/bin/xauth xauth
-  for lib in libxcb-cursor.so.0:libxcb-cursor0 libxkbcommon-x11.so.0:libxkbcommon-x11-0 \
-             libxcb-icccm.so.4:libxcb-icccm4 libxcb-keysyms.so.1:libxcb-keysyms1 \
-             libxcb-shape.so.0:libxcb-shape0 libxcb-render-util.so.0:libxcb-render-util0 \
-             libxcb-image.so.0:libxcb-image0 libxcb-xkb.so.1:libxcb-xkb1; do
-    ldconfig -p | grep -q "${lib%%:*}" || need+=("${lib##*:}")
-  done
-fi
+# A real X server and the xcb platform's libraries: `make screenshots`, and the test that reads
+# the window's WM_CLASS (xwininfo, xprop).
+check Xvfb /usr/bin/Xvfb xvfb
+check xauth /usr/bin/xauth xauth
+check xprop /usr/bin/xprop x11-utils
+check xwininfo /usr/bin/xwininfo x11-utils
+for lib in libxcb-cursor.so.0:libxcb-cursor0 libxkbcommon-x11.so.0:libxkbcommon-x11-0 \
+           libxcb-icccm.so.4:libxcb-icccm4 libxcb-keysyms.so.1:libxcb-keysyms1 \
+           libxcb-shape.so.0:libxcb-shape0 libxcb-render-util.so.0:libxcb-render-util0 \
+           libxcb-image.so.0:libxcb-image0 libxcb-xkb.so.1:libxcb-xkb1; do
+  ldconfig -p | grep -q "${lib%%:*}" || need+=("${lib##*:}")
+done
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -1,0 +1,252 @@
+"""Every way to ship the app, built and started for real: resources, wheel, bundle, Nix."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import venv
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app import APP_ID, APP_NAME, __version__
+from tests.conftest import SSHEnv
+
+ROOT = Path(__file__).resolve().parent.parent
+RES = ROOT / "resources"
+DESKTOP = RES / f"{APP_ID}.desktop"
+METAINFO = RES / f"{APP_ID}.metainfo.xml"
+ICON_SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
+
+
+def _run(*cmd: str | Path, timeout: float = 120, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw
+    )  # type: ignore[call-overload,no-any-return]
+
+
+def _desktop_entry(path: Path) -> dict[str, str]:
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    cp.read(path)
+    return dict(cp["Desktop Entry"])
+
+
+# -- resources ----------------------------------------------------------------------------
+
+
+def test_the_desktop_file_is_valid() -> None:
+    r = _run("desktop-file-validate", DESKTOP)
+    assert r.returncode == 0 and not r.stdout.strip(), r.stdout + r.stderr
+
+
+def test_the_metainfo_is_valid() -> None:
+    r = _run("appstreamcli", "validate", "--no-net", "--explain", METAINFO)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_desktop_file_icon_and_metainfo_name_the_same_app() -> None:
+    entry = _desktop_entry(DESKTOP)
+    assert entry["Icon"] == APP_ID and entry["Exec"] == APP_NAME
+    assert entry["StartupWMClass"] == APP_NAME  # the WM_CLASS class Qt sets from applicationName
+    assert f"<id>{APP_ID}</id>" in METAINFO.read_text()
+    assert f"{APP_ID}.desktop" in METAINFO.read_text()
+    for shot in ("1-servers", "4-inspect", "7-install"):
+        assert (ROOT / "docs" / "screenshots" / f"{shot}.png").exists()
+        assert f"docs/screenshots/{shot}.png" in METAINFO.read_text()
+
+
+def test_icons_are_generated_from_the_one_svg() -> None:
+    source = (ROOT / "app" / "ui" / "assets" / "nixos-kexec-wizard.svg").read_bytes()
+    hicolor = RES / "icons" / "hicolor"
+    assert (hicolor / "scalable" / "apps" / f"{APP_ID}.svg").read_bytes() == source
+    for n in ICON_SIZES:
+        png = (hicolor / f"{n}x{n}" / "apps" / f"{APP_ID}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        assert (width, height) == (n, n)
+
+
+def test_the_window_carries_the_class_the_desktop_file_names(tmp_path: Path) -> None:
+    display = f":{90 + os.getpid() % 9}"
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x1000x24", "-nolisten", "tcp"])
+    env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+    app = None
+    try:
+        time.sleep(0.5)
+        app = subprocess.Popen(
+            [sys.executable, "-m", "app", "--home", str(tmp_path)], cwd=ROOT, env=env
+        )
+        deadline = time.monotonic() + 30
+        wid = None
+        while wid is None and time.monotonic() < deadline:
+            tree = _run("xwininfo", "-root", "-children", env=env).stdout
+            # The top-level window (Qt also maps a 1x1 helper window with the same title).
+            wid = next(
+                (ln.split()[0] for ln in tree.splitlines()
+                 if '"NixOS Kexec Wizard' in ln and '("' in ln),
+                None,
+            )  # fmt: skip
+            time.sleep(0.2)
+        assert wid is not None, "no wizard window appeared within 30 s"
+        wm_class = _run("xprop", "-id", wid, "WM_CLASS", env=env).stdout
+        assert wm_class.split("=", 1)[1].split(",")[1].strip().strip('"') == APP_NAME
+        assert _desktop_entry(DESKTOP)["StartupWMClass"] == APP_NAME
+    finally:
+        if app is not None:
+            app.send_signal(signal.SIGTERM)
+            app.wait(10)
+        xvfb.terminate()
+        xvfb.wait(10)
+
+
+def test_install_desktop_puts_launcher_and_icons_in_the_users_menu(tmp_path: Path) -> None:
+    fake = tmp_path / "bin" / APP_NAME
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "share"), "HOME": str(tmp_path)}
+    env["PATH"] = f"{fake.parent}:{env['PATH']}"
+    r = _run("make", "-s", "install-desktop", cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    installed = tmp_path / "share" / "applications" / f"{APP_ID}.desktop"
+    assert _desktop_entry(installed)["Exec"] == str(fake)
+    assert _run("desktop-file-validate", installed).returncode == 0
+    for n in ICON_SIZES:
+        assert (
+            tmp_path / "share" / "icons" / "hicolor" / f"{n}x{n}" / "apps" / f"{APP_ID}.png"
+        ).exists()
+    r = _run(ROOT / "packaging" / "install-desktop.sh", "--remove", env=env)
+    assert r.returncode == 0 and not installed.exists()
+
+
+def test_install_desktop_without_the_command_says_what_to_do(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "XDG_DATA_HOME": str(tmp_path), "HOME": str(tmp_path)}
+    r = _run(ROOT / "packaging" / "install-desktop.sh", env=env)
+    assert r.returncode == 1 and "pipx install" in r.stderr
+    assert not (tmp_path / "applications").exists()
+
+
+# -- pip / pipx: the wheel in a fresh virtualenv --------------------------------------------
+
+
+def test_the_wheel_installs_into_a_fresh_venv_and_starts(tmp_path: Path) -> None:
+    r = _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+             "-w", tmp_path / "wheels", ROOT, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    wheel = next((tmp_path / "wheels").glob("nixos_kexec_wizard-*.whl"))
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    # Dependencies from the lock (pip's cache has them after the first run), then the wheel.
+    r = _run(py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r",
+             ROOT / "requirements.lock", wheel, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    exe = env_dir / "bin" / APP_NAME
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    r = _run(exe, "--version", env=env, cwd=tmp_path)
+    assert r.stdout.strip() == f"{APP_NAME} {__version__}"
+    r = _run(exe, "--smoke-test", "--home", tmp_path / "home", env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 0 and "wizard shown" in r.stdout, r.stdout + r.stderr
+
+
+# -- the PyInstaller bundle -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Iterator[Path]:
+    """Build the one-dir bundle and tarball once (`make bundle`), unpacked into a temp dir."""
+    r = _run("make", "-s", "bundle", cwd=ROOT, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    tarball = next((ROOT / "dist").glob(f"{APP_NAME}-{__version__}-linux-*.tar.gz"))
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"nkw-bundle-{os.getpid()}"
+    shutil.rmtree(out, ignore_errors=True)
+    with tarfile.open(tarball) as tar:
+        tar.extractall(out, filter="tar")
+    yield next(out.iterdir())
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def test_the_bundle_starts_the_wizard(bundle: Path, tmp_path: Path) -> None:
+    exe = bundle / "app" / APP_NAME
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env["QT_QPA_PLATFORM"] = "offscreen"
+    t0 = time.monotonic()
+    r = _run(exe, "--smoke-test", "--home", tmp_path, env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 0 and "wizard shown" in r.stdout, r.stdout + r.stderr
+    assert time.monotonic() - t0 < 30
+    assert (bundle / "install.sh").exists() and (bundle / "resources" / DESKTOP.name).exists()
+
+
+@pytest.mark.sshd
+def test_the_bundle_probes_a_real_server(bundle: Path, ssh_env: SSHEnv, tmp_path: Path) -> None:
+    """paramiko, cryptography and keyring frozen: a headless probe over real SSH."""
+    exe = bundle / "app" / APP_NAME
+    env = {**os.environ, "NIXOS_KEXEC_WIZARD_HOME": str(tmp_path)}
+    r = _run(exe, "probe", "--json", "--accept-new-host-key", f"nkw-nopw@127.0.0.1:{ssh_env.port}",
+             "-i", ssh_env.key, env=env, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert '"event": "result"' in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert '"privilege": "sudo"' in r.stdout.replace("'", '"')
+    assert "keyring" not in r.stderr.lower()
+
+
+def test_the_bundle_installs_into_the_users_menu(bundle: Path, tmp_path: Path) -> None:
+    env = {
+        **os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "share"),
+        "NKW_PREFIX": str(tmp_path / "opt"), "NKW_BIN": str(tmp_path / "bin"),
+    }  # fmt: skip
+    r = _run(bundle / "install.sh", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    entry = _desktop_entry(tmp_path / "share" / "applications" / DESKTOP.name)
+    assert entry["Exec"] == str(tmp_path / "opt" / APP_NAME / APP_NAME)
+    r = _run(tmp_path / "bin" / APP_NAME, "--version")
+    assert r.stdout.strip() == f"{APP_NAME} {__version__}"
+    assert _run(bundle / "install.sh", "--remove", env=env).returncode == 0
+    assert not (tmp_path / "opt" / APP_NAME).exists()
+
+
+# -- Nix: parse and evaluate what needs no nixpkgs -------------------------------------------
+
+
+def _nix(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NIX_STATE_DIR": "/tmp/nkw-nix-state", "NIX_CONF_DIR": "/tmp/nkw-nix-conf"}
+    return _run("nix-instantiate", *args, env=env)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "flake.nix",
+        "nix/package.nix",
+        "nix/custom-kexec/flake.nix",
+        "nix/custom-kexec/authorized-keys.nix",
+    ],
+)
+def test_nix_files_parse(path: str) -> None:
+    r = _nix("--parse", str(ROOT / path))
+    assert r.returncode == 0, r.stderr
+
+
+def test_nix_expressions_evaluate_as_far_as_they_can_without_nixpkgs() -> None:
+    r = _nix("--eval", "--strict", "--expr", f"""
+      let flake = import {ROOT}/flake.nix;
+          custom = import {ROOT}/nix/custom-kexec/flake.nix;
+      in {{
+        description = flake.description;
+        outputs = builtins.attrNames (builtins.functionArgs flake.outputs);
+        packageArgs = builtins.attrNames (builtins.functionArgs (import {ROOT}/nix/package.nix));
+        customInputs = builtins.attrNames custom.inputs;
+        keys = import {ROOT}/nix/custom-kexec/authorized-keys.nix;
+      }}""")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert 'outputs = [ "nixpkgs" "self" ]' in out
+    assert '"python3Packages"' in out and '"qt6"' in out and '"makeDesktopItem"' in out
+    assert 'customInputs = [ "nixos-images" "nixpkgs" ]' in out and "keys = [ ]" in out
