@@ -473,7 +473,7 @@ class Session:
             ) from exc
         finally:
             unhook()
-            chan.close()
+            _close_quietly(chan)
 
     def _open_channel(self, what: str) -> paramiko.Channel:
         try:
@@ -600,7 +600,7 @@ class Session:
             ) from exc
         finally:
             unhook()
-            chan.close()
+            _close_quietly(chan)
         meter.finish()
         if not res.ok:
             raise RemoteCommandError(
@@ -609,6 +609,12 @@ class Session:
                 "Free space on the server or choose another staging folder.",
             )
         return h.hexdigest() if digest else None
+
+
+def _close_quietly(chan: paramiko.Channel) -> None:
+    """Close a channel; on a dead link that raises, and must not hide the error being raised."""
+    with contextlib.suppress(Exception):
+        chan.close()
 
 
 def _send_all(chan: paramiko.Channel, view: memoryview) -> None:
@@ -642,7 +648,14 @@ def connect(
     jump_session = None
     if target.jump is not None:
         jump_opts = replace(opts, expect_key=None, trust_fingerprint=None)
-        jump_session = connect(target.jump, creds, known_hosts, jump_opts, cancel=cancel)
+        try:
+            jump_session = connect(target.jump, creds, known_hosts, jump_opts, cancel=cancel)
+        except (SSHConnectError, AuthError) as exc:
+            if type(exc) not in (SSHConnectError, AuthError):
+                raise  # a question for the user (passphrase, password): asked as it is
+            raise type(exc)(
+                f"The jump host {target.jump.label} failed: {exc.what}", exc.why, exc.fix
+            ) from exc
     try:
         sock = _open_socket(target, opts.timeout, jump_session, cancel)
         return _handshake(target, sock, creds, known_hosts, opts, jump_session, cancel)
@@ -727,15 +740,18 @@ def _handshake(
         )
         try:
             t.start_client(timeout=opts.timeout)
+            # A server that accepts and never speaks ends the transport without an exception
+            # here; this raises then.
+            key = t.get_remote_server_key()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             if cancel is not None and cancel.cancelled:
                 raise Cancelled() from exc
             raise SSHConnectError(
                 f"The SSH handshake with {target.host} port {target.port} failed.",
-                f"The server does not speak SSH there, or it closed the connection ({exc}).",
+                "The server does not speak SSH there, closed the connection or said nothing "
+                f"within {opts.timeout:g} s ({exc}).",
                 "Check the port; wait a moment if the server is still starting.",
             ) from exc
-        key = t.get_remote_server_key()
         _check_host_key(target, key, known, known_hosts, opts)
         auth_key, kind = _authenticate(t, target, creds, cancel)
         t.set_keepalive(15)
