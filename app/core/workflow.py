@@ -141,7 +141,12 @@ def save_profile(
             stored = secrets.set(password_key(name), creds.password) and stored
         if creds.sudo_password:
             stored = secrets.set(sudo_key(name), creds.sudo_password) and stored
-        if not stored:
+        if not stored and secrets.available:
+            warning = (
+                f"The password was not remembered: {secrets.where()} refused it (it may be "
+                "locked), so you will be asked each time."
+            )
+        elif not stored:
             warning = f"The password was not remembered: {secrets.where()}."
     return profile, warning
 
