@@ -33,6 +33,29 @@ ASSET = "nixos-kexec-installer-noninteractive-x86_64-linux.tar.gz"
 PASSPHRASE = "correct horse battery staple"
 
 
+# Every password and passphrase the tests use; they must never reach a file, a log or an output.
+TEST_SECRETS = ["Nopw-pass-4711", "Pw-secret-0815!", "Plain-pass-42", PASSPHRASE]
+# Secrets a test handed to the app (cli() adds the password variables it passes); per test.
+GIVEN_SECRETS: list[str] = []
+
+
+def assert_no_secret(data: str | bytes, where: str) -> None:
+    """Fail if any known test secret appears in ``data``."""
+    raw = data.encode(errors="replace") if isinstance(data, str) else data
+    for secret in (*TEST_SECRETS, *GIVEN_SECRETS):
+        assert secret.encode() not in raw, f"a test secret appears in {where}"
+
+
+@pytest.fixture(autouse=True)
+def no_secret_on_disk(tmp_path: Path) -> Iterator[None]:
+    """After each test, every file it left (profiles, logs, keys, settings) is free of secrets."""
+    GIVEN_SECRETS.clear()
+    yield
+    for f in tmp_path.rglob("*"):
+        if f.is_file() and not f.is_symlink() and f.stat().st_size < 20 << 20:
+            assert_no_secret(f.read_bytes(), str(f.relative_to(tmp_path)))
+
+
 class MemoryKeyring(keyring.backend.KeyringBackend):
     """A keyring that lives in memory: a headless machine has no real one."""
 

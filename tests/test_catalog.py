@@ -63,12 +63,14 @@ def test_assets_keep_size_date_and_digest_and_urls_follow_the_download_setting()
         "not a dict",
     ],
 )
+@pytest.mark.fault
 def test_hostile_asset_names_are_dropped(asset: object) -> None:
     rel = parse_releases([{"tag_name": "nixos-26.05", "assets": [asset]}], S)[0]
     assert rel.assets == {}
 
 
 @pytest.mark.parametrize("size", [0, -5, 10**13, "100", True, None])
+@pytest.mark.fault
 def test_absurd_sizes_become_unknown(size: object) -> None:
     rel = parse_releases(
         [{"tag_name": "nixos-26.05", "assets": [{"name": ASSET, "size": size}]}], S
@@ -77,6 +79,7 @@ def test_absurd_sizes_become_unknown(size: object) -> None:
 
 
 @pytest.mark.parametrize("digest", ["md5:abc", "sha256:xyz", "sha256:" + "a" * 63, 7, None])
+@pytest.mark.fault
 def test_bad_digests_are_ignored(digest: object) -> None:
     rel = parse_releases(
         [{"tag_name": "nixos-26.05", "assets": [{"name": ASSET, "size": 5, "digest": digest}]}], S
@@ -85,6 +88,7 @@ def test_bad_digests_are_ignored(digest: object) -> None:
     assert "NO CHECKSUM" in rel.assets[ASSET].checksum_note
 
 
+@pytest.mark.fault
 def test_malformed_answers_raise_value_error() -> None:
     with pytest.raises(ValueError):
         parse_releases({"message": "Not Found"}, S)
@@ -131,6 +135,7 @@ def test_a_stale_cache_is_revalidated_with_its_etag(
     assert second.headers.get("If-None-Match", "").startswith('"')
 
 
+@pytest.mark.fault
 def test_rate_limit_falls_back_to_the_saved_answer(
     releases: ReleasesServer, settings: Settings, tmp_path: Path
 ) -> None:
@@ -143,6 +148,7 @@ def test_rate_limit_falls_back_to_the_saved_answer(
     assert cat.source == "cache" and "rate limit" in cat.note and cat.has_checksums
 
 
+@pytest.mark.fault
 def test_malformed_json_without_a_cache_falls_back_to_the_builtin_list(
     releases: ReleasesServer, settings: Settings, tmp_path: Path
 ) -> None:

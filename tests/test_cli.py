@@ -14,7 +14,7 @@ import pytest
 
 from app.core.profiles import Profile, ProfileStore
 from app.core.workflow import terminal_command
-from tests.conftest import ASSET, SSHEnv
+from tests.conftest import ASSET, GIVEN_SECRETS, SSHEnv, assert_no_secret
 from tests.support.releases import ReleasesServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,10 +39,12 @@ class Run:
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Run:
     full_env = {**os.environ, **(env or {})}
+    GIVEN_SECRETS.extend(v for k, v in (env or {}).items() if "PASS" in k or k.endswith("PW"))
     p = subprocess.run(
         [sys.executable, "-m", "app", *args],
         cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )  # fmt: skip
+    assert_no_secret(p.stdout + p.stderr, f"the output of `{' '.join(args[:2])}`")
     return Run(p.returncode, p.stdout, p.stderr)
 
 
@@ -110,6 +112,7 @@ def _ssh_args(env: SSHEnv, user: str = "nkw-nopw") -> list[str]:
 
 
 @pytest.mark.sshd
+@pytest.mark.fault
 def test_probe_refuses_an_unknown_host_key_until_accepted(
     ssh_env: SSHEnv, urls: dict[str, str]
 ) -> None:
@@ -138,6 +141,7 @@ def test_probe_refuses_an_unknown_host_key_until_accepted(
 
 
 @pytest.mark.sshd
+@pytest.mark.fault
 def test_wrong_password_is_an_auth_error_and_never_echoed(
     ssh_env: SSHEnv, urls: dict[str, str], trusted: Path
 ) -> None:
@@ -172,6 +176,7 @@ def test_missing_password_variable_is_a_usage_error(ssh_env: SSHEnv, trusted: Pa
 
 
 @pytest.mark.sshd
+@pytest.mark.fault
 def test_install_refuses_without_confirmation_and_changes_nothing(
     ssh_env: SSHEnv, urls: dict[str, str], trusted: Path
 ) -> None:

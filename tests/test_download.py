@@ -71,6 +71,7 @@ def test_a_rebuilt_asset_is_downloaded_again(
     assert len(releases.downloads(ASSET)) == 2
 
 
+@pytest.mark.fault
 def test_a_cut_connection_is_resumed_with_a_range_request(
     releases: ReleasesServer, settings: Settings, tmp_path: Path
 ) -> None:
@@ -84,6 +85,7 @@ def test_a_cut_connection_is_resumed_with_a_range_request(
     assert 0 < offset <= 100_000 and second.headers["If-Range"].startswith('"')
 
 
+@pytest.mark.fault
 def test_a_partial_file_survives_a_failed_run_and_is_resumed_by_the_next(
     releases: ReleasesServer, settings: Settings, tmp_path: Path
 ) -> None:
@@ -100,6 +102,7 @@ def test_a_partial_file_survives_a_failed_run_and_is_resumed_by_the_next(
     assert not list((tmp_path / "images" / "partial").glob("*.part"))
 
 
+@pytest.mark.fault
 def test_a_wrong_digest_deletes_the_file_and_caches_nothing(
     releases: ReleasesServer, settings: Settings, tmp_path: Path
 ) -> None:
@@ -121,6 +124,7 @@ def test_without_a_digest_only_the_size_is_checked_and_said_so(
         _dl(settings, tmp_path).fetch(wrong_size)
 
 
+@pytest.mark.fault
 def test_404_is_a_clear_error(releases: ReleasesServer, settings: Settings, tmp_path: Path) -> None:
     asset = Asset("nope.tar.gz", releases.url(TAG, "nope.tar.gz"))
     with pytest.raises(DownloadError) as ei:
@@ -129,6 +133,7 @@ def test_404_is_a_clear_error(releases: ReleasesServer, settings: Settings, tmp_
     assert len(releases.downloads("nope.tar.gz")) == 1  # a 404 is not retried
 
 
+@pytest.mark.fault
 def test_server_errors_are_retried_with_backoff(
     releases: ReleasesServer, settings: Settings, tmp_path: Path
 ) -> None:
@@ -143,6 +148,7 @@ def test_server_errors_are_retried_with_backoff(
     assert "HTTP 500" in ei.value.what
 
 
+@pytest.mark.fault
 def test_a_stalled_server_trips_the_read_timeout_and_is_retried(
     releases: ReleasesServer, settings: Settings, tmp_path: Path
 ) -> None:
@@ -160,6 +166,7 @@ def test_redirects_are_followed(
     assert img.path.read_bytes() == releases.files[f"{TAG}/{ASSET}"]
 
 
+@pytest.mark.fault
 def test_plain_http_is_refused_unless_allowed(
     releases: ReleasesServer, settings: Settings, tmp_path: Path
 ) -> None:
@@ -168,6 +175,7 @@ def test_plain_http_is_refused_unless_allowed(
     assert releases.downloads(ASSET) == []
 
 
+@pytest.mark.fault
 def test_cancel_keeps_the_partial_file(
     releases: ReleasesServer, settings: Settings, tmp_path: Path
 ) -> None:
@@ -230,6 +238,7 @@ def test_the_standin_tarball_passes(tmp_path: Path) -> None:
         (_link("kexec/hard", "etc/passwd", sym=False), "links outside"),
     ],
 )
+@pytest.mark.fault
 def test_hostile_members_are_refused(tmp_path: Path, extra: tarfile.TarInfo, reason: str) -> None:
     path = _tar(tmp_path / "bad.tar.gz", [*map(_file, GOOD), extra])
     with pytest.raises(IntegrityError) as ei:
@@ -237,6 +246,7 @@ def test_hostile_members_are_refused(tmp_path: Path, extra: tarfile.TarInfo, rea
     assert reason in ei.value.what
 
 
+@pytest.mark.fault
 def test_a_device_member_is_refused(tmp_path: Path) -> None:
     dev = tarfile.TarInfo("kexec/null")
     dev.type = tarfile.CHRTYPE
@@ -250,6 +260,7 @@ def test_links_inside_the_folder_are_fine(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.fault
 def test_missing_members_are_named(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError) as ei:
         check_tarball(
@@ -258,6 +269,7 @@ def test_missing_members_are_named(tmp_path: Path) -> None:
     assert "lacks kexec/run" in ei.value.what
 
 
+@pytest.mark.fault
 def test_garbage_is_not_a_tarball(tmp_path: Path) -> None:
     p = tmp_path / "junk.tar.gz"
     p.write_bytes(b"\x1f\x8b" + b"junk" * 100)

@@ -217,6 +217,7 @@ def test_a_stop_verdict_blocks_next_without_override(
     assert inspect.checklist.rows[0].objectName() == "verdict-container"  # the stop comes first
 
 
+@pytest.mark.fault
 def test_wrong_password_keeps_next_disabled(
     qtbot: QtBot, wizard: KexecWizard, ssh_env: SSHEnv, trusted: Path
 ) -> None:
@@ -237,6 +238,7 @@ def test_wrong_password_keeps_next_disabled(
     assert "Wrong-Secret-1" not in log and ssh_env.plain.password not in log
 
 
+@pytest.mark.fault
 def test_cancel_during_the_upload_leaves_the_server_as_it_was(
     qtbot: QtBot,
     wizard: KexecWizard,
@@ -324,6 +326,7 @@ def test_stop_waiting_after_the_kexec_then_wait_again(
     assert w.ctx.profiles.load()["127.0.0.1"].state == "installer"
 
 
+@pytest.mark.fault
 def test_stopping_a_download_on_the_image_page(
     qtbot: QtBot,
     wizard: KexecWizard,
@@ -351,6 +354,7 @@ def test_stopping_a_download_on_the_image_page(
     assert w.button(NEXT).isEnabled()
 
 
+@pytest.mark.fault
 def test_closing_while_connecting_asks_cancels_and_waits(qtbot: QtBot, wizard: KexecWizard) -> None:
     import socket
 

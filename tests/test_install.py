@@ -16,6 +16,7 @@ from app.core.download import Downloader, ImageCache
 from app.core.errors import Cancelled, ExitCode, TransferError
 from app.core.events import CancelToken, Event
 from app.core.install import (
+    DEFAULT_STAGING,
     Installer,
     InstallerKeyChanged,
     InstallPlan,
@@ -68,6 +69,7 @@ def make_rig(
     asset: Asset | None = None,
     port: int | None = None,
     cancel: CancelToken | None = None,
+    staging: str = DEFAULT_STAGING,
 ) -> Rig:
     creds = (
         Credentials(method="password", password=password) if password else Credentials(method="key")
@@ -75,7 +77,7 @@ def make_rig(
     ids = () if password else (str(env.key),)
     target = Target("127.0.0.1", port or env.port, user, identity_files=ids)
     session = connect(target, creds, _kh(trusted), ConnectOptions(timeout=5))
-    facts = run_probe(session, settings)
+    facts = run_probe(session, settings, staging)
     establish_privilege(session, facts, password, settings)
     catalog = CatalogClient(settings, tmp_path / "releases.json").load()
     asset = asset or catalog.release("nixos-26.05").kexec_asset("noninteractive", "x86_64")  # type: ignore[union-attr]
@@ -83,7 +85,12 @@ def make_rig(
     if transfer == "upload":
         image = Downloader(settings, ImageCache(tmp_path / "images")).fetch(asset)
     plan = InstallPlan(
-        target=target, image=image, asset=asset, transfer=transfer, key_name="test box"
+        target=target,
+        image=image,
+        asset=asset,
+        transfer=transfer,
+        key_name="test box",
+        staging_dir=staging,
     )
     events: list[Event] = []
     inst = Installer(
@@ -119,6 +126,7 @@ def _stage_states(events: list[Event]) -> list[tuple[str, str]]:
     return [(e.stage, e.data["state"]) for e in events if e.type == "stage"]
 
 
+@pytest.mark.fault
 def test_stages_run_kexec_as_root_and_detect_a_server_that_never_goes_down(
     ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
 ) -> None:
@@ -187,6 +195,7 @@ def test_the_server_downloads_the_image_itself_and_checks_its_sha256(
     rig.session.close()
 
 
+@pytest.mark.fault
 def test_a_bad_checksum_on_the_server_stops_and_leaves_the_server_as_it_was(
     ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
 ) -> None:
@@ -205,6 +214,7 @@ def test_a_bad_checksum_on_the_server_stops_and_leaves_the_server_as_it_was(
     rig.session.close()
 
 
+@pytest.mark.fault
 def test_a_refused_kexec_is_its_own_outcome_and_cleans_up(
     ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
 ) -> None:
@@ -221,6 +231,7 @@ def test_a_refused_kexec_is_its_own_outcome_and_cleans_up(
     rig.session.close()
 
 
+@pytest.mark.fault
 def test_cancel_during_the_upload_removes_the_partial_file(
     ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
 ) -> None:
@@ -267,6 +278,7 @@ def _port22_free() -> bool:
         return s.connect_ex(("127.0.0.1", 22)) != 0
 
 
+@pytest.mark.fault
 def test_nothing_answering_ends_in_never_came_back_at_the_deadline(
     ssh_env: SSHEnv,
     own_sshd: SSHServer,
@@ -294,6 +306,7 @@ def test_nothing_answering_ends_in_never_came_back_at_the_deadline(
     rig.session.close()
 
 
+@pytest.mark.fault
 def test_another_host_key_after_the_kexec_stops_without_logging_in(
     ssh_env: SSHEnv,
     own_sshd: SSHServer,
@@ -323,6 +336,7 @@ def test_another_host_key_after_the_kexec_stops_without_logging_in(
         rig.session.close()
 
 
+@pytest.mark.fault
 def test_the_old_system_answering_again_is_told_apart_from_the_installer(
     ssh_env: SSHEnv,
     own_sshd: SSHServer,

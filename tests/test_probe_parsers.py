@@ -81,6 +81,7 @@ def test_the_installer_is_recognised_with_unquoted_and_single_quoted_values() ->
     assert next(i for i in f.interfaces if i.name == "enp1s0").master == "bond0"
 
 
+@pytest.mark.fault
 def test_truncated_output_is_noted_not_fatal() -> None:
     text = load("probe-debian12-kvm.txt")
     f = parse_probe(text[: text.index("@@nkw staging")])
@@ -98,6 +99,7 @@ def test_truncated_output_is_noted_not_fatal() -> None:
         "@@nkw priv\nsudo; rm -rf /\n",
     ],
 )
+@pytest.mark.fault
 def test_garbage_never_raises(text: str) -> None:
     f = parse_probe(text)
     assert f.privilege in ("root", "sudo", "sudo-password", "doas", "none")
@@ -106,6 +108,7 @@ def test_garbage_never_raises(text: str) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=2000))
+@pytest.mark.fault
 def test_fuzzed_output_never_crashes_the_parser(text: str) -> None:
     parse_probe(text)
     parse_probe("@@nkw ip-addr\n" + text + "\n@@nkw ip-route4\n" + text + "\n@@nkw end")
@@ -113,6 +116,7 @@ def test_fuzzed_output_never_crashes_the_parser(text: str) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.text(max_size=80), max_size=20))
+@pytest.mark.fault
 def test_fuzzed_os_release_and_routes(lines: list[str]) -> None:
     parse_os_release(lines)
     parse_routes(lines, "inet")

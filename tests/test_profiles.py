@@ -35,6 +35,7 @@ def test_profiles_round_trip_with_mode_0600(tmp_path: Path) -> None:
         store.get("web 1")
 
 
+@pytest.mark.fault
 def test_a_corrupt_file_is_kept_aside_not_lost(tmp_path: Path) -> None:
     path = tmp_path / "profiles.json"
     path.write_text('{"version": 1, "profiles": [ {broken')
@@ -45,6 +46,7 @@ def test_a_corrupt_file_is_kept_aside_not_lost(tmp_path: Path) -> None:
     assert "kept as" in store.notice and not path.exists()
 
 
+@pytest.mark.fault
 def test_a_file_from_a_newer_version_is_not_misread(tmp_path: Path) -> None:
     path = tmp_path / "profiles.json"
     path.write_text('{"version": 99, "profiles": []}')
@@ -62,6 +64,7 @@ def test_unknown_fields_and_states_are_tolerated(tmp_path: Path) -> None:
     assert ProfileStore(path).load()["a"].state == "unknown"
 
 
+@pytest.mark.fault
 def test_secret_fields_are_refused(tmp_path: Path) -> None:
     store = ProfileStore(tmp_path / "profiles.json")
     with pytest.raises(ValueError, match="password"):
@@ -87,6 +90,7 @@ while True:
 """
 
 
+@pytest.mark.fault
 def test_kill_9_during_saves_always_leaves_a_whole_file(tmp_path: Path) -> None:
     path = tmp_path / "profiles.json"
     ProfileStore(path).save_all({"seed": Profile("seed", "h")})
@@ -115,6 +119,7 @@ def test_secrets_go_to_the_keyring(memory_keyring: MemoryKeyring) -> None:
     assert s.get(password_key("web")) is None
 
 
+@pytest.mark.fault
 def test_no_keyring_is_said_honestly_and_nothing_is_stored() -> None:
     keyring.set_keyring(keyring.backends.fail.Keyring())
     s = SecretStore()
@@ -123,6 +128,7 @@ def test_no_keyring_is_said_honestly_and_nothing_is_stored() -> None:
     s.delete("k")  # no error
 
 
+@pytest.mark.fault
 def test_run_logs_redact_secrets(tmp_path: Path) -> None:
     r = Redactor()
     r.add("Pw-secret-0815!")

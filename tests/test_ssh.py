@@ -67,6 +67,7 @@ def test_key_login_runs_a_command_with_status_and_both_streams(
         assert s.host_key_fingerprint == fingerprint(ssh_env.server.host_key_pub)
 
 
+@pytest.mark.fault
 def test_unknown_host_key_is_reported_with_its_fingerprint_and_trusted_only_on_request(
     ssh_env: SSHEnv, tmp_path: Path
 ) -> None:
@@ -97,6 +98,7 @@ def test_user_known_hosts_is_read_but_never_written(ssh_env: SSHEnv, tmp_path: P
     assert not (tmp_path / "app_kh").exists()
 
 
+@pytest.mark.fault
 def test_changed_host_key_stops_before_any_credential_is_sent(
     ssh_env: SSHEnv, tmp_path: Path
 ) -> None:
@@ -151,6 +153,7 @@ def test_login_through_a_real_ssh_agent(
         agent.wait(5)
 
 
+@pytest.mark.fault
 def test_password_login_and_wrong_password(ssh_env: SSHEnv, trusted: Path) -> None:
     target = Target("127.0.0.1", ssh_env.port, "nkw-plain")
     creds = Credentials(method="password", password=ssh_env.plain.password)
@@ -169,6 +172,7 @@ def test_no_usable_key_asks_for_a_password(ssh_env: SSHEnv, trusted: Path) -> No
         connect(target, Credentials(method="auto"), _kh(trusted))
 
 
+@pytest.mark.fault
 def test_encrypted_key_needs_the_right_passphrase(ssh_env: SSHEnv, trusted: Path) -> None:
     target = _target(ssh_env, key=ssh_env.enc_key)
     path = str(ssh_env.enc_key)
@@ -184,12 +188,14 @@ def test_encrypted_key_needs_the_right_passphrase(ssh_env: SSHEnv, trusted: Path
         assert s.run("true", timeout=5).ok
 
 
+@pytest.mark.fault
 def test_a_key_the_server_does_not_know_is_refused(ssh_env: SSHEnv, trusted: Path) -> None:
     with pytest.raises(AuthError) as ei:
         connect(_target(ssh_env, key=ssh_env.stranger_key), Credentials(method="key"), _kh(trusted))
     assert "none of the keys" in ei.value.what
 
 
+@pytest.mark.fault
 def test_refused_port_is_a_clear_connect_error(tmp_path: Path) -> None:
     kh = KnownHosts(tmp_path / "kh", user_file=tmp_path / "none")
     t0 = time.monotonic()
@@ -217,6 +223,7 @@ def test_output_is_streamed_line_by_line_while_the_command_runs(
     assert last - first > 0.4  # the first line arrived long before the end
 
 
+@pytest.mark.fault
 def test_every_command_has_a_deadline(ssh_env: SSHEnv, trusted: Path) -> None:
     with _connect(ssh_env, trusted) as s:
         t0 = time.monotonic()
@@ -244,6 +251,7 @@ def test_upload_streams_the_file_and_returns_its_sha256(
     dest.unlink()
 
 
+@pytest.mark.fault
 def test_cancel_stops_an_upload_promptly_and_keeps_the_session(
     ssh_env: SSHEnv, trusted: Path, tmp_path: Path
 ) -> None:
@@ -268,6 +276,7 @@ def test_cancel_stops_an_upload_promptly_and_keeps_the_session(
     dest.unlink()
 
 
+@pytest.mark.fault
 def test_close_from_another_thread_unblocks_a_running_command(
     ssh_env: SSHEnv, trusted: Path
 ) -> None:
@@ -328,6 +337,7 @@ def test_sudo_with_password_fed_on_stdin(
         assert ssh_env.pw.password not in r.stdout + r.stderr
 
 
+@pytest.mark.fault
 def test_user_without_sudo_rights_gets_a_privilege_error(
     ssh_env: SSHEnv, trusted: Path, ssettings: Settings
 ) -> None:
@@ -403,6 +413,7 @@ def test_ssh_config_alias_is_honoured(isolated_env: Path) -> None:
         "h\nx",
     ],
 )
+@pytest.mark.fault
 def test_hostile_targets_are_refused(spec: str, isolated_env: Path) -> None:
     with pytest.raises(UsageError):
         parse_target(spec, config=load_ssh_config())

@@ -163,6 +163,7 @@ def test_a_static_address_comes_back_on_the_installer(
     ],
     ids=["kexec-disabled", "too-little-ram", "no-cpio"],
 )
+@pytest.mark.fault
 def test_preflight_stops_before_anything_changes(
     make_vm: Callable[..., VM],
     bed: Path,
@@ -186,6 +187,7 @@ def test_preflight_stops_before_anything_changes(
     assert "nixos-kexec-wizard" not in left  # nothing was put on the server
 
 
+@pytest.mark.fault
 def test_run_that_never_kexecs_is_never_went_down(make_vm: Callable[..., VM], bed: Path) -> None:
     vm = make_vm()
     r = install(
@@ -201,6 +203,7 @@ def test_run_that_never_kexecs_is_never_went_down(make_vm: Callable[..., VM], be
     assert "machine will boot into nixos" in "\n".join(e.get("message", "") for e in r.events)
 
 
+@pytest.mark.fault
 def test_an_installer_without_sshd_never_comes_back(make_vm: Callable[..., VM], bed: Path) -> None:
     vm = make_vm()
     r = install(
@@ -218,6 +221,7 @@ def test_an_installer_without_sshd_never_comes_back(make_vm: Callable[..., VM], 
     assert "nkw: installer ready (nosshd)" in vm.console()
 
 
+@pytest.mark.fault
 def test_an_installer_with_another_host_key_is_refused(
     make_vm: Callable[..., VM], bed: Path
 ) -> None:
