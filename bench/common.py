@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
 import statistics
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,3 +119,13 @@ def random_file(path: Path, size_mb: int) -> Path:
         for _ in range(size_mb):
             f.write(os.urandom(1 << 20))
     return path
+
+
+def main_for(measure: Callable[..., list[Row]], doc: str | None, **defaults: int) -> int:
+    """Command line of one benchmark: an integer option per keyword, then its rows printed."""
+    ap = argparse.ArgumentParser(description=doc)
+    for name, value in defaults.items():
+        ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=value)
+    for row in measure(**vars(ap.parse_args())):
+        print(f"{row.what}: {row.result} (reference: {row.reference}; target {row.target})")
+    return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 from app.core.catalog import Asset
 from app.core.download import Downloader, ImageCache, check_tarball, sha256_file
 from app.core.settings import Settings
-from bench.common import ROOT, Row, mb_s, median, random_file, workdir
+from bench.common import ROOT, Row, main_for, mb_s, median, random_file, workdir
 from tests.support.sshd import free_port
 
 
@@ -103,15 +102,5 @@ def _wait_http(url: str) -> None:
     raise SystemExit(f"the bench HTTP server at {url} did not answer within 10 s")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--size-mb", type=int, default=1024)
-    ap.add_argument("--runs", type=int, default=5)
-    args = ap.parse_args()
-    for row in measure(args.size_mb, args.runs):
-        print(f"{row.what}: {row.result} (reference {row.reference}; target {row.target})")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main_for(measure, __doc__, size_mb=1024, runs=5))

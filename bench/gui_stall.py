@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from typing import Any
 
@@ -10,7 +9,7 @@ from app.core.events import CancelToken, Event, EventSink
 from app.ui.jobs import Job, JobResult, StallProbe
 from app.ui.main import make_app
 from app.ui.widgets import show_progress
-from bench.common import Row, bench_sshd, median, need_root, random_file, workdir
+from bench.common import Row, bench_sshd, main_for, median, need_root, random_file, workdir
 
 
 def measure(size_mb: int = 400, runs: int = 3) -> list[Row]:
@@ -75,15 +74,5 @@ def measure(size_mb: int = 400, runs: int = 3) -> list[Row]:
     ]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--size-mb", type=int, default=400)
-    ap.add_argument("--runs", type=int, default=3)
-    args = ap.parse_args()
-    for row in measure(args.size_mb, args.runs):
-        print(f"{row.what}: {row.result} ({row.reference}; target {row.target})")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main_for(measure, __doc__, size_mb=400, runs=3))

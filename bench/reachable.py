@@ -7,7 +7,6 @@ is from the moment that sshd sends its banner to the app's "the server answers" 
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from app.core.events import Event
 from app.core.install import Installer, InstallPlan, establish_privilege, run_probe
 from app.core.settings import Settings
 from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Target, connect
-from bench.common import Row, median, need_root, workdir
+from bench.common import Row, main_for, median, need_root, workdir
 from tests.support.machine import Machine
 from tests.support.releases import ReleasesServer
 from tests.support.sshd import free_port, keygen
@@ -101,14 +100,5 @@ def _install(
     return probe, reachable[0] - answered
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=int, default=7)
-    args = ap.parse_args()
-    for row in measure(args.runs):
-        print(f"{row.what}: {row.result} (target {row.target})")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main_for(measure, __doc__, runs=7))

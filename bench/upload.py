@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import subprocess
 import time
 
 from app.core.install import remote_sha256
-from bench.common import Row, bench_sshd, mb_s, median, need_root, random_file, workdir
+from bench.common import Row, bench_sshd, main_for, mb_s, median, need_root, random_file, workdir
 
 
 def measure(size_mb: int = 400, runs: int = 5) -> list[Row]:
@@ -52,15 +51,5 @@ def measure(size_mb: int = 400, runs: int = 5) -> list[Row]:
     ]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--size-mb", type=int, default=400)
-    ap.add_argument("--runs", type=int, default=5)
-    args = ap.parse_args()
-    for row in measure(args.size_mb, args.runs):
-        print(f"{row.what}: {row.result} (reference {row.reference}; target {row.target})")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main_for(measure, __doc__, size_mb=400, runs=5))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, Row, median
+from bench.common import ROOT, Row, main_for, median
 from tests.vm.qemu import VM, testbed
 
 TIMEOUTS = ["--down-timeout", "60", "--timeout", "120", "--connect-timeout", "20"]
@@ -64,14 +63,5 @@ def _timed(work: Path, bed: Path, cmd: list[str]) -> float:
         vm.stop()
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=int, default=3)
-    args = ap.parse_args()
-    for row in measure(args.runs):
-        print(f"{row.what}: {row.result} (reference {row.reference}; target {row.target})")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main_for(measure, __doc__, runs=3))
