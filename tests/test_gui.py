@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QMessageBox, QWizard
 from pytestqt.qtbot import QtBot
 
@@ -15,6 +16,7 @@ from app.core.paths import AppPaths
 from app.core.profiles import Profile
 from app.core.settings import Settings
 from app.ui.context import AppContext
+from app.ui.jobs import StallProbe
 from app.ui.pages.base import PageId
 from app.ui.pages.connect import ConnectPage
 from app.ui.pages.done import DonePage
@@ -463,3 +465,17 @@ def test_smoke_test_flag_opens_and_quits(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "wizard shown after" in r.stdout
+
+
+def test_the_stall_probe_sees_a_blocked_gui_thread(qtbot: QtBot) -> None:
+    """The event-loop probe behind bench/gui_stall.py reports a real 150 ms block, not less."""
+    probe = StallProbe(5)
+    probe.start()
+    qtbot.wait(50)
+    QTimer.singleShot(0, lambda: time.sleep(0.15))  # the GUI thread does blocking work
+    qtbot.wait(100)
+    worst = probe.stop()
+    assert 0.14 <= worst < 0.5 and probe.ticks > 5
+    probe.start()
+    qtbot.wait(100)
+    assert probe.stop() < 0.1  # an idle loop shows no such stall
