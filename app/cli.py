@@ -23,7 +23,7 @@ from app.core.catalog import (
     CatalogClient,
     environ_arch,
 )
-from app.core.download import CachedImage, Downloader, ImageCache, local_image
+from app.core.download import CachedImage, Downloader, ImageCache, bundle_note, local_image
 from app.core.errors import (
     Cancelled,
     ConfigError,
@@ -42,6 +42,19 @@ from app.core.install import (
     choose_transfer,
     establish_privilege,
     run_probe,
+)
+from app.core.netboot import (
+    DEFAULT_SERVE_FOR,
+    NetbootServer,
+    NetbootSource,
+    ServedRequest,
+    chain_explanation,
+    chain_url,
+    default_key_files,
+    kexec_source,
+    parse_bind,
+    read_public_keys,
+    release_source,
 )
 from app.core.netpreview import preview as net_preview
 from app.core.paths import AppPaths
@@ -64,6 +77,7 @@ from app.core.ssh import (
     parse_target,
 )
 from app.core.workflow import (
+    bundle_asset,
     channel_asset,
     forget_profile,
     installer_info_from_session,
@@ -73,6 +87,7 @@ from app.core.workflow import (
     raise_first_stop,
     save_profile,
     url_asset,
+    url_kind,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -339,9 +354,22 @@ def cmd_images(ctx: Context) -> int:
                 a = r.kexec_asset(variant, arch)
                 if a is None:
                     continue
-                size = f"{a.size / 1e6:.0f} MB" if a.size else "size unknown"
-                out.write(f"  {variant:15} {arch:8} {size:>12}  {a.checksum_note}\n")
+                out.write(_asset_row(variant, arch, a))
+        for arch in ARCHES:
+            parts = r.netboot(arch)
+            if parts is not None:
+                kernel, initrd, _script = parts
+                size = (kernel.size or 0) + (initrd.size or 0)
+                out.write(_asset_row("netboot", arch, replace(initrd, size=size or None)))
+            bundle = r.bundle_asset(arch)
+            if bundle is not None:
+                out.write(_asset_row("kexec-bundle", arch, bundle) + "    (legacy)\n")
     return 0
+
+
+def _asset_row(label: str, arch: str, a: Asset) -> str:
+    size = f"{a.size / 1e6:.0f} MB" if a.size else "size unknown"
+    return f"  {label:15} {arch:8} {size:>12}  {a.checksum_note}\n"
 
 
 def _resolve_asset(ctx: Context, arch: str | None) -> tuple[Asset | None, dict[str, str]]:
@@ -351,6 +379,9 @@ def _resolve_asset(ctx: Context, arch: str | None) -> tuple[Asset | None, dict[s
         return None, {}
     variant = a.variant or DEFAULT_VARIANT
     chosen_arch = a.arch or arch or environ_arch()
+    if getattr(a, "bundle", False) and not a.image:
+        cat = CatalogClient(ctx.settings, ctx.paths.catalog_cache).load(offline=a.offline)
+        return bundle_asset(cat, a.channel, chosen_arch)
     if a.image:
         return url_asset(a.image, ctx.settings), {
             "channel": "",
@@ -363,6 +394,14 @@ def _resolve_asset(ctx: Context, arch: str | None) -> tuple[Asset | None, dict[s
     return channel_asset(cat, a.channel, variant, chosen_arch)
 
 
+def _image_kind(asset: Asset | None, meta: dict[str, str]) -> str:
+    if meta.get("variant") == "kexec-bundle" or (
+        asset is not None and url_kind(asset.name) == "bundle"
+    ):
+        return "bundle"
+    return "tarball"
+
+
 def _fetch_image(ctx: Context, asset: Asset | None, meta: dict[str, str]) -> CachedImage:
     cache = ImageCache(ctx.paths.images_dir_for(ctx.settings.cache_dir))
     if asset is None:
@@ -372,7 +411,9 @@ def _fetch_image(ctx: Context, asset: Asset | None, meta: dict[str, str]) -> Cac
             f"WARNING: {asset.name} has no published checksum; {asset.checksum_note}.",
             level="warn",
         )
-    return Downloader(ctx.settings, cache).fetch(asset, emit=ctx.report, cancel=ctx.cancel, **meta)
+    return Downloader(ctx.settings, cache).fetch(
+        asset, emit=ctx.report, cancel=ctx.cancel, kind=_image_kind(asset, meta), **meta
+    )
 
 
 def cmd_download(ctx: Context) -> int:
@@ -487,9 +528,13 @@ def cmd_install(ctx: Context) -> int:
         establish_privilege(session, facts, _sudo_password(ctx, facts, creds), ctx.settings)
         mode, reason = choose_transfer(a.transfer, facts, asset)
         image = None
+        kind = _image_kind(asset, meta)
         if mode == "upload":
             image = _fetch_image(ctx, asset, meta)
+            kind = image.info.kind
             ctx.report.info(f"Image: {image.path.name}: {image.verification_note}")
+        if kind == "bundle":
+            ctx.report.info(bundle_note(), level="warn")
         plan = InstallPlan(
             target=target,
             image=image,
@@ -499,6 +544,7 @@ def cmd_install(ctx: Context) -> int:
             installer_port=a.installer_port,
             kexec_extra_flags=a.kexec_extra_flags or "",
             key_name=(a.save_profile or (profile.name if profile else target.host)),
+            kind=kind,
         )
         summary = (
             f"\nAbout to boot the NixOS installer on {target.label} ({facts.os_name}).\n"
@@ -539,6 +585,86 @@ def cmd_install(ctx: Context) -> int:
         return 0
     finally:
         session.close()
+
+
+def cmd_netboot(ctx: Context) -> int:
+    """Show the release's iPXE chain URL, or serve a netboot image from this computer."""
+    a = ctx.args
+    arch = a.arch or environ_arch()
+    if not a.serve:
+        if a.from_kexec:
+            raise UsageError(
+                "--from-kexec needs --serve ADDR:PORT.",
+                "The kexec installer is not published as a netboot image: this computer has to "
+                "serve its kernel and initrd.",
+                "Add --serve, e.g. --serve 192.168.1.10:8080.",
+            )
+        cat = CatalogClient(ctx.settings, ctx.paths.catalog_cache).load(offline=a.offline)
+        channel = a.channel or cat.default_channel()
+        url = chain_url(ctx.settings, channel, arch)
+        release = cat.release(channel)
+        if cat.source != "builtin" and (release is None or release.netboot(arch) is None):
+            ctx.report.info(f"{channel} lists no netboot image for {arch}.", level="warn")
+        ctx.report.info(chain_explanation(url))
+        ctx.report.result(True, "chain-url", url=url, command=f"chain {url}", channel=channel)
+        return 0
+    ctx.start_log("netboot")
+    host, port = parse_bind(a.serve)
+    source = _netboot_source(ctx, arch)
+    server = NetbootServer(source, host, port, a.kernel_args or "", _request_reporter(ctx))
+    server.start()
+    chain = server.chain_url
+    ctx.report.info(
+        f"Serving {source.description} at {server.url} for {a.serve_for:g} s (Ctrl-C stops).",
+        chain_url=chain,
+    )
+    if host in ("0.0.0.0", "::"):
+        chain = chain.replace(server.url.split("//")[1], f"<this computer's address>:{port}")
+    ctx.report.info(f"At the machine's iPXE prompt: chain {chain}")
+    try:
+        ctx.cancel.wait(a.serve_for)
+        outcome = "served"
+    except KeyboardInterrupt:
+        outcome = "stopped"
+    finally:
+        server.stop()
+    ctx.report.info(f"Stopped serving after {len(server.requests)} request(s).")
+    ctx.report.result(True, outcome, requests=len(server.requests), chain_url=server.chain_url)
+    return 0
+
+
+def _netboot_source(ctx: Context, arch: str) -> NetbootSource:
+    a = ctx.args
+    if a.from_kexec:
+        asset, meta = _resolve_asset(ctx, arch)
+        image = _fetch_image(ctx, asset, meta)
+        files = [Path(f).expanduser() for f in a.authorized_keys or []]
+        files = files or default_key_files(Path.home() / ".ssh", ctx.paths.keys_dir)
+        keys = read_public_keys(files)
+        ctx.report.info(
+            f"The installer will accept {len(keys)} key(s) from " + ", ".join(str(f) for f in files)
+        )
+        return kexec_source(image, ctx.paths.netboot_dir, keys)
+    cat = CatalogClient(ctx.settings, ctx.paths.catalog_cache).load(offline=a.offline)
+    channel = a.channel or cat.default_channel()
+    release = cat.release(channel)
+    if release is None:
+        raise UsageError(
+            f"There is no channel {channel!r}.",
+            "Known channels: " + ", ".join(cat.channels()) + ".",
+            "Pick one of them.",
+        )
+    cache = ImageCache(ctx.paths.images_dir_for(ctx.settings.cache_dir))
+    return release_source(
+        Downloader(ctx.settings, cache), release, arch, emit=ctx.report, cancel=ctx.cancel
+    )
+
+
+def _request_reporter(ctx: Context) -> Any:
+    def report(req: ServedRequest) -> None:
+        ctx.report.info(req.line(), request=req.path, status=req.status, sent=req.sent)
+
+    return report
 
 
 def _save_after(
@@ -703,7 +829,7 @@ def _add_ssh(p: argparse.ArgumentParser, target_required: bool = False) -> None:
     )
 
 
-def _add_image(p: argparse.ArgumentParser) -> None:
+def _add_image(p: argparse.ArgumentParser, bundle: bool = True) -> None:
     g = p.add_argument_group("image")
     g.add_argument("--channel", help="nixos-YY.MM or nixos-unstable (default: newest stable)")
     g.add_argument("--arch", choices=ARCHES, help="default: the server's (or this computer's)")
@@ -712,6 +838,13 @@ def _add_image(p: argparse.ArgumentParser) -> None:
         "--image", metavar="PATH|URL", help="a local tarball or a URL instead of a channel"
     )
     g.add_argument("--offline", action="store_true", help="do not ask the releases API")
+    if not bundle:
+        return
+    g.add_argument(
+        "--bundle",
+        action="store_true",
+        help="the channel's legacy kexec-bundle (releases frozen before 2023) instead",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -769,6 +902,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("-y", "--yes", action="store_true", help="confirm the kexec without a prompt")
     s.set_defaults(func=cmd_install)
+
+    s = sub.add_parser(
+        "netboot",
+        help="the release's iPXE chain URL, or serve a netboot image to a machine on the LAN",
+    )
+    _add_common(s)
+    _add_image(s, bundle=False)
+    g = s.add_argument_group("netboot")
+    g.add_argument(
+        "--serve",
+        metavar="ADDR:PORT",
+        help="serve kernel, initrd and an iPXE script from this computer (e.g. 127.0.0.1:8080)",
+    )
+    g.add_argument(
+        "--serve-for",
+        type=float,
+        default=DEFAULT_SERVE_FOR,
+        metavar="S",
+        help=f"stop serving after S seconds (default {DEFAULT_SERVE_FOR:g})",
+    )
+    g.add_argument(
+        "--from-kexec",
+        action="store_true",
+        help="serve the kexec installer with your SSH keys (reachable over SSH, no console)",
+    )
+    g.add_argument(
+        "--authorized-keys",
+        action="append",
+        metavar="FILE",
+        help="public keys for --from-kexec (default: ~/.ssh/*.pub and the app's keys)",
+    )
+    g.add_argument(
+        "--kernel-args", metavar="ARGS", help="extra kernel arguments, e.g. console=ttyS0"
+    )
+    s.set_defaults(func=cmd_netboot)
 
     s = sub.add_parser("reconnect", help="open a terminal on a profile's installer")
     _add_common(s)

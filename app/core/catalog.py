@@ -29,6 +29,9 @@ MAX_ASSET_SIZE = 8 * 1024**3
 CHANNEL_RE = re.compile(r"^nixos-(unstable|(\d{2})\.(\d{2}))$")
 DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
 ASSET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# The self-extracting kexec-bundle of releases frozen before 2023 (nixos-generators' format).
+BUNDLE_RE = re.compile(r"^kexec-bundle-(x86_64|aarch64)(?:-linux)?$")
+BUNDLE_DROPPED = "December 2022"
 # Stable channels known when this version was released, for offline use.
 BUILTIN_STABLE = ("nixos-24.05", "nixos-24.11", "nixos-25.05", "nixos-25.11", "nixos-26.05")
 
@@ -52,6 +55,28 @@ def asset_name(variant: str, arch: str) -> str:
     if variant == "full":
         return f"nixos-kexec-installer-{arch}-linux.tar.gz"
     raise ValueError(f"unknown variant {variant!r}")
+
+
+@dataclass(frozen=True)
+class NetbootNames:
+    """The three release assets of the netboot image for one arch."""
+
+    kernel: str
+    initrd: str
+    script: str
+
+
+def netboot_names(arch: str) -> NetbootNames:
+    """Asset names of the netboot image (the aarch64 kernel name is inferred upstream's way)."""
+    if arch not in ARCHES:
+        raise ValueError(f"unknown arch {arch!r}")
+    kernel = "bzImage-x86_64-linux" if arch == "x86_64" else f"Image-{arch}-linux"
+    return NetbootNames(kernel, f"initrd-{arch}-linux", f"netboot-{arch}-linux.ipxe")
+
+
+def bundle_names(arch: str) -> tuple[str, ...]:
+    """Names the legacy kexec-bundle was published under, newest spelling first."""
+    return (f"kexec-bundle-{arch}-linux", f"kexec-bundle-{arch}")
 
 
 def channel_sort_key(channel: str) -> tuple[int, int]:
@@ -107,6 +132,20 @@ class Release:
     def kexec_asset(self, variant: str, arch: str) -> Asset | None:
         """The kexec tarball for ``variant``/``arch``, if this release has one."""
         return self.assets.get(asset_name(variant, arch))
+
+    def netboot(self, arch: str) -> tuple[Asset, Asset, Asset] | None:
+        """Kernel, initrd and iPXE script of the netboot image, if this release has all three."""
+        n = netboot_names(arch)
+        found = [self.assets.get(name) for name in (n.kernel, n.initrd, n.script)]
+        if any(a is None for a in found):
+            return None
+        kernel, initrd, script = found
+        assert kernel and initrd and script
+        return kernel, initrd, script
+
+    def bundle_asset(self, arch: str) -> Asset | None:
+        """The legacy self-extracting kexec-bundle, on releases frozen before 2023."""
+        return next((self.assets[n] for n in bundle_names(arch) if n in self.assets), None)
 
 
 @dataclass(frozen=True)
@@ -224,6 +263,9 @@ def builtin_catalog(settings: Settings, note: str) -> Catalog:
         for arch in ARCHES:
             for variant in VARIANTS:
                 name = asset_name(variant, arch)
+                assets[name] = Asset(name=name, url=_asset_url(settings, ch, name))
+            n = netboot_names(arch)
+            for name in (n.kernel, n.initrd, n.script):
                 assets[name] = Asset(name=name, url=_asset_url(settings, ch, name))
         releases.append(Release(ch, ch in rebuilt, None, assets))
     return Catalog(tuple(releases), "builtin", note)

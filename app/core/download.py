@@ -1,4 +1,4 @@
-"""Resumable, verified, content-addressed downloads of kexec tarballs, and tarball checks."""
+"""Resumable, verified, content-addressed downloads of release images, and their content checks."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import os
 import queue
 import tarfile
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
 from app import __version__
-from app.core.catalog import Asset
+from app.core.catalog import BUNDLE_DROPPED, Asset
 from app.core.errors import Cancelled, DownloadError, IntegrityError
 from app.core.events import CancelToken, Event, EventSink, ProgressMeter, discard
 from app.core.fsutil import atomic_write_text
@@ -49,7 +50,8 @@ class ImageInfo:
     updated_at: str = ""
     digest: str = ""  # the API digest it was checked against ("" = none was available)
     verification: str = "digest"  # "digest", "size", "none" or "local"
-    tarball_checked: bool = False
+    tarball_checked: bool = False  # its content check passed (the tar layout, for a tarball)
+    kind: str = "tarball"  # "tarball", "bundle" (legacy kexec-bundle) or "file" (netboot parts)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,47 @@ class CachedImage:
             "none": "NOT VERIFIED: no checksum or size was published",
             "local": "a local file you chose: its integrity is up to you",
         }[self.info.verification]
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+BUNDLE_HINT = b"kexec"  # every self-extracting kexec-bundle names the tool it runs
+BUNDLE_MAX_HEADER = 64 * 1024
+
+
+def image_kind(path: Path) -> str:
+    """What a file the user picked looks like: "tarball", "bundle" or "unknown"."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(BUNDLE_MAX_HEADER)
+    except OSError:
+        return "unknown"
+    if head.startswith(GZIP_MAGIC):
+        return "tarball"
+    if head.startswith(b"#!") and BUNDLE_HINT in head:
+        return "bundle"
+    return "unknown"
+
+
+def check_bundle(path: Path) -> None:
+    """Refuse a file that is not a self-extracting kexec-bundle (a shell script naming kexec)."""
+    if image_kind(path) != "bundle":
+        raise IntegrityError(
+            f"{path.name} is not a kexec-bundle: it does not start as a shell script that runs "
+            "kexec.",
+            "A legacy kexec-bundle is a self-extracting script; anything else would be run as "
+            "root on the server without being what you chose.",
+            "Choose the kexec-bundle file of a release frozen before 2023, or a kexec tarball.",
+        )
+
+
+def bundle_note() -> str:
+    """Why a kexec-bundle is the second choice, in words for the user."""
+    return (
+        f"This is the legacy kexec-bundle, which nixos-images dropped in {BUNDLE_DROPPED} in "
+        "favour of the kexec tarball. It boots NixOS by kexec too, but it cannot carry the "
+        "server's SSH host keys or network settings: the booted system has a new host key, "
+        "takes its address by DHCP, and only accepts the SSH keys the bundle was built with."
+    )
 
 
 def check_tarball(path: Path) -> None:
@@ -237,17 +280,23 @@ class Downloader:
         variant: str = "",
         emit: EventSink = discard,
         cancel: CancelToken | None = None,
+        kind: str = "tarball",
     ) -> CachedImage:
-        """Return the asset from the cache, downloading (or resuming) it if needed."""
+        """Return the asset from the cache, downloading (or resuming) it if needed.
+
+        ``kind`` picks the content check: the tar layout for a "tarball", the script header
+        for a "bundle", none for a "file" (netboot kernels and initrds: size and sha256 only).
+        """
         cancel = cancel or CancelToken()
+        check = CONTENT_CHECKS[kind]
         self.settings.check_url(asset.url, "image URL")
         hit = self.cache.find(asset)
         if hit is not None:
             emit(Event("log", "download", f"{asset.name} is already cached; nothing to download"))
             path = self.cache.blob_path(hit.sha256)
-            if not hit.tarball_checked:
-                check_tarball(path)
-                hit = ImageInfo(**{**asdict(hit), "tarball_checked": True})
+            if not hit.tarball_checked or hit.kind != kind:
+                check(path)
+                hit = ImageInfo(**{**asdict(hit), "tarball_checked": True, "kind": kind})
                 self.cache.add(hit)
             return CachedImage(path, hit, downloaded=False)
 
@@ -255,11 +304,11 @@ class Downloader:
             asset, channel=channel, arch=arch, variant=variant, emit=emit, cancel=cancel
         )
         try:
-            check_tarball(part)
+            check(part)
         except IntegrityError:
             part.unlink(missing_ok=True)
             raise
-        info = ImageInfo(**{**asdict(info), "tarball_checked": True})
+        info = ImageInfo(**{**asdict(info), "tarball_checked": True, "kind": kind})
         path = self.cache.store(part, info)
         self._meta_path(part).unlink(missing_ok=True)
         return CachedImage(path, info, downloaded=True)
@@ -481,15 +530,17 @@ class Downloader:
 
 
 def local_image(path: Path, cache: ImageCache) -> CachedImage:
-    """A tarball the user picked: checked for layout and hashed, never moved or copied."""
+    """A tarball or kexec-bundle the user picked: checked and hashed, never moved or copied."""
     p = path.expanduser().absolute()
     if not p.is_file():
         raise IntegrityError(
             f"{p} does not exist or is not a file.",
-            "The image to boot must be a kexec installer tarball on this computer.",
+            "The image to boot must be a kexec installer tarball (or a legacy kexec-bundle) "
+            "on this computer.",
             "Check the path, or pick a channel instead.",
         )
-    check_tarball(p)
+    kind = "bundle" if image_kind(p) == "bundle" else "tarball"
+    CONTENT_CHECKS[kind](p)
     st = p.stat()
     info = ImageInfo(
         sha256=sha256_file(p),
@@ -498,8 +549,16 @@ def local_image(path: Path, cache: ImageCache) -> CachedImage:
         url=p.as_uri(),
         verification="local",
         tarball_checked=True,
+        kind=kind,
     )
     return CachedImage(p, info, downloaded=False)
+
+
+CONTENT_CHECKS: dict[str, Callable[[Path], None]] = {
+    "tarball": check_tarball,
+    "bundle": check_bundle,
+    "file": lambda _path: None,
+}
 
 
 class BackgroundHash:

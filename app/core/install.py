@@ -112,6 +112,12 @@ class InstallPlan:
     installer_port: int | None = None
     kexec_extra_flags: str = ""
     key_name: str = "default"  # names the generated key, usually the profile name
+    kind: str = "tarball"  # "tarball", or "bundle" for a legacy self-extracting kexec-bundle
+
+    @property
+    def bundle(self) -> bool:
+        """True for a legacy kexec-bundle, which is executed instead of unpacked."""
+        return self.kind == "bundle"
 
     @property
     def sha256(self) -> str | None:
@@ -404,7 +410,7 @@ class Installer:
             return self.stage_verify(session, self.facts.boot_id)
 
     def _image_arch(self) -> str | None:
-        m = re.search(r"-(x86_64|aarch64)-linux", self.plan.file_name)
+        m = re.search(r"-(x86_64|aarch64)(?:-linux|$)", self.plan.file_name)
         return m.group(1) if m else None
 
     def _image_size(self) -> int | None:
@@ -442,6 +448,15 @@ class Installer:
 
     def stage_key(self) -> None:
         """Make sure the installer will accept a key we hold; install our own if needed."""
+        if self.plan.bundle:
+            # A bundle boots with the keys it was built with; nothing on the server is carried.
+            self._log(
+                "key",
+                "A kexec-bundle carries only the SSH keys it was built with; after the reboot "
+                "the wizard logs in with your keys and agent.",
+            )
+            self.installer_creds = replace(self.creds, password=None)
+            return
         files, own_file = self._carried_files()
         blobs = self._carried_blobs(files)
         auth_key = self.session.auth_key
@@ -608,6 +623,15 @@ class Installer:
     def stage_unpack(self) -> None:
         """Unpack into <staging>/kexec as the login user, setting aside a folder we did not make."""
         q = shlex.quote
+        if self.plan.bundle:
+            res = self._run(f"chmod 755 {q(self.remote_tarball)}", what="chmod")
+            if not res.ok:
+                raise TransferError(
+                    f"The kexec-bundle cannot be made executable: {res.stderr.strip()[:300]}",
+                    "It runs as a program on the server.",
+                    "Choose a staging folder you own (--staging-dir).",
+                )
+            return
         d = q(self.staging)
         # A previous run of `run` (as root) leaves root-owned files in our kexec/ folder.
         self._run(
@@ -632,6 +656,9 @@ class Installer:
 
     def stage_run(self) -> None:
         """Run ``kexec/run`` as root under setsid; require its success line."""
+        if self.plan.bundle:
+            self.stage_run_bundle()
+            return
         run = shlex.quote(f"{self.staging.rstrip('/')}/kexec/run")
         args = ""
         if self.plan.kexec_extra_flags:
@@ -694,6 +721,70 @@ class Installer:
             f"kexec/run failed (exit status {res.status}) without the success line.",
             f"Its last output:\n{tail}",
             "Read the output above; the server was not rebooted.",
+        )
+
+    def stage_run_bundle(self) -> None:
+        """Start the kexec-bundle detached, as root, and follow its log until the server goes.
+
+        A bundle unpacks itself and kexecs at once (or asks systemd to), so unlike ``run`` it
+        never returns on success: its exit status in the log means it failed.
+        """
+        q = shlex.quote
+        log = f"{self.staging.rstrip('/')}/kexec-bundle.log"
+        setsid = "setsid " if self.facts.has("setsid") else ""
+        wrapper = q('"$0"; echo "nkw-exit $?"')
+        start = (
+            f"cd {q(self.staging)} && rm -f {q(log)} && "
+            f"{{ nohup {setsid}sh -c {wrapper} "
+            f"{q(self.remote_tarball)} </dev/null >{q(log)} 2>&1 & }}"
+        )
+        self.point_of_no_return = True
+        self.emit(
+            Event(
+                "log",
+                "run",
+                "Running the kexec-bundle: cancelling is no longer safe.",
+                {"safe_to_cancel": False},
+            )
+        )
+        self._run(start, privileged=True, what="starting the kexec-bundle")
+        lines: list[str] = []
+        offset = 0
+        deadline = time.monotonic() + self.settings.run_timeout
+        while time.monotonic() < deadline:
+            try:
+                res = self.session.run(
+                    f"tail -c +{offset + 1} {q(log)} 2>/dev/null; true",
+                    privileged=True,
+                    timeout=3,
+                    what="the bundle's log",
+                )
+            except WizardError:
+                self._log("run", "The connection closed: the kexec is under way.")
+                return
+            offset += len(res.stdout.encode())
+            for line in res.stdout.splitlines():
+                lines.append(line)
+                if not line.startswith("nkw-exit "):
+                    self.emit(Event("output", "run", line, {"stream": "stdout"}))
+            status = next((ln.split()[1] for ln in lines if ln.startswith("nkw-exit ")), None)
+            if status == "0":
+                self._log("run", "The bundle handed over to the new kernel (systemctl kexec).")
+                return
+            if status is not None:
+                self.point_of_no_return = False
+                raise KexecRefused(
+                    f"The kexec-bundle failed (exit status {status}).",
+                    "Its last output:\n" + _diagnosis(lines[:-1], []),
+                    "Read the output above; the server was not rebooted. A bundle needs kexec "
+                    "support in the kernel and space in /tmp to unpack itself.",
+                )
+            if not self.session.active or self.cancel.wait(0.5):
+                return
+        raise NeverWentDown(
+            f"The kexec-bundle still ran after {self.settings.run_timeout:g} s.",
+            "It should unpack itself and reboot within a minute.",
+            f"Look at {log} on the server; the old system is still running.",
         )
 
     # -- waiting --------------------------------------------------------------------------
@@ -791,7 +882,12 @@ class Installer:
     def _connect_installer(self, port: int) -> Session:
         target = replace(self.session.target, port=port, user="root")
         opts = ConnectOptions(
-            timeout=5.0, expect_key=self.session.host_key_line, update_known_hosts=False
+            timeout=5.0,
+            expect_key=self.session.host_key_line,
+            update_known_hosts=False,
+            # A bundle's system has new host keys: proven below by os-release, boot_id and
+            # its accepting a key only we hold.
+            accept_any_host_key=self.plan.bundle,
         )
         assert self.installer_creds is not None
         return connect(target, self.installer_creds, self.known_hosts, opts, cancel=self.cancel)
@@ -841,7 +937,9 @@ class Installer:
         osr = parse_os_release(parts[0].splitlines()) if parts else {}
         boot = parts[1].strip() if len(parts) > 1 else ""
         hostname = parts[2].strip() if len(parts) > 2 else ""
-        installer = osr.get("ID") == "nixos" and osr.get("VARIANT_ID") == "installer"
+        # Bundles predate VARIANT_ID=installer: for them NixOS and a new boot are the proof.
+        variant_ok = osr.get("VARIANT_ID") == "installer" or self.plan.bundle
+        installer = osr.get("ID") == "nixos" and variant_ok
         if not installer or boot == old_boot:
             same = boot == old_boot
             raise OldSystemBack(
@@ -872,7 +970,15 @@ class Installer:
         )
         # OpenSSH (and `reconnect`) must trust it too, also when it answered on another port.
         known = self.known_hosts.known(info.host, info.port)
-        if all(key_line(k) != info.host_key for k in known.values()):
+        if self.plan.bundle and all(key_line(k) != info.host_key for k in known.values()):
+            self.known_hosts.replace(info.host, info.port, session.host_key)
+            self._log(
+                "verify",
+                f"The bundle's system has its own host key {info.fingerprint}; it replaces the "
+                "old one for this address. Compare it on the provider's console if you can.",
+                level="warn",
+            )
+        elif all(key_line(k) != info.host_key for k in known.values()):
             self.known_hosts.add(info.host, info.port, session.host_key)
         self._log(
             "verify",

@@ -64,6 +64,11 @@ class AppPaths:
         return self.cache / "images"
 
     @property
+    def netboot_dir(self) -> Path:
+        """Kernels and initrds unpacked from kexec tarballs for netboot."""
+        return self.cache / "netboot"
+
+    @property
     def catalog_cache(self) -> Path:
         """The last releases-API answer."""
         return self.cache / "releases.json"

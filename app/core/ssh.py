@@ -28,6 +28,7 @@ from app.core.errors import (
     UsageError,
 )
 from app.core.events import CancelToken, EventSink, ProgressMeter, discard
+from app.core.fsutil import atomic_write_text
 from app.core.lazy import LazyModule
 
 if TYPE_CHECKING:
@@ -265,6 +266,18 @@ class KnownHosts:
             with os.fdopen(fd, "a") as f:
                 f.write(line)
 
+    def replace(self, host: str, port: int, key: paramiko.PKey) -> None:
+        """Trust only ``key`` for ``host``/``port`` in the app's file (the system was replaced)."""
+        with self._lock:
+            name = _host_names(host, port)[0]
+            try:
+                lines = self.app_file.read_text().splitlines(keepends=True)
+            except FileNotFoundError:
+                lines = []
+            kept = [ln for ln in lines if ln.split(" ", 1)[0] != name]
+            self.app_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write_text(self.app_file, "".join(kept) + f"{name} {key_line(key)}\n", 0o600)
+
 
 # ---------------------------------------------------------------------------------------------
 # Credentials and privilege
@@ -376,6 +389,9 @@ class ConnectOptions:
     trust_fingerprint: str | None = None  # a fingerprint the user accepted in a prompt
     expect_key: str | None = None  # "type base64": anything else is a changed key
     update_known_hosts: bool = True
+    # A system known to have new host keys (a legacy kexec-bundle): the caller proves what it
+    # is after logging in with a key it holds, then records the key.
+    accept_any_host_key: bool = False
 
 
 class Session:
@@ -771,6 +787,8 @@ def _check_host_key(
     opts: ConnectOptions,
 ) -> None:
     name, fp = key.get_name(), str(key.fingerprint)
+    if opts.accept_any_host_key:
+        return
     if opts.expect_key is not None:
         if key_line(key) != opts.expect_key.strip():
             raise HostKeyChanged(

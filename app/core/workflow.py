@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.core.catalog import Asset, Catalog, asset_name
+from app.core.catalog import BUNDLE_DROPPED, BUNDLE_RE, Asset, Catalog, asset_name
 from app.core.errors import ConfigError, PreflightStop, RemoteCommandError, UsageError
 from app.core.install import InstallerInfo
 from app.core.preflight import Level, Verdict
@@ -54,6 +54,28 @@ def channel_asset(
             "Choose another channel, variant or arch.",
         )
     return found, {"channel": chosen, "arch": arch, "variant": variant}
+
+
+def bundle_asset(catalog: Catalog, channel: str | None, arch: str) -> tuple[Asset, dict[str, str]]:
+    """The legacy kexec-bundle of ``channel`` (only releases frozen before 2023 have one)."""
+    chosen = channel or catalog.default_channel()
+    release = catalog.release(chosen)
+    found = release.bundle_asset(arch) if release else None
+    if found is None:
+        having = [r.channel for r in catalog.releases if r.bundle_asset(arch)]
+        raise UsageError(
+            f"{chosen} has no kexec-bundle for {arch}.",
+            f"nixos-images dropped the kexec-bundle in {BUNDLE_DROPPED} in favour of the kexec "
+            "tarball; only releases frozen before then may still carry it"
+            + (f" (here: {', '.join(having)})." if having else "."),
+            "Use the kexec tarball (leave out --bundle), or one of those channels.",
+        )
+    return found, {"channel": chosen, "arch": arch, "variant": "kexec-bundle"}
+
+
+def url_kind(name: str) -> str:
+    """ "bundle" when a file name is a kexec-bundle's, else "tarball"."""
+    return "bundle" if BUNDLE_RE.match(name) else "tarball"
 
 
 def url_asset(url: str, settings: Settings) -> Asset:

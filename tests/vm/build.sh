@@ -15,6 +15,8 @@ for pair in qemu-system-x86_64:qemu-system-x86 busybox:busybox-static kexec:kexe
             openssl:openssl setsid:util-linux; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair##*:}")
 done
+# QEMU's iPXE network boot ROMs, for the netboot tests.
+[ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
 if [ ${#need[@]} -gt 0 ]; then
   echo "Installing Debian packages for the VM test bed: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -165,6 +167,42 @@ for mode in ok nosshd newkey fake; do
   tar -czf "installer-$mode.tar.gz" -C "tar-$mode" kexec
   rm -rf "tar-$mode"
 done
+# Netboot stand-in: the installer's initrd alone, as the release's netboot initrd (no keys).
+echo ok > installer/nkw-mode
+pack installer netboot-initrd.img
+
+# Legacy kexec-bundle stand-in: a shell script with a tar.gz appended (nixos-generators'
+# format), whose initrd was built with the client key and knows nothing of the server.
+cp -a installer bundle-root
+sed -i '/^VARIANT_ID=/d; s/^BUILD_ID=.*/BUILD_ID="22.05.20221130.testbed"/' bundle-root/etc/os-release
+mkdir -p bundle-root/ssh
+cp client_ed25519.pub bundle-root/ssh/authorized_keys
+mkdir -p bundle
+pack bundle-root bundle/initrd.gz
+cp vmlinuz bundle/bzImage
+cp /usr/sbin/kexec bundle/kexec
+cat > bundle/kexec-boot <<'BOOT'
+#!/bin/sh
+set -e
+here=$(cd "$(dirname "$0")" && pwd)
+"$here/kexec" --load "$here/bzImage" --initrd="$here/initrd.gz" \
+  --command-line "init=/init console=ttyS0 panic=-1 quiet"
+if systemctl --version >/dev/null 2>&1; then systemctl kexec; else "$here/kexec" -e; fi
+BOOT
+chmod 755 bundle/kexec-boot bundle/kexec
+cat > kexec-bundle-x86_64 <<'HEAD'
+#!/bin/sh
+# Stand-in for a nixos-generators kexec-bundle: unpacks itself to /tmp and runs kexec-boot.
+set -e
+dir=$(mktemp -d /tmp/kexec-bundle.XXXXXX)
+skip=$(awk '/^__ARCHIVE_BELOW__$/ { print NR + 1; exit 0 }' "$0")
+tail -n +"$skip" "$0" | tar -xzf - -C "$dir"
+exec "$dir/kexec-boot"
+__ARCHIVE_BELOW__
+HEAD
+tar -czf - -C bundle . >> kexec-bundle-x86_64
+chmod 755 kexec-bundle-x86_64
+rm -rf bundle bundle-root
 rm -rf kernel ./*.deb origin installer
 echo "$ROOT_PASSWORD" > root-password
 echo "$BOB_PASSWORD" > bob-password

@@ -38,6 +38,8 @@ class VM:
     append: str = ""
     guest_ip: str = ""  # forward to this guest address (a static one); default: the DHCP lease
     http_port: int | None = None  # the host's releases server, reachable at GUEST_HTTP
+    netboot_port: int | None = None  # boot by iPXE from the host's netboot server instead
+    ready: str = "nkw: origin ready"  # the console line that says the VM is up
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     accel: str = "tcg"
@@ -51,12 +53,20 @@ class VM:
         fwd = f"hostfwd=tcp:127.0.0.1:{self.port}-{self.guest_ip}:22"
         if self.http_port:
             fwd += f",guestfwd=tcp:{GUEST_HTTP}-tcp:127.0.0.1:{self.http_port}"
+        boot = [
+            "-kernel", str(self.bed / "vmlinuz"), "-initrd", str(self.bed / "origin.img"),
+            "-append", f"console=ttyS0 panic=-1 quiet {self.append}".strip(),
+        ]  # fmt: skip
+        if self.netboot_port:
+            # iPXE opens a new connection per file: a `cmd:` forward runs one relay per
+            # connection (a `tcp:` forward is a single connection for the VM's lifetime).
+            relay = f"busybox nc 127.0.0.1 {self.netboot_port}"
+            fwd += f",guestfwd=tcp:{GUEST_HTTP}-cmd:{relay},bootfile=http://{GUEST_HTTP}/netboot.ipxe"
+            boot = ["-boot", "n"]
         return [
             "qemu-system-x86_64", "-accel", accel, "-cpu", CPU if accel == "tcg" else "host", "-m", str(self.memory_mb), "-smp", "1",
             "-nographic", "-no-reboot", "-monitor", "none", "-serial", f"file:{self.serial}",
-            "-kernel", str(self.bed / "vmlinuz"), "-initrd", str(self.bed / "origin.img"),
-            "-append", f"console=ttyS0 panic=-1 quiet {self.append}".strip(),
-            "-netdev", f"user,id=n0,restrict=on,{fwd}",
+            *boot, "-netdev", f"user,id=n0,restrict=on,{fwd}",
             "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56",
         ]  # fmt: skip
 
@@ -90,7 +100,7 @@ class VM:
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 return False
-            if "nkw: origin ready" in self.console():
+            if self.ready in self.console():
                 return True
             time.sleep(0.1)
         self.stop()
