@@ -181,6 +181,16 @@ def releases(tmp_path: Path) -> Iterator[ReleasesServer]:
 
 
 @pytest.fixture
+def urls(releases: ReleasesServer) -> dict[str, str]:
+    """Environment pointing the CLI at the local releases server."""
+    return {
+        "NIXOS_KEXEC_WIZARD_API_URL": releases.api_url,
+        "NIXOS_KEXEC_WIZARD_DOWNLOAD_URL": releases.download_url,
+        "NIXOS_KEXEC_WIZARD_ALLOW_HTTP": "1",
+    }
+
+
+@pytest.fixture
 def settings(releases: ReleasesServer) -> Settings:
     """Settings pointing at the local releases server, with short deadlines."""
     return Settings(

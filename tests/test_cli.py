@@ -48,15 +48,6 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
     return Run(p.returncode, p.stdout, p.stderr)
 
 
-@pytest.fixture
-def urls(releases: ReleasesServer) -> dict[str, str]:
-    return {
-        "NIXOS_KEXEC_WIZARD_API_URL": releases.api_url,
-        "NIXOS_KEXEC_WIZARD_DOWNLOAD_URL": releases.download_url,
-        "NIXOS_KEXEC_WIZARD_ALLOW_HTTP": "1",
-    }
-
-
 def test_help_and_version() -> None:
     r = cli("--help")
     assert r.code == 0 and "images" in r.stdout and "install" in r.stdout

@@ -235,7 +235,7 @@ def default_key_files(ssh_dir: Path, keys_dir: Path) -> list[Path]:
 
 
 def clean_keys(lines: Iterable[str]) -> list[str]:
-    """The key part of each line that holds one; everything else dropped."""
+    """The key part (type and base64) of each line that holds one, as ``run`` keeps it."""
     out = []
     for line in lines:
         m = re.search(r"(?:ssh-|ecdsa-|sk-)\S+\s+\S+", line)
@@ -246,7 +246,7 @@ def clean_keys(lines: Iterable[str]) -> list[str]:
 
 def keys_initrd(public_keys: Iterable[str]) -> bytes:
     """A gzip'd newc cpio with ``ssh/authorized_keys``, as ``run`` appends to the initrd."""
-    keys = clean_keys(public_keys)
+    keys = list(dict.fromkeys(clean_keys(public_keys)))
     if not keys:
         raise UsageError(
             "No SSH public key to put into the installer.",

@@ -61,7 +61,9 @@ class VM:
             # iPXE opens a new connection per file: a `cmd:` forward runs one relay per
             # connection (a `tcp:` forward is a single connection for the VM's lifetime).
             relay = f"busybox nc 127.0.0.1 {self.netboot_port}"
-            fwd += f",guestfwd=tcp:{GUEST_HTTP}-cmd:{relay},bootfile=http://{GUEST_HTTP}/netboot.ipxe"
+            fwd += (
+                f",guestfwd=tcp:{GUEST_HTTP}-cmd:{relay},bootfile=http://{GUEST_HTTP}/netboot.ipxe"
+            )
             boot = ["-boot", "n"]
         return [
             "qemu-system-x86_64", "-accel", accel, "-cpu", CPU if accel == "tcg" else "host", "-m", str(self.memory_mb), "-smp", "1",

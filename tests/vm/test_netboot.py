@@ -66,7 +66,9 @@ def serve_cli(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[s
 
 
 def test_the_kexec_installer_netboots_with_our_keys_and_answers_ssh(
-    make_vm: Callable[..., VM], bed: Path, serve_cli: Callable[..., tuple[subprocess.Popen[str], dict]]
+    make_vm: Callable[..., VM],
+    bed: Path,
+    serve_cli: Callable[..., tuple[subprocess.Popen[str], dict]],
 ) -> None:
     t0 = time.monotonic()
     proc, started = serve_cli(
@@ -120,7 +122,9 @@ def test_the_release_netboot_image_boots_and_needs_the_console(
         # sshd answers, but root has no key: this image needs its console to log in.
         assert wait_banner(vm.port).startswith("SSH-2.0-OpenSSH")
         out = ssh(vm, bed / "client_ed25519", "true")
-        assert out.returncode == 255 and "Permission denied" in out.stderr, out.stderr + vm.console()[-3000:]
+        assert out.returncode == 255 and "Permission denied" in out.stderr, (
+            out.stderr + vm.console()[-3000:]
+        )
         paths = [r.path for r in server.requests]
         assert paths[:3] == ["/netboot.ipxe", f"/{names.kernel}", f"/{names.initrd}"]
         assert all(r.status == 200 and r.sent == r.size for r in server.requests)
@@ -128,7 +132,11 @@ def test_the_release_netboot_image_boots_and_needs_the_console(
         server.stop()
         srv.stop()
     # Every part came from the cache, verified against the releases API's digests.
-    assert {i.name for i in downloader.cache.entries()} == {names.kernel, names.initrd, names.script}
+    assert {i.name for i in downloader.cache.entries()} == {
+        names.kernel,
+        names.initrd,
+        names.script,
+    }
 
 
 def wait_banner(port: int, deadline: float = 30) -> str:
@@ -169,7 +177,9 @@ def test_a_legacy_kexec_bundle_is_uploaded_run_and_verified(
     assert "has its own host key" in messages
     # The new host key replaced the old one in the app's known_hosts: OpenSSH trusts it.
     known = tmp_path / "app" / "config" / "known_hosts"
-    lines = [ln for ln in known.read_text().splitlines() if ln.startswith(f"[127.0.0.1]:{vm.port} ")]
+    lines = [
+        ln for ln in known.read_text().splitlines() if ln.startswith(f"[127.0.0.1]:{vm.port} ")
+    ]
     assert len(lines) == 1 and inst["host_key"] in lines[0]
     STAGE_TIMINGS.append(
         f"[{vm.accel}] kexec-bundle: exit 0 in {time.monotonic() - t0:.1f} s "
