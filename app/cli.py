@@ -80,6 +80,7 @@ from app.core.workflow import (
     bundle_asset,
     channel_asset,
     forget_profile,
+    image_kind,
     installer_info_from_session,
     installer_ssh_command,
     open_terminal,
@@ -87,7 +88,6 @@ from app.core.workflow import (
     raise_first_stop,
     save_profile,
     url_asset,
-    url_kind,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -394,14 +394,6 @@ def _resolve_asset(ctx: Context, arch: str | None) -> tuple[Asset | None, dict[s
     return channel_asset(cat, a.channel, variant, chosen_arch)
 
 
-def _image_kind(asset: Asset | None, meta: dict[str, str]) -> str:
-    if meta.get("variant") == "kexec-bundle" or (
-        asset is not None and url_kind(asset.name) == "bundle"
-    ):
-        return "bundle"
-    return "tarball"
-
-
 def _fetch_image(ctx: Context, asset: Asset | None, meta: dict[str, str]) -> CachedImage:
     cache = ImageCache(ctx.paths.images_dir_for(ctx.settings.cache_dir))
     if asset is None:
@@ -412,7 +404,7 @@ def _fetch_image(ctx: Context, asset: Asset | None, meta: dict[str, str]) -> Cac
             level="warn",
         )
     return Downloader(ctx.settings, cache).fetch(
-        asset, emit=ctx.report, cancel=ctx.cancel, kind=_image_kind(asset, meta), **meta
+        asset, emit=ctx.report, cancel=ctx.cancel, kind=image_kind(asset, meta), **meta
     )
 
 
@@ -528,11 +520,10 @@ def cmd_install(ctx: Context) -> int:
         establish_privilege(session, facts, _sudo_password(ctx, facts, creds), ctx.settings)
         mode, reason = choose_transfer(a.transfer, facts, asset)
         image = None
-        kind = _image_kind(asset, meta)
         if mode == "upload":
             image = _fetch_image(ctx, asset, meta)
-            kind = image.info.kind
             ctx.report.info(f"Image: {image.path.name}: {image.verification_note}")
+        kind = image_kind(asset, meta, image)
         if kind == "bundle":
             ctx.report.info(bundle_note(), level="warn")
         plan = InstallPlan(

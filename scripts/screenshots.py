@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT))
 from PySide6.QtCore import QSize  # noqa: E402
 from PySide6.QtWidgets import QApplication, QWidget, QWizard  # noqa: E402
 
+from app.core.catalog import netboot_names  # noqa: E402
 from app.core.paths import AppPaths  # noqa: E402
 from app.core.profiles import Profile  # noqa: E402
 from app.core.settings import Settings  # noqa: E402
@@ -66,6 +67,19 @@ def main() -> int:
             ("nixos-25.11", "2026-05-30"),
         ):
             releases.add(tag, ASSET, data, updated_at=f"{when}T10:00:00Z")
+        head = b"#!/bin/sh\n# kexec-bundle: unpacks itself, runs kexec-boot\n"
+        bundle = head + os.urandom(1 << 20)
+        releases.add("nixos-22.05", "kexec-bundle-x86_64", bundle, digest=False,
+                     updated_at="2022-11-30T10:00:00Z")  # fmt: skip
+        netboot = netboot_names("x86_64")
+        releases.add("nixos-26.05", netboot.kernel, os.urandom(12 << 20))
+        releases.add("nixos-26.05", netboot.initrd, os.urandom(8 << 20))
+        init = "init=/nix/store/5bq5x4p6m2c0w1sk3v3a0y2-nixos-system-nixos-installer-26.05/init"
+        script = (
+            f"#!ipxe\nkernel {netboot.kernel} {init} initrd={netboot.initrd}\n"
+            f"initrd {netboot.initrd}\nboot\n"
+        )
+        releases.add("nixos-26.05", netboot.script, script.encode())
         releases.start()
         machine = Machine(
             work / "machine", free_port(), host, [key.with_suffix(".pub")], boot_delay=2.0
@@ -74,6 +88,7 @@ def main() -> int:
         machine.start()
         os.environ["HOME"] = str(work / "home")
         (work / "home" / ".ssh").mkdir(parents=True)
+        shutil.copy(key.with_suffix(".pub"), work / "home" / ".ssh" / "id_ed25519.pub")
         settings = Settings(
             api_url=releases.api_url, download_url=releases.download_url, allow_http=True,
             up_timeout=60, down_timeout=30, poll_interval=0.3,
@@ -135,6 +150,14 @@ def drive(work: Path, settings: Settings, machine: Machine, key: Path) -> int:
     image = w.page_of(PageId.IMAGE)
     wait(app, image.isComplete)
     shot(app, w, "5-image")
+    # The legacy kexec-bundle of a frozen release, with its explanation; then back.
+    image.channel.setCurrentIndex(image.channel.findData("nixos-22.05"))  # type: ignore[attr-defined]
+    image.variant.setCurrentIndex(image.variant.findData("kexec-bundle"))  # type: ignore[attr-defined]
+    wait(app, image.isComplete)
+    shot(app, w, "5b-image-bundle")
+    image.channel.setCurrentIndex(image.channel.findData("nixos-26.05"))  # type: ignore[attr-defined]
+    image.variant.setCurrentIndex(0)  # type: ignore[attr-defined]
+    wait(app, image.isComplete)
 
     w.next()
     w.currentPage().typed.setText("127.0.0.1")  # type: ignore[attr-defined]
@@ -147,10 +170,27 @@ def drive(work: Path, settings: Settings, machine: Machine, key: Path) -> int:
     shot(app, w, "7-install")
     wait(app, lambda: w.currentId() == PageId.DONE, timeout=90)
     shot(app, w, "8-done")
+    netboot_shot(app, w)
     w._closing = True
     w.reject()
     app.processEvents()
     return 0
+
+
+def netboot_shot(app: QApplication, w: KexecWizard) -> None:
+    """Other ways to boot: serving the kexec installer, with a machine's requests in the log."""
+    import requests
+
+    d = w.open_netboot()
+    d.port.setValue(free_port())
+    d.start_button.click()
+    wait(app, lambda: d.server is not None)
+    assert d.server is not None
+    for name in ("netboot.ipxe", "bzImage", "initrd", "keys.cpio.gz"):
+        requests.get(f"{d.server.url}/{name}", timeout=10)
+    wait(app, lambda: d.log.blockCount() >= 5)
+    shot(app, d, "9-netboot")
+    d.reject()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.catalog import BUNDLE_DROPPED, BUNDLE_RE, Asset, Catalog, asset_name
+from app.core.download import CachedImage
 from app.core.errors import ConfigError, PreflightStop, RemoteCommandError, UsageError
 from app.core.install import InstallerInfo
 from app.core.preflight import Level, Verdict
@@ -73,9 +74,13 @@ def bundle_asset(catalog: Catalog, channel: str | None, arch: str) -> tuple[Asse
     return found, {"channel": chosen, "arch": arch, "variant": "kexec-bundle"}
 
 
-def url_kind(name: str) -> str:
-    """ "bundle" when a file name is a kexec-bundle's, else "tarball"."""
-    return "bundle" if BUNDLE_RE.match(name) else "tarball"
+def image_kind(asset: Asset | None, meta: dict[str, str], image: CachedImage | None = None) -> str:
+    """Whether the image is a legacy kexec-bundle (by content, variant or name) or a tarball."""
+    if image is not None:
+        return image.info.kind
+    if meta.get("variant") == "kexec-bundle" or (asset and BUNDLE_RE.match(asset.name)):
+        return "bundle"
+    return "tarball"
 
 
 def url_asset(url: str, settings: Settings) -> Asset:

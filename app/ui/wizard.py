@@ -9,6 +9,7 @@ from PySide6.QtWidgets import QMessageBox, QWidget, QWizard
 from app.core.settings import save_user_settings
 from app.ui.context import AppContext, Flow
 from app.ui.dialogs import SettingsDialog
+from app.ui.netboot import NetbootDialog
 from app.ui.pages.base import BasePage, PageId
 from app.ui.pages.confirm import ConfirmPage
 from app.ui.pages.connect import ConnectPage
@@ -38,12 +39,18 @@ class KexecWizard(QWizard):
         self.setOption(QWizard.WizardOption.NoCancelButtonOnLastPage, True)
         self.setOption(QWizard.WizardOption.HaveCustomButton1, True)
         self.setOption(QWizard.WizardOption.HaveCustomButton2, True)
+        self.setOption(QWizard.WizardOption.HaveCustomButton3, True)
         self.setButtonText(QWizard.WizardButton.CustomButton1, "Se&ttings…")
         self.setButtonText(QWizard.WizardButton.CustomButton2, "Open &log")
+        self.setButtonText(QWizard.WizardButton.CustomButton3, "Other ways to &boot…")
+        self.button(QWizard.WizardButton.CustomButton3).setToolTip(
+            "Netboot by iPXE: the release's chain URL, or serve an installer from this computer"
+        )
         self.setButtonLayout(
             [
                 QWizard.WizardButton.CustomButton1,
                 QWizard.WizardButton.CustomButton2,
+                QWizard.WizardButton.CustomButton3,
                 QWizard.WizardButton.Stretch,
                 QWizard.WizardButton.BackButton,
                 QWizard.WizardButton.NextButton,
@@ -67,6 +74,7 @@ class KexecWizard(QWizard):
         self.setStartId(int(PageId.SERVERS))
         self.close_prompt: QMessageBox | None = None
         self.settings_dialog: SettingsDialog | None = None
+        self.netboot_dialog: NetbootDialog | None = None
         self._closing = False
 
     def page_of(self, pid: PageId) -> BasePage:
@@ -81,6 +89,28 @@ class KexecWizard(QWizard):
             self.open_settings()
         elif which == QWizard.WizardButton.CustomButton2.value:
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.ctx.log.path)))
+        elif which == QWizard.WizardButton.CustomButton3.value:
+            self.open_netboot()
+
+    def open_netboot(self) -> NetbootDialog:
+        """Show the "Other ways to boot" dialog for the flow's channel and server arch."""
+        if self.netboot_dialog is not None:
+            self.netboot_dialog.raise_()
+            return self.netboot_dialog
+        image = self.pages[PageId.IMAGE]
+        channel = image.channel.currentData() if isinstance(image, ImagePage) else None
+        arch = self.flow.facts.arch if self.flow.facts else None
+        dialog = NetbootDialog(self.ctx, self.flow.catalog, channel, arch, self)
+        dialog.finished.connect(self._netboot_closed)
+        self.netboot_dialog = dialog
+        dialog.open()
+        return dialog
+
+    @Slot()
+    def _netboot_closed(self) -> None:
+        if self.netboot_dialog is not None:
+            self.netboot_dialog.deleteLater()
+        self.netboot_dialog = None
 
     def open_settings(self) -> SettingsDialog:
         """Show the settings dialog (not blocking)."""
@@ -158,5 +188,7 @@ class KexecWizard(QWizard):
         self.reject()
 
     def _shutdown(self) -> None:
+        if self.netboot_dialog is not None:
+            self.netboot_dialog.stop()
         self.ctx.inhibitor.release()
         self.flow.drop_session()

@@ -7,7 +7,9 @@ import html
 from PySide6.QtCore import Slot
 from PySide6.QtWidgets import QLineEdit, QVBoxLayout, QWizard
 
+from app.core.download import bundle_note
 from app.core.install import DEFAULT_STAGING, InstallPlan
+from app.core.workflow import image_kind
 from app.ui.context import AppContext, Flow
 from app.ui.pages.base import BasePage, PageId
 from app.ui.widgets import wrap_label
@@ -54,20 +56,29 @@ class ConfirmPage(BasePage):
             else "this computer uploads it; the server checks its sha256"
         )
         esc = html.escape
-        self.summary.setText(
-            f"<p><b>Server:</b> {esc(t.label)} — {esc(f.os_name)}, {esc(f.machine)}<br>"
-            f"<b>Image:</b> {esc(image)}<br><b>Transfer:</b> {esc(how)}<br>"
-            f"<b>Staging folder:</b> {esc(f.staging.path or DEFAULT_STAGING)}</p>"
-            "<p><b>What will happen</b></p><ol>"
-            "<li>The app makes sure the installer will accept a key you hold.</li>"
+        bundle = image_kind(self.flow.asset, self.flow.image_meta, self.flow.image) == "bundle"
+        steps = (
+            "<li>The bundle is placed in the staging folder and its checksum checked.</li>"
+            "<li>It runs as root: it unpacks itself and replaces the running system with NixOS "
+            "<b>in RAM</b>. Programs running now stop without a clean shutdown.</li>"
+            "<li>The app waits for NixOS to answer and logs in with your keys. It will have a "
+            "<b>new host key</b> and an address from DHCP.</li></ol>"
+            f"<p><b>Legacy image</b></p><p>{esc(bundle_note())}</p>"
+            if bundle
+            else "<li>The app makes sure the installer will accept a key you hold.</li>"
             "<li>The image is placed in the staging folder and its checksum checked.</li>"
             "<li><code>kexec/run</code> runs as root: the running system is replaced by the "
             "NixOS installer <b>in RAM</b>. Programs running now stop without a clean "
             "shutdown.</li>"
             "<li>The app waits for the installer and checks it has the same host key.</li></ol>"
-            "<p><b>What will not happen</b></p><ul>"
+        )
+        self.summary.setText(
+            f"<p><b>Server:</b> {esc(t.label)} — {esc(f.os_name)}, {esc(f.machine)}<br>"
+            f"<b>Image:</b> {esc(image)}<br><b>Transfer:</b> {esc(how)}<br>"
+            f"<b>Staging folder:</b> {esc(f.staging.path or DEFAULT_STAGING)}</p>"
+            "<p><b>What will happen</b></p><ol>" + steps + "<p><b>What will not happen</b></p><ul>"
             "<li>The disks are not touched: a power cycle brings the old system back.</li>"
-            "<li>Until step 3 starts you can cancel, and the server is left as it was.</li></ul>"
+            "<li>Until the kexec starts you can cancel, and the server is left as it was.</li></ul>"
         )
         self.prompt.setText(f"Type the host name “{self.host}” to enable Install:")
         self.typed.clear()
@@ -91,6 +102,7 @@ class ConfirmPage(BasePage):
             transfer=self.flow.transfer,
             staging_dir=f.staging.path or DEFAULT_STAGING,
             key_name=self.flow.profile_name or t.host,
+            kind=image_kind(self.flow.asset, self.flow.image_meta, self.flow.image),
         )
         self.ctx.note("confirm", f"confirmed the install on {t.label}")
         return True

@@ -22,11 +22,11 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.catalog import ARCHES, Asset, Catalog, CatalogClient
-from app.core.download import CachedImage, Downloader, local_image
+from app.core.download import CachedImage, Downloader, bundle_note, local_image
 from app.core.errors import TransferError, WizardError
 from app.core.events import CancelToken, Event, EventSink
 from app.core.install import choose_transfer
-from app.core.workflow import channel_asset, url_asset
+from app.core.workflow import bundle_asset, channel_asset, image_kind, url_asset
 from app.ui.context import AppContext, Flow
 from app.ui.jobs import Job, JobResult
 from app.ui.pages.base import BasePage, PageId
@@ -35,6 +35,7 @@ from app.ui.widgets import ErrorPanel, show_progress, wrap_label
 VARIANT_TEXT = {
     "noninteractive": "Small (recommended): what nixos-anywhere uses",
     "full": "Full: the interactive installer, larger",
+    "kexec-bundle": "Legacy kexec-bundle (only releases frozen before 2023)",
 }
 TRANSFER_TEXT = {
     "auto": "Automatic",
@@ -60,8 +61,8 @@ class ImagePage(BasePage):
 
         self.source = QButtonGroup(self)
         self.use_release = QRadioButton("A &release", self)
-        self.use_file = QRadioButton("A tarball on this &computer", self)
-        self.use_url = QRadioButton("A tarball at a UR&L", self)
+        self.use_file = QRadioButton("A file on this &computer", self)
+        self.use_url = QRadioButton("A file at a UR&L", self)
         for i, b in enumerate((self.use_release, self.use_file, self.use_url)):
             self.source.addButton(b, i)
             b.setAccessibleName(b.text().replace("&", ""))
@@ -211,7 +212,10 @@ class ImagePage(BasePage):
     @Slot()
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Kexec installer tarball", "", "Tarballs (*.tar.gz *.tgz)"
+            self,
+            "Kexec installer tarball or kexec-bundle",
+            "",
+            "Kexec images (*.tar.gz *.tgz kexec-bundle*);;All files (*)",
         )
         if path:
             self.file.setText(path)
@@ -226,9 +230,10 @@ class ImagePage(BasePage):
             return url_asset(self.url.text().strip(), self.ctx.settings), {"arch": arch}
         if self.flow.catalog is None:
             raise WizardError("The list of releases is still loading.")
-        return channel_asset(
-            self.flow.catalog, self.channel.currentData(), str(self.variant.currentData()), arch
-        )
+        variant = str(self.variant.currentData())
+        if variant == "kexec-bundle":
+            return bundle_asset(self.flow.catalog, self.channel.currentData(), arch)
+        return channel_asset(self.flow.catalog, self.channel.currentData(), variant, arch)
 
     @Slot()
     def update_choice(self) -> None:
@@ -239,9 +244,9 @@ class ImagePage(BasePage):
         facts = self.flow.facts
         try:
             if self.source.checkedId() == 1 and not self.file.text().strip():
-                raise WizardError("Choose the tarball file.")
+                raise WizardError("Choose the tarball (or kexec-bundle) file.")
             if self.source.checkedId() == 2 and not self.url.text().strip():
-                raise WizardError("Enter the tarball's URL.")
+                raise WizardError("Enter the image's URL.")
             asset, meta = self._asset()
             arch = meta["arch"]
             if facts is not None and facts.arch and arch != facts.arch:
@@ -279,10 +284,13 @@ class ImagePage(BasePage):
         self.completeChanged.emit()
 
     def _show_details(self, asset: Asset | None) -> None:
+        legacy = ""
+        if image_kind(asset, self.flow.image_meta, self.flow.image) == "bundle":
+            legacy = f"<br><br><b>Legacy image.</b> {html.escape(bundle_note())}"
         if asset is None:
             self.details.setText(
-                "A local file: checked for the kexec layout and hashed here; "
-                "its integrity is up to you."
+                "A local file: checked (kexec tarball layout, or kexec-bundle header) and "
+                "hashed here; its integrity is up to you." + legacy
             )
             return
         cached = self.ctx.image_cache.find(asset)
@@ -293,7 +301,7 @@ class ImagePage(BasePage):
         parts.append(check if asset.digest else f"<b>{html.escape(check)}</b>")
         if self.flow.transfer == "upload":
             parts.append("cached on this computer" if cached else "not downloaded yet")
-        self.details.setText(" · ".join(parts))
+        self.details.setText(" · ".join(parts) + legacy)
 
     # -- getting the file ---------------------------------------------------------------
 
@@ -316,6 +324,7 @@ class ImagePage(BasePage):
             return Downloader(settings, cache).fetch(
                 asset, emit=emit, cancel=cancel, channel=meta.get("channel", ""),
                 arch=meta.get("arch", ""), variant=meta.get("variant", ""),
+                kind=image_kind(asset, meta),
             )  # fmt: skip
 
         job = Job(work, "download", self)
