@@ -86,6 +86,7 @@ from app.core.workflow import (
     open_terminal,
     profile_installer,
     raise_first_stop,
+    release_of,
     save_profile,
     url_asset,
 )
@@ -635,16 +636,9 @@ def _netboot_source(ctx: Context, arch: str) -> NetbootSource:
         ctx.report.info(
             f"The installer will accept {len(keys)} key(s) from " + ", ".join(str(f) for f in files)
         )
-        return kexec_source(image, ctx.paths.netboot_dir, keys)
+        return kexec_source(image, ctx.paths.netboot_dir, keys, ctx.cancel)
     cat = CatalogClient(ctx.settings, ctx.paths.catalog_cache).load(offline=a.offline)
-    channel = a.channel or cat.default_channel()
-    release = cat.release(channel)
-    if release is None:
-        raise UsageError(
-            f"There is no channel {channel!r}.",
-            "Known channels: " + ", ".join(cat.channels()) + ".",
-            "Pick one of them.",
-        )
+    release = release_of(cat, a.channel)
     cache = ImageCache(ctx.paths.images_dir_for(ctx.settings.cache_dir))
     return release_source(
         Downloader(ctx.settings, cache), release, arch, emit=ctx.report, cancel=ctx.cancel

@@ -18,7 +18,7 @@ from pathlib import Path
 from app import __version__
 from app.core.catalog import Asset, Release, netboot_names
 from app.core.download import CHUNK, CachedImage, Downloader
-from app.core.errors import ConfigError, IntegrityError, UsageError
+from app.core.errors import Cancelled, ConfigError, IntegrityError, UsageError
 from app.core.events import CancelToken, EventSink, discard
 from app.core.settings import Settings
 
@@ -157,7 +157,12 @@ def _fetch_file(
     )
 
 
-def kexec_source(image: CachedImage, work_dir: Path, public_keys: Iterable[str]) -> NetbootSource:
+def kexec_source(
+    image: CachedImage,
+    work_dir: Path,
+    public_keys: Iterable[str],
+    cancel: CancelToken | None = None,
+) -> NetbootSource:
     """The kexec tarball's kernel and initrd, plus a second initrd carrying ``public_keys``.
 
     The kexec installer reads ``ssh/authorized_keys`` from what is appended to its initrd (that
@@ -167,7 +172,7 @@ def kexec_source(image: CachedImage, work_dir: Path, public_keys: Iterable[str])
     folder = work_dir / image.info.sha256[:32]
     members = {"kexec/bzImage": "bzImage", "kexec/initrd": "initrd", "kexec/run": "run"}
     if not (folder / "ready").exists():
-        _extract(image.path, folder, members)
+        _extract(image.path, folder, members, cancel or CancelToken())
     args = kernel_args_from_run((folder / "run").read_text(errors="replace"))
     return NetbootSource(
         ("bzImage", folder / "bzImage"),
@@ -177,7 +182,7 @@ def kexec_source(image: CachedImage, work_dir: Path, public_keys: Iterable[str])
     )
 
 
-def _extract(tarball: Path, folder: Path, members: dict[str, str]) -> None:
+def _extract(tarball: Path, folder: Path, members: dict[str, str], cancel: CancelToken) -> None:
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     found: set[str] = set()
     try:
@@ -189,6 +194,8 @@ def _extract(tarball: Path, folder: Path, members: dict[str, str]) -> None:
                     assert src is not None
                     with (folder / (members[name] + ".part")).open("wb") as out:
                         while chunk := src.read(CHUNK):
+                            if cancel.cancelled:
+                                raise Cancelled("Stopped unpacking the kexec installer.")
                             out.write(chunk)
                     (folder / (members[name] + ".part")).replace(folder / members[name])
                     found.add(name)

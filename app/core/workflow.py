@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.core.catalog import BUNDLE_DROPPED, BUNDLE_RE, Asset, Catalog, asset_name
+from app.core.catalog import BUNDLE_DROPPED, BUNDLE_RE, Asset, Catalog, Release, asset_name
 from app.core.download import CachedImage
 from app.core.errors import ConfigError, PreflightStop, RemoteCommandError, UsageError
 from app.core.install import InstallerInfo
@@ -35,10 +35,8 @@ from app.core.ssh import (
 # Images
 
 
-def channel_asset(
-    catalog: Catalog, channel: str | None, variant: str, arch: str
-) -> tuple[Asset, dict[str, str]]:
-    """The kexec tarball of ``channel`` (default: newest stable) for ``variant``/``arch``."""
+def release_of(catalog: Catalog, channel: str | None) -> Release:
+    """The release of ``channel`` (default: the newest stable), or a clear error."""
     chosen = channel or catalog.default_channel()
     release = catalog.release(chosen)
     if release is None:
@@ -47,6 +45,15 @@ def channel_asset(
             "Known channels: " + ", ".join(catalog.channels()) + ".",
             "Pick one of them.",
         )
+    return release
+
+
+def channel_asset(
+    catalog: Catalog, channel: str | None, variant: str, arch: str
+) -> tuple[Asset, dict[str, str]]:
+    """The kexec tarball of ``channel`` (default: newest stable) for ``variant``/``arch``."""
+    release = release_of(catalog, channel)
+    chosen = release.channel
     found = release.kexec_asset(variant, arch)
     if found is None:
         raise UsageError(
@@ -59,9 +66,9 @@ def channel_asset(
 
 def bundle_asset(catalog: Catalog, channel: str | None, arch: str) -> tuple[Asset, dict[str, str]]:
     """The legacy kexec-bundle of ``channel`` (only releases frozen before 2023 have one)."""
-    chosen = channel or catalog.default_channel()
-    release = catalog.release(chosen)
-    found = release.bundle_asset(arch) if release else None
+    release = release_of(catalog, channel)
+    chosen = release.channel
+    found = release.bundle_asset(arch)
     if found is None:
         having = [r.channel for r in catalog.releases if r.bundle_asset(arch)]
         raise UsageError(

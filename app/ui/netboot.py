@@ -42,7 +42,7 @@ from app.core.netboot import (
     read_public_keys,
     release_source,
 )
-from app.core.workflow import channel_asset
+from app.core.workflow import channel_asset, release_of
 from app.ui.context import AppContext
 from app.ui.jobs import Job, JobFn, JobResult
 from app.ui.widgets import ErrorPanel, show_progress, wrap_label
@@ -318,9 +318,7 @@ class NetbootDialog(QDialog):
         channel, arch = str(self.channel.currentData()), str(self.arch.currentData())
         work_dir = self.ctx.paths.netboot_dir
         if self.serve_release.isChecked():
-            release = catalog.release(channel)
-            if release is None:
-                raise WizardError(f"There is no channel {channel}.")
+            release = release_of(catalog, channel)
 
             def from_release(emit: EventSink, cancel: CancelToken) -> NetbootSource:
                 return release_source(
@@ -334,7 +332,7 @@ class NetbootDialog(QDialog):
 
         def from_kexec(emit: EventSink, cancel: CancelToken) -> NetbootSource:
             image = Downloader(settings, cache).fetch(asset, emit=emit, cancel=cancel, **meta)
-            return kexec_source(image, work_dir, keys)
+            return kexec_source(image, work_dir, keys, cancel)
 
         return from_kexec
 

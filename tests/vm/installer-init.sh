@@ -59,6 +59,13 @@ fi
   echo "AuthorizedKeysFile .ssh/authorized_keys"
   echo "Subsystem sftp /usr/lib/openssh/sftp-server"
 } > /etc/ssh/sshd_config
-if [ "$mode" != nosshd ]; then /usr/sbin/sshd -E /var/log/sshd.log; fi
+if [ "$mode" != nosshd ]; then
+  /usr/sbin/sshd -E /var/log/sshd.log
+  # sshd forks before it binds: say "ready" only once port 22 listens (state 0A in /proc/net/tcp).
+  i=0
+  while [ $i -lt 100 ] && ! grep -qs ':0016 00000000:0000 0A' /proc/net/tcp /proc/net/tcp6; do
+    sleep 0.05; i=$((i + 1))
+  done
+fi
 echo "nkw: installer ready ($mode)"
 while :; do sleep 60 & wait; done

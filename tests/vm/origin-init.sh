@@ -43,5 +43,10 @@ else
 fi
 cat /proc/sys/kernel/random/boot_id > /run/boot_id
 /usr/sbin/sshd -E /var/log/sshd.log
+# sshd forks before it binds: say "ready" only once port 22 listens (state 0A in /proc/net/tcp).
+i=0
+while [ $i -lt 100 ] && ! grep -qs ':0016 00000000:0000 0A' /proc/net/tcp /proc/net/tcp6; do
+  sleep 0.05; i=$((i + 1))
+done
 echo "nkw: origin ready"
 while :; do sleep 60 & wait; done
