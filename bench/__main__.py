@@ -12,12 +12,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import download, gui_stall, reachable, upload, vm_install
+from bench import download, gui_stall, netboot, reachable, upload, vm_install
 from bench.common import ROOT, Row
 
 BENCHES: dict[str, Callable[[], list[Row]]] = {
     "upload": upload.measure,
     "download": download.measure,
+    "netboot": netboot.measure,
     "reachable": reachable.measure,
     "vm": vm_install.measure,
     "gui-start": lambda: _gui_start(),

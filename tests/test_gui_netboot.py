@@ -94,6 +94,7 @@ def test_serving_the_kexec_installer_logs_requests_and_stops_on_close(
         pass
 
 
+@pytest.mark.fault
 def test_an_address_that_is_not_ours_and_missing_keys_are_explained(
     qtbot: QtBot, wizard: KexecWizard, tmp_path: Path
 ) -> None:

@@ -92,6 +92,7 @@ def test_the_release_netboot_image_is_downloaded_verified_and_served(
     assert len(releases.requests) == before
 
 
+@pytest.mark.fault
 def test_a_netboot_part_with_the_wrong_digest_is_refused(
     releases: ReleasesServer, settings: Settings, tmp_path: Path
 ) -> None:
@@ -107,6 +108,7 @@ def test_a_netboot_part_with_the_wrong_digest_is_refused(
     assert n.initrd not in {i.name for i in downloader.cache.entries()}
 
 
+@pytest.mark.fault
 def test_a_release_without_netboot_is_a_clear_message(
     releases: ReleasesServer, settings: Settings, tmp_path: Path
 ) -> None:
@@ -132,6 +134,7 @@ def test_kernel_arguments_are_read_from_an_ipxe_script(script: str, args: str) -
     assert kernel_args_from_ipxe(script) == args
 
 
+@pytest.mark.fault
 def test_an_ipxe_script_without_init_is_refused() -> None:
     with pytest.raises(IntegrityError) as err:
         kernel_args_from_ipxe("#!ipxe\nkernel bzImage quiet\nboot\n")
@@ -160,6 +163,7 @@ def test_the_kexec_installer_is_served_with_a_second_initrd_of_our_keys(tmp_path
     assert kexec_source(image, tmp_path / "netboot", [KEY]).kernel[1].stat().st_mtime_ns == mtime
 
 
+@pytest.mark.fault
 def test_no_key_means_no_netboot_of_the_kexec_installer() -> None:
     with pytest.raises(UsageError) as err:
         keys_initrd(["not a key", "# ssh-ed25519"])
@@ -179,6 +183,7 @@ def test_serve_addresses_are_parsed(text: str, bind: tuple[str, int]) -> None:
     assert parse_bind(text) == bind
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("text", ["", "host:", ":80", "::1:80", "127.0.0.1:99999", "a:b"])
 def test_bad_serve_addresses_say_how_to_write_them(text: str) -> None:
     with pytest.raises(UsageError) as err:
@@ -186,6 +191,7 @@ def test_bad_serve_addresses_say_how_to_write_them(text: str) -> None:
     assert "ADDR:PORT" in err.value.explain() or "[ADDR]:PORT" in err.value.explain()
 
 
+@pytest.mark.fault
 def test_an_address_in_use_or_not_ours_is_a_clear_error(tmp_path: Path) -> None:
     tar = standin_tarball(tmp_path / "t.tar.gz")
     source = kexec_source(local_image(tar, ImageCache(tmp_path / "i")), tmp_path / "n", [KEY])
@@ -237,6 +243,7 @@ def test_netboot_warns_when_the_channel_has_no_netboot_image(urls: dict[str, str
     assert r.code == 0 and "lists no netboot image for x86_64" in r.stderr
 
 
+@pytest.mark.fault
 def test_from_kexec_without_serve_says_what_to_add(urls: dict[str, str]) -> None:
     r = cli("netboot", "--from-kexec", env=urls)
     assert r.code == 2 and "--from-kexec needs --serve" in r.stderr
@@ -277,6 +284,7 @@ def test_the_cli_serves_until_interrupted_and_logs_each_request(
 # The legacy kexec-bundle
 
 
+@pytest.mark.fault
 def test_a_kexec_bundle_is_recognised_and_checked(tmp_path: Path) -> None:
     bundle = tmp_path / "kexec-bundle-x86_64"
     bundle.write_bytes(BUNDLE)

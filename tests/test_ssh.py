@@ -98,6 +98,19 @@ def test_user_known_hosts_is_read_but_never_written(ssh_env: SSHEnv, tmp_path: P
     assert not (tmp_path / "app_kh").exists()
 
 
+def test_replacing_a_host_key_keeps_every_other_entry(tmp_path: Path) -> None:
+    import paramiko
+
+    app_file = tmp_path / "kh"
+    new = paramiko.Ed25519Key.from_private_key_file(str(keygen(tmp_path / "new")))
+    others = "[10.0.0.1]:22 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA1\nhost.example ssh-rsa AAAAB3\n"
+    app_file.write_text(others + "[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOld")
+    kh = KnownHosts(app_file, user_file=tmp_path / "none")
+    kh.replace("127.0.0.1", 2222, new)
+    assert app_file.read_text() == others + f"[127.0.0.1]:2222 ssh-ed25519 {new.get_base64()}\n"
+    assert oct(app_file.stat().st_mode & 0o777) == "0o600"
+
+
 @pytest.mark.fault
 def test_changed_host_key_stops_before_any_credential_is_sent(
     ssh_env: SSHEnv, tmp_path: Path

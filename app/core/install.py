@@ -455,7 +455,8 @@ class Installer:
                 "A kexec-bundle carries only the SSH keys it was built with; after the reboot "
                 "the wizard logs in with your keys and agent.",
             )
-            self.installer_creds = replace(self.creds, password=None)
+            # Keys only: no password is ever sent to a host whose key cannot be checked first.
+            self.installer_creds = replace(self.creds, method="auto", password=None)
             return
         files, own_file = self._carried_files()
         blobs = self._carried_blobs(files)

@@ -274,7 +274,7 @@ class KnownHosts:
                 lines = self.app_file.read_text().splitlines(keepends=True)
             except FileNotFoundError:
                 lines = []
-            kept = [ln for ln in lines if ln.split(" ", 1)[0] != name]
+            kept = [ln.rstrip("\n") + "\n" for ln in lines if ln.split(" ", 1)[0] != name]
             self.app_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             atomic_write_text(self.app_file, "".join(kept) + f"{name} {key_line(key)}\n", 0o600)
 
