@@ -605,14 +605,11 @@ def cmd_netboot(ctx: Context) -> int:
     source = _netboot_source(ctx, arch)
     server = NetbootServer(source, host, port, a.kernel_args or "", _request_reporter(ctx))
     server.start()
-    chain = server.chain_url
     ctx.report.info(
         f"Serving {source.description} at {server.url} for {a.serve_for:g} s (Ctrl-C stops).",
-        chain_url=chain,
+        chain_url=server.chain_url,
     )
-    if host in ("0.0.0.0", "::"):
-        chain = chain.replace(server.url.split("//")[1], f"<this computer's address>:{port}")
-    ctx.report.info(f"At the machine's iPXE prompt: chain {chain}")
+    ctx.report.info(f"At the machine's iPXE prompt: {server.chain_command}")
     try:
         ctx.cancel.wait(a.serve_for)
         outcome = "served"

@@ -207,6 +207,15 @@ def test_an_address_in_use_or_not_ours_is_a_clear_error(tmp_path: Path) -> None:
     assert "is not an address of this computer" in err.value.what
 
 
+def test_a_wildcard_address_is_not_offered_as_something_to_type(tmp_path: Path) -> None:
+    tar = standin_tarball(tmp_path / "t.tar.gz")
+    source = kexec_source(local_image(tar, ImageCache(tmp_path / "i")), tmp_path / "n", [KEY])
+    wild = NetbootServer(source, "0.0.0.0", 8080)  # never started: nothing is bound
+    assert wild.chain_command == "chain http://<this computer's address>:8080/netboot.ipxe"
+    lan = NetbootServer(source, "192.168.1.10", 8080)
+    assert lan.chain_command == "chain http://192.168.1.10:8080/netboot.ipxe"
+
+
 def test_a_served_ipv6_loopback_works(tmp_path: Path) -> None:
     tar = standin_tarball(tmp_path / "t.tar.gz")
     source = kexec_source(local_image(tar, ImageCache(tmp_path / "i")), tmp_path / "n", [KEY])

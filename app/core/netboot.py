@@ -355,8 +355,16 @@ class NetbootServer:
 
     @property
     def chain_url(self) -> str:
-        """The script's URL (a wildcard address must be replaced by one the machine can reach)."""
+        """The script's URL as this computer reaches it."""
         return f"{self.url}/{SCRIPT_NAME}"
+
+    @property
+    def chain_command(self) -> str:
+        """What to type at the machine's iPXE prompt (a wildcard address cannot be typed)."""
+        if self.host in ("0.0.0.0", "::"):
+            host = "<this computer's address>"
+            return f"chain http://{host}:{self.port}/{SCRIPT_NAME}"
+        return f"chain {self.chain_url}"
 
     def files(self) -> dict[str, Path | bytes]:
         """Every name served and its content."""

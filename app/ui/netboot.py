@@ -76,7 +76,8 @@ class NetbootDialog(QDialog):
         self.ctx = ctx
         self.catalog = catalog
         self.server: NetbootServer | None = None
-        self.job: Job | None = None
+        self.job: Job | None = None  # getting the files ready to serve
+        self.catalog_job: Job | None = None
         self.bridge = _RequestBridge(self)
         self.bridge.served.connect(self._served)
         self.setWindowTitle("Other ways to boot")
@@ -228,9 +229,9 @@ class NetbootDialog(QDialog):
         def work(_emit: EventSink, _cancel: CancelToken) -> Catalog:
             return CatalogClient(settings, cache).load()
 
-        self.job = Job(work, "catalog", self)
-        self.job.finished.connect(self._catalog_loaded)
-        self.job.start()
+        self.catalog_job = Job(work, "catalog", self)
+        self.catalog_job.finished.connect(self._catalog_loaded)
+        self.catalog_job.start()
         self.chain.setText("Reading the list of releases…")
 
     @Slot(object)
@@ -362,7 +363,7 @@ class NetbootDialog(QDialog):
             self.error.show_error(exc)
             return
         self.server = server
-        self.served_chain.setText(f"chain {server.chain_url}")
+        self.served_chain.setText(server.chain_command)
         self.served_widget.show()
         self.status.setText(f"Serving {source.description} at {server.url}.")
         self.log.appendPlainText(f"Serving on {server.url}; type this at the iPXE prompt.")
@@ -391,6 +392,8 @@ class NetbootDialog(QDialog):
     def done(self, result: int) -> None:
         """Closing the dialog stops the server: nothing keeps serving unseen."""
         self.stop()
-        if self.job is not None and self.job.running:
-            self.job.wait(10_000)
+        for job in (self.job, self.catalog_job):
+            if job is not None and job.running:
+                job.cancel()
+                job.wait(10_000)
         super().done(result)
