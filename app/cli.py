@@ -9,7 +9,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -592,10 +592,10 @@ def cmd_netboot(ctx: Context) -> int:
                 "Add --serve, e.g. --serve 192.168.1.10:8080.",
             )
         cat = CatalogClient(ctx.settings, ctx.paths.catalog_cache).load(offline=a.offline)
-        channel = a.channel or cat.default_channel()
+        release = release_of(cat, a.channel)
+        channel = release.channel
         url = chain_url(ctx.settings, channel, arch)
-        release = cat.release(channel)
-        if cat.source != "builtin" and (release is None or release.netboot(arch) is None):
+        if cat.source != "builtin" and release.netboot(arch) is None:
             ctx.report.info(f"{channel} lists no netboot image for {arch}.", level="warn")
         ctx.report.info(chain_explanation(url))
         ctx.report.result(True, "chain-url", url=url, command=f"chain {url}", channel=channel)
@@ -642,7 +642,7 @@ def _netboot_source(ctx: Context, arch: str) -> NetbootSource:
     )
 
 
-def _request_reporter(ctx: Context) -> Any:
+def _request_reporter(ctx: Context) -> Callable[[ServedRequest], None]:
     def report(req: ServedRequest) -> None:
         ctx.report.info(req.line(), request=req.path, status=req.status, sent=req.sent)
 

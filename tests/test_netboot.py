@@ -253,6 +253,13 @@ def test_netboot_warns_when_the_channel_has_no_netboot_image(urls: dict[str, str
 
 
 @pytest.mark.fault
+def test_an_unknown_channel_is_named_with_the_known_ones(urls: dict[str, str]) -> None:
+    r = cli("netboot", "--channel", "nixos-19.03", env=urls)
+    assert r.code == 2 and "There is no channel 'nixos-19.03'" in r.stderr
+    assert "nixos-26.05" in r.stderr
+
+
+@pytest.mark.fault
 def test_from_kexec_without_serve_says_what_to_add(urls: dict[str, str]) -> None:
     r = cli("netboot", "--from-kexec", env=urls)
     assert r.code == 2 and "--from-kexec needs --serve" in r.stderr
