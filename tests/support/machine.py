@@ -74,6 +74,9 @@ class Machine:
     _proc: subprocess.Popen[bytes] | None = None
     _watch: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    _down: threading.Event = field(
+        default_factory=threading.Event
+    )  # set once a kexec has powered off
 
     # -- layout -------------------------------------------------------------------------
 
@@ -202,16 +205,22 @@ class Machine:
         initrd = next(a.split("=", 1)[1] for a in loaded if a.startswith("--initrd="))
         files = read_initrd(self._host_path(initrd).read_bytes())
         self.events.append((time.monotonic(), "kexec"))
+        self.carried = files
         self.power_off()
         self.state = "down"
-        self.carried = files
+        self._down.set()
         if self._stop.wait(self.boot_delay) or self.installer_mode == "silent":
             return
         self.boot_installer(files)
 
     def boot_installer(self, files: dict[str, tuple[int, bytes]] | None = None) -> None:
         """Start the installer from what `run` carried (a silent machine's late boot, too)."""
-        files = files if files is not None else self.carried
+        if files is None:
+            # A late boot from a test: the kexec's power-off must be over, or it would kill
+            # the installer's sshd as it starts.
+            if not self._down.wait(10):
+                raise RuntimeError("the machine never went down, so it cannot boot the installer")
+            files = self.carried
         port = self.installer_port or self.port
         self._prepare(INSTALLER, "nixos-installer", str(uuid.uuid4()))
         etc = self.workdir / "etc-ssh"
