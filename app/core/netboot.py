@@ -12,15 +12,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app import __version__
 from app.core.catalog import Asset, Release, netboot_names
 from app.core.download import CHUNK, CachedImage, Downloader
 from app.core.errors import Cancelled, ConfigError, IntegrityError, UsageError
 from app.core.events import CancelToken, EventSink, discard
+from app.core.lazy import LazyModule
 from app.core.settings import Settings
+
+if TYPE_CHECKING:
+    import http.server as http_server
+else:
+    # Only serving needs it (with email and mimetypes behind it): not the wizard's start-up.
+    http_server = LazyModule("http.server")
 
 SCRIPT_NAME = "netboot.ipxe"
 KEYS_NAME = "keys.cpio.gz"
@@ -344,7 +351,7 @@ class NetbootServer:
     extra_args: str = ""
     on_request: Callable[[ServedRequest], None] = lambda _r: None
     requests: list[ServedRequest] = field(default_factory=list)
-    _httpd: ThreadingHTTPServer | None = None
+    _httpd: http_server.ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
     @property
@@ -379,7 +386,7 @@ class NetbootServer:
         handler = _handler(files, self._record)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
 
-        class Server(ThreadingHTTPServer):
+        class Server(http_server.ThreadingHTTPServer):
             address_family = family
             daemon_threads = True
 
@@ -425,8 +432,8 @@ def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
 
 def _handler(
     files: dict[str, Path | bytes], record: Callable[[ServedRequest], None]
-) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+) -> type[http_server.BaseHTTPRequestHandler]:
+    class Handler(http_server.BaseHTTPRequestHandler):
         server_version = f"nixos-kexec-wizard/{__version__}"
         protocol_version = "HTTP/1.1"
 

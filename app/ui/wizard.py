@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from PySide6.QtCore import QSize, QUrl, Slot
 from PySide6.QtGui import QCloseEvent, QDesktopServices, QIcon
 from PySide6.QtWidgets import QMessageBox, QWidget, QWizard
@@ -9,7 +11,6 @@ from PySide6.QtWidgets import QMessageBox, QWidget, QWizard
 from app.core.settings import save_user_settings
 from app.ui.context import AppContext, Flow
 from app.ui.dialogs import SettingsDialog
-from app.ui.netboot import NetbootDialog
 from app.ui.pages.base import BasePage, PageId
 from app.ui.pages.confirm import ConfirmPage
 from app.ui.pages.connect import ConnectPage
@@ -18,6 +19,9 @@ from app.ui.pages.image import ImagePage
 from app.ui.pages.inspect import InspectPage
 from app.ui.pages.install import InstallPage
 from app.ui.pages.servers import ServersPage
+
+if TYPE_CHECKING:
+    from app.ui.netboot import NetbootDialog
 
 
 class KexecWizard(QWizard):
@@ -97,6 +101,8 @@ class KexecWizard(QWizard):
         if self.netboot_dialog is not None:
             self.netboot_dialog.raise_()
             return self.netboot_dialog
+        from app.ui.netboot import NetbootDialog  # on first use: not on the start-up path
+
         image = self.pages[PageId.IMAGE]
         channel = image.channel.currentData() if isinstance(image, ImagePage) else None
         arch = self.flow.facts.arch if self.flow.facts else None

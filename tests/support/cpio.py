@@ -1,4 +1,4 @@
-"""Just enough of the newc cpio format to build stand-in initrds and read what `run` appends."""
+"""Reading newc cpio archives (what `run` appends), and gzip'd stand-in initrds."""
 
 from __future__ import annotations
 
@@ -6,37 +6,13 @@ import gzip
 import stat
 import zlib
 
+from app.core.netboot import newc
+
 MAGIC = b"070701"
 
 
 def _pad4(n: int) -> int:
     return (4 - n % 4) % 4
-
-
-def write_newc(files: dict[str, tuple[int, bytes]]) -> bytes:
-    """A newc archive of ``{name: (mode, data)}`` (regular files only)."""
-    out = bytearray()
-    for ino, (name, (mode, data)) in enumerate([*files.items(), ("TRAILER!!!", (0, b""))], 1):
-        raw = name.encode() + b"\0"
-        fields = [
-            ino,
-            (stat.S_IFREG | mode) if mode else 0,
-            0,
-            0,
-            1,
-            0,
-            len(data),
-            0,
-            0,
-            0,
-            0,
-            len(raw),
-            0,
-        ]
-        out += MAGIC + b"".join(b"%08X" % f for f in fields)
-        out += raw + b"\0" * _pad4(110 + len(raw))
-        out += data + b"\0" * _pad4(len(data))
-    return bytes(out)
 
 
 def read_newc(data: bytes) -> dict[str, tuple[int, bytes]]:
@@ -68,5 +44,6 @@ def read_initrd(data: bytes) -> dict[str, tuple[int, bytes]]:
 
 
 def gzip_newc(files: dict[str, tuple[int, bytes]]) -> bytes:
-    """A gzip'd newc archive, as the kernel takes for an initrd."""
-    return gzip.compress(write_newc(files), compresslevel=1, mtime=0)
+    """A gzip'd newc archive of ``{name: (mode, data)}`` files, as the kernel takes for an initrd."""
+    entries = [(name, stat.S_IFREG | mode, data) for name, (mode, data) in files.items()]
+    return gzip.compress(newc(entries), compresslevel=1, mtime=0)
