@@ -8,6 +8,7 @@ import shlex
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -55,6 +56,7 @@ SUCCESS_LINE = "machine will boot into nixos"
 MARKER = ".nixos-kexec-wizard"
 KEY_RE = re.compile(r"(?:ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+\s+([A-Za-z0-9+/=]+)")
 DEFAULT_STAGING = "~/nixos-kexec-wizard"
+KEPT_LINES = 2000  # lines of `run`'s output kept for the diagnosis (all are shown as they come)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,11 +669,15 @@ class Installer:
         # Like nixos-anywhere: its own session, waited for. busybox's setsid cannot wait, and
         # without waiting the output would be lost; `run` detaches its kexec with nohup anyway.
         setsid = "setsid --wait " if self.facts.setsid_wait else ""
-        lines: list[str] = []
-        stderr: list[str] = []
+        # The tail of what `run` says is enough to explain a failure; a flood is not kept.
+        lines: deque[str] = deque(maxlen=KEPT_LINES)
+        stderr: deque[str] = deque(maxlen=KEPT_LINES)
+        said_success = False
 
         def on_line(stream: str, line: str) -> None:
+            nonlocal said_success
             lines.append(line)
+            said_success = said_success or SUCCESS_LINE in line
             if stream == "stderr":
                 stderr.append(line)
             self.emit(Event("output", "run", line, {"stream": stream}))
@@ -696,15 +702,15 @@ class Installer:
             )
         except RemoteCommandError as exc:
             # The connection may drop because the kexec already happened: let the wait decide.
-            if any(SUCCESS_LINE in ln for ln in lines):
+            if said_success:
                 self._log("run", f"The connection closed after the success line ({exc.what}).")
                 return
             raise
         out = "\n".join(lines)
-        if res.ok and SUCCESS_LINE in out:
+        if res.ok and said_success:
             return
         self.point_of_no_return = False
-        tail = _diagnosis(lines, stderr)
+        tail = _diagnosis(list(lines), list(stderr))
         if "kexec failed" in out or "kexec_file_load failed" in out or "kexec_load failed" in out:
             hint = (
                 "The kernel refused kexec_file_load: retry with --kexec-extra-flags -c "
@@ -749,7 +755,7 @@ class Installer:
             )
         )
         self._run(start, privileged=True, what="starting the kexec-bundle")
-        lines: list[str] = []
+        lines: deque[str] = deque(maxlen=KEPT_LINES)
         offset = 0
         deadline = time.monotonic() + self.settings.run_timeout
         while time.monotonic() < deadline:
@@ -763,7 +769,7 @@ class Installer:
             except WizardError:
                 self._log("run", "The connection closed: the kexec is under way.")
                 return
-            offset += len(res.stdout.encode())
+            offset += len(res.stdout.encode()) + res.stdout_dropped
             for line in res.stdout.splitlines():
                 lines.append(line)
                 if not line.startswith("nkw-exit "):
@@ -776,7 +782,7 @@ class Installer:
                 self.point_of_no_return = False
                 raise KexecRefused(
                     f"The kexec-bundle failed (exit status {status}).",
-                    "Its last output:\n" + _diagnosis(lines[:-1], []),
+                    "Its last output:\n" + _diagnosis(list(lines)[:-1], []),
                     "Read the output above; the server was not rebooted. A bundle needs kexec "
                     "support in the kernel and space in /tmp to unpack itself.",
                 )

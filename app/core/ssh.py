@@ -40,6 +40,10 @@ else:
 WINDOW_SIZE = 64 * 1024 * 1024
 MAX_PACKET = 32768
 UPLOAD_CHUNK = 256 * 1024
+# Remote output kept per stream and command: enough for the probe of a host with hundreds of
+# interfaces; a server that floods is cut to its tail, never allowed to fill this computer.
+OUTPUT_LIMIT = 4 * 1024 * 1024
+LINE_LIMIT = 64 * 1024
 # AES-GCM is the fastest cipher paramiko offers (AES-NI through cryptography).
 PREFERRED_CIPHERS = (
     "aes128-gcm@openssh.com",
@@ -365,11 +369,13 @@ class Privilege:
 
 @dataclass(frozen=True)
 class CommandResult:
-    """Exit status and output of one remote command."""
+    """Exit status and output of one remote command (each stream's tail, within a bound)."""
 
     status: int
     stdout: str
     stderr: str
+    stdout_dropped: int = 0  # bytes of stdout beyond the bound, counted and not kept
+    stderr_dropped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -378,6 +384,54 @@ class CommandResult:
 
 
 LineSink = Callable[[str, str], None]  # (stream name, line)
+
+
+class TailBuffer:
+    """The last ``limit`` bytes of a stream, and how many bytes before them were dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.dropped = 0
+        self._buf = bytearray()
+
+    def add(self, data: bytes) -> None:
+        """Append ``data``, dropping the oldest bytes past the bound."""
+        self._buf += data
+        extra = len(self._buf) - self.limit
+        if extra > 0:
+            del self._buf[:extra]
+            self.dropped += extra
+
+    def text(self) -> str:
+        """What is kept, decoded (a cut multibyte character becomes U+FFFD)."""
+        return self._buf.decode("utf-8", "replace")
+
+
+class LineSplitter:
+    """Feeds a stream's lines to a sink; a line longer than the bound is passed on in pieces."""
+
+    def __init__(self, sink: LineSink | None, name: str, limit: int = LINE_LIMIT) -> None:
+        self.sink = sink
+        self.name = name
+        self.limit = limit
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        """Take more bytes and pass every complete line on."""
+        if self.sink is None:
+            return
+        buf = self._pending
+        buf += data
+        while (nl := buf.find(b"\n")) >= 0 or len(buf) >= self.limit:
+            cut = nl if 0 <= nl < self.limit else self.limit
+            self.sink(self.name, buf[:cut].decode("utf-8", "replace").rstrip("\r"))
+            del buf[: cut + 1 if cut == nl else cut]
+
+    def flush(self) -> None:
+        """Pass on a last line that had no newline."""
+        if self.sink is not None and self._pending:
+            self.sink(self.name, self._pending.decode("utf-8", "replace"))
+            self._pending.clear()
 
 
 @dataclass(frozen=True)
@@ -414,6 +468,10 @@ class Session:
         self._jump = jump
         self.privilege: Privilege | None = None
         self.sudo_password: str | None = None
+        # Output kept per stream and command (the tail; the rest is counted, not kept).
+        self.output_limit = OUTPUT_LIMIT
+        # How long opening a channel may take for a transfer, whose own deadline is long.
+        self.start_timeout = 30.0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -470,79 +528,136 @@ class Session:
             if self.privilege.kind == "sudo-password":
                 secret = (self.sudo_password or "").encode() + b"\n"
                 stdin = secret + (stdin or b"")
-        chan = self._open_channel(what or command)
+        label = what or command
+        deadline = time.monotonic() + timeout
+        chan = self._start(command, stdin, deadline, cancel, label)
         unhook = cancel.on_cancel(chan.close) if cancel is not None else (lambda: None)
         try:
-            chan.exec_command(command)
-            if stdin:
-                chan.sendall(stdin)
-            chan.shutdown_write()
-            return self._collect(chan, timeout, on_line, cancel, what or command)
+            return self._collect(chan, deadline, timeout, on_line, cancel, label)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             if cancel is not None and cancel.cancelled:
                 raise Cancelled() from exc
-            raise RemoteCommandError(
-                f"The connection to {self.target.label} broke while running "
-                f"{_short(what or command)}.",
-                f"({exc or type(exc).__name__})",
-                "Check that the server is up and reachable, then try again.",
-            ) from exc
+            raise self._broke(label, exc) from exc
         finally:
             unhook()
             _close_quietly(chan)
 
-    def _open_channel(self, what: str) -> paramiko.Channel:
-        try:
-            return self.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise RemoteCommandError(
-                f"Cannot start {_short(what)} on {self.target.label}: the connection is closed.",
-                f"({exc or type(exc).__name__})",
-                "Reconnect and try again.",
-            ) from exc
+    def _broke(self, what: str, exc: BaseException) -> RemoteCommandError:
+        return RemoteCommandError(
+            f"The connection to {self.target.label} broke while running {_short(what)}.",
+            f"({exc or type(exc).__name__})",
+            "Check that the server is up and reachable, then try again.",
+        )
+
+    def _late(self, what: str, timeout: float) -> RemoteCommandError:
+        return RemoteCommandError(
+            f"{_short(what)} ran past its {timeout:g} s deadline on {self.target.label}.",
+            "The command hung, or the server (or the link to it) stopped answering; it was "
+            "abandoned.",
+            "Check the server's load and connectivity, then try again.",
+        )
+
+    def _start(
+        self,
+        command: str,
+        stdin: bytes | None,
+        deadline: float,
+        cancel: CancelToken | None,
+        what: str,
+        *,
+        end_input: bool = True,
+    ) -> paramiko.Channel:
+        """Open a channel, start ``command`` and send its stdin, all within the deadline.
+
+        paramiko waits for the server's answers to both requests without a deadline of ours,
+        so they run on a helper thread; on the deadline or a cancel this thread stops waiting at
+        once and the channel, when it comes, is closed.
+        """
+        timeout = max(deadline - time.monotonic(), 0.1)
+        state: dict[str, Any] = {}
+        lock = threading.Lock()
+        done = threading.Event()
+
+        def starter() -> None:
+            chan = None
+            try:
+                chan = self.transport.open_session(
+                    window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET, timeout=timeout
+                )
+                with lock:
+                    state["chan"] = chan
+                    if state.get("abandoned"):
+                        raise EOFError("abandoned")
+                chan.settimeout(timeout)
+                chan.exec_command(command)
+                if stdin:
+                    chan.sendall(stdin)
+                if end_input:
+                    chan.shutdown_write()
+                chan.settimeout(None)
+            except BaseException as exc:  # handed to the waiting thread
+                state["exc"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=starter, name="ssh-start", daemon=True).start()
+        while not done.wait(min(max(deadline - time.monotonic(), 0), 0.05)):
+            if (cancel is not None and cancel.cancelled) or time.monotonic() >= deadline:
+                break
+        with lock:
+            chan = state.get("chan")
+            if not done.is_set():
+                state["abandoned"] = True
+        if not done.is_set() or "exc" in state:
+            if chan is not None:
+                _close_quietly(chan)
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled()
+            if not done.is_set() or time.monotonic() >= deadline:
+                raise self._late(what, timeout)
+            exc = state["exc"]
+            if chan is None:
+                raise RemoteCommandError(
+                    f"Cannot start {_short(what)} on {self.target.label}: "
+                    "the connection is closed.",
+                    f"({exc or type(exc).__name__})",
+                    "Reconnect and try again.",
+                ) from exc
+            raise self._broke(what, exc) from exc
+        return state["chan"]  # type: ignore[no-any-return]
 
     def _collect(
         self,
         chan: paramiko.Channel,
+        deadline: float,
         timeout: float,
         on_line: LineSink | None,
         cancel: CancelToken | None,
         what: str,
     ) -> CommandResult:
-        deadline = time.monotonic() + timeout
-        out, err = bytearray(), bytearray()
-        pending = {"stdout": bytearray(), "stderr": bytearray()}
-
-        def feed(name: str, data: bytes) -> None:
-            if on_line is None:
-                return
-            buf = pending[name]
-            buf += data
-            while (nl := buf.find(b"\n")) >= 0:
-                on_line(name, buf[:nl].decode("utf-8", "replace").rstrip("\r"))
-                del buf[: nl + 1]
+        out, err = TailBuffer(self.output_limit), TailBuffer(self.output_limit)
+        lines = {
+            "stdout": LineSplitter(on_line, "stdout"),
+            "stderr": LineSplitter(on_line, "stderr"),
+        }
 
         while True:
             if cancel is not None and cancel.cancelled:
                 raise Cancelled()
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RemoteCommandError(
-                    f"{_short(what)} ran past its {timeout:g} s deadline on {self.target.label}.",
-                    "The command hung or the server is overloaded; it was abandoned.",
-                    "Check the server's load and connectivity, then try again.",
-                )
+                raise self._late(what, timeout)
             select.select([chan], [], [], min(left, 0.5))
             got = False
             while chan.recv_ready():
                 data = chan.recv(65536)
-                out += data
-                feed("stdout", data)
+                out.add(data)
+                lines["stdout"].feed(data)
                 got = True
             while chan.recv_stderr_ready():
                 data = chan.recv_stderr(65536)
-                err += data
-                feed("stderr", data)
+                err.add(data)
+                lines["stderr"].feed(data)
                 got = True
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
@@ -557,10 +672,9 @@ class Session:
                 raise Cancelled()
             if not self.transport.is_active():
                 raise EOFError("the connection closed")
-        for name, buf in pending.items():
-            if buf and on_line is not None:
-                on_line(name, buf.decode("utf-8", "replace"))
-        return CommandResult(status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+        for splitter in lines.values():
+            splitter.flush()
+        return CommandResult(status, out.text(), err.text(), out.dropped, err.dropped)
 
     def upload(
         self,
@@ -580,13 +694,13 @@ class Session:
         """
         size = local.stat().st_size
         cmd = f"umask 077 && cat > {shlex.quote(remote)}"
-        chan = self._open_channel("the upload")
+        deadline = time.monotonic() + timeout
+        start_by = min(deadline, time.monotonic() + max(self.start_timeout, 1.0))
+        chan = self._start(cmd, None, start_by, cancel, "the upload", end_input=False)
         unhook = cancel.on_cancel(chan.close) if cancel is not None else (lambda: None)
         h = hashlib.sha256()
         meter = ProgressMeter(emit, stage, size)
-        deadline = time.monotonic() + timeout
         try:
-            chan.exec_command(cmd)
             buf = bytearray(UPLOAD_CHUNK)
             with local.open("rb", buffering=0) as f:
                 while n := f.readinto(buf):
@@ -605,7 +719,8 @@ class Session:
                     _send_all(chan, chunk)
                     meter.advance(n)
             chan.shutdown_write()
-            res = self._collect(chan, max(deadline - time.monotonic(), 30), None, cancel, "upload")
+            left = max(deadline - time.monotonic(), 30)
+            res = self._collect(chan, time.monotonic() + left, left, None, cancel, "the upload")
         except (OSError, EOFError, paramiko.SSHException) as exc:
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("Upload cancelled.") from exc
