@@ -28,7 +28,9 @@ from app.core.errors import (
     Cancelled,
     ConfigError,
     ExitCode,
+    HostKeyOtherType,
     HostKeyUnknown,
+    NewSystemHostKey,
     UsageError,
     WizardError,
 )
@@ -284,36 +286,60 @@ def _credentials(ctx: Context, profile: Profile | None) -> Credentials:
     return Credentials(method=method, password=password, sudo_password=sudo_password)
 
 
+def _accepted_keys(ctx: Context, target: Target) -> tuple[tuple[str, int, str], ...]:
+    """The fingerprints named by --accept-host-key, for the target and each of its hops."""
+    fps = getattr(ctx.args, "accept_host_key", None) or []
+    hops: list[Target] = []
+    t: Target | None = target
+    while t is not None:
+        hops.append(t)
+        t = t.jump
+    return tuple((h.host, h.port, fp) for h in hops for fp in fps)
+
+
+def _ask_host_key(ctx: Context, exc: HostKeyUnknown) -> None:
+    """Ask whether to trust exactly this key; raises when the answer is no (or cannot be asked)."""
+    if not ctx.interactive:
+        if isinstance(exc, HostKeyOtherType | NewSystemHostKey):
+            exc.fix += f" From the command line: --accept-host-key {exc.fingerprint}"
+        else:
+            exc.fix += " Or pass --accept-new-host-key to trust it from the command line."
+        raise exc
+    sys.stderr.write(f"{exc.what}\n{exc.why}\n")
+    answer = input("Trust this key and continue? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise Cancelled("Host key not trusted; nothing was sent to the server.") from exc
+
+
 def _connect(ctx: Context, target: Target, creds: Credentials) -> Session:
     """Connect, turning host-key and secret questions into prompts when interactive."""
     opts = ConnectOptions(
         timeout=ctx.settings.connect_timeout,
         accept_new_host_key=bool(ctx.args.accept_new_host_key),
+        trusted=_accepted_keys(ctx, target),
     )
-    for _ in range(6):
+    # One question per hop and secret at the most; an answer sticks for its own host.
+    for _ in range(12):
         try:
             return connect(target, creds, ctx.known_hosts, opts, cancel=ctx.cancel)
         except HostKeyUnknown as exc:
-            if not ctx.interactive:
-                exc.fix += " Or pass --accept-new-host-key to trust it from the command line."
-                raise
-            sys.stderr.write(f"{exc.what}\n{exc.why}\n")
-            answer = input("Trust this key and continue? [y/N] ").strip().lower()
-            if answer not in ("y", "yes"):
-                raise Cancelled("Host key not trusted; nothing was sent to the server.") from exc
-            opts = replace(opts, trust_fingerprint=exc.fingerprint)
+            _ask_host_key(ctx, exc)
+            opts = opts.trusting(exc.host, exc.port, exc.fingerprint)
         except PassphraseRequired as exc:
             if not ctx.interactive:
                 raise
             secret = getpass.getpass(f"Passphrase for {exc.path}: ")
             ctx.report.redact.add(secret)
             creds.passphrases[exc.path] = secret
-        except PasswordRequired:
+        except PasswordRequired as exc:
             if not ctx.interactive:
                 raise
-            secret = getpass.getpass(f"Password for {target.label}: ")
+            secret = getpass.getpass(f"Password for {exc.label}: ")
             ctx.report.redact.add(secret)
-            creds.password = secret
+            if exc.label == target.label:
+                creds.password = secret
+            else:
+                creds.jump_passwords[exc.label] = secret
     raise Cancelled("Too many attempts.")
 
 
@@ -537,6 +563,7 @@ def cmd_install(ctx: Context) -> int:
             kexec_extra_flags=a.kexec_extra_flags or "",
             key_name=(a.save_profile or (profile.name if profile else target.host)),
             kind=kind,
+            accept_host_keys=tuple(a.accept_host_key or ()),
         )
         summary = (
             f"\nAbout to boot the NixOS installer on {target.label} ({facts.os_name}).\n"
@@ -556,16 +583,17 @@ def cmd_install(ctx: Context) -> int:
             cancel=ctx.cancel,
         )
         try:
-            info = installer.run()
+            info = _run_installer(ctx, installer)
         except WizardError:
             state = "unknown" if installer.point_of_no_return else "original"
             _save_after(ctx, profile, target, creds, session, facts, meta, None, state)
             ctx.report(Event("timings", data={"timings": installer.timings.stages}))
             raise
         _save_after(ctx, profile, target, creds, session, facts, meta, info)
+        proof = "" if info.host_key_verified else " (accepted by you, not verified)"
         ctx.report.info(
             f"NixOS installer is running at root@{info.host} (port {info.port}), "
-            f"host key {info.fingerprint}."
+            f"host key {info.fingerprint}{proof}."
         )
         ctx.report.result(
             True,
@@ -577,6 +605,22 @@ def cmd_install(ctx: Context) -> int:
         return 0
     finally:
         session.close()
+
+
+def _run_installer(ctx: Context, installer: Installer) -> InstallerInfo:
+    """Run the install; a bundle's new host key is asked about, then the wait goes on."""
+    try:
+        return installer.run()
+    except NewSystemHostKey as exc:
+        question = exc
+    for _ in range(3):
+        _ask_host_key(ctx, question)
+        installer.accept_host_key(question.fingerprint)
+        try:
+            return installer.wait_for_installer()
+        except NewSystemHostKey as exc:
+            question = exc
+    raise question
 
 
 def cmd_netboot(ctx: Context) -> int:
@@ -798,7 +842,14 @@ def _add_ssh(p: argparse.ArgumentParser, target_required: bool = False) -> None:
     g.add_argument(
         "--accept-new-host-key",
         action="store_true",
-        help="trust an unknown host key (never a changed one)",
+        help="trust the key of a host with no known key (never a changed one, nor another type)",
+    )
+    p.add_argument(
+        "--accept-host-key",
+        action="append",
+        metavar="SHA256:...",
+        help="trust exactly this host key fingerprint (repeatable), e.g. after comparing it on "
+        "the console",
     )
     g.add_argument("--connect-timeout", type=float, metavar="S")
     g.add_argument("--profile", metavar="NAME", help="connect with a saved profile")

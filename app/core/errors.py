@@ -157,6 +157,86 @@ class HostKeyChanged(WizardError):
         self.known = known
 
 
+class HostKeyOtherType(HostKeyUnknown):
+    """Keys of other types are known for this host, not the one it presents: ask, never assume."""
+
+    def __init__(
+        self, host: str, port: int, key_type: str, fingerprint: str, known: list[tuple[str, str]]
+    ) -> None:
+        super().__init__(host, port, key_type, fingerprint)
+        listed = "; ".join(f"{t} {fp}" for t, fp in known)
+        self.what = (
+            f"{host} port {port} presents a {key_type} key ({fingerprint}), but only keys of "
+            f"other types are known for it: {listed}."
+        )
+        self.why = (
+            "A server that changed its keys, or someone in the middle offering a key of another "
+            "type, looks exactly like this. --accept-new-host-key does not apply: it is for hosts "
+            "with no known key."
+        )
+        self.fix = (
+            "Compare the fingerprint with the server's console (`ssh-keygen -lf "
+            "/etc/ssh/ssh_host_*_key.pub`), then accept exactly that fingerprint."
+        )
+        self.known_keys = known
+        self.args = (self.what,)
+
+
+class NewSystemHostKey(HostKeyUnknown):
+    """A system that cannot keep the old host keys (a kexec-bundle) presents a new one."""
+
+    def __init__(self, host: str, port: int, key_type: str, fingerprint: str, old: str) -> None:
+        super().__init__(host, port, key_type, fingerprint)
+        self.what = (
+            f"{host} port {port} now presents a new {key_type} host key {fingerprint} "
+            f"(before: {old}). It is NOT verified."
+        )
+        self.why = (
+            "A kexec-bundle cannot keep the old host keys, so nothing proves that the new key "
+            "belongs to the system it booted and not to someone in the middle. Nothing was sent "
+            "to it, and the old key is still the one trusted for this address."
+        )
+        self.fix = (
+            "Compare the fingerprint with the server's console (`ssh-keygen -lf "
+            "/etc/ssh/ssh_host_ed25519_key.pub` there); accept it only if it matches (at the "
+            "prompt, or with --accept-host-key FINGERPRINT)."
+        )
+        self.old = old
+        self.args = (self.what,)
+
+
+class HostKeyRevoked(WizardError):
+    """The server presented a key marked @revoked in known_hosts: a hard stop."""
+
+    exit_code = ExitCode.HOST_KEY_CHANGED
+    kind = "host-key-revoked"
+
+    def __init__(self, host: str, port: int, key_type: str, fingerprint: str) -> None:
+        super().__init__(
+            f"{host} port {port} presents the {key_type} key {fingerprint}, which your "
+            "known_hosts marks @revoked.",
+            "A revoked key must never be trusted again (it may be stolen). Nothing was sent.",
+            "Ask the server's owner which key it should have now; do not connect until then.",
+        )
+        self.fingerprint = fingerprint
+
+
+class KnownHostsUnreadable(WizardError):
+    """A known_hosts line for this host cannot be read, so the host cannot be called new."""
+
+    exit_code = ExitCode.HOST_KEY_CHANGED
+    kind = "known-hosts-unreadable"
+
+    def __init__(self, host: str, port: int, where: list[str]) -> None:
+        super().__init__(
+            f"A known_hosts entry for {host} port {port} cannot be read ({', '.join(where)}).",
+            "It may hold the key this server had before; without reading it the app cannot tell "
+            "a first connection from a changed key, so it sends nothing.",
+            "Fix or delete that line (ssh-keygen -R can remove a host's entries), then try again.",
+        )
+        self.where = where
+
+
 class PrivilegeError(WizardError):
     """We are not root and cannot become root."""
 

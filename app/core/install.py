@@ -115,6 +115,8 @@ class InstallPlan:
     kexec_extra_flags: str = ""
     key_name: str = "default"  # names the generated key, usually the profile name
     kind: str = "tarball"  # "tarball", or "bundle" for a legacy self-extracting kexec-bundle
+    # Host key fingerprints the user accepted ahead (--accept-host-key), for a bundle's system.
+    accept_host_keys: tuple[str, ...] = ()
 
     @property
     def bundle(self) -> bool:
@@ -151,6 +153,8 @@ class InstallerInfo:
     hostname: str
     os_release: dict[str, str]
     identity_file: str | None = None
+    # False when the host key is one the user accepted, not the one proven before the kexec.
+    host_key_verified: bool = True
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -316,6 +320,7 @@ class Installer:
         self.installer_creds: Credentials | None = None
         self.identity_file: str | None = None
         self.added_key: tuple[str, str] | None = None  # (file, line) we appended
+        self.accepted_keys: set[str] = set(plan.accept_host_keys)
         self.point_of_no_return = False
 
     # -- helpers ------------------------------------------------------------------------
@@ -886,15 +891,20 @@ class Installer:
                 if rest > 0 and self.cancel.wait(rest):
                     raise Cancelled("Stopped waiting; the installer may still come up.")
 
+    def accept_host_key(self, fingerprint: str) -> None:
+        """The user accepted this (unverified) host key of a bundle's new system."""
+        self.accepted_keys.add(fingerprint)
+
     def _connect_installer(self, port: int) -> Session:
         target = replace(self.session.target, port=port, user="root")
         opts = ConnectOptions(
             timeout=5.0,
             expect_key=self.session.host_key_line,
             update_known_hosts=False,
-            # A bundle's system has new host keys: proven below by os-release, boot_id and
-            # its accepting a key only we hold.
-            accept_any_host_key=self.plan.bundle,
+            # A bundle's system has new host keys: one passes only when the user accepted
+            # exactly it (NewSystemHostKey asks); nothing is sent to it before.
+            replaced_system=self.plan.bundle,
+            trusted=tuple((target.host, port, fp) for fp in sorted(self.accepted_keys)),
         )
         assert self.installer_creds is not None
         return connect(target, self.installer_creds, self.known_hosts, opts, cancel=self.cancel)
@@ -960,6 +970,7 @@ class Installer:
                 "Check the kernel log (dmesg) on the server; retry with --kexec-extra-flags -c, "
                 "and make sure the server has at least 2 GiB of RAM.",
             )
+        verified = key_line(session.host_key) == self.session.host_key_line
         info = InstallerInfo(
             host=session.target.host,
             port=session.target.port,
@@ -974,24 +985,41 @@ class Installer:
                 if k in ("ID", "VARIANT_ID", "VERSION_ID", "PRETTY_NAME", "BUILD_ID")
             },
             identity_file=self.identity_file,
+            host_key_verified=verified,
         )
         # OpenSSH (and `reconnect`) must trust it too, also when it answered on another port.
-        known = self.known_hosts.known(info.host, info.port)
-        if self.plan.bundle and all(key_line(k) != info.host_key for k in known.values()):
-            self.known_hosts.replace(info.host, info.port, session.host_key)
+        if not self.known_hosts.knows(info.host, info.port, info.host_key):
+            if verified:
+                self.known_hosts.add(info.host, info.port, session.host_key)
+            else:
+                old = self.known_hosts.replace(
+                    info.host, info.port, session.host_key, "a kexec-bundle booted new host keys"
+                )
+                kept = (
+                    f" The old entry stays in {self.known_hosts.app_file} as a comment."
+                    if old
+                    else ""
+                )
+                self._log(
+                    "verify",
+                    f"Trusting the new host key {info.fingerprint} because you accepted it; it "
+                    f"is not verified (a kexec-bundle cannot keep the old keys).{kept}",
+                    level="warn",
+                )
+        if verified:
             self._log(
                 "verify",
-                f"The bundle's system has its own host key {info.fingerprint}; it replaces the "
-                "old one for this address. Compare it on the provider's console if you can.",
+                f"Verified: NixOS installer at root@{info.host} port {info.port}, "
+                f"host key {info.fingerprint} (the same as before the kexec)",
+            )
+        else:
+            self._log(
+                "verify",
+                f"NixOS ({osr.get('PRETTY_NAME', 'kexec-bundle')}) at root@{info.host} port "
+                f"{info.port}: a new boot, host key {info.fingerprint} accepted by you, not "
+                "verified.",
                 level="warn",
             )
-        elif all(key_line(k) != info.host_key for k in known.values()):
-            self.known_hosts.add(info.host, info.port, session.host_key)
-        self._log(
-            "verify",
-            f"Verified: NixOS installer at root@{info.host} port {info.port}, "
-            f"host key {info.fingerprint}",
-        )
         return info
 
     # -- cleanup before the point of no return --------------------------------------------

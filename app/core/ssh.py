@@ -21,7 +21,11 @@ from app.core.errors import (
     AuthError,
     Cancelled,
     HostKeyChanged,
+    HostKeyOtherType,
+    HostKeyRevoked,
     HostKeyUnknown,
+    KnownHostsUnreadable,
+    NewSystemHostKey,
     PrivilegeError,
     RemoteCommandError,
     SSHConnectError,
@@ -233,6 +237,117 @@ def _preferred_types(known_types: Iterable[str]) -> list[str]:
     return out
 
 
+B64_RE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+KEY_TYPE_RE = re.compile(r"^(ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+$")
+
+
+def _valid_key(key_type: str, b64: str) -> bool:
+    """Whether ``b64`` decodes to a public-key blob that names ``key_type`` (no crypto)."""
+    import base64
+    import binascii
+
+    if not KEY_TYPE_RE.match(key_type) or not B64_RE.match(b64):
+        return False
+    try:
+        blob = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    n = int.from_bytes(blob[:4], "big") if len(blob) >= 4 else -1
+    return 0 < n <= len(blob) - 4 and blob[4 : 4 + n] == key_type.encode()
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    """One known_hosts pattern (``*`` and ``?`` wildcards, or ``|1|`` hashed) against a name."""
+    import base64
+    import hmac
+
+    if pattern.startswith("|1|"):
+        try:
+            _, _, salt, digest = pattern.split("|")
+            mac = hmac.new(base64.b64decode(salt), name.encode(), "sha1").digest()
+            return hmac.compare_digest(base64.b64encode(mac).decode(), digest)
+        except (ValueError, TypeError):
+            return False
+    # Only * and ? are special (a [host]:port name is literal, not a character class).
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, name, re.IGNORECASE) is not None
+
+
+def _hosts_match(field_: str, names: list[str]) -> bool:
+    """OpenSSH's rule: some pattern matches and no negated pattern does."""
+    hit = False
+    for pat in field_.split(","):
+        negated = pat.startswith("!")
+        pat = pat[1:] if negated else pat
+        if any(_name_matches(pat, n) for n in names):
+            if negated:
+                return False
+            hit = True
+    return hit
+
+
+@dataclass
+class KnownState:
+    """What the known_hosts files say about one host and port."""
+
+    keys: list[str] = field(default_factory=list)  # "type base64" lines trusted for it
+    revoked: set[str] = field(default_factory=set)  # "type base64" lines never to accept
+    unreadable: list[str] = field(default_factory=list)  # "file:line" entries for it, unread
+    notes: list[str] = field(default_factory=list)  # what was read and ignored, in words
+
+    def of_type(self, key_type: str) -> list[str]:
+        """The trusted keys of one type (``ssh-rsa`` covers the rsa-sha2 signatures)."""
+        return [k for k in self.keys if k.split()[0] == key_type]
+
+    @property
+    def types(self) -> list[str]:
+        """The key types trusted for this host, in file order."""
+        return list(dict.fromkeys(k.split()[0] for k in self.keys))
+
+
+def read_known_hosts(
+    path: Path, host: str, port: int, state: KnownState | None = None
+) -> KnownState:
+    """Read ``path`` line by line as OpenSSH does, for ``host``/``port``.
+
+    A line that cannot be read is skipped, and remembered when it names this host (then the
+    host is never taken as new); ``@revoked`` keys are refused; ``@cert-authority`` lines are
+    ignored with a note (this app does not check certificates).
+    """
+    state = state if state is not None else KnownState()
+    names = _host_names(host, port)
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return state
+    except OSError as exc:
+        state.notes.append(f"{path} cannot be read ({exc.strerror or exc})")
+        return state
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        marker = fields.pop(0) if fields[0].startswith("@") else ""
+        if not fields or not _hosts_match(fields[0], names):
+            continue
+        where = f"{path}:{number}"
+        if marker == "@cert-authority":
+            state.notes.append(
+                f"{where}: a @cert-authority line, ignored (certificates are not used)"
+            )
+            continue
+        if marker not in ("", "@revoked") or len(fields) < 3 or not _valid_key(*fields[1:3]):
+            state.unreadable.append(where)
+            continue
+        key = f"{fields[1]} {fields[2]}"
+        if marker == "@revoked":
+            state.revoked.add(key)
+        elif key not in state.keys:
+            state.keys.append(key)
+    return state
+
+
 class KnownHosts:
     """The app's own known_hosts (read and written) plus the user's (read only)."""
 
@@ -241,24 +356,17 @@ class KnownHosts:
         self.user_file = user_file if user_file is not None else Path.home() / ".ssh/known_hosts"
         self._lock = threading.Lock()
 
-    def _load(self, path: Path) -> paramiko.HostKeys:
-        hk = paramiko.HostKeys()
-        with contextlib.suppress(OSError, paramiko.SSHException, ValueError):
-            if path.is_file():
-                hk.load(str(path))
-        return hk
-
-    def known(self, host: str, port: int) -> dict[str, paramiko.PKey]:
-        """Known keys by type for ``host``/``port`` (the app's own file wins on conflict)."""
-        out: dict[str, paramiko.PKey] = {}
+    def lookup(self, host: str, port: int) -> KnownState:
+        """Everything both files say about ``host``/``port``."""
+        state = KnownState()
         for path in (self.user_file, self.app_file):
-            hk = self._load(path)
-            for name in _host_names(host, port):
-                entry = hk.lookup(name)
-                if entry:
-                    for t in entry:
-                        out[t] = entry[t]
-        return out
+            read_known_hosts(path, host, port, state)
+        return state
+
+    def knows(self, host: str, port: int, line: str) -> bool:
+        """Whether the key ``type base64`` is trusted for ``host``/``port``."""
+        state = self.lookup(host, port)
+        return line.strip() in state.keys and line.strip() not in state.revoked
 
     def add(self, host: str, port: int, key: paramiko.PKey) -> None:
         """Trust ``key`` for ``host``/``port`` from now on (app file only)."""
@@ -270,17 +378,29 @@ class KnownHosts:
             with os.fdopen(fd, "a") as f:
                 f.write(line)
 
-    def replace(self, host: str, port: int, key: paramiko.PKey) -> None:
-        """Trust only ``key`` for ``host``/``port`` in the app's file (the system was replaced)."""
+    def replace(self, host: str, port: int, key: paramiko.PKey, why: str) -> list[str]:
+        """Trust only ``key`` for ``host``/``port`` in the app's file; returns the old lines.
+
+        The old lines are not deleted: they stay in the file as comments saying when and why
+        they were replaced, so the user can see and restore them.
+        """
         with self._lock:
             name = _host_names(host, port)[0]
             try:
                 lines = self.app_file.read_text().splitlines(keepends=True)
             except FileNotFoundError:
                 lines = []
-            kept = [ln.rstrip("\n") + "\n" for ln in lines if ln.split(" ", 1)[0] != name]
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            kept, old = [], []
+            for ln in lines:
+                if ln.split(" ", 1)[0] == name:
+                    old.append(ln.rstrip("\n"))
+                    kept.append(f"# replaced {stamp} ({why}): {ln.rstrip()}\n")
+                else:
+                    kept.append(ln.rstrip("\n") + "\n")
             self.app_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             atomic_write_text(self.app_file, "".join(kept) + f"{name} {key_line(key)}\n", 0o600)
+            return old
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +418,21 @@ class Credentials:
     use_agent: bool = True
     # Keys the app itself holds (e.g. its generated per-profile key), tried first.
     extra_keys: tuple[paramiko.PKey, ...] = ()
+    # Passwords for jump hosts, by their label (user@host[:port]); never the target's.
+    jump_passwords: dict[str, str] = field(default_factory=dict)
+
+    def for_jump(self, label: str) -> Credentials:
+        """A jump hop's login: agent and key files as for any login, its own password only.
+
+        Neither the target's password nor the app's installer key is offered to a hop.
+        """
+        return Credentials(
+            method="auto",
+            password=self.jump_passwords.get(label),
+            passphrases=self.passphrases,
+            use_agent=self.use_agent,
+            jump_passwords=self.jump_passwords,
+        )
 
     def __repr__(self) -> str:
         return f"Credentials(method={self.method!r}, password={'***' if self.password else None})"
@@ -325,6 +460,7 @@ class PasswordRequired(AuthError):
     kind = "password-required"
 
     def __init__(self, label: str) -> None:
+        self.label = label
         super().__init__(
             f"{label} asks for a password.",
             "No key was accepted, and no password was given.",
@@ -439,13 +575,18 @@ class ConnectOptions:
     """Deadlines and host-key decisions for one connection."""
 
     timeout: float = 10.0
-    accept_new_host_key: bool = False
-    trust_fingerprint: str | None = None  # a fingerprint the user accepted in a prompt
+    accept_new_host_key: bool = False  # trust the key of a host that has no known key at all
+    # (host, port, fingerprint) the user accepted, each for that host (a jump hop too).
+    trusted: tuple[tuple[str, int, str], ...] = ()
     expect_key: str | None = None  # "type base64": anything else is a changed key
     update_known_hosts: bool = True
-    # A system known to have new host keys (a legacy kexec-bundle): the caller proves what it
-    # is after logging in with a key it holds, then records the key.
-    accept_any_host_key: bool = False
+    # The system at this address was replaced by one that cannot keep the host keys (a legacy
+    # kexec-bundle): a key other than ``expect_key`` passes only if the user accepted it.
+    replaced_system: bool = False
+
+    def trusting(self, host: str, port: int, fingerprint: str) -> ConnectOptions:
+        """These options plus one fingerprint the user accepted for ``host``/``port``."""
+        return replace(self, trusted=(*self.trusted, (host, port, fingerprint)))
 
 
 class Session:
@@ -778,9 +919,11 @@ def connect(
     opts = options or ConnectOptions()
     jump_session = None
     if target.jump is not None:
-        jump_opts = replace(opts, expect_key=None, trust_fingerprint=None)
+        # Each hop has its own host-key check and its own login (agent and key files).
+        jump_opts = replace(opts, expect_key=None, replaced_system=False)
+        jump_creds = creds.for_jump(target.jump.label)
         try:
-            jump_session = connect(target.jump, creds, known_hosts, jump_opts, cancel=cancel)
+            jump_session = connect(target.jump, jump_creds, known_hosts, jump_opts, cancel=cancel)
         except (SSHConnectError, AuthError) as exc:
             if type(exc) not in (SSHConnectError, AuthError):
                 raise  # a question for the user (passphrase, password): asked as it is
@@ -863,8 +1006,8 @@ def _handshake(
         sec.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in sec.ciphers) + tuple(
             c for c in sec.ciphers if c not in PREFERRED_CIPHERS
         )
-        known = known_hosts.known(target.host, target.port)
-        first = [opts.expect_key.split()[0]] if opts.expect_key else list(known)
+        known = known_hosts.lookup(target.host, target.port)
+        first = [opts.expect_key.split()[0]] if opts.expect_key else known.types
         prefer = _preferred_types(first)
         sec.key_types = tuple(k for k in prefer if k in sec.key_types) + tuple(
             k for k in sec.key_types if k not in prefer
@@ -897,29 +1040,38 @@ def _handshake(
 def _check_host_key(
     target: Target,
     key: paramiko.PKey,
-    known: dict[str, paramiko.PKey],
+    known: KnownState,
     known_hosts: KnownHosts,
     opts: ConnectOptions,
 ) -> None:
-    name, fp = key.get_name(), str(key.fingerprint)
-    if opts.accept_any_host_key:
-        return
+    name, fp, line = key.get_name(), str(key.fingerprint), key_line(key)
+    host, port = target.host, target.port
+    accepted = (host, port, fp) in opts.trusted
+    if line in known.revoked:
+        raise HostKeyRevoked(host, port, name, fp)
     if opts.expect_key is not None:
-        if key_line(key) != opts.expect_key.strip():
-            raise HostKeyChanged(
-                target.host, target.port, name, fp, fingerprint_of_line(opts.expect_key)
-            )
-        return
-    same_type = known.get(name)
-    if same_type is not None:
-        if key_line(same_type) == key_line(key):
+        if line == opts.expect_key.strip():
             return
-        raise HostKeyChanged(target.host, target.port, name, fp, str(same_type.fingerprint))
-    if opts.accept_new_host_key or (opts.trust_fingerprint and opts.trust_fingerprint == fp):
-        if opts.update_known_hosts:
-            known_hosts.add(target.host, target.port, key)
+        if opts.replaced_system:
+            if accepted:
+                return
+            raise NewSystemHostKey(host, port, name, fp, fingerprint_of_line(opts.expect_key))
+        raise HostKeyChanged(host, port, name, fp, fingerprint_of_line(opts.expect_key))
+    if line in known.keys:
         return
-    raise HostKeyUnknown(target.host, target.port, name, fp)
+    same_type = known.of_type(name)
+    if same_type:
+        raise HostKeyChanged(host, port, name, fp, fingerprint_of_line(same_type[0]))
+    if known.unreadable:
+        raise KnownHostsUnreadable(host, port, known.unreadable)
+    if known.keys and not accepted:
+        others = [(k.split()[0], fingerprint_of_line(k)) for k in known.keys]
+        raise HostKeyOtherType(host, port, name, fp, others)
+    if accepted or (opts.accept_new_host_key and not known.keys):
+        if opts.update_known_hosts:
+            known_hosts.add(host, port, key)
+        return
+    raise HostKeyUnknown(host, port, name, fp)
 
 
 def load_key_file(path: str, passphrase: str | None) -> paramiko.PKey:

@@ -177,6 +177,10 @@ cp -a installer bundle-root
 sed -i '/^VARIANT_ID=/d; s/^BUILD_ID=.*/BUILD_ID="22.05.20221130.testbed"/' bundle-root/etc/os-release
 mkdir -p bundle-root/ssh
 cp client_ed25519.pub bundle-root/ssh/authorized_keys
+# Built with a host key of its own, as a user's own bundle can be: its fingerprint is what the
+# user compares and accepts (--accept-host-key); the server's old keys are not carried.
+ssh-keygen -q -t ed25519 -N "" -C bundle -f bundle-root/ssh/ssh_host_ed25519_key
+cp bundle-root/ssh/ssh_host_ed25519_key.pub bundle_host_ed25519_key.pub
 mkdir -p bundle
 pack bundle-root bundle/initrd.gz
 cp vmlinuz bundle/bzImage

@@ -19,6 +19,7 @@ from app.core.download import Downloader, ImageCache
 from app.core.netboot import NetbootServer, release_source
 from app.core.settings import Settings
 from tests.support.releases import ReleasesServer
+from tests.support.sshd import fingerprint
 from tests.test_cli import ROOT, cli
 from tests.vm.qemu import STAGE_TIMINGS, VM
 from tests.vm.test_kexec import TIMEOUTS
@@ -161,11 +162,13 @@ def test_a_legacy_kexec_bundle_is_uploaded_run_and_verified(
 ) -> None:
     vm = make_vm()
     before = ssh(vm, bed / "client_ed25519", "cat /proc/sys/kernel/random/boot_id")
+    # The bundle's own host key, compared "on the console" beforehand and accepted by name.
+    new_fp = fingerprint(bed / "bundle_host_ed25519_key.pub")
     t0 = time.monotonic()
     r = cli(
         "install", "--json", "--yes", "--accept-new-host-key", f"root@127.0.0.1:{vm.port}",
         "-i", str(bed / "client_ed25519"), "--image", str(bed / "kexec-bundle-x86_64"),
-        *TIMEOUTS, timeout=400,
+        "--accept-host-key", new_fp, *TIMEOUTS, timeout=400,
     )  # fmt: skip
     assert r.code == 0, r.stdout[-3000:] + r.stderr[-2000:] + vm.console()[-2000:]
     inst = r.result["installer"]
@@ -174,13 +177,15 @@ def test_a_legacy_kexec_bundle_is_uploaded_run_and_verified(
     assert inst["boot_id"] != before.stdout.strip() and before.stdout.strip()
     messages = " ".join(e.get("message", "") for e in r.events)
     assert "nixos-images dropped in December 2022" in messages
-    assert "has its own host key" in messages
-    # The new host key replaced the old one in the app's known_hosts: OpenSSH trusts it.
+    # Accepted by the user, never called verified.
+    assert inst["fingerprint"] == new_fp and inst["host_key_verified"] is False
+    assert "accepted by you, not verified" in messages and "Verified" not in messages
+    # The new host key is trusted for the address now; the old one stays, as a comment.
     known = tmp_path / "app" / "config" / "known_hosts"
-    lines = [
-        ln for ln in known.read_text().splitlines() if ln.startswith(f"[127.0.0.1]:{vm.port} ")
-    ]
+    text = known.read_text().splitlines()
+    lines = [ln for ln in text if ln.startswith(f"[127.0.0.1]:{vm.port} ")]
     assert len(lines) == 1 and inst["host_key"] in lines[0]
+    assert any(ln.startswith("# replaced ") and f"[127.0.0.1]:{vm.port} ssh-" in ln for ln in text)
     STAGE_TIMINGS.append(
         f"[{vm.accel}] kexec-bundle: exit 0 in {time.monotonic() - t0:.1f} s "
         f"({', '.join(f'{k} {v:.1f}' for k, v in r.result['timings'].items())})"

@@ -56,6 +56,7 @@ class ConnectPage(BasePage):
         self.setSubTitle("How do you reach the server over SSH? The app connects to check.")
         self.passphrases: dict[str, str] = {}
         self.host_key_dialog: HostKeyDialog | None = None
+        self.accepted_keys: tuple[tuple[str, int, str], ...] = ()
         self.secret_dialog: SecretDialog | None = None
         self._loaded_profile: str | None = None
 
@@ -222,7 +223,7 @@ class ConnectPage(BasePage):
         )
 
     @Slot()
-    def start_connect(self, trust_fingerprint: str | None = None) -> None:
+    def start_connect(self) -> None:
         """Connect in the background; questions (host key, passphrase) come back as dialogs."""
         self._changed()
         if not self.address.text().strip():
@@ -242,9 +243,7 @@ class ConnectPage(BasePage):
             password=password,
             passphrases=dict(self.passphrases),
         )
-        opts = ConnectOptions(
-            timeout=self.ctx.settings.connect_timeout, trust_fingerprint=trust_fingerprint
-        )
+        opts = ConnectOptions(timeout=self.ctx.settings.connect_timeout, trusted=self.accepted_keys)
         known = self.ctx.known_hosts
 
         def work(_emit: EventSink, cancel: CancelToken) -> tuple[Session, Target, Credentials]:
@@ -308,7 +307,10 @@ class ConnectPage(BasePage):
         dialog = self.host_key_dialog
         self.host_key_dialog = None
         if dialog is not None:
-            self.start_connect(trust_fingerprint=dialog.error.fingerprint)
+            err = dialog.error
+            # Each accepted key sticks for its own host: a jump hop is not asked again.
+            self.accepted_keys = (*self.accepted_keys, (err.host, err.port, err.fingerprint))
+            self.start_connect()
 
     @Slot()
     def _passphrase_given(self) -> None:
