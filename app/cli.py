@@ -41,8 +41,11 @@ from app.core.install import (
     InstallerInfo,
     InstallPlan,
     Timings,
+    check_kexec_flags,
     choose_transfer,
     establish_privilege,
+    leftover_command,
+    leftover_note,
     run_probe,
 )
 from app.core.netboot import (
@@ -526,6 +529,7 @@ def cmd_install(ctx: Context) -> int:
     """The whole flow: connect, probe, preflight, image, confirm, install, verify."""
     ctx.start_log("install")
     a = ctx.args
+    check_kexec_flags(a.kexec_extra_flags or "")  # before anything is asked or sent
     profile = _profile_for(ctx)
     target = _target(ctx, profile)
     creds = _credentials(ctx, profile)
@@ -595,9 +599,15 @@ def cmd_install(ctx: Context) -> int:
             f"NixOS installer is running at root@{info.host} (port {info.port}), "
             f"host key {info.fingerprint}{proof}."
         )
+        note = leftover_note(info)
+        if note:
+            ctx.report.info(note, level="warn")
         ctx.report.result(
             True,
             "installer-ready",
+            leftovers=[{"file": info.key_left_in, "remove": leftover_command(info)}]
+            if note
+            else [],
             installer=info.to_json(),
             timings=installer.timings.stages,
             ssh_command=installer_ssh_command(info, target.jump, ctx.known_hosts.app_file),

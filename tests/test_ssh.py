@@ -81,8 +81,16 @@ def test_unknown_host_key_is_reported_with_its_fingerprint_and_trusted_only_on_r
     assert not (tmp_path / "kh").exists()
     # Accepting another fingerprint than the one presented is no acceptance at all.
     with pytest.raises(HostKeyUnknown):
-        connect(_target(ssh_env), creds, kh, ConnectOptions(trust_fingerprint="SHA256:AAAA"))
-    connect(_target(ssh_env), creds, kh, ConnectOptions(trust_fingerprint=err.fingerprint)).close()
+        connect(
+            _target(ssh_env), creds, kh, ConnectOptions().trusting(err.host, err.port, "SHA256:AA")
+        )
+    # ... and so is accepting it for another host or port.
+    with pytest.raises(HostKeyUnknown):
+        connect(
+            _target(ssh_env), creds, kh, ConnectOptions().trusting(err.host, 1, err.fingerprint)
+        )
+    accepted = ConnectOptions().trusting(err.host, err.port, err.fingerprint)
+    connect(_target(ssh_env), creds, kh, accepted).close()
     assert (tmp_path / "kh").read_text().startswith(f"[127.0.0.1]:{ssh_env.port} ssh-ed25519 ")
     connect(_target(ssh_env), creds, kh).close()  # known now: no question
 
@@ -98,7 +106,9 @@ def test_user_known_hosts_is_read_but_never_written(ssh_env: SSHEnv, tmp_path: P
     assert not (tmp_path / "app_kh").exists()
 
 
-def test_replacing_a_host_key_keeps_every_other_entry(tmp_path: Path) -> None:
+def test_replacing_a_host_key_keeps_every_other_entry_and_the_old_one_as_a_comment(
+    tmp_path: Path,
+) -> None:
     import paramiko
 
     app_file = tmp_path / "kh"
@@ -106,8 +116,12 @@ def test_replacing_a_host_key_keeps_every_other_entry(tmp_path: Path) -> None:
     others = "[10.0.0.1]:22 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA1\nhost.example ssh-rsa AAAAB3\n"
     app_file.write_text(others + "[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOld")
     kh = KnownHosts(app_file, user_file=tmp_path / "none")
-    kh.replace("127.0.0.1", 2222, new)
-    assert app_file.read_text() == others + f"[127.0.0.1]:2222 ssh-ed25519 {new.get_base64()}\n"
+    old = kh.replace("127.0.0.1", 2222, new, "a test")
+    assert old == ["[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOld"]
+    text = app_file.read_text()
+    assert text.startswith(others + "# replaced ")
+    assert "(a test): [127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOld\n" in text
+    assert text.endswith(f"\n[127.0.0.1]:2222 ssh-ed25519 {new.get_base64()}\n")
     assert oct(app_file.stat().st_mode & 0o777) == "0o600"
 
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import http.server
+import json
+import os
 import shutil
+import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +21,8 @@ from typing import Any
 import paramiko
 import pytest
 
+from app.core.catalog import Asset
+from app.core.download import Downloader, ImageCache, check_tar_listing, check_tarball
 from app.core.errors import (
     AuthError,
     Cancelled,
@@ -21,11 +30,22 @@ from app.core.errors import (
     HostKeyOtherType,
     HostKeyRevoked,
     HostKeyUnknown,
+    IntegrityError,
     KnownHostsUnreadable,
     NewSystemHostKey,
     RemoteCommandError,
+    TransferError,
+    UsageError,
 )
 from app.core.events import CancelToken
+from app.core.install import (
+    InstallerInfo,
+    InstallPlan,
+    choose_transfer,
+    leftover_command,
+    leftover_note,
+    run_probe,
+)
 from app.core.settings import Settings
 from app.core.ssh import (
     LINE_LIMIT,
@@ -37,10 +57,12 @@ from app.core.ssh import (
     Target,
     connect,
 )
-from tests.conftest import SSHEnv
+from tests.conftest import ASSET, SSHEnv
 from tests.support.hostile_ssh import Behaviour, HostileSSH
 from tests.support.releases import ReleasesServer
 from tests.support.sshd import SSHServer, fingerprint, free_port, keygen
+from tests.support.tarballs import standin_tarball
+from tests.test_cli import cli
 from tests.test_install import make_rig
 
 pytestmark = pytest.mark.fault
@@ -386,3 +408,353 @@ def test_a_bundles_new_host_key_is_asked_about_and_nothing_is_sent_before(
         inst._connect_installer(other_server.port)
     time.sleep(0.3)
     assert "root" in other_server.log.read_text()
+
+
+# -- 5: cleanup never empties authorized_keys --------------------------------------------
+
+
+@contextlib.contextmanager
+def full_tmpfs_over(path: Path, owner: str) -> Iterator[Path]:
+    """A 64 KiB tmpfs mounted over an existing folder, owned by ``owner`` (needs root)."""
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(path)], check=True
+    )
+    try:
+        subprocess.run(["chown", f"{owner}:", str(path)], check=True)
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with contextlib.suppress(OSError), filler.open("wb", buffering=0) as f:
+        while True:
+            f.write(b"\0" * 4096)
+    return filler
+
+
+def test_cleanup_on_a_full_disk_leaves_authorized_keys_whole(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
+    inst = rig.installer
+    ssh_dir = ssh_env.nopw.home / ".ssh"
+    users_keys = (ssh_dir / "authorized_keys").read_text()
+    app_line = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRoZWFwcHNrZXlsaW5lMDEyMzQ1Njc4OTAx nixos-kexec-wizard:test"
+    with full_tmpfs_over(ssh_dir, "nkw-nopw"):
+        auth = ssh_dir / "authorized_keys"
+        auth.write_text(users_keys + app_line + "\n")
+        shutil.chown(auth, "nkw-nopw")
+        inst.added_key = (str(auth), app_line)
+        filler = _fill(ssh_dir)
+        rig.events.clear()
+        inst.cleanup()
+        # The filter could not be written: the file is exactly as it was, the user not locked out.
+        assert auth.read_text() == users_keys + app_line + "\n"
+        assert any("could not be removed" in e.message for e in rig.events)
+        assert sorted(p.name for p in ssh_dir.iterdir()) == ["authorized_keys", "filler"]
+        filler.unlink()
+        inst.cleanup()
+        assert auth.read_text() == users_keys
+        assert sorted(p.name for p in ssh_dir.iterdir()) == ["authorized_keys"]
+    rig.session.close()
+
+
+# -- 7: a staging folder someone else controls is refused -------------------------------
+
+
+@pytest.mark.parametrize("how", ["owned by another user", "writable by everyone"])
+def test_a_staging_folder_someone_else_controls_is_refused(
+    ssh_env: SSHEnv,
+    trusted: Path,
+    settings: Settings,
+    releases: ReleasesServer,
+    tmp_path: Path,
+    how: str,
+) -> None:
+    foreign = Path(tempfile.mkdtemp(prefix="nkw-foreign-", dir="/var/tmp"))
+    try:
+        if how == "owned by another user":
+            shutil.chown(foreign, "nkw-plain")
+            os.chmod(foreign, 0o777)  # nkw-nopw could write, but does not own it
+            staging = str(foreign)
+        else:
+            os.chmod(foreign, 0o777)  # root's, but anyone may swap what is inside
+            staging = str(foreign / "stage")
+        rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, staging=staging)
+        with pytest.raises(TransferError) as ei:
+            rig.installer.prepare()
+        err = ei.value
+        assert "is not safe" in err.what and "runs as root" in err.why
+        assert ("belongs to user id" in err.what) == (how == "owned by another user")
+        assert "--staging-dir" in err.fix
+        # Nothing was put there: no marker, no image.
+        left = [p.name for p in Path(staging).rglob("*")] if Path(staging).exists() else []
+        assert left == []
+        rig.session.close()
+    finally:
+        shutil.rmtree(foreign, ignore_errors=True)
+
+
+# -- 8: kexec's extra flags reach a root shell: only what flags look like ------------------
+
+
+@pytest.mark.parametrize("flags", ["-c; touch /tmp/nkw-owned", "$(id)", "-c `id`", "-s'", "c"])
+def test_kexec_extra_flags_that_are_not_flags_are_refused(flags: str) -> None:
+    with pytest.raises(UsageError) as ei:
+        InstallPlan(target=Target("192.0.2.1"), kexec_extra_flags=flags)
+    assert "unquoted" in ei.value.why
+
+
+def test_plain_kexec_flags_pass() -> None:
+    plan = InstallPlan(target=Target("192.0.2.1"), kexec_extra_flags="-c --no-sync -s")
+    assert plan.kexec_extra_flags == "-c --no-sync -s"
+
+
+def test_the_cli_refuses_bad_kexec_flags_before_it_connects(tmp_path: Path) -> None:
+    r = cli("install", "--yes", "root@127.0.0.1:1", "--kexec-extra-flags=-c;reboot")
+    assert r.code == 2, r.stderr  # a usage error, not "connection refused" (20)
+    assert "does not look like kexec options" in r.stderr
+
+
+# -- 9: the probe's placeholders are filled once -----------------------------------------
+
+
+def test_a_staging_path_naming_another_placeholder_stays_literal(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings
+) -> None:
+    target = Target("127.0.0.1", ssh_env.port, "nkw-nopw", identity_files=(str(ssh_env.key),))
+    with connect(target, Credentials(method="key"), KnownHosts(trusted, trusted.parent / "u")) as s:
+        facts = run_probe(s, settings, "~/odd __URL__ dir")
+    assert facts.staging.path == f"{ssh_env.nopw.home}/odd __URL__ dir"
+    assert facts.arch == "x86_64"
+
+
+# -- 10: the key line left on the old system is named, with its remover -------------------
+
+
+def test_the_key_left_on_the_old_system_is_named_and_its_command_removes_only_it(
+    ssh_env: SSHEnv, trusted: Path, tmp_path: Path
+) -> None:
+    auth = ssh_env.plain.home / ".ssh" / "authorized_keys"
+    before = auth.read_text()
+    comment = "nixos-kexec-wizard:web-1"
+    line = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFRoaXNJc1RoZUFwcHNLZXlMaW5lMTIzNDU2Nzg {comment}"
+    auth.write_text(before + line + "\n")
+    info = InstallerInfo(
+        "192.0.2.1", 22, "root", "ssh-ed25519 AAAA", "SHA256:x", "b", "nixos-installer", {},
+        key_left_in=str(auth), key_comment=comment,
+    )  # fmt: skip
+    note = leftover_note(info)
+    assert note is not None and str(auth) in note and "boot the old system again" in note
+    cmd = leftover_command(info)
+    assert cmd is not None and cmd in note
+    target = Target("127.0.0.1", ssh_env.port, "nkw-plain", identity_files=(str(ssh_env.key),))
+    with connect(target, Credentials(method="key"), KnownHosts(trusted, trusted.parent / "u")) as s:
+        assert s.run(cmd, timeout=10).ok
+    assert auth.read_text() == before
+    assert leftover_note(dataclasses.replace(info, key_left_in="")) is None
+
+
+# -- 6: the server downloads only what it can check, and only over https -----------------
+
+
+def _hostile_asset(releases: ReleasesServer, tmp_path: Path, **kw: Any) -> Asset:
+    data = standin_tarball(tmp_path / "hostile.tar.gz", **kw).read_bytes()
+    sha = releases.add("nixos-hostile", ASSET, data)
+    return Asset(ASSET, releases.url("nixos-hostile", ASSET), size=len(data), digest=sha)
+
+
+def test_the_server_never_downloads_an_image_without_a_published_digest(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, transfer="upload")
+    asset = rig.installer.plan.asset
+    assert asset is not None and asset.digest
+    bare = dataclasses.replace(asset, digest=None)
+    with pytest.raises(TransferError) as ei:
+        choose_transfer("remote", rig.installer.facts, bare)
+    assert "no sha256 was published" in ei.value.what and "--transfer upload" in ei.value.fix
+    mode, why = choose_transfer("auto", rig.installer.facts, bare)
+    assert mode == "upload" and "checked here" in why
+    assert choose_transfer("remote", rig.installer.facts, asset)[0] == "remote"
+    rig.session.close()
+
+
+def test_the_servers_own_download_gets_the_same_member_check(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    asset = _hostile_asset(releases, tmp_path, links={"kexec/s": ".", "kexec/up": "s/.."})
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, transfer="remote", asset=asset)
+    with pytest.raises(IntegrityError) as ei:
+        rig.installer.prepare()
+    assert "'kexec/up' links outside the kexec/ folder" in ei.value.what
+    assert any("sha256 matches on the server" in e.message for e in rig.events)
+    # Nothing of it is left on the server, and nothing was unpacked.
+    assert not rig.staging.exists() or not any(rig.staging.iterdir())
+    rig.session.close()
+
+
+class _Redirector(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with a redirect to ``location`` (set on the server)."""
+
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", self.server.location)  # type: ignore[attr-defined]
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_servers_curl_does_not_follow_a_redirect_off_http(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    # Something listening where a redirect to ftp:// would lead; it must never be contacted.
+    trap = socket.socket()
+    trap.bind(("127.0.0.1", 0))
+    trap.listen(4)
+    trap.settimeout(0.5)
+    redirector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirector)
+    redirector.location = f"ftp://127.0.0.1:{trap.getsockname()[1]}/image"  # type: ignore[attr-defined]
+    threading.Thread(target=redirector.serve_forever, daemon=True).start()
+    try:
+        good = releases.files[f"nixos-26.05/{ASSET}"]
+        asset = Asset(
+            ASSET,
+            f"http://127.0.0.1:{redirector.server_address[1]}/{ASSET}",
+            size=len(good),
+            digest=hashlib.sha256(good).hexdigest(),
+        )
+        rig = make_rig(
+            ssh_env, trusted, settings, releases, tmp_path, transfer="remote", asset=asset
+        )
+        with pytest.raises(TransferError) as ei:
+            rig.installer.prepare()
+        assert "could not download" in ei.value.what
+        with pytest.raises(TimeoutError):
+            trap.accept()  # curl stayed on http(s): the ftp address was never contacted
+        rig.session.close()
+    finally:
+        redirector.shutdown()
+        redirector.server_close()
+        trap.close()
+
+
+# -- 13: downloads read no more than the asset, as sent, from where they stopped ----------
+
+
+class _Mirror(http.server.BaseHTTPRequestHandler):
+    """A lying mirror: ``body`` for every GET, with ``status`` and ``extra`` headers."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        srv: Any = self.server
+        srv.seen.append(dict(self.headers))
+        body = srv.body
+        self.send_response(srv.status)
+        for k, v in srv.extra.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", '"v1"')
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def mirror() -> Iterator[Any]:
+    srv: Any = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Mirror)
+    srv.body, srv.status, srv.extra, srv.seen = b"", 200, {}, []
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/{ASSET}"
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_a_mirror_sending_far_more_than_the_asset_is_an_integrity_error(
+    mirror: Any, settings: Settings, tmp_path: Path
+) -> None:
+    mirror.body = b"x" * (40 << 20)
+    asset = Asset(ASSET, mirror.url, size=178, digest="0" * 64)
+    cache_dir = tmp_path / "small-cache"
+    cache_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(cache_dir)], check=True)
+    try:
+        with pytest.raises(IntegrityError) as ei:
+            Downloader(settings, ImageCache(cache_dir), retries=0).fetch(asset)
+        assert "more than the 178 bytes" in ei.value.what
+        assert not [p for p in cache_dir.rglob("*") if p.is_file() and p.stat().st_size]
+    finally:
+        subprocess.run(["umount", str(cache_dir)], check=True)
+    # The file's own bytes were asked for, not a compressed form of them.
+    assert mirror.seen[0].get("Accept-Encoding") == "identity"
+
+
+def test_a_resume_answered_from_another_offset_starts_over_instead_of_corrupting(
+    mirror: Any, settings: Settings, tmp_path: Path
+) -> None:
+    good = standin_tarball(tmp_path / "good.tar.gz").read_bytes()
+    asset = Asset(ASSET, mirror.url, size=len(good), digest=hashlib.sha256(good).hexdigest())
+    dl = Downloader(settings, ImageCache(tmp_path / "images"), retries=2, backoff=0.05)
+    # A partial download of the first 1000 bytes, with the validator the mirror sends.
+    part = dl._part_path(asset)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(good[:1000])
+    dl._meta_path(part).write_text(json.dumps({"validator": '"v1"'}))
+    # The mirror says 206 but sends the whole file from byte 0.
+    mirror.status, mirror.body = 206, good
+    mirror.extra = {"Content-Range": f"bytes 0-{len(good) - 1}/{len(good)}"}
+
+    def honest_after_first() -> None:
+        while len(mirror.seen) < 1:
+            time.sleep(0.01)
+        mirror.status, mirror.extra = 200, {}
+
+    threading.Thread(target=honest_after_first, daemon=True).start()
+    img = dl.fetch(asset)
+    assert img.path.read_bytes() == good
+    assert mirror.seen[0].get("Range") == "bytes=1000-" and "Range" not in mirror.seen[-1]
+
+
+# -- 14: links are followed as tar would follow them ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("links", "why"),
+    [
+        ({"kexec/s": ".", "kexec/up": "s/.."}, "'kexec/up' links outside"),
+        ({"kexec/a": "b", "kexec/b": "../.."}, "'kexec/b' links outside"),
+        ({"kexec/etc": "sub", "kexec/etc/passwd": "x"}, "lies beneath a link"),
+    ],
+)
+def test_tarball_links_are_resolved_against_the_members_before_them(
+    tmp_path: Path, links: dict[str, str], why: str
+) -> None:
+    tar = standin_tarball(tmp_path / ASSET, links=links)
+    with pytest.raises(IntegrityError) as ei:
+        check_tarball(tar)
+    assert why in ei.value.what
+    # The listing the server's own tar prints is judged the same way.
+    listing = subprocess.run(
+        ["tar", "-tvzf", str(tar)], capture_output=True, text=True, env={"LC_ALL": "C"}
+    )
+    with pytest.raises(IntegrityError) as ei:
+        check_tar_listing(ASSET, listing.stdout)
+    assert why in ei.value.what
+
+
+def test_links_that_stay_inside_pass_in_both_checks(tmp_path: Path) -> None:
+    tar = standin_tarball(tmp_path / ASSET, links={"kexec/s": ".", "kexec/here": "s/run"})
+    check_tarball(tar)
+    listing = subprocess.run(
+        ["tar", "-tvzf", str(tar)], capture_output=True, text=True, env={"LC_ALL": "C"}
+    )
+    check_tar_listing(ASSET, listing.stdout)

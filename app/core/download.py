@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import tarfile
 import threading
 from collections.abc import Callable
@@ -114,64 +115,144 @@ def bundle_note() -> str:
     )
 
 
-def check_tarball(path: Path) -> None:
-    """Refuse a tarball that is not exactly the upstream layout, before it goes anywhere.
+class TarLayout:
+    """Checks a tarball's members, one at a time in archive order, against upstream's layout.
 
-    Every member must live under ``kexec/``, with no absolute path, no ``..``, no link that
-    leaves the folder and no device; the five files ``run``, ``bzImage``, ``initrd``, ``kexec``
-    and ``ip`` must be present as regular files.
+    Every member must live under ``kexec/``, with no absolute path, no ``..``, no device, no
+    member beneath a link, and no link that leads out of the folder once the links before it
+    are followed (``kexec/s -> .`` then ``kexec/up -> s/..`` is refused); the five files
+    ``run``, ``bzImage``, ``initrd``, ``kexec`` and ``ip`` must be present as regular files.
+    The same check serves a file here (tarfile) and one on the server (``tar -tv``'s list).
     """
-    seen: set[str] = set()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seen: set[str] = set()
+        self.links: dict[tuple[str, ...], str] = {}
+
+    def _bad(self, reason: str) -> IntegrityError:
+        return _bad_tar_named(self.name, reason)
+
+    def add(self, name: str, kind: str, linkname: str = "") -> None:
+        """One member: ``kind`` is file, dir, symlink, hardlink or other (device, pipe...)."""
+        pure = PurePosixPath(name)
+        if name.startswith("/") or pure.is_absolute():
+            raise self._bad(f"it contains an absolute path ({name!r})")
+        if ".." in pure.parts:
+            raise self._bad(f"it contains a path with '..' ({name!r})")
+        parts = tuple(p for p in pure.parts if p != ".")
+        if not parts or parts[0] != "kexec":
+            raise self._bad(f"it contains {name!r}, outside the kexec/ folder")
+        if kind == "other":
+            raise self._bad(f"it contains a device or pipe ({name!r})")
+        if any(parts[:i] in self.links for i in range(1, len(parts))):
+            raise self._bad(f"{name!r} lies beneath a link, which tar would follow")
+        if kind in ("symlink", "hardlink"):
+            if linkname.startswith("/"):
+                raise self._bad(f"{name!r} links outside the kexec/ folder")
+            base = list(parts[:-1]) if kind == "symlink" else []
+            resolved = self._resolve([*base, *linkname.split("/")])
+            if resolved is None or resolved[:1] != ["kexec"]:
+                raise self._bad(f"{name!r} links outside the kexec/ folder")
+            if kind == "symlink":
+                self.links[parts] = linkname
+                return
+        else:
+            self.links.pop(parts, None)
+        if kind == "file":
+            self.seen.add("/".join(parts))
+
+    def _resolve(self, parts: list[str], depth: int = 0) -> list[str] | None:
+        """Where a path leads once the links seen so far are followed; None if it escapes."""
+        out: list[str] = []
+        for part in parts:
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not out:
+                    return None
+                out.pop()
+                continue
+            out.append(part)
+            target = self.links.get(tuple(out))
+            if target is not None:
+                if depth > 16 or target.startswith("/"):
+                    return None
+                followed = self._resolve([*out[:-1], *target.split("/")], depth + 1)
+                if followed is None:
+                    return None
+                out = followed
+        return out
+
+    def finish(self) -> None:
+        """Refuse the tarball if a required file was missing."""
+        missing = [m for m in REQUIRED_MEMBERS if m not in self.seen]
+        if missing:
+            raise self._bad("it lacks " + ", ".join(missing))
+
+
+def _member_kind(m: tarfile.TarInfo) -> str:
+    if m.issym():
+        return "symlink"
+    if m.islnk():
+        return "hardlink"
+    if m.isdir():
+        return "dir"
+    if m.isfile():
+        return "file"
+    return "other"
+
+
+def check_tarball(path: Path) -> None:
+    """Refuse a tarball that is not exactly the upstream layout (see :class:`TarLayout`)."""
+    layout = TarLayout(path.name)
     try:
         # Stream mode with a large buffer: random access into a gzip file reads it in 8 KiB
         # steps, which makes this check 2.5x slower on a 1 GiB tarball.
         with tarfile.open(path, mode="r|*", bufsize=CHUNK) as tar:
             for m in tar:
-                name = m.name
-                pure = PurePosixPath(name)
-                if name.startswith("/") or pure.is_absolute():
-                    raise _bad_tar(path, f"it contains an absolute path ({name!r})")
-                if ".." in pure.parts:
-                    raise _bad_tar(path, f"it contains a path with '..' ({name!r})")
-                parts = [p for p in pure.parts if p != "."]
-                if not parts or parts[0] != "kexec":
-                    raise _bad_tar(path, f"it contains {name!r}, outside the kexec/ folder")
-                if m.isdev() or m.isfifo():
-                    raise _bad_tar(path, f"it contains a device or pipe ({name!r})")
-                if m.issym() or m.islnk():
-                    target = PurePosixPath(m.linkname)
-                    resolved = target if m.islnk() else PurePosixPath(*parts[:-1]) / target
-                    if target.is_absolute() or not _inside_kexec(resolved):
-                        raise _bad_tar(path, f"{name!r} links outside the kexec/ folder")
-                clean = "/".join(parts)
-                if m.isfile():
-                    seen.add(clean)
+                layout.add(m.name, _member_kind(m), m.linkname)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise IntegrityError(
             f"{path.name} is not a readable tar.gz archive ({exc}).",
             "A damaged or truncated tarball would fail on the server.",
             "Delete it and download it again, or choose another file.",
         ) from exc
-    missing = [m for m in REQUIRED_MEMBERS if m not in seen]
-    if missing:
-        raise _bad_tar(path, "it lacks " + ", ".join(missing))
+    layout.finish()
 
 
-def _inside_kexec(p: PurePosixPath) -> bool:
-    depth = 0
-    for part in p.parts:
-        if part == "..":
-            depth -= 1
-        elif part not in (".", ""):
-            depth += 1
-        if depth < 1:
-            return False
-    return p.parts[:1] == ("kexec",)
+TAR_KINDS = {"-": "file", "d": "dir", "l": "symlink", "h": "hardlink"}
+
+
+def check_tar_listing(name: str, listing: str) -> None:
+    """The same check on ``LC_ALL=C tar -tvzf`` output (GNU tar or busybox) from the server."""
+    layout = TarLayout(name)
+    for line in listing.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split(None, 5)
+        if len(fields) < 6:
+            raise _bad_tar_named(name, f"the server's tar listed a line it cannot read: {line!r}")
+        kind = TAR_KINDS.get(fields[0][:1], "other")
+        member, linkname = fields[5], ""
+        if kind == "symlink":
+            member, _, linkname = member.partition(" -> ")
+        elif kind == "hardlink" or " link to " in member:
+            member, _, linkname = member.partition(" link to ")
+            kind = "hardlink"
+        if kind == "file" and " -> " in member:
+            raise _bad_tar_named(name, f"a member name holds ' -> ' ({member!r})")
+        layout.add(member, kind, linkname)
+    layout.finish()
 
 
 def _bad_tar(path: Path, reason: str) -> IntegrityError:
+    return _bad_tar_named(path.name, reason)
+
+
+def _bad_tar_named(name: str, reason: str) -> IntegrityError:
     return IntegrityError(
-        f"{path.name} is not a kexec installer tarball: {reason}.",
+        f"{name} is not a kexec installer tarball: {reason}.",
         "Unpacking it on the server could overwrite files outside the staging folder, or "
         "fail half-way through the install.",
         "Use an image from the nixos-images releases, or rebuild your custom image.",
@@ -376,7 +457,8 @@ class Downloader:
         if have and asset.size and have > asset.size:
             part.unlink()
             have, validator = 0, None
-        headers = {}
+        # identity: the bytes counted and hashed are the file's own, not a proxy's gzip of it.
+        headers = {"Accept-Encoding": "identity"}
         if have and validator:
             headers["Range"] = f"bytes={have}-"
             headers["If-Range"] = validator
@@ -411,6 +493,19 @@ class Downloader:
         if resp.url != asset.url:
             self.settings.check_url(resp.url, "redirected image URL")
         if resp.status_code == 206 and have:
+            start = _range_start(resp)
+            if start != have:
+                # Appending bytes from another offset would corrupt the file: start over.
+                part.unlink(missing_ok=True)
+                meta_path.unlink(missing_ok=True)
+                raise _Retryable(
+                    DownloadError(
+                        f"The server resumed {asset.name} at byte {start}, not at {have} "
+                        "where the partial file ends; starting over.",
+                        "A resumed download must continue exactly where it stopped.",
+                        "Nothing to do: the download starts again from the beginning.",
+                    )
+                )
             mode = "ab"
             emit(Event("log", "download", f"Resuming {asset.name} at {have} bytes"))
         elif resp.status_code == 200:
@@ -443,11 +538,15 @@ class Downloader:
         size = have
         try:
             with part.open(mode) as out, BackgroundHash(h) as bh:
-                size = self._copy(resp, out, bh, meter, cancel, size)
+                size = self._copy(resp, out, bh, meter, cancel, size, asset.size)
         except Cancelled:
             raise Cancelled(
                 "Download cancelled; the partial file is kept to resume later."
             ) from None
+        except IntegrityError:
+            part.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+            raise
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise DownloadError(
@@ -476,6 +575,7 @@ class Downloader:
         meter: ProgressMeter,
         cancel: CancelToken,
         size: int,
+        limit: int | None,
     ) -> int:
         try:
             # read1: whatever has arrived, up to NET_CHUNK, so a cut connection keeps every
@@ -483,6 +583,15 @@ class Downloader:
             while chunk := resp.raw.read1(NET_CHUNK, decode_content=True):
                 if cancel.cancelled:
                     raise Cancelled()
+                if limit is not None and size + len(chunk) > limit:
+                    raise IntegrityError(
+                        f"The server sent more than the {limit} bytes the releases API gives "
+                        f"for this file; the download was stopped there.",
+                        "The file is not the one that was published (or the mirror is broken). "
+                        "Nothing of it is kept.",
+                        "Try again later or another mirror; if it keeps happening, report the "
+                        "mirror.",
+                    )
                 out.write(chunk)
                 h.update(chunk)
                 size += len(chunk)
@@ -603,6 +712,12 @@ def _read_validator(meta: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return v if isinstance(v, str) else None
+
+
+def _range_start(resp: requests.Response) -> int | None:
+    """The first byte of a 206 answer, from ``Content-Range: bytes START-END/TOTAL``."""
+    m = re.match(r"^bytes (\d+)-\d+/(?:\d+|\*)$", resp.headers.get("Content-Range", "").strip())
+    return int(m.group(1)) if m else None
 
 
 def _total_size(resp: requests.Response, have: int) -> int | None:

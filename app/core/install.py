@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.core import keys as keymod
 from app.core.catalog import Asset
-from app.core.download import CachedImage
+from app.core.download import CachedImage, check_tar_listing
 from app.core.errors import (
     AuthError,
     Cancelled,
@@ -27,6 +27,7 @@ from app.core.errors import (
     RemoteCommandError,
     SSHConnectError,
     TransferError,
+    UsageError,
     WizardError,
 )
 from app.core.events import CancelToken, Event, EventSink, ProgressMeter, discard
@@ -56,6 +57,7 @@ SUCCESS_LINE = "machine will boot into nixos"
 MARKER = ".nixos-kexec-wizard"
 KEY_RE = re.compile(r"(?:ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+\s+([A-Za-z0-9+/=]+)")
 DEFAULT_STAGING = "~/nixos-kexec-wizard"
+KEXEC_FLAGS_RE = re.compile(r"^[A-Za-z0-9 ._=,:/+-]*$")
 KEPT_LINES = 2000  # lines of `run`'s output kept for the diagnosis (all are shown as they come)
 
 
@@ -118,6 +120,9 @@ class InstallPlan:
     # Host key fingerprints the user accepted ahead (--accept-host-key), for a bundle's system.
     accept_host_keys: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        check_kexec_flags(self.kexec_extra_flags)
+
     @property
     def bundle(self) -> bool:
         """True for a legacy kexec-bundle, which is executed instead of unpacked."""
@@ -140,6 +145,38 @@ class InstallPlan:
         return "nixos-kexec-installer.tar.gz"
 
 
+def check_kexec_flags(flags: str) -> str:
+    """``flags`` if they look like kexec options; upstream's ``run`` pastes them unquoted
+    into the kexec command it runs as root, so a quote, ``;``, ``$`` or glob is refused."""
+    if not KEXEC_FLAGS_RE.match(flags) or (flags.strip() and not flags.strip().startswith("-")):
+        raise UsageError(
+            f"{flags!r} does not look like kexec options.",
+            "kexec/run inserts them unquoted into the command it runs as root, so only "
+            "letters, digits, spaces and - _ = . , : / + are allowed, starting with '-'.",
+            "Give plain kexec flags, for example -c or --no-sync.",
+        )
+    return flags
+
+
+def leftover_command(info: InstallerInfo) -> str | None:
+    """How to remove the app's key line from the old system, if one was left there."""
+    if not info.key_left_in or not info.key_comment:
+        return None
+    return f"sed -i '/ {info.key_comment}$/d' {shlex.quote(info.key_left_in)}"
+
+
+def leftover_note(info: InstallerInfo) -> str | None:
+    """The sentence that tells the user about the key line left on the old system."""
+    cmd = leftover_command(info)
+    if cmd is None:
+        return None
+    return (
+        f"The app's key line stays in {info.key_left_in} of the old system (on its disk). "
+        "Installing NixOS replaces that system; if you boot the old system again instead, "
+        f"remove the line there with: {cmd}"
+    )
+
+
 @dataclass(frozen=True)
 class InstallerInfo:
     """The verified installer: how to reach it and proof of what it is."""
@@ -155,6 +192,9 @@ class InstallerInfo:
     identity_file: str | None = None
     # False when the host key is one the user accepted, not the one proven before the kexec.
     host_key_verified: bool = True
+    # The old system's authorized_keys where the app's key line stays, and that line's comment.
+    key_left_in: str = ""
+    key_comment: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -251,8 +291,12 @@ def establish_privilege(
 
 
 def choose_transfer(requested: str, facts: Facts, asset: Asset | None) -> tuple[str, str]:
-    """``upload`` or ``remote``, with the reason in words."""
-    downloader = facts.has("curl") or facts.has("wget")
+    """``upload`` or ``remote``, with the reason in words.
+
+    The server downloads only an image with a published sha256 (which it checks before
+    anything is unpacked), and only with curl, whose ``--proto`` keeps it on https.
+    """
+    downloader = facts.has("curl")
     can_check = facts.has("sha256sum") or facts.has("openssl")
     reach = bool(facts.reach_v4 or facts.reach_v6)
     has_digest = asset is not None and asset.digest is not None
@@ -263,7 +307,11 @@ def choose_transfer(requested: str, facts: Facts, asset: Asset | None) -> tuple[
             why
             for ok, why in (
                 (asset is not None, "the image is a local file"),
-                (downloader, "the server has neither curl nor wget"),
+                (
+                    asset is None or asset.digest is not None,
+                    "no sha256 was published for it, so nothing could check it before it boots",
+                ),
+                (downloader, "the server has no curl (needed to stay on https)"),
                 (reach, "the server cannot reach the download server"),
                 (can_check, "the server has neither sha256sum nor openssl to check the file"),
             )
@@ -282,7 +330,7 @@ def choose_transfer(requested: str, facts: Facts, asset: Asset | None) -> tuple[
         return "upload", "no published checksum: the image is checked here, then uploaded"
     if not reach:
         return "upload", "the server cannot reach the download server"
-    return "upload", "the server lacks curl/wget or a sha256 tool"
+    return "upload", "the server lacks curl or a sha256 tool"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,6 +369,8 @@ class Installer:
         self.identity_file: str | None = None
         self.added_key: tuple[str, str] | None = None  # (file, line) we appended
         self.accepted_keys: set[str] = set(plan.accept_host_keys)
+        self.mode = "upload"  # how the image travels, once chosen
+        self.staging_checked = False  # the staging folder's owner and mode were checked
         self.point_of_no_return = False
 
     # -- helpers ------------------------------------------------------------------------
@@ -379,6 +429,7 @@ class Installer:
             with self.timings.measure("key", self.emit, self.settings.command_timeout):
                 self.stage_key()
             mode, reason = choose_transfer(self.plan.transfer, self.facts, self.plan.asset)
+            self.mode = mode
             self._log("transfer", f"Transfer: {mode} ({reason})", mode=mode)
             with self.timings.measure("transfer", self.emit):
                 self.stage_transfer(mode)
@@ -531,15 +582,15 @@ class Installer:
     def stage_transfer(self, mode: str) -> None:
         """Put the tarball on the server (skipped when an identical one is already there)."""
         q = shlex.quote
-        res = self._run(
-            f"mkdir -p {q(self.staging)} && touch {q(self.staging + '/' + MARKER)}", what="mkdir"
-        )
+        res = self._run(f"mkdir -p {q(self.staging)}", what="mkdir")
         if not res.ok:
             raise TransferError(
                 f"Cannot create {self.staging} on the server: {res.stderr.strip()[:200]}",
                 "The image needs a writable staging folder.",
                 "Choose another staging folder.",
             )
+        self.check_staging_owner()
+        self._run(f"touch {q(self.staging + '/' + MARKER)}", what="the staging marker")
         want = self.plan.sha256
         if want and self._remote_sha(self.remote_tarball) == want:
             self._log("transfer", "The same image is already on the server; not sending it again.")
@@ -556,14 +607,54 @@ class Installer:
         if not res.ok:
             raise TransferError(f"Cannot move the image into place: {res.stderr.strip()[:200]}")
 
+    def check_staging_owner(self) -> None:
+        """Refuse a staging folder (or a parent) that another user owns or may write to.
+
+        ``run`` executes as root from there: whoever can change the folder could change what
+        root runs. A parent writable by others is fine only with the sticky bit (as ``/tmp``).
+        """
+        q = shlex.quote(self.staging)
+        res = self._run(
+            f"d=$(readlink -f {q}) && p=$d && while :; do stat -c '%u %a %n' \"$p\" || exit 1; "
+            '[ "$p" = / ] && break; p=$(dirname "$p"); done',
+            what="checking the staging folder's owners",
+        )
+        uid = self.facts.uid
+        lines = [ln.split(" ", 2) for ln in res.stdout.splitlines() if ln.strip()]
+        if not res.ok or not lines or any(len(x) != 3 for x in lines):
+            raise TransferError(
+                f"Cannot check who owns {self.staging} on the server.",
+                f"stat said: {res.stderr.strip()[:200] or '(nothing)'}",
+                "Choose a staging folder you own (--staging-dir).",
+            )
+        for i, (owner, mode_text, path) in enumerate(lines):
+            mode = int(mode_text, 8)
+            owned = int(owner) in (0, uid)
+            others_write = bool(mode & 0o022)
+            allowed = not others_write or (i > 0 and int(owner) == 0 and bool(mode & 0o1000))
+            if not owned or not allowed:
+                whose = f"user id {owner}" if not owned else "others too"
+                raise TransferError(
+                    f"The staging folder {self.staging} is not safe: {path} "
+                    + (f"belongs to {whose}." if not owned else "may be written by others.")
+                    + f" (owner {owner}, mode {mode_text})",
+                    "kexec/run runs as root from the staging folder; whoever can change it "
+                    "could make root run something else. Nothing was put there.",
+                    "Choose a staging folder that you (or root) own and only you can write "
+                    "(--staging-dir), for example ~/nixos-kexec-wizard.",
+                )
+        self.staging_checked = True
+
     def _remote_download(self, part: str) -> None:
         asset = self.plan.asset
         assert asset is not None
         q = shlex.quote
-        if self.facts.has("curl"):
-            cmd = f"curl -fsSL --retry 2 --connect-timeout 15 -o {q(part)} {q(asset.url)}"
-        else:
-            cmd = f"wget -q -T 30 -O {q(part)} {q(asset.url)}"
+        # Never off https (an explicitly allowed plain-http mirror aside), redirects included.
+        proto = "=http,https" if self.settings.allow_http else "=https"
+        cmd = (
+            f"curl -fsSL --proto {proto} --proto-redir {proto} --retry 2 --connect-timeout 15 "
+            f"-o {q(part)} {q(asset.url)}"
+        )
         result: dict[str, Any] = {}
 
         def worker() -> None:
@@ -602,6 +693,12 @@ class Installer:
         """Compare the server's sha256 of the tarball with the verified one."""
         want = self.plan.sha256
         got = self._remote_sha(self.remote_tarball)
+        if want is None and self.mode == "remote":
+            raise TransferError(
+                "The image the server downloaded has no published sha256 to check it against.",
+                "Nothing may boot that was not checked.",
+                "Use --transfer upload: the image is then checked on this computer first.",
+            )
         if want is None:
             self._log(
                 "checksum", f"No checksum to compare against (server computed {got}).", level="warn"
@@ -627,6 +724,29 @@ class Installer:
                 "Try the install again.",
             )
         self._log("checksum", f"sha256 matches on the server: {got}")
+        if self.mode == "remote" and not self.plan.bundle:
+            self._check_remote_members()
+
+    def _check_remote_members(self) -> None:
+        """The tarball member check, on the server's copy that this computer never saw."""
+        q = shlex.quote(self.remote_tarball)
+        res = self._run(
+            f"LC_ALL=C tar -tvzf {q}",
+            timeout=max(self.settings.command_timeout, 300),
+            what="listing the image",
+        )
+        try:
+            if not res.ok:
+                raise TransferError(
+                    f"The server cannot list the image: {res.stderr.strip()[:200]}",
+                    "An image whose members cannot be checked is not unpacked.",
+                    "Use --transfer upload.",
+                )
+            check_tar_listing(self.plan.file_name, res.stdout)
+        except WizardError:
+            self._run(f"rm -f {q}", what="rm")
+            raise
+        self._log("checksum", "The image's members have the upstream layout.")
 
     def stage_unpack(self) -> None:
         """Unpack into <staging>/kexec as the login user, setting aside a folder we did not make."""
@@ -986,6 +1106,8 @@ class Installer:
             },
             identity_file=self.identity_file,
             host_key_verified=verified,
+            key_left_in=self.added_key[0] if self.added_key else "",
+            key_comment=self.added_key[1].split()[-1] if self.added_key else "",
         )
         # OpenSSH (and `reconnect`) must trust it too, also when it answered on another port.
         if not self.known_hosts.knows(info.host, info.port, info.host_key):
@@ -1034,26 +1156,50 @@ class Installer:
             f"rm -f {q(d + '/' + MARKER)}",
             f"rmdir {q(d)} 2>/dev/null",
         ]
-        steps = [("; ".join(cmds) + "; true", self.session.privilege is not None)]
+        steps = []
+        if self.staging_checked:
+            steps.append(("; ".join(cmds) + "; true", self.session.privilege is not None))
         if self.added_key is not None:
-            f, line = self.added_key
-            tmp = q(f + ".nkw-tmp")
-            steps.append(
-                (
-                    f"if [ -f {q(f)} ]; then grep -vxF -- {q(line)} {q(f)} > {tmp}; "
-                    f"cat {tmp} > {q(f)}; rm -f {tmp}; fi",
-                    False,
-                )
-            )
+            steps.append((remove_key_line_command(*self.added_key), False))
         try:
             for cmd, privileged in steps:
                 # `run` leaves root-owned files in kexec/: remove them as root.
-                self.session.run(cmd, privileged=privileged, timeout=30, what="cleanup")
+                res = self.session.run(cmd, privileged=privileged, timeout=30, what="cleanup")
+                if "nkw-key-kept" in res.stdout:
+                    f, _line = self.added_key or ("", "")
+                    self._log(
+                        "cleanup",
+                        f"The app's key line could not be removed from {f} (the server's disk "
+                        "may be full); the file was left as it was, with your keys in it.",
+                        level="warn",
+                    )
+                    return
         except WizardError as exc:
             self._log("cleanup", f"Could not clean up on the server: {exc.what}", level="warn")
             return
         extra = " and removed the app's key" if self.added_key else ""
         self._log("cleanup", f"Removed the image from the server{extra}; it is as it was.")
+
+
+def remove_key_line_command(path: str, line: str) -> str:
+    """A shell command that removes exactly ``line`` from ``path``, or leaves it untouched.
+
+    The file is rewritten only when the filtered copy was written whole and has exactly the
+    other lines; a backup is kept until the rewritten file is proven equal to that copy, and
+    put back if it is not. On any failure it prints ``nkw-key-kept`` and changes nothing.
+    """
+    f, ln = shlex.quote(path), shlex.quote(line)
+    tmp, bak = shlex.quote(path + ".nkw-tmp"), shlex.quote(path + ".nkw-backup")
+    return (
+        f"[ -f {f} ] || exit 0; "
+        f"keep() {{ rm -f {tmp}; echo nkw-key-kept; exit 0; }}; "
+        f"cp -p {f} {bak} && cmp -s {f} {bak} || {{ rm -f {bak}; keep; }}; "
+        f"grep -vxF -- {ln} {f} > {tmp}; [ $? -le 1 ] || {{ rm -f {bak}; keep; }}; "
+        f'[ "$(wc -l < {tmp})" -eq "$(( $(wc -l < {f}) - $(grep -cxF -- {ln} {f}) ))" ] '
+        f"|| {{ rm -f {bak}; keep; }}; "
+        f"if cat {tmp} > {f} && cmp -s {tmp} {f}; then rm -f {tmp} {bak}; "
+        f"else cat {bak} > {f} && cmp -s {bak} {f} && rm -f {bak}; keep; fi"
+    )
 
 
 NOTABLE = re.compile(r"kexec|lockdown|secure boot|\bIMA\b|not permitted|denied|error|failed", re.I)

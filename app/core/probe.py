@@ -90,12 +90,17 @@ S end
 
 
 def probe_script(staging: str, reach_url: str) -> str:
-    """The probe script with the staging dir and reachability URL quoted in."""
-    return (
-        PROBE_SCRIPT.replace("__STAGING__", shlex.quote(staging))
-        .replace("__URL__", shlex.quote(reach_url))
-        .replace("__TOOLS__", " ".join(TOOLS))
-    )
+    """The probe script with the staging dir and reachability URL quoted in.
+
+    All placeholders are filled in one pass, so a value that contains another placeholder's
+    name stays literal instead of being filled in again inside its quotes.
+    """
+    values = {
+        "STAGING": shlex.quote(staging),
+        "URL": shlex.quote(reach_url),
+        "TOOLS": " ".join(TOOLS),
+    }
+    return re.sub(r"__(STAGING|URL|TOOLS)__", lambda m: values[m.group(1)], PROBE_SCRIPT)
 
 
 # ---------------------------------------------------------------------------------------------

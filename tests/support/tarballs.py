@@ -45,6 +45,7 @@ def standin_tarball(
     size: int = 256 * 1024,
     extra: dict[str, bytes] | None = None,
     skip: tuple[str, ...] = (),
+    links: dict[str, str] | None = None,
 ) -> Path:
     """Write a tar.gz with kexec/{run,bzImage,initrd,kexec,ip}; the initrd holds ``size`` random bytes."""
     initrd = gzip_newc({"init": (0o755, b"#!/bin/sh\n"), "padding": (0o644, os.urandom(size))})
@@ -70,5 +71,10 @@ def standin_tarball(
             info.size = len(data)
             info.mode = mode
             tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():  # symlinks, after the files, in order
+            link = tarfile.TarInfo(name)
+            link.type = tarfile.SYMTYPE
+            link.linkname = target
+            tar.addfile(link)
     path.write_bytes(buf.getvalue())
     return path

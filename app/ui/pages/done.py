@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import shlex
 from pathlib import Path
@@ -19,7 +20,7 @@ from PySide6.QtWidgets import (
 
 from app.core.errors import WizardError
 from app.core.events import CancelToken, EventSink
-from app.core.install import InstallerInfo
+from app.core.install import InstallerInfo, leftover_note
 from app.core.ssh import Credentials
 from app.core.workflow import (
     connect_installer,
@@ -94,12 +95,20 @@ class DonePage(BasePage):
         if info is None:
             return
         port = f" (port {info.port})" if info.port != 22 else ""
-        name = info.os_release.get("PRETTY_NAME", "NixOS installer")
+        # What the server says about itself is shown as text, never as markup.
+        name = html.escape(info.os_release.get("PRETTY_NAME", "NixOS installer"))
+        proof = (
+            "Its host key is the same as before the kexec"
+            if info.host_key_verified
+            else "Its host key is new and <b>not verified</b>: you accepted it"
+        )
+        note = leftover_note(info)
         self.headline.setText(
-            f"<h3>✔ The NixOS installer is running at root@{info.host}{port}</h3>"
-            f"{name}, host name <b>{info.hostname}</b>.<br>"
-            f"Its host key is the same as before the kexec: <code>{info.fingerprint}</code>.<br>"
+            f"<h3>✔ The NixOS installer is running at root@{html.escape(info.host)}{port}</h3>"
+            f"{name}, host name <b>{html.escape(info.hostname)}</b>.<br>"
+            f"{proof}: <code>{html.escape(info.fingerprint)}</code>.<br>"
             "It runs from RAM: nothing on the disks has changed yet."
+            + (f"<br><br>{html.escape(note)}" if note else "")
         )
         self.command.setPlainText(shlex.join(self.ssh_command()))
 
