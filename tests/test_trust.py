@@ -21,11 +21,13 @@ from typing import Any
 import paramiko
 import pytest
 
+from app.core import keys as appkeys
 from app.core.catalog import Asset
 from app.core.download import Downloader, ImageCache, check_tar_listing, check_tarball
 from app.core.errors import (
     AuthError,
     Cancelled,
+    ConfigError,
     HostKeyChanged,
     HostKeyOtherType,
     HostKeyRevoked,
@@ -46,6 +48,9 @@ from app.core.install import (
     leftover_note,
     run_probe,
 )
+from app.core.netboot import NetbootServer, NetbootSource
+from app.core.profiles import ProfileStore
+from app.core.secrets import SecretStore
 from app.core.settings import Settings
 from app.core.ssh import (
     LINE_LIMIT,
@@ -57,6 +62,7 @@ from app.core.ssh import (
     Target,
     connect,
 )
+from app.core.workflow import installer_ssh_command, profile_installer, save_profile
 from tests.conftest import ASSET, SSHEnv
 from tests.support.hostile_ssh import Behaviour, HostileSSH
 from tests.support.releases import ReleasesServer
@@ -758,3 +764,164 @@ def test_links_that_stay_inside_pass_in_both_checks(tmp_path: Path) -> None:
         ["tar", "-tvzf", str(tar)], capture_output=True, text=True, env={"LC_ALL": "C"}
     )
     check_tar_listing(ASSET, listing.stdout)
+
+
+# -- 15: bad local files end in a clear message, and no profile is lost ------------------
+
+
+def _app(tmp_path: Path) -> Path:
+    return tmp_path / "app"
+
+
+def _write_profiles(tmp_path: Path, profiles: list[Any]) -> Path:
+    path = _app(tmp_path) / "config" / "profiles.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": 1, "profiles": profiles}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [
+        (["a", "list", "not a profile"], "an entry is a list"),
+        ({"name": "s", "host": "h", "port": "22"}, "port is '22', not a number"),
+        ({"name": "t", "host": "h", "port": True}, "port is True, not a number"),
+        ({"name": "u", "host": "h", "facts": []}, "facts is [], not an object"),
+    ],
+)
+def test_an_unreadable_profile_is_named_the_others_load_and_the_file_is_kept(
+    tmp_path: Path, bad: Any, said: str
+) -> None:
+    path = _write_profiles(tmp_path, [bad, {"name": "ok", "host": "h.example.org"}])
+    original = path.read_text()
+    r = cli("profiles", "list")
+    assert r.code == 0, r.stderr
+    assert "ok" in r.stdout and "Internal error" not in r.stdout + r.stderr
+    assert said in r.stdout + r.stderr and "copied to" in r.stdout + r.stderr
+    kept = list(path.parent.glob("profiles.json.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_text() == original
+
+
+def test_unknown_keys_in_saved_installer_details_are_ignored(tmp_path: Path) -> None:
+    installer = {
+        "host": "192.0.2.7", "port": 22, "user": "root", "host_key": "ssh-ed25519 AAAA",
+        "fingerprint": "SHA256:x", "boot_id": "b", "hostname": "nixos-installer",
+        "os_release": {}, "identity_file": None, "from_a_newer_version": 1,
+    }  # fmt: skip
+    _write_profiles(tmp_path, [{"name": "web", "host": "192.0.2.7", "installer": installer}])
+    r = cli("reconnect", "web", "--print")
+    assert r.code == 0, r.stderr
+    assert r.stdout.strip().endswith("root@192.0.2.7")
+    del installer["host_key"]
+    _write_profiles(tmp_path, [{"name": "web", "host": "192.0.2.7", "installer": installer}])
+    r = cli("reconnect", "web", "--print")
+    assert r.code == 3 and "is incomplete" in r.stderr and "Internal error" not in r.stderr
+
+
+def test_an_unreadable_time_in_the_saved_releases_answer_is_only_stale(tmp_path: Path) -> None:
+    cache = _app(tmp_path) / "cache" / "releases.json"
+    cache.parent.mkdir(parents=True)
+    body = [{"tag_name": "nixos-26.05", "assets": [{"name": ASSET, "size": 5,
+             "browser_download_url": f"https://github.com/x/{ASSET}"}]}]  # fmt: skip
+    cache.write_text(
+        json.dumps(
+            {"api_url": Settings().api_url, "fetched_at": "yesterday", "etag": 7, "body": body}
+        )
+    )
+    r = cli("images", "--offline", "--json")
+    assert r.code == 0, r.stdout + r.stderr
+    assert "nixos-26.05" in r.stdout and "Internal error" not in r.stdout
+
+
+def test_a_corrupt_app_key_is_a_clear_error_and_is_not_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "web_ed25519"
+    path.parent.mkdir()
+    path.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot a key\n")
+    with pytest.raises(ConfigError) as ei:
+        appkeys.load_or_create(path, "nixos-kexec-wizard:web")
+    assert str(path) in ei.value.what and "will not overwrite" in ei.value.why
+    assert "move it aside" in ei.value.fix
+    assert path.read_text().endswith("not a key\n")
+
+
+# -- 16: the netboot server's log is safe to print, and every request has a deadline -------
+
+
+@pytest.fixture
+def netboot(tmp_path: Path) -> Iterator[NetbootServer]:
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(b"k" * 1000)
+    source = NetbootSource((kernel.name, kernel), (("initrd", b"i" * 10),), "init=/x/init", "t")
+    srv = NetbootServer(source, "127.0.0.1", 0, request_deadline=1.0, stall_timeout=2.0).start()
+    yield srv
+    srv.stop()
+
+
+def test_control_characters_in_a_request_path_are_escaped(netboot: NetbootServer) -> None:
+    with socket.create_connection(("127.0.0.1", netboot.port), timeout=5) as s:
+        s.sendall(b"GET /\x1b[2J\x1b]0;owned\x07\xe2\x80\xae HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 404")
+    deadline = time.monotonic() + 5
+    while not netboot.requests and time.monotonic() < deadline:
+        time.sleep(0.02)  # recorded just after the answer went out
+    req = netboot.requests[-1]
+    assert req.status == 404
+    assert all(c.isprintable() for c in req.line())
+    assert "\\x1b[2J\\x1b]0;owned\\x07" in req.path and "\\x80" in req.path
+
+
+def test_a_client_that_sends_nothing_is_cut_off_at_the_request_deadline(
+    netboot: NetbootServer,
+) -> None:
+    with socket.create_connection(("127.0.0.1", netboot.port), timeout=6) as s:
+        s.sendall(b"GET /netboot.ipxe HT")  # and then nothing
+        t0 = time.monotonic()
+        assert s.recv(100) == b""
+        assert time.monotonic() - t0 < 3
+    # Serving goes on for the next client.
+    with socket.create_connection(("127.0.0.1", netboot.port), timeout=5) as s:
+        s.sendall(b"HEAD /bzImage HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+
+
+# -- 17: reconnect's command keeps every hop and a known_hosts path with spaces -------------
+
+
+def test_a_profile_keeps_every_jump_hop_with_ipv6_brackets(tmp_path: Path) -> None:
+    first = Target("bastion.example.org", 22, "ops")
+    second = Target("2001:db8::7", 2222, "jump", jump=first)
+    target = Target("192.0.2.9", 22, "root", jump=second)
+    store = ProfileStore(tmp_path / "profiles.json")
+    profile, _ = save_profile(
+        store, SecretStore(), "web", target=target, creds=Credentials(), host_key="", facts=None
+    )
+    assert profile.jump == "ops@bastion.example.org:22,jump@[2001:db8::7]:2222"
+    info = InstallerInfo("192.0.2.9", 22, "root", "ssh-ed25519 AAAA", "SHA256:x", "b", "n", {})
+    saved = dataclasses.replace(profile, installer=info.to_json())
+    _info, jump = profile_installer(saved)
+    assert jump is not None and jump.label == "jump@[2001:db8::7]:2222"
+    assert jump.jump is not None and jump.jump.label == "ops@bastion.example.org"
+    cmd = installer_ssh_command(info, jump, tmp_path / "kh")
+    assert cmd[cmd.index("-J") + 1] == "ops@bastion.example.org:22,jump@[2001:db8::7]:2222"
+
+
+def test_openssh_reads_a_known_hosts_path_with_spaces_from_the_command(
+    ssh_env: SSHEnv, trusted: Path, tmp_path: Path
+) -> None:
+    kh = tmp_path / "my config" / "known hosts"
+    kh.parent.mkdir()
+    shutil.copy(trusted, kh)  # the only file that knows the server's key
+    key = _pub(ssh_env.server.host_key_pub.with_suffix(""))
+    info = InstallerInfo(
+        "127.0.0.1", ssh_env.port, "root", key, "SHA256:x", "b", "n", {},
+        identity_file=str(ssh_env.key),
+    )  # fmt: skip
+    cmd = installer_ssh_command(info, None, kh)
+    # OpenSSH itself runs the command (as a test user rather than root), checking the key.
+    strict = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+    run = subprocess.run(
+        [*cmd[:-1], *strict, "nkw-nopw@127.0.0.1", "echo", "reached"],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "reached"

@@ -289,6 +289,11 @@ class CatalogClient:
             return None
         if not isinstance(data, dict) or data.get("api_url") != self.settings.api_url:
             return None
+        fetched = data.get("fetched_at")
+        if isinstance(fetched, bool) or not isinstance(fetched, int | float) or fetched != fetched:
+            data["fetched_at"] = 0.0  # unreadable: treated as stale, asked for again
+        if not isinstance(data.get("etag"), str | None):
+            data["etag"] = None
         return data
 
     def _write_cache(self, body: object, etag: str | None) -> None:

@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from app.core.download import CachedImage, check_tar_listing
 from app.core.errors import (
     AuthError,
     Cancelled,
+    ConfigError,
     ExitCode,
     HostKeyChanged,
     PreflightStop,
@@ -199,6 +200,33 @@ class InstallerInfo:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str) -> InstallerInfo:
+        """Read saved installer details (unknown keys from other versions are ignored)."""
+        names = {f.name: f for f in fields(cls)}
+        clean = {k: v for k, v in data.items() if k in names}
+        try:
+            info = cls(**clean)
+        except TypeError as exc:
+            raise ConfigError(
+                f"The installer saved in {where} is incomplete ({exc}).",
+                "Without its address and host key the app cannot reach it safely.",
+                "Inspect the server again (probe), which records the installer anew.",
+            ) from exc
+        wrong = [
+            k
+            for k, t in (("host", str), ("port", int), ("host_key", str), ("fingerprint", str))
+            if not isinstance(getattr(info, k), t) or isinstance(getattr(info, k), bool)
+        ]
+        if wrong or not isinstance(info.os_release, dict):
+            raise ConfigError(
+                f"The installer saved in {where} has unreadable fields: "
+                f"{', '.join(wrong) or 'os_release'}.",
+                "Without its address and host key the app cannot reach it safely.",
+                "Inspect the server again (probe), which records the installer anew.",
+            )
+        return info
 
 
 @dataclass

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.core.errors import ConfigError
 from app.core.fsutil import atomic_write_bytes
 from app.core.lazy import LazyModule
 
@@ -48,6 +49,14 @@ def load_or_create(path: Path, comment: str) -> tuple[paramiko.PKey, str]:
         atomic_write_bytes(
             path.with_name(path.name + ".pub"), pub + f" {comment}\n".encode(), 0o644
         )
-    key = paramiko.Ed25519Key.from_private_key_file(str(path))
+    try:
+        key = paramiko.Ed25519Key.from_private_key_file(str(path))
+    except (paramiko.SSHException, ValueError, OSError) as exc:
+        raise ConfigError(
+            f"The app's key file {path} cannot be read ({exc or type(exc).__name__}).",
+            "It is the key an installer booted by this app accepts; the app will not overwrite it.",
+            "Restore it from a backup, or move it aside so the app makes a new one (an "
+            "installer already running with the old key will not accept the new one).",
+        ) from exc
     os.chmod(path, 0o600)
     return key, f"{key.get_name()} {key.get_base64()} {comment}"

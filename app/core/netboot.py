@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import re
@@ -351,6 +352,9 @@ class NetbootServer:
     extra_args: str = ""
     on_request: Callable[[ServedRequest], None] = lambda _r: None
     requests: list[ServedRequest] = field(default_factory=list)
+    # A request's line and headers must arrive within this; a transfer may stall this long.
+    request_deadline: float = 10.0
+    stall_timeout: float = 60.0
     _httpd: http_server.ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
@@ -383,7 +387,7 @@ class NetbootServer:
     def start(self) -> NetbootServer:
         """Bind and serve on a thread; a clear error when the address cannot be used."""
         files = self.files()
-        handler = _handler(files, self._record)
+        handler = _handler(files, self._record, self.request_deadline, self.stall_timeout)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
 
         class Server(http_server.ThreadingHTTPServer):
@@ -430,12 +434,39 @@ def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
     )
 
 
+def printable(text: str) -> str:
+    """``text`` with control and format characters escaped, safe for a terminal or a widget."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 def _handler(
-    files: dict[str, Path | bytes], record: Callable[[ServedRequest], None]
+    files: dict[str, Path | bytes],
+    record: Callable[[ServedRequest], None],
+    request_deadline: float,
+    stall_timeout: float,
 ) -> type[http_server.BaseHTTPRequestHandler]:
     class Handler(http_server.BaseHTTPRequestHandler):
         server_version = f"nixos-kexec-wizard/{__version__}"
         protocol_version = "HTTP/1.1"
+        timeout = stall_timeout  # every read and write on the connection
+        _timer: threading.Timer | None = None
+
+        def handle_one_request(self) -> None:
+            # The request line and headers have a deadline of their own: a client that
+            # opens a connection and sends nothing (or a byte at a time) is cut off.
+            self._timer = threading.Timer(request_deadline, self._cut)
+            self._timer.daemon = True
+            self._timer.start()
+            try:
+                super().handle_one_request()
+            finally:
+                self._timer.cancel()
+
+        def _cut(self) -> None:
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
         def do_GET(self) -> None:
             self._answer(body=True)
@@ -444,6 +475,8 @@ def _handler(
             self._answer(body=False)
 
         def _answer(self, body: bool) -> None:
+            if self._timer is not None:
+                self._timer.cancel()  # the request arrived; the transfer has its stall timeout
             name = self.path.split("?", 1)[0].lstrip("/")
             content = files.get(name)
             if content is None:
@@ -473,8 +506,9 @@ def _handler(
 
         def _log(self, status: int, sent: int, size: int) -> None:
             client = self.client_address[0]
-            name = self.path.split("?", 1)[0]
-            record(ServedRequest(time.time(), client, self.command, name, status, sent, size))
+            name = printable(self.path.split("?", 1)[0])
+            method = printable(self.command)
+            record(ServedRequest(time.time(), client, method, name, status, sent, size))
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # every request is recorded by _log instead

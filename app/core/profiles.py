@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -59,10 +60,23 @@ class Profile:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Profile:
-        """Read one profile, ignoring unknown keys (from newer versions)."""
+    def from_json(cls, data: object) -> Profile:
+        """Read one profile, ignoring unknown keys (from newer versions).
+
+        Raises ValueError, naming the field, for anything not of the type the app writes.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"an entry is a {type(data).__name__}, not a profile")
         names = {f.name for f in fields(cls)}
         clean = {k: v for k, v in data.items() if k in names}
+        label = repr(clean.get("name", "?"))
+        for key, want in FIELD_TYPES.items():
+            if key in clean and not _is(clean[key], want):
+                raise ValueError(f"profile {label}: {key} is {clean[key]!r}, not {want[1]}")
+        if "name" not in clean or "host" not in clean:
+            raise ValueError(f"profile {label} has no name or host")
+        if not 0 < clean.get("port", 22) < 65536:
+            raise ValueError(f"profile {label}: port {clean['port']} is not 1-65535")
         p = cls(**clean)
         if p.state not in STATES:
             p = replace(p, state="unknown")
@@ -71,6 +85,31 @@ class Profile:
     def touched(self, **changes: Any) -> Profile:
         """A copy with ``changes`` and the contact time set to now."""
         return replace(self, last_contact=time.time(), **changes)
+
+
+# The type each field must have on disk, and its name in words.
+FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "name": ((str,), "text"),
+    "host": ((str,), "text"),
+    "port": ((int,), "a number"),
+    "user": ((str,), "text"),
+    "jump": ((str,), "text"),
+    "auth": ((str,), "text"),
+    "key_path": ((str,), "text"),
+    "host_key": ((str,), "text"),
+    "state": ((str,), "text"),
+    "facts": ((dict,), "an object"),
+    "image": ((dict,), "an object"),
+    "installer": ((dict,), "an object"),
+    "remember_password": ((bool,), "true or false"),
+    "last_contact": ((int, float, type(None)), "a time"),
+}
+
+
+def _is(value: object, want: tuple[tuple[type, ...], str]) -> bool:
+    if isinstance(value, bool) and bool not in want[0]:
+        return False  # JSON true is no port number
+    return isinstance(value, want[0])
 
 
 def check_name(name: str) -> str:
@@ -111,18 +150,36 @@ class ProfileStore:
             version = data.get("version")
             if not isinstance(version, int) or version > SCHEMA_VERSION:
                 raise ValueError(f"unsupported version {version!r}")
-            profiles = [Profile.from_json(p) for p in data["profiles"]]
         except (ValueError, TypeError) as exc:
-            aside = self.path.with_name(
-                f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
-            )
+            aside = self._aside()
             os.replace(self.path, aside)
             self.notice = (
                 f"The profiles file was unreadable ({exc}); it was kept as {aside} and the app "
                 "starts with no saved servers."
             )
             return {}
-        return {p.name: p for p in profiles}
+        profiles: dict[str, Profile] = {}
+        bad: list[str] = []
+        for entry in data["profiles"]:
+            try:
+                p = Profile.from_json(entry)
+            except (ValueError, TypeError) as exc:
+                bad.append(str(exc))
+                continue
+            profiles[p.name] = p
+        if bad:
+            # The others load; the whole file is copied aside first, so nothing is lost when
+            # the next save leaves the unreadable entries out.
+            aside = self._aside()
+            shutil.copy2(self.path, aside)
+            self.notice = (
+                f"{len(bad)} saved server(s) could not be read ({'; '.join(bad)[:300]}); the "
+                f"file was copied to {aside}, and the other servers are loaded."
+            )
+        return profiles
+
+    def _aside(self) -> Path:
+        return self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
 
     def save_all(self, profiles: dict[str, Profile]) -> None:
         """Write every profile atomically (temp file, fsync, rename), mode 0600."""

@@ -94,15 +94,21 @@ class Target:
         if identity:
             cmd += ["-i", identity]
         if self.jump is not None:
-            cmd += ["-J", _jump_spec(self.jump)]
+            cmd += ["-J", hops_spec(self.jump)]
         cmd.append(f"{self.user}@{self.host}")
         return cmd
 
 
-def _jump_spec(t: Target) -> str:
-    inner = _jump_spec(t.jump) + "," if t.jump is not None else ""
+def hops_spec(t: Target) -> str:
+    """``t`` and the hops before it as an OpenSSH ``-J`` list, first hop first (IPv6 bracketed)."""
+    inner = hops_spec(t.jump) + "," if t.jump is not None else ""
     host = f"[{t.host}]" if ":" in t.host else t.host
     return f"{inner}{t.user}@{host}:{t.port}"
+
+
+def jump_spec(target: Target) -> str:
+    """The ``-J`` spec of every jump host before ``target``, or ``""`` without one."""
+    return hops_spec(target.jump) if target.jump is not None else ""
 
 
 def split_spec(spec: str) -> tuple[str | None, str, int | None]:
@@ -186,12 +192,13 @@ def parse_target(
     jump_spec = jump if jump is not None else entry.get("proxyjump")
     jump_target = None
     if jump_spec and str(jump_spec).lower() != "none":
-        jump_target = _parse_jump(str(jump_spec), cfg, final_user)
+        jump_target = parse_jump(str(jump_spec), cfg, final_user)
     alias = name if host != name else ""
     return Target(host, final_port, final_user, alias, ids, jump_target)
 
 
-def _parse_jump(spec: str, cfg: paramiko.SSHConfig, default_user: str) -> Target:
+def parse_jump(spec: str, cfg: paramiko.SSHConfig, default_user: str = "root") -> Target:
+    """A ``-J`` list (``hop1,hop2``, first hop first) as the last hop's Target, chained."""
     hops = [h.strip() for h in spec.split(",") if h.strip()]
     prev: Target | None = None
     for hop in hops:
@@ -671,7 +678,7 @@ class Session:
                 stdin = secret + (stdin or b"")
         label = what or command
         deadline = time.monotonic() + timeout
-        chan = self._start(command, stdin, deadline, cancel, label)
+        chan = self._start(command, stdin, deadline, cancel, label, budget=timeout)
         unhook = cancel.on_cancel(chan.close) if cancel is not None else (lambda: None)
         try:
             return self._collect(chan, deadline, timeout, on_line, cancel, label)
@@ -707,6 +714,7 @@ class Session:
         what: str,
         *,
         end_input: bool = True,
+        budget: float | None = None,
     ) -> paramiko.Channel:
         """Open a channel, start ``command`` and send its stdin, all within the deadline.
 
@@ -755,7 +763,7 @@ class Session:
             if cancel is not None and cancel.cancelled:
                 raise Cancelled()
             if not done.is_set() or time.monotonic() >= deadline:
-                raise self._late(what, timeout)
+                raise self._late(what, budget or timeout)
             exc = state["exc"]
             if chan is None:
                 raise RemoteCommandError(

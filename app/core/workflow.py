@@ -27,8 +27,9 @@ from app.core.ssh import (
     Session,
     Target,
     connect,
+    jump_spec,
     load_ssh_config,
-    parse_target,
+    parse_jump,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -125,14 +126,6 @@ def installer_info_from_session(session: Session, facts: Facts) -> InstallerInfo
     )
 
 
-def jump_spec(target: Target) -> str:
-    """The ``-J`` spec of a target's jump host, or ``""``."""
-    if target.jump is None:
-        return ""
-    j = target.jump
-    return f"{j.user}@{j.host}:{j.port}"
-
-
 def save_profile(
     store: ProfileStore,
     secrets: SecretStore,
@@ -200,8 +193,16 @@ def forget_profile(store: ProfileStore, secrets: SecretStore, name: str) -> bool
 def installer_ssh_command(info: InstallerInfo, jump: Target | None, known_hosts: Path) -> list[str]:
     """The OpenSSH command for the installer, checking its key against the app's known_hosts."""
     cmd = Target(info.host, info.port, "root", jump=jump).ssh_command(info.identity_file)
-    files = f"{known_hosts} {Path.home() / '.ssh' / 'known_hosts'}"
+    # OpenSSH splits this option's value at spaces; a path with one is double-quoted.
+    files = " ".join(_ssh_quote(str(p)) for p in (known_hosts, Path.home() / ".ssh/known_hosts"))
     return [cmd[0], "-o", f"UserKnownHostsFile={files}", *cmd[1:]]
+
+
+def _ssh_quote(path: str) -> str:
+    """A path as one word of an OpenSSH option value."""
+    if not any(c.isspace() or c in "\"'\\" for c in path):
+        return path
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def profile_installer(profile: Profile) -> tuple[InstallerInfo, Target | None]:
@@ -212,8 +213,8 @@ def profile_installer(profile: Profile) -> tuple[InstallerInfo, Target | None]:
             "Reconnecting opens the installer the app booted and verified.",
             "Install first (or inspect a server that already runs the installer).",
         )
-    info = InstallerInfo(**profile.installer)
-    jump = parse_target(profile.jump, config=load_ssh_config()) if profile.jump else None
+    info = InstallerInfo.from_json(profile.installer, f"profile {profile.name!r}")
+    jump = parse_jump(profile.jump, load_ssh_config()) if profile.jump else None
     return info, jump
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,6 +89,9 @@ class HostileSSH:
 
     def _run(self, chan: paramiko.Channel, command: str) -> None:
         self.commands.append(command)
+        # paramiko answers the exec request only after check_channel_exec_request returns:
+        # output or a close before that answer would reach the client first.
+        time.sleep(0.05)
         # The client may hang up at any moment: that ends the behaviour, nothing else.
         with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
             self.behaviour(chan, command)
