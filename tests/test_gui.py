@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -479,3 +480,35 @@ def test_the_stall_probe_sees_a_blocked_gui_thread(qtbot: QtBot) -> None:
     probe.start()
     qtbot.wait(100)
     assert probe.stop() < 0.1  # an idle loop shows no such stall
+
+
+@pytest.mark.fault
+def test_each_hop_is_asked_about_once_and_its_answer_sticks(
+    qtbot: QtBot, wizard: KexecWizard, ssh_env: SSHEnv, tmp_path: Path
+) -> None:
+    from tests.support.sshd import SSHServer, free_port, keygen
+
+    d = tmp_path / "hop-sshd"
+    d.mkdir()
+    hop = SSHServer(free_port(), d, [keygen(d / "ssh_host_ed25519_key")])
+    hop.start()
+    try:
+        shutil.copy(ssh_env.key, Path.home() / ".ssh" / "id_ed25519")  # the hop's own login
+        next_page(qtbot, wizard)
+        page = wizard.page_of(PageId.CONNECT)
+        assert isinstance(page, ConnectPage)
+        fill_connect(qtbot, page, ssh_env.port, "nkw-nopw", key=ssh_env.key)
+        qtbot.keyClicks(page.jump, f"nkw-plain@127.0.0.1:{hop.port}")
+        asked: list[str] = []
+        click(qtbot, page.connect_button)
+        for _ in range(2):  # the hop first, then the target: one question each
+            qtbot.waitUntil(lambda: page.host_key_dialog is not None, timeout=10_000)
+            dialog = page.host_key_dialog
+            assert dialog is not None
+            asked.append(dialog.fingerprint.text())
+            click(qtbot, dialog.trust)
+        qtbot.waitUntil(lambda: page.isComplete(), timeout=10_000)
+        assert asked == [fingerprint(hop.host_key_pub), fingerprint(ssh_env.server.host_key_pub)]
+        assert page.host_key_dialog is None
+    finally:
+        hop.stop()

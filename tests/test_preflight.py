@@ -159,5 +159,5 @@ def test_remote_is_refused_with_every_reason() -> None:
     f = replace(facts(), reach_v4=False, reach_v6=None, tools={})
     with pytest.raises(TransferError) as ei:
         choose_transfer("remote", f, ASSET)
-    assert "neither curl nor wget" in ei.value.what and "cannot reach" in ei.value.what
+    assert "has no curl" in ei.value.what and "cannot reach" in ei.value.what
     assert choose_transfer("upload", facts(), ASSET)[0] == "upload"

@@ -1187,6 +1187,9 @@ class Installer:
         steps = []
         if self.staging_checked:
             steps.append(("; ".join(cmds) + "; true", self.session.privilege is not None))
+        else:
+            # Not checked (yet): only an empty folder the mkdir made goes, as the login user.
+            steps.append((f"rmdir {q(d)} 2>/dev/null; true", False))
         if self.added_key is not None:
             steps.append((remove_key_line_command(*self.added_key), False))
         try:

@@ -31,17 +31,22 @@ class HostKeyDialog(QDialog):
     def __init__(self, error: HostKeyUnknown, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.error = error
-        self.setWindowTitle("Unknown host key")
+        first = type(error) is HostKeyUnknown
+        self.setWindowTitle("Unknown host key" if first else "Unverified host key")
         layout = QVBoxLayout(self)
         top = QHBoxLayout()
         icon = QLabel(self)
         icon.setPixmap(std_icon(self, "warn").pixmap(40, 40))
         top.addWidget(icon, 0, Qt.AlignmentFlag.AlignTop)
-        text = wrap_label(
+        headline = (
             f"<b>First connection to {html.escape(error.host)} (port {error.port}).</b><br><br>"
-            f"Its {html.escape(error.key_type)} host key has the fingerprint:",
-            rich=True,
+            f"Its {html.escape(error.key_type)} host key has the fingerprint:"
+            if first
+            # Keys of other types are known, or a kexec-bundle's system has new keys: say so.
+            else f"<b>{html.escape(error.what)}</b><br><br>{html.escape(error.why)}<br><br>"
+            f"The {html.escape(error.key_type)} key it presents has the fingerprint:"
         )
+        text = wrap_label(headline, rich=True)
         top.addWidget(text, 1)
         layout.addLayout(top)
         self.fingerprint = QLineEdit(error.fingerprint, self)

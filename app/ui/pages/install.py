@@ -17,12 +17,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.errors import WizardError
+from app.core.errors import NewSystemHostKey, WizardError
 from app.core.events import CancelToken, Event, EventSink
 from app.core.install import Installer, InstallerInfo, NeverCameBack
 from app.core.netpreview import preview
 from app.core.workflow import save_profile
 from app.ui.context import AppContext, Flow
+from app.ui.dialogs import HostKeyDialog
 from app.ui.jobs import JobResult
 from app.ui.pages.base import BasePage, PageId
 from app.ui.widgets import ErrorPanel, StageList, show_progress, wrap_label
@@ -94,6 +95,7 @@ class InstallPage(BasePage):
         self.timer.timeout.connect(self.stages.tick)
         self.done: set[str] = set()
         self.safe_to_cancel = True
+        self.host_key_dialog: HostKeyDialog | None = None
 
     def initializePage(self) -> None:
         plan, session, facts = self.flow.plan, self.flow.session, self.flow.facts
@@ -194,9 +196,26 @@ class InstallPage(BasePage):
                 "Close the wizard, or go back to the start to try again.",
             )
         self.error.show_error(err, "warn" if result.cancelled else "stop")
+        if isinstance(result.error, NewSystemHostKey) and inst is not None:
+            self._ask_new_key(result.error)
         if isinstance(result.error, NeverCameBack) or (result.cancelled and late):
             self._offer_retry()
         self.completeChanged.emit()
+
+    def _ask_new_key(self, error: NewSystemHostKey) -> None:
+        """A kexec-bundle's system answered with a new key: ask before anything is sent."""
+        dialog = HostKeyDialog(error, self)
+        dialog.accepted.connect(self._new_key_accepted)
+        self.host_key_dialog = dialog
+        dialog.open()
+
+    @Slot()
+    def _new_key_accepted(self) -> None:
+        dialog, inst = self.host_key_dialog, self.flow.installer
+        self.host_key_dialog = None
+        if dialog is not None and inst is not None:
+            inst.accept_host_key(dialog.error.fingerprint)
+            self._wait_again()
 
     def _offer_retry(self) -> None:
         facts, target = self.flow.facts, self.flow.target
