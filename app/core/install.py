@@ -733,7 +733,7 @@ class Installer:
             )
             return
         if got is None:
-            if self.plan.transfer != "remote":
+            if self.mode != "remote":
                 self._log(
                     "checksum",
                     "The server has neither sha256sum nor openssl: the image was sent from the "

@@ -747,6 +747,10 @@ class Session:
             except BaseException as exc:  # handed to the waiting thread
                 state["exc"] = exc
             finally:
+                with lock:
+                    late = state.get("abandoned", False)
+                if late and chan is not None:
+                    _close_quietly(chan)  # nobody waits for it any more
                 done.set()
 
         threading.Thread(target=starter, name="ssh-start", daemon=True).start()
