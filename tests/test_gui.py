@@ -512,3 +512,28 @@ def test_each_hop_is_asked_about_once_and_its_answer_sticks(
         assert page.host_key_dialog is None
     finally:
         hop.stop()
+
+
+@pytest.mark.fault
+def test_the_done_page_shows_what_the_server_says_as_text_and_names_the_key_left_behind(
+    wizard: KexecWizard,
+) -> None:
+    from app.core.install import InstallerInfo
+
+    info = InstallerInfo(
+        "192.0.2.9", 22, "root", "ssh-ed25519 AAAA", "SHA256:abc", "boot",
+        "<img src=x>evil", {"PRETTY_NAME": "<b>NixOS</b> & co"},
+        host_key_verified=False,
+        key_left_in="/home/deploy/.ssh/authorized_keys", key_comment="nixos-kexec-wizard:web",
+    )  # fmt: skip
+    wizard.flow.info = info
+    page = wizard.page_of(PageId.DONE)
+    assert isinstance(page, DonePage)
+    page.initializePage()
+    text = page.headline.text()
+    # The server's words are escaped, never markup.
+    assert "&lt;img src=x&gt;evil" in text and "<img" not in text
+    assert "&lt;b&gt;NixOS&lt;/b&gt; &amp; co" in text
+    # An accepted key is not called the same as before, and the leftover is named.
+    assert "not verified" in text and "same as before" not in text
+    assert "/home/deploy/.ssh/authorized_keys" in text and "sed -i" in text
