@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     HOST_KEY_CHANGED = 23
     PRIVILEGE = 24
     REMOTE_COMMAND = 25
+    LOGIN_RESTRICTED = 26
     PREFLIGHT = 30
     TRANSFER = 31
     KEXEC_REFUSED = 40
@@ -249,6 +250,21 @@ class RemoteCommandError(WizardError):
 
     exit_code = ExitCode.REMOTE_COMMAND
     kind = "remote-command"
+
+
+class LoginRestricted(WizardError):
+    """The login works but runs something else than our commands (forced command, nologin)."""
+
+    exit_code = ExitCode.LOGIN_RESTRICTED
+    kind = "login-restricted"
+
+    def __init__(self, what: str, why: str, fix: str, suggested_user: str | None) -> None:
+        super().__init__(what, why, fix)
+        self.suggested_user = suggested_user
+
+    def as_dict(self) -> dict[str, object]:
+        """Add the user the server asks for, so a face can offer it."""
+        return {**super().as_dict(), "suggested_user": self.suggested_user}
 
 
 class PreflightStop(WizardError):

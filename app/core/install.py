@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import shlex
 import socket
 import threading
@@ -23,6 +24,7 @@ from app.core.errors import (
     ConfigError,
     ExitCode,
     HostKeyChanged,
+    LoginRestricted,
     PreflightStop,
     PrivilegeError,
     RemoteCommandError,
@@ -36,7 +38,14 @@ from app.core.lazy import LazyModule
 from app.core.netpreview import NetPreview
 from app.core.netpreview import preview as net_preview
 from app.core.preflight import Level, evaluate
-from app.core.probe import Facts, parse_os_release, parse_probe, probe_script
+from app.core.probe import (
+    Facts,
+    asked_user,
+    own_output,
+    parse_os_release,
+    parse_probe,
+    probe_script,
+)
 from app.core.settings import Settings
 from app.core.ssh import (
     ConnectOptions,
@@ -48,6 +57,7 @@ from app.core.ssh import (
     connect,
     key_line,
 )
+from app.core.text import printable
 
 if TYPE_CHECKING:
     import paramiko
@@ -263,8 +273,9 @@ def run_probe(
     staging: str = DEFAULT_STAGING,
     cancel: CancelToken | None = None,
 ) -> Facts:
-    """Gather every fact in one round trip."""
-    script = probe_script(staging, settings.download_url)
+    """Gather every fact in one round trip, proving first that the output is the probe's own."""
+    token = secrets.token_hex(8)
+    script = probe_script(staging, settings.download_url, token)
     res = session.run(
         "sh -s",
         stdin=script.encode(),
@@ -272,7 +283,37 @@ def run_probe(
         cancel=cancel,
         what="the probe",
     )
-    return parse_probe(res.stdout)
+    own = own_output(res.stdout, token)
+    if own is None:
+        raise login_restricted(session.target, res.status, res.stdout + "\n" + res.stderr)
+    return parse_probe(own)
+
+
+def login_restricted(target: Target, status: int, said: str) -> LoginRestricted:
+    """Why a login that "worked" ran none of our commands, and which login to use instead."""
+    lines = [ln.strip() for ln in said.splitlines() if ln.strip()]
+    quoted = printable(" / ".join(lines)[:300]) or "nothing"
+    wanted = asked_user(said)
+    if wanted and wanted != target.user:
+        better = replace(target, user=wanted).label
+        return LoginRestricted(
+            f"The login as {target.label} runs no commands: the server only says "
+            f"\u201c{quoted}\u201d.",
+            f"This server (like most cloud images) lets {target.user} log in but runs a fixed "
+            f"message instead of any command; the user {wanted} is meant to log in and "
+            "become root with sudo, which the app does by itself.",
+            f"Log in as {wanted}: nixos-kexec-wizard install {better}",
+            wanted,
+        )
+    return LoginRestricted(
+        f"The login as {target.label} runs none of the app's commands (exit status {status}); "
+        f"the server said \u201c{quoted}\u201d.",
+        "A forced command in authorized_keys, a nologin or restricted shell, or a ForceCommand "
+        "in sshd_config answers instead of a shell, so nothing can be checked or run.",
+        "Log in as a user with a normal shell that may use sudo, or remove the forced command "
+        '(the command="..." part of the key\'s line in ~/.ssh/authorized_keys on the server).',
+        None,
+    )
 
 
 def establish_privilege(

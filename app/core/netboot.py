@@ -23,6 +23,7 @@ from app.core.errors import Cancelled, ConfigError, IntegrityError, UsageError
 from app.core.events import CancelToken, EventSink, discard
 from app.core.lazy import LazyModule
 from app.core.settings import Settings
+from app.core.text import printable
 
 if TYPE_CHECKING:
     import http.server as http_server
@@ -431,13 +432,6 @@ def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
         "The machine to netboot fetches its kernel and initrd from this address.",
         "Pick another port, or an address shown by `ip addr` on this computer "
         "(127.0.0.1 serves only this computer).",
-    )
-
-
-def printable(text: str) -> str:
-    """``text`` with control and format characters escaped, safe for a terminal or a widget."""
-    return "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
     )
 
 

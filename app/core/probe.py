@@ -19,6 +19,7 @@ TOOLS = (
 # One round trip. Every section starts with a marker line; a failing command leaves its section
 # empty instead of stopping the script. The reachability checks run in the background meanwhile.
 PROBE_SCRIPT = r"""
+printf '\n@@nkw begin %s\n' __TOKEN__
 LC_ALL=C; PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"; export LC_ALL PATH
 S() { printf '\n@@nkw %s\n' "$1"; }
 STAGING=__STAGING__
@@ -89,18 +90,43 @@ S end
 """
 
 
-def probe_script(staging: str, reach_url: str) -> str:
+def probe_script(staging: str, reach_url: str, token: str = "0") -> str:
     """The probe script with the staging dir and reachability URL quoted in.
 
     All placeholders are filled in one pass, so a value that contains another placeholder's
     name stays literal instead of being filled in again inside its quotes.
     """
     values = {
+        "TOKEN": shlex.quote(token),
         "STAGING": shlex.quote(staging),
         "URL": shlex.quote(reach_url),
         "TOOLS": " ".join(TOOLS),
     }
-    return re.sub(r"__(STAGING|URL|TOOLS)__", lambda m: values[m.group(1)], PROBE_SCRIPT)
+    return re.sub(r"__(TOKEN|STAGING|URL|TOOLS)__", lambda m: values[m.group(1)], PROBE_SCRIPT)
+
+
+CLOUD_USER_RE = re.compile(
+    r"""Please\s+log\s*in\s+as\s+the\s+user\s+["']?([A-Za-z_][A-Za-z0-9_.-]{0,31})["']?"""
+    r"""\s+rather\s+than""",
+    re.IGNORECASE,
+)
+
+
+def own_output(stdout: str, token: str) -> str | None:
+    """The probe's own output after its marker, or None when the marker never came.
+
+    Whatever came before it (a banner or MOTD printed by the login shell) is dropped; a
+    login whose commands never run (a forced command, nologin) has no marker at all.
+    """
+    begin = f"\n{MARK}begin {token}\n"
+    at = ("\n" + stdout).find(begin)
+    return None if at < 0 else ("\n" + stdout)[at + len(begin) :]
+
+
+def asked_user(text: str) -> str | None:
+    """The user a cloud image's forced command asks for ("Please login as the user X")."""
+    m = CLOUD_USER_RE.search(text)
+    return m.group(1) if m else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -222,6 +222,11 @@ class ConnectPage(BasePage):
             config=load_ssh_config(),
         )
 
+    def use_user(self, user: str) -> None:
+        """Log in again as ``user`` (the one the server asked for), keeping everything else."""
+        self.user.setText(user)
+        self.start_connect()
+
     @Slot()
     def start_connect(self) -> None:
         """Connect in the background; questions (host key, passphrase) come back as dialogs."""

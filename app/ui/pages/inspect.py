@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.errors import PrivilegeError, WizardError
+from app.core.errors import LoginRestricted, PrivilegeError, WizardError
 from app.core.events import CancelToken, EventSink
 from app.core.install import establish_privilege, run_probe
 from app.core.netpreview import preview
@@ -28,6 +28,7 @@ from app.core.workflow import installer_info_from_session, save_profile
 from app.ui.context import AppContext, Flow
 from app.ui.jobs import JobResult
 from app.ui.pages.base import BasePage, PageId
+from app.ui.pages.connect import ConnectPage
 from app.ui.widgets import Checklist, ErrorPanel, wrap_label
 
 
@@ -77,9 +78,16 @@ class InspectPage(BasePage):
         self.override.toggled.connect(self.completeChanged)
         self.override.hide()
 
+        # A cloud image's root login that only says "login as the user X": offer exactly X.
+        self.switch_user = QPushButton(self)
+        self.switch_user.setAccessibleName("Log in as the user the server asks for")
+        self.switch_user.clicked.connect(self._switch_user)
+        self.switch_user.hide()
+
         inner = QWidget(self)
         body = QVBoxLayout(inner)
         body.addWidget(self.banner)
+        body.addWidget(self.switch_user)
         body.addWidget(self.checklist)
         body.addWidget(self.sudo_row)
         body.addWidget(self.override)
@@ -117,6 +125,7 @@ class InspectPage(BasePage):
         self.flow.facts = None
         self.flow.privileged = False
         self.banner.clear()
+        self.switch_user.hide()
         self.checklist.set_verdicts([])
         self.override.setChecked(False)
         settings = self.ctx.settings
@@ -150,6 +159,11 @@ class InspectPage(BasePage):
             self.status.setText("The inspection failed.")
             if not result.cancelled and result.wizard_error:
                 self.banner.show_error(result.wizard_error)
+            err = result.error
+            if isinstance(err, LoginRestricted) and err.suggested_user:
+                self.switch_user.setText(f"Log in as {err.suggested_user} &instead")
+                self.switch_user.setProperty("user", err.suggested_user)
+                self.switch_user.show()
             self.completeChanged.emit()
             return
         facts, privileged = result.value
@@ -159,6 +173,19 @@ class InspectPage(BasePage):
         self._show(facts)
         self._save_profile(facts)
         self.completeChanged.emit()
+
+    @Slot()
+    def _switch_user(self) -> None:
+        """Back to Connect with the user the server asked for, connecting again at once."""
+        user = str(self.switch_user.property("user") or "")
+        if not user:
+            return
+        self.switch_user.hide()
+        self.flow.drop_session()
+        connect_page = self.wizard().page(int(PageId.CONNECT))
+        assert isinstance(connect_page, ConnectPage)
+        self.wizard().back()
+        connect_page.use_user(user)
 
     def _show(self, facts: Facts) -> None:
         verdicts = self.flow.verdicts
