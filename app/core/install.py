@@ -297,8 +297,7 @@ def login_restricted(target: Target, status: int, said: str) -> LoginRestricted:
     if wanted and wanted != target.user:
         better = replace(target, user=wanted).label
         return LoginRestricted(
-            f"The login as {target.label} runs no commands: the server only says "
-            f"\u201c{quoted}\u201d.",
+            f"The login as {target.label} runs no commands; all the server says is: {quoted}",
             f"This server (like most cloud images) lets {target.user} log in but runs a fixed "
             f"message instead of any command; the user {wanted} is meant to log in and "
             "become root with sudo, which the app does by itself.",
@@ -307,7 +306,7 @@ def login_restricted(target: Target, status: int, said: str) -> LoginRestricted:
         )
     return LoginRestricted(
         f"The login as {target.label} runs none of the app's commands (exit status {status}); "
-        f"the server said \u201c{quoted}\u201d.",
+        f"all the server says is: {quoted}",
         "A forced command in authorized_keys, a nologin or restricted shell, or a ForceCommand "
         "in sshd_config answers instead of a shell, so nothing can be checked or run.",
         "Log in as a user with a normal shell that may use sudo, or remove the forced command "
