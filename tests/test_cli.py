@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,3 +293,43 @@ def test_terminal_command_prefers_terminal_env(monkeypatch: pytest.MonkeyPatch) 
         "h",
     ]
     assert terminal_command(["ssh"], lambda n: None) is None
+
+
+def _bare_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.pop("QT_QPA_PLATFORM", None)  # as on a server: no platform chosen
+    return {**env, **extra}
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        ({}, "there is no graphical display here"),
+        ({"DISPLAY": ":97"}, "the X display ':97' cannot be opened"),
+        ({"WAYLAND_DISPLAY": "wayland-97", "XDG_RUNTIME_DIR": "/nonexistent"}, "Wayland"),
+    ],
+)
+def test_the_wizard_without_a_display_says_so_and_names_the_command_line(
+    extra: dict[str, str], said: str
+) -> None:
+    p = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=ROOT, env=_bare_env(**extra),
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr  # the usage code, not a Qt abort and a core dump
+    assert said in p.stderr and "nixos-kexec-wizard install root@SERVER" in p.stderr
+
+
+def test_a_real_x_server_passes_the_display_check(tmp_path: Path) -> None:
+    from app.cli import display_problem
+
+    xvfb = subprocess.Popen(["Xvfb", ":96", "-nolisten", "tcp"], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while display_problem({"DISPLAY": ":96"}) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert display_problem({"DISPLAY": ":96"}) is None
+    finally:
+        xvfb.terminate()
+        xvfb.wait(5)
+    assert display_problem({"DISPLAY": ":96"}) is not None

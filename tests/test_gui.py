@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QMessageBox, QWizard
+from PySide6.QtWidgets import QMessageBox, QWidget, QWizard
 from pytestqt.qtbot import QtBot
 
 from app.core.paths import AppPaths
@@ -537,3 +537,60 @@ def test_the_done_page_shows_what_the_server_says_as_text_and_names_the_key_left
     # An accepted key is not called the same as before, and the leftover is named.
     assert "not verified" in text and "same as before" not in text
     assert "/home/deploy/.ssh/authorized_keys" in text and "sed -i" in text
+
+
+def _mnemonics(widget: QWidget) -> list[tuple[str, str]]:
+    """(key, text) of every Alt+key a widget's buttons, labels and group boxes define."""
+    from PySide6.QtWidgets import QAbstractButton, QGroupBox, QLabel
+
+    texts = [b.text() for b in widget.findChildren(QAbstractButton)]
+    texts += [lb.text() for lb in widget.findChildren(QLabel) if lb.buddy() is not None]
+    texts += [g.title() for g in widget.findChildren(QGroupBox)]
+    return [pair for text in texts for pair in _mnemonics_of_text(text)]
+
+
+def _clashes(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    seen: dict[str, list[str]] = {}
+    for key, text in pairs:
+        seen.setdefault(key, []).append(text)
+    return {k: v for k, v in seen.items() if len(v) > 1}
+
+
+def test_no_two_controls_share_a_mnemonic(wizard: KexecWizard, ctx: AppContext) -> None:
+    from app.core.errors import HostKeyUnknown
+    from app.ui.dialogs import HostKeyDialog, SecretDialog, SettingsDialog
+    from app.ui.netboot import NetbootDialog
+
+    wb = QWizard.WizardButton
+    found = {}
+    for pid, page in wizard.pages.items():
+        # The wizard's own buttons that show on this page, beside the page's controls.
+        shown = [wb.BackButton, wb.CustomButton1, wb.CustomButton2, wb.CustomButton3]
+        if page.isCommitPage():
+            shown.append(wb.CommitButton)
+        elif page.nextId() == -1:
+            shown.append(wb.FinishButton)
+        else:
+            shown.append(wb.NextButton)
+        buttons = [pair for b in shown for pair in _mnemonics_of_text(wizard.buttonText(b))]
+        if clash := _clashes(_mnemonics(page) + buttons):
+            found[pid.name] = clash
+    dialogs = {
+        "host key": HostKeyDialog(HostKeyUnknown("h", 22, "ssh-ed25519", "SHA256:x")),
+        "secret": SecretDialog("Password", "Password:"),
+        "settings": SettingsDialog(ctx.settings, "/tmp/cache"),
+        "netboot": NetbootDialog(ctx, None),
+    }
+    for name, dialog in dialogs.items():
+        if clash := _clashes(_mnemonics(dialog)):
+            found[name] = clash
+        dialog.deleteLater()
+    assert found == {}
+
+
+def _mnemonics_of_text(text: str) -> list[tuple[str, str]]:
+    """The (key, text) of a text's Alt+key, if it has one ("&&" is a literal "&")."""
+    import re
+
+    m = re.search(r"&([^&\s])", text.replace("&&", ""))
+    return [(m.group(1).lower(), text)] if m else []

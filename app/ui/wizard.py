@@ -46,7 +46,7 @@ class KexecWizard(QWizard):
         self.setOption(QWizard.WizardOption.HaveCustomButton3, True)
         self.setButtonText(QWizard.WizardButton.CustomButton1, "Se&ttings…")
         self.setButtonText(QWizard.WizardButton.CustomButton2, "Open &log")
-        self.setButtonText(QWizard.WizardButton.CustomButton3, "Other ways to &boot…")
+        self.setButtonText(QWizard.WizardButton.CustomButton3, "Other wa&ys to boot…")
         self.button(QWizard.WizardButton.CustomButton3).setToolTip(
             "Netboot by iPXE: the release's chain URL, or serve an installer from this computer"
         )

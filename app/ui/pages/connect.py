@@ -108,7 +108,7 @@ class ConnectPage(BasePage):
         form.addRow("&Jump host:", self.jump)
         form.addRow("Log in &with:", self.auth)
         form.addRow("&Key file:", self.key_row)
-        form.addRow("Pass&word:", self.password)
+        form.addRow("Passw&ord:", self.password)
         form.addRow("", self.remember)
         form.addRow("&Save as:", self.profile_name)
         self.form = form

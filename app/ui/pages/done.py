@@ -54,7 +54,7 @@ class DonePage(BasePage):
         self.status = wrap_label("")
         self.status.setAccessibleName("Status")
         self.error = ErrorPanel(self)
-        self.open_terminal = QPushButton("Open &terminal", self)
+        self.open_terminal = QPushButton("&Open terminal", self)
         self.copy_ssh = QPushButton("Copy &SSH command", self)
         self.report = QPushButton("Save &hardware report…", self)
         self.copy_anywhere = QPushButton("Copy &nixos-anywhere command", self)

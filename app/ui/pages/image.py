@@ -62,7 +62,7 @@ class ImagePage(BasePage):
         self.source = QButtonGroup(self)
         self.use_release = QRadioButton("A &release", self)
         self.use_file = QRadioButton("A file on this &computer", self)
-        self.use_url = QRadioButton("A file at a UR&L", self)
+        self.use_url = QRadioButton("A f&ile at a URL", self)
         for i, b in enumerate((self.use_release, self.use_file, self.use_url)):
             self.source.addButton(b, i)
             b.setAccessibleName(b.text().replace("&", ""))
@@ -123,7 +123,7 @@ class ImagePage(BasePage):
         form.addRow("&Architecture:", self.arch)
         form.addRow("&File:", self.file_row)
         form.addRow("&URL:", self.url)
-        form.addRow("&Transfer:", self.transfer)
+        form.addRow("Transf&er:", self.transfer)
         self.form = form
         prog = QHBoxLayout()
         prog.addWidget(self.progress, 1)

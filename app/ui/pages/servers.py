@@ -49,7 +49,7 @@ class ServersPage(BasePage):
         self.tree.itemDoubleClicked.connect(self._double_clicked)
         self.empty = wrap_label("No saved servers yet. Click “New server” to begin.")
         self.notice = ErrorPanel(self)
-        self.new_button = QPushButton("&New server", self)
+        self.new_button = QPushButton("New ser&ver", self)
         self.reconnect_button = QPushButton("&Reconnect", self)
         self.reconnect_button.setToolTip("Open a terminal on this server's NixOS installer")
         self.edit_button = QPushButton("&Edit", self)
