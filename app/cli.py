@@ -47,6 +47,7 @@ from app.core.install import (
     check_kexec_flags,
     choose_transfer,
     establish_privilege,
+    known_sudo_password,
     leftover_command,
     leftover_note,
     run_probe,
@@ -350,12 +351,9 @@ def _connect(ctx: Context, target: Target, creds: Credentials) -> Session:
 
 
 def _sudo_password(ctx: Context, facts: Facts, creds: Credentials) -> str | None:
-    if facts.privilege != "sudo-password":
-        return None
-    if creds.sudo_password is not None:
-        return creds.sudo_password
-    if creds.password is not None:
-        return creds.password  # sudo asks for the login password
+    known = known_sudo_password(facts, creds)
+    if known is not None or facts.privilege != "sudo-password":
+        return known
     if ctx.interactive:
         secret = getpass.getpass(f"sudo password for {facts.user}: ")
         ctx.report.redact.add(secret)
@@ -1063,6 +1061,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         return _gui(args.gui_home, args.smoke_test)
+    if getattr(args, "home", None) is None and args.gui_home:
+        args.home = args.gui_home  # `--home DIR` before the subcommand counts too
     ctx: Context | None = None
     try:
         ctx = Context(args)

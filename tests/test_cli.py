@@ -333,3 +333,10 @@ def test_a_real_x_server_passes_the_display_check(tmp_path: Path) -> None:
         xvfb.terminate()
         xvfb.wait(5)
     assert display_problem({"DISPLAY": ":96"}) is not None
+
+
+def test_home_before_the_subcommand_is_honoured(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    ProfileStore(elsewhere / "config" / "profiles.json").put(Profile("only-here", "192.0.2.3"))
+    r = cli("--home", str(elsewhere), "profiles", "list")
+    assert r.code == 0 and "only-here" in r.stdout, r.stdout + r.stderr

@@ -594,3 +594,32 @@ def _mnemonics_of_text(text: str) -> list[tuple[str, str]]:
 
     m = re.search(r"&([^&\s])", text.replace("&&", ""))
     return [(m.group(1).lower(), text)] if m else []
+
+
+def test_a_remembered_sudo_password_is_used_as_the_command_line_uses_it(
+    qtbot: QtBot, wizard: KexecWizard, ctx: AppContext, ssh_env: SSHEnv, trusted: Path
+) -> None:
+    from app.core.secrets import sudo_key
+
+    ctx.profiles.put(
+        Profile(
+            "pw-box", "127.0.0.1", port=ssh_env.port, user="nkw-pw", auth="key",
+            key_path=str(ssh_env.key), remember_password=True, last_contact=3.0,
+        )
+    )  # fmt: skip
+    assert ctx.secrets.set(sudo_key("pw-box"), ssh_env.pw.password)
+    servers = wizard.page_of(PageId.SERVERS)
+    assert isinstance(servers, ServersPage)
+    servers.reload()
+    servers.tree.setCurrentItem(servers.tree.topLevelItem(0))
+    next_page(qtbot, wizard)
+    page = wizard.page_of(PageId.CONNECT)
+    assert isinstance(page, ConnectPage) and page.profile_name.text() == "pw-box"
+    click(qtbot, page.connect_button)
+    qtbot.waitUntil(lambda: page.isComplete(), timeout=10_000)
+    next_page(qtbot, wizard)
+    qtbot.waitUntil(lambda: wizard.flow.facts is not None, timeout=20_000)
+    inspect = wizard.page_of(PageId.INSPECT)
+    assert isinstance(inspect, InspectPage)
+    # Root through sudo with the remembered password: nothing asked on the page.
+    assert wizard.flow.privileged and not inspect.sudo_row.isVisible()

@@ -315,6 +315,17 @@ def login_restricted(target: Target, status: int, said: str) -> LoginRestricted:
     )
 
 
+def known_sudo_password(facts: Facts, creds: Credentials) -> str | None:
+    """The sudo password to try without asking, the same in both faces.
+
+    The one given or remembered first, else the login password (sudo asks for the login
+    user's own password); None when sudo needs none, or none is known and the face must ask.
+    """
+    if facts.privilege != "sudo-password":
+        return None
+    return creds.sudo_password if creds.sudo_password is not None else creds.password
+
+
 def establish_privilege(
     session: Session, facts: Facts, sudo_password: str | None, settings: Settings
 ) -> Privilege:

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
 from app.core.errors import ConfigError, HostKeyUnknown, WizardError
 from app.core.events import CancelToken, EventSink
 from app.core.profiles import check_name
-from app.core.secrets import password_key
+from app.core.secrets import password_key, sudo_key
 from app.core.ssh import (
     ConnectOptions,
     Credentials,
@@ -57,6 +57,7 @@ class ConnectPage(BasePage):
         self.passphrases: dict[str, str] = {}
         self.host_key_dialog: HostKeyDialog | None = None
         self.accepted_keys: tuple[tuple[str, int, str], ...] = ()
+        self.remembered_sudo: str | None = None
         self.secret_dialog: SecretDialog | None = None
         self._loaded_profile: str | None = None
 
@@ -170,6 +171,7 @@ class ConnectPage(BasePage):
             self.profile_name.clear()
             self.auth.setCurrentIndex(0)
             self.remember.setChecked(False)
+            self.remembered_sudo = None
             return
         self.address.setText(p.host)
         self.port.setValue(p.port)
@@ -181,6 +183,10 @@ class ConnectPage(BasePage):
         self.remember.setChecked(p.remember_password and self.remember.isEnabled())
         remembered = self.ctx.secrets.get(password_key(p.name)) if p.remember_password else None
         self.password.setText(remembered or "")
+        # The remembered sudo password is used as the command line uses it.
+        self.remembered_sudo = (
+            self.ctx.secrets.get(sudo_key(p.name)) if p.remember_password else None
+        )
 
     @Slot()
     def _auth_changed(self) -> None:
@@ -243,10 +249,12 @@ class ConnectPage(BasePage):
             return
         password = self.password.text() or None
         self.ctx.redact.add(password)
+        self.ctx.redact.add(self.remembered_sudo)
         creds = Credentials(
             method=str(self.auth.currentData()),
             password=password,
             passphrases=dict(self.passphrases),
+            sudo_password=self.remembered_sudo,
         )
         opts = ConnectOptions(timeout=self.ctx.settings.connect_timeout, trusted=self.accepted_keys)
         known = self.ctx.known_hosts

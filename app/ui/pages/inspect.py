@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
 
 from app.core.errors import LoginRestricted, PrivilegeError, WizardError
 from app.core.events import CancelToken, EventSink
-from app.core.install import establish_privilege, run_probe
+from app.core.install import establish_privilege, known_sudo_password, run_probe
 from app.core.netpreview import preview
 from app.core.preflight import GiB, Level, evaluate
 from app.core.probe import Facts
@@ -132,16 +132,17 @@ class InspectPage(BasePage):
         self.checklist.set_verdicts([])
         self.override.setChecked(False)
         settings = self.ctx.settings
-        login_password = self.flow.creds.password
+        creds = self.flow.creds
 
         def work(_emit: EventSink, cancel: CancelToken) -> tuple[Facts, bool]:
             facts = run_probe(session, settings, cancel=cancel)
             if facts.is_installer or facts.privilege == "none":
                 return facts, False
-            if facts.privilege == "sudo-password" and login_password is None:
-                return facts, False
+            sudo_password = known_sudo_password(facts, creds)
+            if facts.privilege == "sudo-password" and sudo_password is None:
+                return facts, False  # asked for on the page
             try:
-                establish_privilege(session, facts, login_password, settings)
+                establish_privilege(session, facts, sudo_password, settings)
             except PrivilegeError:
                 if facts.privilege != "sudo-password":
                     raise
