@@ -26,7 +26,7 @@ from app.core.catalog import (
     CatalogClient,
     environ_arch,
 )
-from app.core.download import CachedImage, Downloader, ImageCache, bundle_note, local_image
+from app.core.download import CachedImage, Downloader, ImageCache, bundle_note
 from app.core.errors import (
     Cancelled,
     ConfigError,
@@ -38,14 +38,23 @@ from app.core.errors import (
     WizardError,
 )
 from app.core.events import CancelToken, Event
+from app.core.flow import (
+    BUNDLE_VARIANT,
+    ImageChoice,
+    ImageRequest,
+    InstallRequest,
+    choose_image,
+    fetch_image,
+    installer_for,
+    make_plan,
+    transfer_for,
+)
 from app.core.install import (
     DEFAULT_STAGING,
     Installer,
     InstallerInfo,
-    InstallPlan,
     Timings,
     check_kexec_flags,
-    choose_transfer,
     establish_privilege,
     known_sudo_password,
     leftover_command,
@@ -67,7 +76,7 @@ from app.core.netboot import (
 )
 from app.core.netpreview import preview as net_preview
 from app.core.paths import AppPaths
-from app.core.preflight import Level, evaluate, worst
+from app.core.preflight import Level, evaluate, raise_first_stop, worst
 from app.core.probe import Facts
 from app.core.profiles import Profile, ProfileStore
 from app.core.runlog import Redactor, RunLog
@@ -86,18 +95,13 @@ from app.core.ssh import (
     parse_target,
 )
 from app.core.workflow import (
-    bundle_asset,
-    channel_asset,
     forget_profile,
-    image_kind,
     installer_info_from_session,
     installer_ssh_command,
     open_terminal,
     profile_installer,
-    raise_first_stop,
     release_of,
     save_profile,
-    url_asset,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -403,47 +407,39 @@ def _asset_row(label: str, arch: str, a: Asset) -> str:
     return f"  {label:15} {arch:8} {size:>12}  {a.checksum_note}\n"
 
 
-def _resolve_asset(ctx: Context, arch: str | None) -> tuple[Asset | None, dict[str, str]]:
-    """The asset for --channel/--arch/--variant or --image URL; None for a local file."""
+def _choose(ctx: Context, facts: Facts | None, arch: str | None = None) -> ImageChoice:
+    """The image for --channel/--arch/--variant/--bundle or --image, through the flow."""
     a = ctx.args
-    if a.image and not a.image.startswith(("https://", "http://")):
-        return None, {}
-    variant = a.variant or DEFAULT_VARIANT
-    chosen_arch = a.arch or arch or environ_arch()
-    if getattr(a, "bundle", False) and not a.image:
-        cat = CatalogClient(ctx.settings, ctx.paths.catalog_cache).load(offline=a.offline)
-        return bundle_asset(cat, a.channel, chosen_arch)
-    if a.image:
-        return url_asset(a.image, ctx.settings), {
-            "channel": "",
-            "arch": chosen_arch,
-            "variant": variant,
-        }
-    cat = CatalogClient(ctx.settings, ctx.paths.catalog_cache).load(offline=a.offline)
-    if cat.note:
-        ctx.report.info(f"Image list: {cat.note}", level="warn")
-    return channel_asset(cat, a.channel, variant, chosen_arch)
+    bundle = getattr(a, "bundle", False) and not a.image
+    request = ImageRequest(
+        channel=a.channel,
+        arch=a.arch or arch,
+        variant=BUNDLE_VARIANT if bundle else (a.variant or DEFAULT_VARIANT),
+        source=a.image or "",
+    )
+    catalog = None
+    if not request.source:
+        catalog = CatalogClient(ctx.settings, ctx.paths.catalog_cache).load(offline=a.offline)
+        if catalog.note:
+            ctx.report.info(f"Image list: {catalog.note}", level="warn")
+    return choose_image(request, facts, ctx.settings, catalog)
 
 
-def _fetch_image(ctx: Context, asset: Asset | None, meta: dict[str, str]) -> CachedImage:
+def _fetch_image(ctx: Context, choice: ImageChoice) -> CachedImage:
     cache = ImageCache(ctx.paths.images_dir_for(ctx.settings.cache_dir))
-    if asset is None:
-        return local_image(Path(ctx.args.image), cache)
-    if not asset.digest:
+    asset = choice.asset
+    if asset is not None and not asset.digest:
         ctx.report.info(
             f"WARNING: {asset.name} has no published checksum; {asset.checksum_note}.",
             level="warn",
         )
-    return Downloader(ctx.settings, cache).fetch(
-        asset, emit=ctx.report, cancel=ctx.cancel, kind=image_kind(asset, meta), **meta
-    )
+    return fetch_image(choice, cache, ctx.settings, emit=ctx.report, cancel=ctx.cancel)
 
 
 def cmd_download(ctx: Context) -> int:
     """Download (or find in the cache) and verify an image."""
     ctx.start_log("download")
-    asset, meta = _resolve_asset(ctx, None)
-    img = _fetch_image(ctx, asset, meta)
+    img = _fetch_image(ctx, _choose(ctx, None))
     ctx.report.info(f"{img.path}: {img.verification_note}")
     ctx.report.result(
         True,
@@ -547,46 +543,36 @@ def cmd_install(ctx: Context) -> int:
         # Remember the server now, so a stop below still leaves a profile to come back to.
         _save_after(ctx, profile, target, creds, session, facts, None, None)
         raise_first_stop(verdicts)
-        asset, meta = _resolve_asset(ctx, facts.arch)
+        choice = _choose(ctx, facts)
+        meta, asset = choice.meta, choice.asset
         raise_first_stop(evaluate(facts, meta.get("arch") or None, asset.size if asset else None))
         establish_privilege(session, facts, _sudo_password(ctx, facts, creds), ctx.settings)
-        mode, reason = choose_transfer(a.transfer, facts, asset)
-        image = None
-        if mode == "upload":
-            image = _fetch_image(ctx, asset, meta)
-            ctx.report.info(f"Image: {image.path.name}: {image.verification_note}")
-        kind = image_kind(asset, meta, image)
-        if kind == "bundle":
-            ctx.report.info(bundle_note(), level="warn")
-        plan = InstallPlan(
-            target=target,
-            image=image,
-            asset=asset,
-            transfer=mode,
-            staging_dir=facts.staging.path or DEFAULT_STAGING,
+        request = InstallRequest(
+            transfer=a.transfer,
             installer_port=a.installer_port,
             kexec_extra_flags=a.kexec_extra_flags or "",
             key_name=(a.save_profile or (profile.name if profile else target.host)),
-            kind=kind,
             accept_host_keys=tuple(a.accept_host_key or ()),
         )
+        mode, reason = transfer_for(request, facts, choice)
+        image = None
+        if mode == "upload":
+            image = _fetch_image(ctx, choice)
+            ctx.report.info(f"Image: {image.path.name}: {image.verification_note}")
+        plan = make_plan(target, facts, choice, mode, image, request)
+        if plan.bundle:
+            ctx.report.info(bundle_note(), level="warn")
+        ctx.report(Event("plan", data={"plan": plan.summary()}))
         summary = (
             f"\nAbout to boot the NixOS installer on {target.label} ({facts.os_name}).\n"
             f"Image: {plan.file_name}; transfer: {mode} ({reason}).\n"
             "The disks are not touched; a power cycle brings the old system back.\n"
         )
         _confirm(ctx, target, summary)
-        installer = Installer(
-            plan,
-            session,
-            facts,
-            creds,
-            ctx.known_hosts,
-            ctx.settings,
-            ctx.paths.keys_dir,
-            emit=ctx.report,
-            cancel=ctx.cancel,
-        )
+        installer = installer_for(
+            plan, session, facts, creds, ctx.known_hosts, ctx.settings, ctx.paths.keys_dir,
+            emit=ctx.report, cancel=ctx.cancel,
+        )  # fmt: skip
         try:
             info = _run_installer(ctx, installer)
         except WizardError:
@@ -680,8 +666,7 @@ def cmd_netboot(ctx: Context) -> int:
 def _netboot_source(ctx: Context, arch: str) -> NetbootSource:
     a = ctx.args
     if a.from_kexec:
-        asset, meta = _resolve_asset(ctx, arch)
-        image = _fetch_image(ctx, asset, meta)
+        image = _fetch_image(ctx, _choose(ctx, None, arch))
         files = [Path(f).expanduser() for f in a.authorized_keys or []]
         files = files or default_key_files(Path.home() / ".ssh", ctx.paths.keys_dir)
         keys = read_public_keys(files)

@@ -19,6 +19,7 @@ from app.core.settings import Settings
 from app.ui.context import AppContext
 from app.ui.jobs import StallProbe
 from app.ui.pages.base import PageId
+from app.ui.pages.confirm import ConfirmPage
 from app.ui.pages.connect import ConnectPage
 from app.ui.pages.done import DonePage
 from app.ui.pages.image import ImagePage
@@ -623,3 +624,48 @@ def test_a_remembered_sudo_password_is_used_as_the_command_line_uses_it(
     assert isinstance(inspect, InspectPage)
     # Root through sudo with the remembered password: nothing asked on the page.
     assert wizard.flow.privileged and not inspect.sudo_row.isVisible()
+
+
+def test_the_wizard_and_the_command_line_build_the_same_plan(
+    qtbot: QtBot,
+    wizard: KexecWizard,
+    machine: Machine,
+    ssh_env: SSHEnv,
+    releases: ReleasesServer,
+    urls: dict[str, str],
+) -> None:
+    from tests.test_cli import cli
+
+    image = reach_image_page(qtbot, wizard, machine, ssh_env)
+    image.transfer.setCurrentIndex(image.transfer.findData("upload"))
+    qtbot.waitUntil(lambda: wizard.flow.image is not None, timeout=30_000)
+    next_page(qtbot, wizard)  # -> Confirm
+    confirm = wizard.currentPage()
+    assert isinstance(confirm, ConfirmPage)
+    qtbot.keyClicks(confirm.typed, "127.0.0.1")
+    # The command line's --installer-port and --kexec-extra-flags, under Advanced.
+    click(qtbot, confirm.advanced)
+    assert confirm.advanced_box.isVisible()
+    confirm.installer_port.setValue(2222)
+    qtbot.keyClicks(confirm.kexec_flags, "-c; reboot")
+    assert not confirm.isComplete() and "does not look like kexec options" in (
+        confirm.flags_error.text()
+    )
+    confirm.kexec_flags.setText("-c")
+    assert confirm.isComplete() and not confirm.flags_error.isVisible()
+    assert confirm.validatePage()  # what the Install button does first; nothing runs yet
+    assert wizard.flow.plan is not None
+    gui_plan = wizard.flow.plan.summary()
+    wizard.flow.drop_session()
+    # The same answers on the command line: without --yes it stops after planning.
+    r = cli(
+        "install", "--json", f"root@127.0.0.1:{machine.port}", "-i", str(ssh_env.key),
+        "--transfer", "upload", "--save-profile", "127.0.0.1", "--installer-port", "2222",
+        "--kexec-extra-flags=-c", env=urls,
+    )  # fmt: skip
+    assert r.code == 2 and "needs a confirmation" in r.stdout, r.stdout + r.stderr
+    (cli_plan,) = [e["plan"] for e in r.events if e["event"] == "plan"]
+    assert cli_plan == gui_plan
+    assert gui_plan["transfer"] == "upload" and gui_plan["kind"] == "tarball"
+    assert gui_plan["installer_port"] == 2222 and gui_plan["kexec_extra_flags"] == "-c"
+    assert machine.state == "original"

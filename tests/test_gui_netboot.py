@@ -42,7 +42,7 @@ def wizard(qtbot: QtBot, tmp_path: Path, settings: Settings) -> Iterator[KexecWi
 
 
 def open_dialog(qtbot: QtBot, w: KexecWizard) -> NetbootDialog:
-    assert w.button(BUTTON3).text() == "Other ways to &boot…"
+    assert w.button(BUTTON3).text() == "Other wa&ys to boot…"
     click(qtbot, w.button(BUTTON3))
     d = w.netboot_dialog
     assert d is not None

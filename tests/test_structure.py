@@ -43,3 +43,23 @@ def test_every_module_has_a_one_line_docstring() -> None:
         if not doc or "\n" in doc.strip():
             missing.append(str(f.relative_to(ROOT)))
     assert missing == []
+
+
+FACES = [ROOT / "app" / "cli.py", *sorted((ROOT / "app" / "ui" / "pages").glob("*.py"))]
+STAGES = {"check", "prepare", "kexec", "stage_key", "stage_transfer", "stage_checksum", "stage_run"}
+
+
+def test_the_faces_neither_build_plans_nor_sequence_stages() -> None:
+    """Both faces ask and show; the engine's flow builds the plan and runs the stages."""
+    offenders = []
+    for f in FACES:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            if name in ("InstallPlan", "Installer") or (
+                isinstance(func, ast.Attribute) and name in STAGES
+            ):
+                offenders.append(f"{f.relative_to(ROOT)}:{node.lineno} {name}(...)")
+    assert offenders == []

@@ -861,6 +861,9 @@ def test_control_characters_in_a_request_path_are_escaped(netboot: NetbootServer
     with socket.create_connection(("127.0.0.1", netboot.port), timeout=5) as s:
         s.sendall(b"GET /\x1b[2J\x1b]0;owned\x07\xe2\x80\xae HTTP/1.1\r\nHost: x\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 404")
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(4096):  # the whole answer, so the server's write never meets a reset
+            pass
     deadline = time.monotonic() + 5
     while not netboot.requests and time.monotonic() < deadline:
         time.sleep(0.02)  # recorded just after the answer went out

@@ -37,7 +37,7 @@ from app.core.events import CancelToken, Event, EventSink, ProgressMeter, discar
 from app.core.lazy import LazyModule
 from app.core.netpreview import NetPreview
 from app.core.netpreview import preview as net_preview
-from app.core.preflight import Level, evaluate
+from app.core.preflight import evaluate, raise_first_stop
 from app.core.probe import (
     Facts,
     asked_user,
@@ -55,6 +55,7 @@ from app.core.ssh import (
     Session,
     Target,
     connect,
+    jump_spec,
     key_line,
 )
 from app.core.text import printable
@@ -138,6 +139,25 @@ class InstallPlan:
     def bundle(self) -> bool:
         """True for a legacy kexec-bundle, which is executed instead of unpacked."""
         return self.kind == "bundle"
+
+    def summary(self) -> dict[str, Any]:
+        """What the plan will do, in plain values (the JSON ``plan`` event; equal plans match)."""
+        return {
+            "target": self.target.label,
+            "jump": jump_spec(self.target),
+            "identity_files": list(self.target.identity_files),
+            "file": self.file_name,
+            "sha256": self.sha256,
+            "url": self.asset.url if self.asset else None,
+            "local_image": str(self.image.path) if self.image else None,
+            "transfer": self.transfer,
+            "staging": self.staging_dir,
+            "installer_port": self.installer_port,
+            "kexec_extra_flags": self.kexec_extra_flags,
+            "key_name": self.key_name,
+            "kind": self.kind,
+            "accept_host_keys": list(self.accept_host_keys),
+        }
 
     @property
     def sha256(self) -> str | None:
@@ -490,11 +510,7 @@ class Installer:
                 "The kexec already happened; running it again would only reboot the installer.",
                 "Connect with `nixos-kexec-wizard reconnect` and install NixOS.",
             )
-        verdicts = evaluate(self.facts, self._image_arch(), self._image_size())
-        stops = [v for v in verdicts if v.level is Level.STOP]
-        if stops:
-            v = stops[0]
-            raise PreflightStop(f"Preflight stop: {v.title}.", v.reason, v.fix)
+        raise_first_stop(evaluate(self.facts, self._image_arch(), self._image_size()))
         if self.session.privilege is None:
             raise PrivilegeError(
                 "Root access was not established.",

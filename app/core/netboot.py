@@ -474,7 +474,10 @@ def _handler(
             name = self.path.split("?", 1)[0].lstrip("/")
             content = files.get(name)
             if content is None:
-                self.send_error(404, "not served here")
+                try:
+                    self.send_error(404, "not served here")
+                except OSError:  # the client hung up first: still logged
+                    self.close_connection = True
                 self._log(404, 0, 0)
                 return
             size = content.stat().st_size if isinstance(content, Path) else len(content)

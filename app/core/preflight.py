@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
+from app.core.errors import PreflightStop
 from app.core.probe import Facts
 
 GiB = 1024**3
@@ -305,3 +307,11 @@ def _host_keys(f: Facts) -> Verdict:
             "Generate an ed25519 host key (`ssh-keygen -A`) before the install.",
         )
     return _ok("host-keys", "Host keys will be kept: " + ", ".join(served))
+
+
+def raise_first_stop(verdicts: Sequence[Verdict]) -> None:
+    """Raise :class:`PreflightStop` for the first stop verdict, if any."""
+    stops = [v for v in verdicts if v.level is Level.STOP]
+    if stops:
+        v = stops[0]
+        raise PreflightStop(f"Preflight stop: {v.title}.", v.reason, v.fix)

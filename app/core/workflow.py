@@ -13,9 +13,8 @@ from typing import Any
 
 from app.core.catalog import BUNDLE_DROPPED, BUNDLE_RE, Asset, Catalog, Release, asset_name
 from app.core.download import CachedImage
-from app.core.errors import ConfigError, PreflightStop, RemoteCommandError, UsageError
+from app.core.errors import ConfigError, RemoteCommandError, UsageError
 from app.core.install import InstallerInfo
-from app.core.preflight import Level, Verdict
 from app.core.probe import Facts
 from app.core.profiles import Profile, ProfileStore, check_name
 from app.core.secrets import SecretStore, password_key, sudo_key
@@ -96,14 +95,6 @@ def url_asset(url: str, settings: Settings) -> Asset:
     settings.check_url(url, "image URL")
     name = url.rstrip("/").rsplit("/", 1)[-1] or "image.tar.gz"
     return Asset(name=name, url=url)
-
-
-def raise_first_stop(verdicts: Sequence[Verdict]) -> None:
-    """Raise :class:`PreflightStop` for the first stop verdict, if any."""
-    stops = [v for v in verdicts if v.level is Level.STOP]
-    if stops:
-        v = stops[0]
-        raise PreflightStop(f"Preflight stop: {v.title}.", v.reason, v.fix)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 from app.core.catalog import Asset, Catalog
 from app.core.download import CachedImage, ImageCache
 from app.core.events import Event
+from app.core.flow import ImageChoice
 from app.core.inhibit import SleepInhibitor
 from app.core.install import Installer, InstallerInfo, InstallPlan
 from app.core.paths import AppPaths
@@ -66,6 +67,7 @@ class Flow:
     verdicts: list[Verdict] = field(default_factory=list)
     privileged: bool = False
     catalog: Catalog | None = None
+    choice: ImageChoice | None = None  # the image as the engine resolved it
     asset: Asset | None = None
     image_meta: dict[str, str] = field(default_factory=dict)
     image: CachedImage | None = None

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import html
 
-from PySide6.QtCore import Slot
-from PySide6.QtWidgets import QLineEdit, QVBoxLayout, QWizard
+from PySide6.QtCore import Qt, Slot
+from PySide6.QtWidgets import (
+    QFormLayout,
+    QLineEdit,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+    QWizard,
+)
 
 from app.core.download import bundle_note
-from app.core.install import DEFAULT_STAGING, InstallPlan
+from app.core.errors import WizardError
+from app.core.flow import InstallRequest, make_plan
+from app.core.install import DEFAULT_STAGING, check_kexec_flags
 from app.core.workflow import image_kind
 from app.ui.context import AppContext, Flow
 from app.ui.pages.base import BasePage, PageId
@@ -30,8 +40,36 @@ class ConfirmPage(BasePage):
         self.typed = QLineEdit(self)
         self.typed.setAccessibleName("Type the host name to confirm")
         self.typed.textChanged.connect(self._typed)
+
+        # The choices the command line has too (--installer-port, --kexec-extra-flags).
+        self.advanced = QToolButton(self)
+        self.advanced.setText("&Advanced options")
+        self.advanced.setCheckable(True)
+        self.advanced.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced.setAutoRaise(True)
+        self.advanced.toggled.connect(self._toggle_advanced)
+        self.advanced_box = QWidget(self)
+        form = QFormLayout(self.advanced_box)
+        self.installer_port = QSpinBox(self)
+        self.installer_port.setRange(0, 65535)
+        self.installer_port.setSpecialValueText("only the server's SSH port and 22")
+        self.installer_port.setAccessibleName("Also try this port for the installer")
+        self.kexec_flags = QLineEdit(self)
+        self.kexec_flags.setPlaceholderText("for example -c when kexec_file_load fails")
+        self.kexec_flags.setAccessibleName("Extra flags for kexec")
+        self.kexec_flags.textChanged.connect(self._typed)
+        self.flags_error = wrap_label("")
+        self.flags_error.hide()
+        form.addRow("Also try &port:", self.installer_port)
+        form.addRow("kexec e&xtra flags:", self.kexec_flags)
+        form.addRow(self.flags_error)
+        self.advanced_box.hide()
+
         layout = QVBoxLayout(self)
         layout.addWidget(self.summary)
+        layout.addWidget(self.advanced)
+        layout.addWidget(self.advanced_box)
         layout.addWidget(self.prompt)
         layout.addWidget(self.typed)
         layout.addStretch(1)
@@ -84,26 +122,47 @@ class ConfirmPage(BasePage):
         self.typed.clear()
         self.typed.setFocus()
 
+    @Slot(bool)
+    def _toggle_advanced(self, shown: bool) -> None:
+        self.advanced_box.setVisible(shown)
+        self.advanced.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+
     @Slot()
     def _typed(self) -> None:
         self.completeChanged.emit()
 
+    def _flags_problem(self) -> str:
+        try:
+            check_kexec_flags(self.kexec_flags.text().strip())
+        except WizardError as exc:
+            return f"{exc.what} {exc.why}"
+        return ""
+
     def isComplete(self) -> bool:
-        return bool(self.host) and self.typed.text().strip() == self.host
+        problem = self._flags_problem()
+        self.flags_error.setText(problem)
+        self.flags_error.setVisible(bool(problem))
+        return bool(self.host) and self.typed.text().strip() == self.host and not problem
+
+    def request(self) -> InstallRequest:
+        """The install's choices on this page, as the engine takes them."""
+        t = self.flow.target
+        return InstallRequest(
+            transfer=self.flow.transfer,
+            installer_port=self.installer_port.value() or None,
+            kexec_extra_flags=self.kexec_flags.text().strip(),
+            key_name=self.flow.profile_name or (t.host if t else "default"),
+        )
 
     def validatePage(self) -> bool:
         f, t = self.flow.facts, self.flow.target
         if f is None or t is None:
             return False
-        self.flow.plan = InstallPlan(
-            target=t,
-            image=self.flow.image,
-            asset=self.flow.asset,
-            transfer=self.flow.transfer,
-            staging_dir=f.staging.path or DEFAULT_STAGING,
-            key_name=self.flow.profile_name or t.host,
-            kind=image_kind(self.flow.asset, self.flow.image_meta, self.flow.image),
-        )
+        choice = self.flow.choice
+        if choice is None:
+            return False
+        plan = make_plan(t, f, choice, self.flow.transfer, self.flow.image, self.request())
+        self.flow.plan = plan
         self.ctx.note("confirm", f"confirmed the install on {t.label}")
         return True
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 from PySide6.QtCore import Slot
 from PySide6.QtWidgets import (
@@ -21,12 +20,20 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.catalog import ARCHES, Asset, Catalog, CatalogClient
-from app.core.download import CachedImage, Downloader, bundle_note, local_image
-from app.core.errors import TransferError, WizardError
+from app.core.catalog import ARCHES, DEFAULT_VARIANT, Asset, Catalog, CatalogClient
+from app.core.download import CachedImage, bundle_note
+from app.core.errors import WizardError
 from app.core.events import CancelToken, Event, EventSink
-from app.core.install import choose_transfer
-from app.core.workflow import bundle_asset, channel_asset, image_kind, url_asset
+from app.core.flow import (
+    STILL_LOADING,
+    ImageChoice,
+    ImageRequest,
+    InstallRequest,
+    choose_image,
+    fetch_image,
+    transfer_for,
+)
+from app.core.workflow import image_kind
 from app.ui.context import AppContext, Flow
 from app.ui.jobs import Job, JobResult
 from app.ui.pages.base import BasePage, PageId
@@ -221,19 +228,16 @@ class ImagePage(BasePage):
             self.file.setText(path)
             self.update_choice()
 
-    def _asset(self) -> tuple[Asset | None, dict[str, str]]:
-        arch = str(self.arch.currentData())
+    def _request(self) -> ImageRequest:
+        """The widgets' answers, as the engine takes them."""
         which = self.source.checkedId()
-        if which == 1:
-            return None, {"arch": arch}
-        if which == 2:
-            return url_asset(self.url.text().strip(), self.ctx.settings), {"arch": arch}
-        if self.flow.catalog is None:
-            raise WizardError("The list of releases is still loading.")
-        variant = str(self.variant.currentData())
-        if variant == "kexec-bundle":
-            return bundle_asset(self.flow.catalog, self.channel.currentData(), arch)
-        return channel_asset(self.flow.catalog, self.channel.currentData(), variant, arch)
+        source = {1: self.file.text(), 2: self.url.text()}.get(which, "")
+        return ImageRequest(
+            channel=self.channel.currentData() if which == 0 else None,
+            arch=str(self.arch.currentData()),
+            variant=str(self.variant.currentData()) if which == 0 else DEFAULT_VARIANT,
+            source=source.strip(),
+        )
 
     @Slot()
     def update_choice(self) -> None:
@@ -247,26 +251,21 @@ class ImagePage(BasePage):
                 raise WizardError("Choose the tarball (or kexec-bundle) file.")
             if self.source.checkedId() == 2 and not self.url.text().strip():
                 raise WizardError("Enter the image's URL.")
-            asset, meta = self._asset()
-            arch = meta["arch"]
-            if facts is not None and facts.arch and arch != facts.arch:
-                raise WizardError(
-                    f"The server is {facts.arch}; an {arch} image cannot start there.",
-                    "kexec can only start a kernel for the server's own architecture.",
-                    f"Choose {facts.arch}.",
-                )
-            requested = str(self.transfer.currentData())
-            mode, reason = choose_transfer(requested, facts, asset) if facts else ("upload", "")
-        except (WizardError, TransferError) as exc:
+            choice = choose_image(self._request(), facts, self.ctx.settings, self.flow.catalog)
+            request = InstallRequest(transfer=str(self.transfer.currentData()))
+            mode, reason = transfer_for(request, facts, choice) if facts else ("upload", "")
+        except WizardError as exc:
             self._stop_download()
             self.details.setText("")
             self.transfer_reason.setText("")
-            if exc.what not in ("The list of releases is still loading.",):
+            if exc.what != STILL_LOADING:
                 self.error.show_error(exc, "warn")
             self.completeChanged.emit()
             return
+        asset = choice.asset
+        self.flow.choice = choice
         self.flow.asset = asset
-        self.flow.image_meta = meta
+        self.flow.image_meta = choice.meta
         self.flow.transfer = mode
         self.transfer_reason.setText(
             (
@@ -278,7 +277,7 @@ class ImagePage(BasePage):
         )
         self._show_details(asset)
         if mode == "upload":
-            self._ensure_local(asset, meta)
+            self._ensure_local(choice)
         else:
             self._stop_download()
         self.completeChanged.emit()
@@ -305,8 +304,9 @@ class ImagePage(BasePage):
 
     # -- getting the file ---------------------------------------------------------------
 
-    def _ensure_local(self, asset: Asset | None, meta: dict[str, str]) -> None:
-        key = asset.url if asset else f"file:{self.file.text().strip()}"
+    def _ensure_local(self, choice: ImageChoice) -> None:
+        asset = choice.asset
+        key = asset.url if asset else f"file:{choice.local}"
         if (
             self.download_job is not None
             and self.download_job.running
@@ -316,16 +316,9 @@ class ImagePage(BasePage):
         self._stop_download()
         self._download_key = key
         cache, settings = self.ctx.image_cache, self.ctx.settings
-        path = Path(self.file.text().strip()).expanduser()
 
         def work(emit: EventSink, cancel: CancelToken) -> CachedImage:
-            if asset is None:
-                return local_image(path, cache)
-            return Downloader(settings, cache).fetch(
-                asset, emit=emit, cancel=cancel, channel=meta.get("channel", ""),
-                arch=meta.get("arch", ""), variant=meta.get("variant", ""),
-                kind=image_kind(asset, meta),
-            )  # fmt: skip
+            return fetch_image(choice, cache, settings, emit=emit, cancel=cancel)
 
         job = Job(work, "download", self)
         job.message.connect(self._download_event)

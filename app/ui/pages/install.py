@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 
 from app.core.errors import NewSystemHostKey, WizardError
 from app.core.events import CancelToken, Event, EventSink
+from app.core.flow import installer_for
 from app.core.install import Installer, InstallerInfo, NeverCameBack
 from app.core.netpreview import preview
 from app.core.workflow import save_profile
@@ -106,15 +107,12 @@ class InstallPage(BasePage):
         self._holder = holder
 
         def work(emit: EventSink, cancel: CancelToken) -> InstallerInfo:
-            inst = Installer(
+            inst = installer_for(
                 plan, session, facts, creds, ctx.known_hosts, ctx.settings, ctx.paths.keys_dir,
                 emit=emit, cancel=cancel,
             )  # fmt: skip
             holder["installer"] = inst
-            inst.check()
-            inst.prepare()
-            inst.kexec()
-            return inst.wait()
+            return inst.run()
 
         self._run(work)
 
