@@ -928,3 +928,20 @@ def test_openssh_reads_a_known_hosts_path_with_spaces_from_the_command(
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "reached"
+
+
+def test_a_client_that_resets_its_connection_prints_no_traceback(
+    netboot: NetbootServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import struct
+
+    with socket.create_connection(("127.0.0.1", netboot.port), timeout=5) as s:
+        s.sendall(b"HEAD /bzImage HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+        # Close with a reset (SO_LINGER 0) while the server waits for the next request.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(0.5)
+    assert "Traceback" not in capfd.readouterr().err
+    with socket.create_connection(("127.0.0.1", netboot.port), timeout=5) as s:
+        s.sendall(b"HEAD /bzImage HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 200")

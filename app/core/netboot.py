@@ -455,6 +455,9 @@ def _handler(
             self._timer.start()
             try:
                 super().handle_one_request()
+            except (ConnectionError, TimeoutError):
+                # A client that hangs up or stalls ends its connection; nothing to print.
+                self.close_connection = True
             finally:
                 self._timer.cancel()
 
