@@ -945,3 +945,47 @@ def test_a_client_that_resets_its_connection_prints_no_traceback(
     with socket.create_connection(("127.0.0.1", netboot.port), timeout=5) as s:
         s.sendall(b"HEAD /bzImage HTTP/1.1\r\nHost: x\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 200")
+
+
+def test_a_member_listing_cut_by_the_output_bound_is_refused_not_half_checked(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    import io
+    import tarfile
+
+    # The escaping links come first; hundreds of harmless members after them push them out of
+    # the listing's kept tail, where only the good members would have been checked.
+    buf = io.BytesIO()
+    with (
+        tarfile.open(standin_tarball(tmp_path / "good.tar.gz")) as good,
+        tarfile.open(fileobj=buf, mode="w:gz") as out,
+    ):
+        for name, target in (("kexec/s", "."), ("kexec/up", "s/..")):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            out.addfile(link)
+        for i in range(400):
+            out.addfile(tarfile.TarInfo(f"kexec/pad/{i:04d}-" + "x" * 40), io.BytesIO(b""))
+        for m in good.getmembers():
+            out.addfile(m, good.extractfile(m) if m.isfile() else None)
+    data = buf.getvalue()
+    sha = releases.add("nixos-hostile", ASSET, data)
+    asset = Asset(ASSET, releases.url("nixos-hostile", ASSET), size=len(data), digest=sha)
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, transfer="remote", asset=asset)
+    rig.session.output_limit = 16 * 1024  # the listing is about 40 KiB
+    with pytest.raises(IntegrityError) as ei:
+        rig.installer.prepare()
+    assert "too long to check" in ei.value.what
+    assert not rig.staging.exists() or not any(rig.staging.iterdir())
+    rig.session.close()
+
+
+def test_a_probe_cut_by_the_output_bound_says_so(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings
+) -> None:
+    target = Target("127.0.0.1", ssh_env.port, "nkw-nopw", identity_files=(str(ssh_env.key),))
+    with connect(target, Credentials(method="key"), KnownHosts(trusted, trusted.parent / "u")) as s:
+        s.output_limit = 2048  # far less than a probe prints
+        with pytest.raises(RemoteCommandError) as ei:
+            run_probe(s, settings)
+    assert "more output than" in ei.value.what and "not misread" in ei.value.why

@@ -24,6 +24,7 @@ from app.core.errors import (
     ConfigError,
     ExitCode,
     HostKeyChanged,
+    IntegrityError,
     LoginRestricted,
     PreflightStop,
     PrivilegeError,
@@ -303,6 +304,15 @@ def run_probe(
         cancel=cancel,
         what="the probe",
     )
+    if res.stdout_dropped:
+        raise RemoteCommandError(
+            f"The probe of {session.target.label} printed more output than the app keeps "
+            f"({res.stdout_dropped} bytes over {session.output_limit}).",
+            "Facts read from a part of it could be wrong, so they are not misread: nothing "
+            "was changed on the server.",
+            "Look at what the login prints (a MOTD or shell start-up file that floods), or "
+            "report the server's `ip addr` size if it has very many interfaces.",
+        )
     own = own_output(res.stdout, token)
     if own is None:
         raise login_restricted(session.target, res.status, res.stdout + "\n" + res.stderr)
@@ -836,6 +846,15 @@ class Installer:
                     f"The server cannot list the image: {res.stderr.strip()[:200]}",
                     "An image whose members cannot be checked is not unpacked.",
                     "Use --transfer upload.",
+                )
+            if res.stdout_dropped:
+                # Only the tail was kept: members before it would go unchecked.
+                raise IntegrityError(
+                    f"The member list of {self.plan.file_name} is too long to check "
+                    f"({res.stdout_dropped + len(res.stdout)} bytes).",
+                    "The upstream tarball has a handful of members; this one does not look like "
+                    "it, and a member that was not checked must not be unpacked. It was deleted.",
+                    "Use an image from the nixos-images releases, or --transfer upload.",
                 )
             check_tar_listing(self.plan.file_name, res.stdout)
         except WizardError:
