@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from app import __version__
+from app.core import flow
 from app.core.catalog import (
     ARCHES,
     DEFAULT_VARIANT,
@@ -25,6 +26,7 @@ from app.core.catalog import (
     Asset,
     CatalogClient,
     environ_arch,
+    release_of,
 )
 from app.core.download import CachedImage, Downloader, ImageCache, bundle_note
 from app.core.errors import (
@@ -37,30 +39,31 @@ from app.core.errors import (
     UsageError,
     WizardError,
 )
-from app.core.events import CancelToken, Event
+from app.core.events import (
+    AttemptEvent,
+    CancelToken,
+    Event,
+    InfoEvent,
+    LogEvent,
+    OutputEvent,
+    PlanEvent,
+    ProgressEvent,
+    ResultEvent,
+    StageEvent,
+    TimingsEvent,
+)
 from app.core.flow import (
-    BUNDLE_VARIANT,
-    ImageChoice,
-    ImageRequest,
-    InstallRequest,
+    already_installer,
     choose_image,
     fetch_image,
     installer_for,
     make_plan,
+    record,
     transfer_for,
 )
-from app.core.install import (
-    DEFAULT_STAGING,
-    Installer,
-    InstallerInfo,
-    Timings,
-    check_kexec_flags,
-    establish_privilege,
-    known_sudo_password,
-    leftover_command,
-    leftover_note,
-    run_probe,
-)
+from app.core.handoff import installer_ssh_command, open_terminal, profile_installer
+from app.core.install import Installer, InstallerInfo, leftover_command, leftover_note
+from app.core.kinds import AuthMethod, Transfer
 from app.core.netboot import (
     DEFAULT_SERVE_FOR,
     NetbootServer,
@@ -74,11 +77,18 @@ from app.core.netboot import (
     read_public_keys,
     release_source,
 )
-from app.core.netpreview import preview as net_preview
 from app.core.paths import AppPaths
-from app.core.preflight import Level, evaluate, raise_first_stop, worst
+from app.core.plan import (
+    BUNDLE_VARIANT,
+    DEFAULT_STAGING,
+    ImageChoice,
+    ImageRequest,
+    InstallRequest,
+    check_kexec_flags,
+)
+from app.core.preflight import Level
 from app.core.probe import Facts
-from app.core.profiles import Profile, ProfileStore
+from app.core.profiles import Profile, ProfileStore, forget_profile
 from app.core.runlog import Redactor, RunLog
 from app.core.secrets import SecretStore, password_key, sudo_key
 from app.core.settings import Settings
@@ -90,18 +100,8 @@ from app.core.ssh import (
     PasswordRequired,
     Session,
     Target,
-    connect,
     load_ssh_config,
     parse_target,
-)
-from app.core.workflow import (
-    forget_profile,
-    installer_info_from_session,
-    installer_ssh_command,
-    open_terminal,
-    profile_installer,
-    release_of,
-    save_profile,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -138,56 +138,54 @@ class Reporter:
         self.err.flush()
 
     def _human(self, e: Event) -> None:
-        d = e.data
-        if e.type == "stage":
-            if d.get("state") == "start":
+        if isinstance(e, StageEvent):
+            if e.state == "start":
                 self._line(f"==> {e.stage}")
-            elif d.get("state") != "done":
-                self._line(f"    {e.stage} {d.get('state')} after {d.get('seconds', 0):.1f} s")
+            elif e.state != "done":
+                self._line(f"    {e.stage} {e.state} after {e.seconds or 0:.1f} s")
             else:
-                self._line(f"    {e.stage} done in {d.get('seconds', 0):.1f} s")
-        elif e.type == "progress" and "done" in d:
-            self._bar(e.stage, d)
-        elif e.type == "progress":
+                self._line(f"    {e.stage} done in {e.seconds or 0:.1f} s")
+        elif isinstance(e, ProgressEvent):
+            self._bar(e)
+        elif isinstance(e, AttemptEvent):
             if self.tty:
                 self._line(f"    {e.message}")
-        elif e.type == "output":
+        elif isinstance(e, OutputEvent):
             self._line(f"    | {e.message}")
-        elif e.type in ("log", "info"):
-            prefix = "    ! " if d.get("level") == "warn" else "    "
+        elif isinstance(e, LogEvent):
+            prefix = "    ! " if e.level == "warn" else "    "
             self._line(prefix + e.message)
 
-    def _bar(self, stage: str, d: dict[str, Any]) -> None:
-        done, total = int(d["done"]), d.get("total")
-        rate = float(d.get("rate") or 0)
+    def _bar(self, e: ProgressEvent) -> None:
+        done, total = e.done, e.total
         pct = int(done * 100 / total) if total else -1
-        eta = d.get("eta")
         text = f"    {_mb(done)}" + (f" / {_mb(total)} ({pct}%)" if total else "")
-        text += f"  {rate / 1e6:.1f} MB/s" + (f"  ETA {int(eta)} s" if eta is not None else "")
+        text += f"  {e.rate / 1e6:.1f} MB/s"
+        text += f"  ETA {int(e.eta)} s" if e.eta is not None else ""
         if self.tty:
             width = 30
             filled = int(width * pct / 100) if pct >= 0 else 0
             self.err.write(f"\r    [{'#' * filled}{'.' * (width - filled)}]{text}\033[K")
             self._bar_open = True
-            if d.get("final"):
+            if e.final:
                 self.err.write("\n")
                 self._bar_open = False
             self.err.flush()
-        elif d.get("final") or pct // 10 != self._last_pct.get(stage, -1) // 10:
-            self._last_pct[stage] = pct
+        elif e.final or pct // 10 != self._last_pct.get(e.stage, -1) // 10:
+            self._last_pct[e.stage] = pct
             self._line(text.strip())
 
-    def info(self, message: str, **data: Any) -> None:
+    def info(self, message: str, level: str = "", **extra: Any) -> None:
         """A message for the person (or an ``info`` event in JSON mode)."""
-        self(Event("info", "", message, data))
+        self(InfoEvent("", message, level=level, extra=extra))
 
     def result(self, ok: bool, outcome: str, **data: Any) -> None:
         """The final line: ``{"event": "result", ...}`` or a human summary."""
-        payload = {"ok": ok, "outcome": outcome, **data}
+        event = ResultEvent(payload={"ok": ok, "outcome": outcome, **data})
         if self.log is not None:
-            self.log.write(Event("result", data=payload))
+            self.log.write(event)
         if self.json:
-            self.out.write(json.dumps(self.redact.scrub({"event": "result", **payload})) + "\n")
+            self.out.write(json.dumps(self.redact.scrub(event.to_json())) + "\n")
             self.out.flush()
 
     def error(self, exc: WizardError) -> None:
@@ -196,7 +194,7 @@ class Reporter:
             self.result(False, exc.kind, error=exc.as_dict(), exit_code=int(exc.exit_code))
             return
         if self.log is not None:
-            self.log.write(Event("result", data={"ok": False, "error": exc.as_dict()}))
+            self.log.write(ResultEvent(payload={"ok": False, "error": exc.as_dict()}))
         self._line("")
         self._line(f"Error: {exc.what}")
         if exc.why:
@@ -291,7 +289,7 @@ def _credentials(ctx: Context, profile: Profile | None) -> Credentials:
     if profile is not None and profile.remember_password:
         password = password or ctx.secrets.get(password_key(profile.name))
         sudo_password = sudo_password or ctx.secrets.get(sudo_key(profile.name))
-    method = a.auth or (profile.auth if profile else "auto")
+    method = AuthMethod(a.auth or (profile.auth if profile else AuthMethod.AUTO))
     ctx.report.redact.add(password)
     ctx.report.redact.add(sudo_password)
     return Credentials(method=method, password=password, sudo_password=sudo_password)
@@ -332,38 +330,29 @@ def _connect(ctx: Context, target: Target, creds: Credentials) -> Session:
     # One question per hop and secret at the most; an answer sticks for its own host.
     for _ in range(12):
         try:
-            return connect(target, creds, ctx.known_hosts, opts, cancel=ctx.cancel)
+            return flow.connect(target, creds, ctx.known_hosts, opts, cancel=ctx.cancel)
         except HostKeyUnknown as exc:
             _ask_host_key(ctx, exc)
-            opts = opts.trusting(exc.host, exc.port, exc.fingerprint)
-        except PassphraseRequired as exc:
+            opts = flow.answer_question(exc, exc.fingerprint, target, creds, opts)
+        except (PassphraseRequired, PasswordRequired) as exc:
             if not ctx.interactive:
                 raise
-            secret = getpass.getpass(f"Passphrase for {exc.path}: ")
+            what = exc.path if isinstance(exc, PassphraseRequired) else exc.label
+            kind = "Passphrase" if isinstance(exc, PassphraseRequired) else "Password"
+            secret = getpass.getpass(f"{kind} for {what}: ")
             ctx.report.redact.add(secret)
-            creds.passphrases[exc.path] = secret
-        except PasswordRequired as exc:
-            if not ctx.interactive:
-                raise
-            secret = getpass.getpass(f"Password for {exc.label}: ")
-            ctx.report.redact.add(secret)
-            if exc.label == target.label:
-                creds.password = secret
-            else:
-                creds.jump_passwords[exc.label] = secret
+            opts = flow.answer_question(exc, secret, target, creds, opts)
     raise Cancelled("Too many attempts.")
 
 
-def _sudo_password(ctx: Context, facts: Facts, creds: Credentials) -> str | None:
-    known = known_sudo_password(facts, creds)
-    if known is not None or facts.privilege != "sudo-password":
-        return known
-    if ctx.interactive:
-        secret = getpass.getpass(f"sudo password for {facts.user}: ")
-        ctx.report.redact.add(secret)
-        creds.sudo_password = secret
-        return secret
-    return None
+def _become_root(ctx: Context, session: Session, facts: Facts, creds: Credentials) -> None:
+    """Become root by the flow's policy, asking for the sudo password when one is needed."""
+    if flow.become_root(session, facts, creds, ctx.settings, can_ask=ctx.interactive):
+        return
+    secret = getpass.getpass(f"sudo password for {facts.user}: ")
+    ctx.report.redact.add(secret)
+    creds.sudo_password = secret
+    flow.become_root(session, facts, creds, ctx.settings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,18 +443,15 @@ def cmd_download(ctx: Context) -> int:
     return 0
 
 
-def _probe(
-    ctx: Context, session: Session, image_arch: str | None = None
-) -> tuple[Facts, list[Any]]:
+def _inspect(ctx: Context, session: Session) -> flow.Inspection:
     staging = ctx.args.staging_dir or DEFAULT_STAGING
-    with Timings().measure("probe", ctx.report):
-        facts = run_probe(session, ctx.settings, staging, ctx.cancel)
-    return facts, evaluate(facts, image_arch)
+    return flow.inspect(session, ctx.settings, staging, emit=ctx.report, cancel=ctx.cancel)
 
 
-def _print_facts(ctx: Context, facts: Facts, verdicts: list[Any]) -> None:
+def _print_facts(ctx: Context, found: flow.Inspection) -> None:
     if ctx.args.json:
         return
+    facts, verdicts, pv = found.facts, found.verdicts, found.network
     w = sys.stdout.write
     mem = f"{facts.mem_total / 1024**3:.1f} GiB" if facts.mem_total else "unknown"
     w(f"{facts.os_name}, kernel {facts.kernel} ({facts.machine}), {mem} RAM, ")
@@ -474,7 +460,6 @@ def _print_facts(ctx: Context, facts: Facts, verdicts: list[Any]) -> None:
         w(f"  [{v.level.value.upper():4}] {v.title}\n")
         if v.level is not Level.OK:
             w(f"         {v.reason}\n         Fix: {v.fix}\n")
-    pv = net_preview(facts)
     w("\nAfter the kexec the installer will:\n")
     for s in pv.keeps:
         w(f"  + {s}\n")
@@ -489,20 +474,19 @@ def cmd_probe(ctx: Context) -> int:
     target = _target(ctx, profile)
     creds = _credentials(ctx, profile)
     with _connect(ctx, target, creds) as session:
-        facts, verdicts = _probe(ctx, session)
+        found = _inspect(ctx, session)
         if ctx.args.save_profile:
-            _save_profile(ctx, ctx.args.save_profile, target, creds, session, facts, None, None)
-    _print_facts(ctx, facts, verdicts)
-    level = worst(verdicts)
+            _record(ctx, ctx.args.save_profile, target, creds, session, found.facts, None, None)
+    _print_facts(ctx, found)
     ctx.report.result(
         True,
-        f"preflight-{level.value}",
+        f"preflight-{found.level.value}",
         host=target.host,
         port=target.port,
         host_key_fingerprint=session.host_key_fingerprint,
-        facts=facts.to_json(),
-        verdicts=[v.to_json() for v in verdicts],
-        network=net_preview(facts).to_json(),
+        facts=found.facts.to_json(),
+        verdicts=[v.to_json() for v in found.verdicts],
+        network=found.network.to_json(),
     )
     return 0
 
@@ -532,23 +516,23 @@ def cmd_install(ctx: Context) -> int:
     creds = _credentials(ctx, profile)
     session = _connect(ctx, target, creds)
     try:
-        facts, verdicts = _probe(ctx, session)
-        _print_facts(ctx, facts, verdicts)
+        found = _inspect(ctx, session)
+        facts = found.facts
+        _print_facts(ctx, found)
         if facts.is_installer:
-            info = installer_info_from_session(session, facts)
-            _save_after(ctx, profile, target, creds, session, facts, None, info)
+            info = already_installer(session, facts)
+            _record_after(ctx, profile, target, creds, session, facts, None, info)
             ctx.report.info(f"{target.host} already runs the NixOS installer; nothing to do.")
             ctx.report.result(True, "already-installer", installer=info.to_json())
             return 0
         # Remember the server now, so a stop below still leaves a profile to come back to.
-        _save_after(ctx, profile, target, creds, session, facts, None, None)
-        raise_first_stop(verdicts)
+        _record_after(ctx, profile, target, creds, session, facts, None, None)
+        found.raise_first_stop()
         choice = _choose(ctx, facts)
-        meta, asset = choice.meta, choice.asset
-        raise_first_stop(evaluate(facts, meta.get("arch") or None, asset.size if asset else None))
-        establish_privilege(session, facts, _sudo_password(ctx, facts, creds), ctx.settings)
+        meta = choice.meta
+        _become_root(ctx, session, facts, creds)
         request = InstallRequest(
-            transfer=a.transfer,
+            transfer=Transfer(a.transfer),
             installer_port=a.installer_port,
             kexec_extra_flags=a.kexec_extra_flags or "",
             key_name=(a.save_profile or (profile.name if profile else target.host)),
@@ -562,7 +546,7 @@ def cmd_install(ctx: Context) -> int:
         plan = make_plan(target, facts, choice, mode, image, request)
         if plan.bundle:
             ctx.report.info(bundle_note(), level="warn")
-        ctx.report(Event("plan", data={"plan": plan.summary()}))
+        ctx.report(PlanEvent(plan=plan.summary()))
         summary = (
             f"\nAbout to boot the NixOS installer on {target.label} ({facts.os_name}).\n"
             f"Image: {plan.file_name}; transfer: {mode} ({reason}).\n"
@@ -577,10 +561,10 @@ def cmd_install(ctx: Context) -> int:
             info = _run_installer(ctx, installer)
         except WizardError:
             state = "unknown" if installer.point_of_no_return else "original"
-            _save_after(ctx, profile, target, creds, session, facts, meta, None, state)
-            ctx.report(Event("timings", data={"timings": installer.timings.stages}))
+            _record_after(ctx, profile, target, creds, session, facts, meta, None, state)
+            ctx.report(TimingsEvent(timings=installer.timings.stages))
             raise
-        _save_after(ctx, profile, target, creds, session, facts, meta, info)
+        _record_after(ctx, profile, target, creds, session, facts, meta, info)
         proof = "" if info.host_key_verified else " (accepted by you, not verified)"
         ctx.report.info(
             f"NixOS installer is running at root@{info.host} (port {info.port}), "
@@ -607,14 +591,13 @@ def cmd_install(ctx: Context) -> int:
 def _run_installer(ctx: Context, installer: Installer) -> InstallerInfo:
     """Run the install; a bundle's new host key is asked about, then the wait goes on."""
     try:
-        return installer.run()
+        return flow.install(installer)
     except NewSystemHostKey as exc:
         question = exc
     for _ in range(3):
         _ask_host_key(ctx, question)
-        installer.accept_host_key(question.fingerprint)
         try:
-            return installer.wait_for_installer()
+            return flow.rewait(installer, question.fingerprint)
         except NewSystemHostKey as exc:
             question = exc
     raise question
@@ -689,7 +672,7 @@ def _request_reporter(ctx: Context) -> Callable[[ServedRequest], None]:
     return report
 
 
-def _save_after(
+def _record_after(
     ctx: Context,
     profile: Profile | None,
     target: Target,
@@ -702,10 +685,10 @@ def _save_after(
 ) -> None:
     name = ctx.args.save_profile or (profile.name if profile else None)
     if name:
-        _save_profile(ctx, name, target, creds, session, facts, meta, info, state)
+        _record(ctx, name, target, creds, session, facts, meta, info, state)
 
 
-def _save_profile(
+def _record(
     ctx: Context,
     name: str,
     target: Target,
@@ -716,7 +699,7 @@ def _save_profile(
     info: InstallerInfo | None,
     state: str | None = None,
 ) -> None:
-    profile, warning = save_profile(
+    profile, warning = record(
         ctx.profiles,
         ctx.secrets,
         name,
@@ -1064,7 +1047,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = traceback.format_exc()
         where = ""
         if ctx is not None and ctx.report.log is not None:
-            ctx.report.log.write(Event("log", "internal", ctx.report.redact(detail)))
+            ctx.report.log.write(LogEvent("internal", ctx.report.redact(detail)))
             where = f" Details are in {ctx.report.log.path}."
         err = WizardError(
             f"Internal error: {type(exc).__name__}: {exc}",

@@ -23,6 +23,7 @@ BENCHES: dict[str, Callable[[], list[Row]]] = {
     "vm": vm_install.measure,
     "gui-start": lambda: _gui_start(),
     "gui-stall": gui_stall.measure,
+    "gui-keyring": gui_stall.measure_keyring,
 }
 
 

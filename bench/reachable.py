@@ -14,7 +14,8 @@ from pathlib import Path
 from app.core.catalog import Asset
 from app.core.download import CachedImage, Downloader, ImageCache, sha256_file
 from app.core.events import Event
-from app.core.install import Installer, InstallPlan, establish_privilege, run_probe
+from app.core.install import Installer, establish_privilege, run_probe
+from app.core.plan import InstallPlan
 from app.core.settings import Settings
 from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Target, connect
 from bench.common import Row, main_for, median, need_root, workdir

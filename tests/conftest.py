@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keyring
-import keyring.backend
 import pytest
 
 from app.core.settings import Settings
+from tests.support.keyrings import MemoryKeyring
 from tests.support.machine import Machine
 from tests.support.releases import ReleasesServer
 from tests.support.sshd import (
@@ -54,25 +54,6 @@ def no_secret_on_disk(tmp_path: Path) -> Iterator[None]:
     for f in tmp_path.rglob("*"):
         if f.is_file() and not f.is_symlink() and f.stat().st_size < 20 << 20:
             assert_no_secret(f.read_bytes(), str(f.relative_to(tmp_path)))
-
-
-class MemoryKeyring(keyring.backend.KeyringBackend):
-    """A keyring that lives in memory: a headless machine has no real one."""
-
-    priority = 1  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.store: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.store.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.store[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        self.store.pop((service, username), None)
 
 
 @pytest.fixture(autouse=True)

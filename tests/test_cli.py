@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from app.core.handoff import terminal_command
 from app.core.profiles import Profile, ProfileStore
-from app.core.workflow import terminal_command
 from tests.conftest import ASSET, GIVEN_SECRETS, SSHEnv, assert_no_secret
 from tests.support.releases import ReleasesServer
 

@@ -15,7 +15,7 @@ import pytest
 from app.core.catalog import Asset
 from app.core.download import Downloader, ImageCache, check_tarball, local_image
 from app.core.errors import Cancelled, ConfigError, DownloadError, IntegrityError
-from app.core.events import CancelToken, Event
+from app.core.events import CancelToken, Event, ProgressEvent
 from app.core.settings import Settings
 from tests.conftest import ASSET
 from tests.support.releases import Fault, ReleasesServer
@@ -55,8 +55,8 @@ def test_download_verifies_indexes_and_is_never_repeated(
     assert (entry["channel"], entry["arch"], entry["variant"], entry["updated_at"], entry["digest"]) == (
         TAG, "x86_64", "noninteractive", asset.updated_at, asset.digest,
     )  # fmt: skip
-    final = [e for e in events if e.type == "progress" and e.data["final"]][-1]
-    assert final.data["done"] == final.data["total"] == asset.size
+    final = [e for e in events if isinstance(e, ProgressEvent) and e.final][-1]
+    assert final.done == final.total == asset.size
     again = _dl(settings, tmp_path).fetch(asset)
     assert not again.downloaded and again.path == img.path
     assert len(releases.downloads(ASSET)) == 1
@@ -184,7 +184,7 @@ def test_cancel_keeps_the_partial_file(
     cancel = CancelToken()
 
     def on_event(e: Event) -> None:
-        if e.type == "progress" and not cancel.cancelled:
+        if isinstance(e, ProgressEvent) and not cancel.cancelled:
             # Cancel from another thread, as a face does, before the next chunk arrives.
             t = threading.Thread(target=cancel.cancel)
             t.start()

@@ -19,12 +19,12 @@ import pytest
 from app.core.catalog import Asset
 from app.core.download import Downloader, ImageCache
 from app.core.errors import DownloadError, PrivilegeError, RemoteCommandError, SSHConnectError
+from app.core.flow import record
 from app.core.install import establish_privilege, run_probe
 from app.core.profiles import ProfileStore
 from app.core.secrets import SecretStore, password_key
 from app.core.settings import Settings
 from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Target, connect, parse_target
-from app.core.workflow import save_profile
 from tests.conftest import ASSET, SSHEnv
 from tests.support.releases import ReleasesServer
 from tests.support.tarballs import standin_tarball
@@ -217,7 +217,7 @@ def test_a_locked_keyring_means_asking_each_time_never_plain_text(tmp_path: Path
         store = ProfileStore(tmp_path / "profiles.json")
         target = Target("203.0.113.9", 22, "root")
         creds = Credentials(method="password", password="Hunter2-locked-pass")
-        _profile, warning = save_profile(
+        _profile, warning = record(
             store, secrets, "web-1", target=target, creds=creds, host_key="", facts=None,
             remember=True,
         )  # fmt: skip

@@ -17,7 +17,6 @@ from app.core.paths import AppPaths
 from app.core.profiles import Profile
 from app.core.settings import Settings
 from app.ui.context import AppContext
-from app.ui.jobs import StallProbe
 from app.ui.pages.base import PageId
 from app.ui.pages.confirm import ConfirmPage
 from app.ui.pages.connect import ConnectPage
@@ -27,7 +26,9 @@ from app.ui.pages.inspect import InspectPage
 from app.ui.pages.install import InstallPage
 from app.ui.pages.servers import ServersPage
 from app.ui.wizard import KexecWizard
+from bench.stall import StallProbe
 from tests.conftest import ASSET, SSHEnv
+from tests.support.keyrings import SlowKeyring
 from tests.support.machine import Machine
 from tests.support.releases import ReleasesServer
 from tests.support.sshd import fingerprint
@@ -316,6 +317,11 @@ def test_stop_waiting_after_the_kexec_then_wait_again(
     install = confirm_and_install(qtbot, w)
     qtbot.waitUntil(lambda: install.stages.stage_state["up"] == "running", timeout=30_000)
     assert not install.safe_to_cancel and "too late" in install.cancel_button.text().lower()
+    # A wait of unknown length: a busy bar and the stage's own timer and deadline, no percentage.
+    qtbot.waitUntil(lambda: "of at most" in install.now.text(), timeout=5_000)
+    assert install.overall.maximum() == 0
+    assert install.now.text().startswith("Wait for the installer to answer: ")
+    assert f"of at most {w.ctx.settings.up_timeout:.0f} s" in install.now.text()
     click(qtbot, install.cancel_button)
     qtbot.waitUntil(lambda: install.error.isVisible(), timeout=10_000)
     assert "Stopped waiting" in install.error.text.text()
@@ -409,6 +415,8 @@ def test_saved_servers_reconnect_and_forget(qtbot: QtBot, ctx: AppContext) -> No
     click(qtbot, page.forget_button)
     assert page.confirm_forget is not None
     page.confirm_forget.button(QMessageBox.StandardButton.Yes).click()
+    # Forgetting touches the keyring, so it runs in a job: the list follows when it is done.
+    qtbot.waitUntil(lambda: page.tree.topLevelItemCount() == 1, timeout=5_000)
     assert set(ctx.profiles.load()) == {"nix"}
     # Continue with a profile: the connect page is filled in from it.
     page.tree.setCurrentItem(page.tree.topLevelItem(0))
@@ -669,3 +677,83 @@ def test_the_wizard_and_the_command_line_build_the_same_plan(
     assert gui_plan["transfer"] == "upload" and gui_plan["kind"] == "tarball"
     assert gui_plan["installer_port"] == 2222 and gui_plan["kexec_extra_flags"] == "-c"
     assert machine.state == "original"
+
+
+@pytest.mark.fault
+def test_a_slow_keyring_never_blocks_the_window_and_closing_waits_for_it(
+    qtbot: QtBot, wizard: KexecWizard, ctx: AppContext
+) -> None:
+    """A keyring that waits (an unlock prompt, a slow D-Bus) is read in a job; closing while
+    it runs cancels, answers at once, and the window goes when the job has reported."""
+    import keyring
+
+    from app.core.secrets import SERVICE, password_key
+
+    slow = SlowKeyring(1.5)
+    slow.store[(SERVICE, password_key("slow"))] = "remembered"
+    previous = keyring.get_keyring()
+    keyring.set_keyring(slow)
+    try:
+        _walk_to_a_slow_keyring(qtbot, wizard, ctx)
+    finally:
+        keyring.set_keyring(previous)
+
+
+def _walk_to_a_slow_keyring(qtbot: QtBot, w: KexecWizard, ctx: AppContext) -> None:
+    ctx.profiles.put(Profile("slow", "192.0.2.1", remember_password=True, last_contact=1.0))
+    servers = w.page_of(PageId.SERVERS)
+    assert isinstance(servers, ServersPage)
+    servers.reload()
+    servers.tree.setCurrentItem(servers.tree.topLevelItem(0))
+    probe = StallProbe(5)
+    probe.start()
+    next_page(qtbot, w)
+    page = w.page_of(PageId.CONNECT)
+    assert isinstance(page, ConnectPage) and page.busy  # reading the keyring in the background
+    w.close()
+    assert w.close_prompt is not None
+    t0 = time.monotonic()
+    w.close_prompt.button(QMessageBox.StandardButton.Yes).click()
+    assert time.monotonic() - t0 < 0.5 and w.isVisible()  # cancelled; not waited for here
+    assert page.busy  # a keyring read cannot be interrupted: the window waits for its report
+    qtbot.waitUntil(lambda: not w.isVisible(), timeout=10_000)
+    assert not page.busy and time.monotonic() - t0 >= 1.0
+    assert probe.stop() < 0.5  # the window kept answering through the 1.5 s keyring reads
+
+
+def test_the_image_page_says_once_what_a_local_file_check_proves(
+    qtbot: QtBot, wizard: KexecWizard, machine: Machine, ssh_env: SSHEnv, releases: ReleasesServer,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    from PySide6.QtWidgets import QLabel
+
+    w = wizard
+    image = reach_image_page(qtbot, w, machine, ssh_env)
+    local = standin_tarball(tmp_path / "nixos-kexec-installer-noninteractive-x86_64-linux.tar.gz")
+    image.use_file.setChecked(True)
+    image.file.setText(str(local))
+    image.update_choice()
+    qtbot.waitUntil(lambda: w.flow.image is not None, timeout=20_000)
+    said = " ".join(
+        label.text() for label in image.findChildren(QLabel) if label.isVisible()
+    ).lower()
+    assert said.count("up to you") == 1, said
+    assert "checksum" not in image.transfer_reason.text().lower()
+
+
+def test_the_image_page_says_once_that_a_release_has_no_checksum(
+    qtbot: QtBot, wizard: KexecWizard, machine: Machine, ssh_env: SSHEnv, releases: ReleasesServer,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    from PySide6.QtWidgets import QLabel
+
+    releases.add(
+        "nixos-26.05", ASSET, standin_tarball(tmp_path / "t.tar.gz").read_bytes(), digest=False
+    )
+    w = wizard
+    image = reach_image_page(qtbot, w, machine, ssh_env)
+    qtbot.waitUntil(lambda: w.flow.image is not None, timeout=20_000)
+    said = " ".join(
+        label.text() for label in image.findChildren(QLabel) if label.isVisible()
+    ).lower()
+    assert said.count("checksum") == 1 and "not verified" not in said, said

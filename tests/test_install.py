@@ -14,12 +14,10 @@ import pytest
 from app.core.catalog import Asset, CatalogClient
 from app.core.download import Downloader, ImageCache
 from app.core.errors import Cancelled, ExitCode, TransferError
-from app.core.events import CancelToken, Event
+from app.core.events import AttemptEvent, CancelToken, Event, ProgressEvent, StageEvent
 from app.core.install import (
-    DEFAULT_STAGING,
     Installer,
     InstallerKeyChanged,
-    InstallPlan,
     KexecRefused,
     NeverCameBack,
     NeverWentDown,
@@ -27,6 +25,7 @@ from app.core.install import (
     establish_privilege,
     run_probe,
 )
+from app.core.plan import DEFAULT_STAGING, InstallPlan
 from app.core.settings import Settings
 from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Session, Target, connect
 from tests.conftest import ASSET, SSHEnv
@@ -90,7 +89,6 @@ def make_rig(
         asset=asset,
         transfer=transfer,
         key_name="test box",
-        staging_dir=staging,
     )
     events: list[Event] = []
     inst = Installer(
@@ -123,7 +121,7 @@ def _carried(rig: Rig) -> dict[str, str]:
 
 
 def _stage_states(events: list[Event]) -> list[tuple[str, str]]:
-    return [(e.stage, e.data["state"]) for e in events if e.type == "stage"]
+    return [(e.stage, e.state) for e in events if isinstance(e, StageEvent)]
 
 
 @pytest.mark.fault
@@ -242,7 +240,7 @@ def test_cancel_during_the_upload_removes_the_partial_file(
 
     def on_event(e: Event) -> None:
         rig.events.append(e)
-        if e.type == "progress" and e.stage == "transfer" and e.data["done"] > 4 << 20:
+        if isinstance(e, ProgressEvent) and e.stage == "transfer" and e.done > 4 << 20:
             threading.Thread(target=cancel.cancel).start()
 
     rig.installer.emit = on_event
@@ -301,7 +299,7 @@ def test_nothing_answering_ends_in_never_came_back_at_the_deadline(
     assert ei.value.exit_code == ExitCode.NEVER_CAME_BACK
     assert f"ports {own_sshd.port}, 22" in ei.value.what
     assert "installer should be at" in ei.value.why and "console" in ei.value.fix
-    attempts = [e for e in rig.events if e.type == "progress" and e.stage == "up"]
+    attempts = [e for e in rig.events if isinstance(e, AttemptEvent)]
     assert len(attempts) >= settings.up_timeout / settings.poll_interval / 2  # polled often
     rig.session.close()
 

@@ -149,7 +149,7 @@ ASSET = Asset("x.tar.gz", "https://h/x.tar.gz", size=10, digest="a" * 64)
 def test_auto_lets_the_server_download_when_it_can_check_the_file() -> None:
     assert choose_transfer("auto", facts(), ASSET)[0] == "remote"
     mode, why = choose_transfer("auto", facts(), replace(ASSET, digest=None))
-    assert mode == "upload" and "no published checksum" in why
+    assert mode == "upload" and "only images with a published sha256" in why
     mode, why = choose_transfer("auto", replace(facts(), reach_v4=False, reach_v6=False), ASSET)
     assert mode == "upload" and "cannot reach" in why
     assert choose_transfer("auto", facts(), None)[0] == "upload"

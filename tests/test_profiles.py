@@ -14,7 +14,7 @@ import keyring.backends.fail
 import pytest
 
 from app.core.errors import ConfigError
-from app.core.events import Event
+from app.core.events import LogEvent
 from app.core.profiles import Profile, ProfileStore, check_name
 from app.core.runlog import Redactor, RunLog
 from app.core.secrets import SecretStore, password_key
@@ -134,7 +134,7 @@ def test_run_logs_redact_secrets(tmp_path: Path) -> None:
     r.add("Pw-secret-0815!")
     log = RunLog(tmp_path / "logs", r)
     log.write(
-        Event("output", "run", "sudo said Pw-secret-0815! oops", {"nested": ["Pw-secret-0815!"]})
+        LogEvent("run", "sudo said Pw-secret-0815! oops", extra={"nested": ["Pw-secret-0815!"]})
     )
     text = log.path.read_text()
     assert "Pw-secret-0815!" not in text and text.count("[redacted]") == 2

@@ -21,7 +21,7 @@ from app.core.errors import (
     SSHConnectError,
     UsageError,
 )
-from app.core.events import CancelToken, Event
+from app.core.events import CancelToken, Event, ProgressEvent
 from app.core.install import establish_privilege, run_probe
 from app.core.settings import Settings
 from app.core.ssh import (
@@ -273,8 +273,8 @@ def test_upload_streams_the_file_and_returns_its_sha256(
         remote = s.run(f"sha256sum {dest}", timeout=10).stdout.split()[0]
     assert sha == hashlib.sha256(src.read_bytes()).hexdigest() == remote
     assert dest.stat().st_mode & 0o777 == 0o600
-    final = [e for e in events if e.type == "progress" and e.data["final"]]
-    assert final and final[-1].data["done"] == src.stat().st_size
+    final = [e for e in events if isinstance(e, ProgressEvent) and e.final]
+    assert final and final[-1].done == src.stat().st_size
     dest.unlink()
 
 
@@ -289,7 +289,7 @@ def test_cancel_stops_an_upload_promptly_and_keeps_the_session(
     cancelled_at: list[float] = []
 
     def on_event(e: Event) -> None:
-        if e.type == "progress" and e.data["done"] > 8 * 1024 * 1024 and not cancel.cancelled:
+        if isinstance(e, ProgressEvent) and e.done > 8 * 1024 * 1024 and not cancel.cancelled:
             cancelled_at.append(time.monotonic())
             threading.Thread(target=cancel.cancel).start()
 

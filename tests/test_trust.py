@@ -40,15 +40,17 @@ from app.core.errors import (
     UsageError,
 )
 from app.core.events import CancelToken
+from app.core.flow import record
+from app.core.handoff import installer_ssh_command, profile_installer
 from app.core.install import (
     InstallerInfo,
-    InstallPlan,
     choose_transfer,
     leftover_command,
     leftover_note,
     run_probe,
 )
 from app.core.netboot import NetbootServer, NetbootSource
+from app.core.plan import InstallPlan
 from app.core.profiles import ProfileStore
 from app.core.secrets import SecretStore
 from app.core.settings import Settings
@@ -62,7 +64,6 @@ from app.core.ssh import (
     Target,
     connect,
 )
-from app.core.workflow import installer_ssh_command, profile_installer, save_profile
 from tests.conftest import ASSET, SSHEnv
 from tests.support.hostile_ssh import Behaviour, HostileSSH
 from tests.support.releases import ReleasesServer
@@ -583,7 +584,7 @@ def test_the_server_never_downloads_an_image_without_a_published_digest(
         choose_transfer("remote", rig.installer.facts, bare)
     assert "no sha256 was published" in ei.value.what and "--transfer upload" in ei.value.fix
     mode, why = choose_transfer("auto", rig.installer.facts, bare)
-    assert mode == "upload" and "checked here" in why
+    assert mode == "upload" and "only images with a published sha256" in why
     assert choose_transfer("remote", rig.installer.facts, asset)[0] == "remote"
     rig.session.close()
 
@@ -895,7 +896,7 @@ def test_a_profile_keeps_every_jump_hop_with_ipv6_brackets(tmp_path: Path) -> No
     second = Target("2001:db8::7", 2222, "jump", jump=first)
     target = Target("192.0.2.9", 22, "root", jump=second)
     store = ProfileStore(tmp_path / "profiles.json")
-    profile, _ = save_profile(
+    profile, _ = record(
         store, SecretStore(), "web", target=target, creds=Credentials(), host_key="", facts=None
     )
     assert profile.jump == "ops@bastion.example.org:22,jump@[2001:db8::7]:2222"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app import __version__
-from app.core.errors import DownloadError
+from app.core.errors import DownloadError, UsageError
 from app.core.fsutil import atomic_write_text
 from app.core.lazy import LazyModule
 from app.core.settings import Settings
@@ -374,3 +374,60 @@ def _short_reason(exc: BaseException) -> str:
 def environ_arch() -> str:
     """This computer's arch as an image arch (a guess for when no server is known yet)."""
     return machine_to_arch(os.uname().machine) or "x86_64"
+
+
+# ---------------------------------------------------------------------------------------------
+# Picking from the catalog
+
+
+def release_of(catalog: Catalog, channel: str | None) -> Release:
+    """The release of ``channel`` (default: the newest stable), or a clear error."""
+    chosen = channel or catalog.default_channel()
+    release = catalog.release(chosen)
+    if release is None:
+        raise UsageError(
+            f"There is no channel {chosen!r}.",
+            "Known channels: " + ", ".join(catalog.channels()) + ".",
+            "Pick one of them.",
+        )
+    return release
+
+
+def channel_asset(
+    catalog: Catalog, channel: str | None, variant: str, arch: str
+) -> tuple[Asset, dict[str, str]]:
+    """The kexec tarball of ``channel`` (default: newest stable) for ``variant``/``arch``."""
+    release = release_of(catalog, channel)
+    chosen = release.channel
+    found = release.kexec_asset(variant, arch)
+    if found is None:
+        raise UsageError(
+            f"{chosen} has no {variant} image for {arch} ({asset_name(variant, arch)}).",
+            "Not every release carries every variant.",
+            "Choose another channel, variant or arch.",
+        )
+    return found, {"channel": chosen, "arch": arch, "variant": variant}
+
+
+def bundle_asset(catalog: Catalog, channel: str | None, arch: str) -> tuple[Asset, dict[str, str]]:
+    """The legacy kexec-bundle of ``channel`` (only releases frozen before 2023 have one)."""
+    release = release_of(catalog, channel)
+    chosen = release.channel
+    found = release.bundle_asset(arch)
+    if found is None:
+        having = [r.channel for r in catalog.releases if r.bundle_asset(arch)]
+        raise UsageError(
+            f"{chosen} has no kexec-bundle for {arch}.",
+            f"nixos-images dropped the kexec-bundle in {BUNDLE_DROPPED} in favour of the kexec "
+            "tarball; only releases frozen before then may still carry it"
+            + (f" (here: {', '.join(having)})." if having else "."),
+            "Use the kexec tarball (leave out --bundle), or one of those channels.",
+        )
+    return found, {"channel": chosen, "arch": arch, "variant": "kexec-bundle"}
+
+
+def url_asset(url: str, settings: Settings) -> Asset:
+    """An image at a URL the user typed (checked for https)."""
+    settings.check_url(url, "image URL")
+    name = url.rstrip("/").rsplit("/", 1)[-1] or "image.tar.gz"
+    return Asset(name=name, url=url)

@@ -18,8 +18,9 @@ from typing import IO, TYPE_CHECKING, Any
 from app import __version__
 from app.core.catalog import BUNDLE_DROPPED, Asset
 from app.core.errors import Cancelled, DownloadError, IntegrityError
-from app.core.events import CancelToken, Event, EventSink, ProgressMeter, discard
+from app.core.events import CancelToken, EventSink, LogEvent, ProgressMeter, discard
 from app.core.fsutil import atomic_write_text
+from app.core.kinds import ImageKind
 from app.core.lazy import LazyModule
 from app.core.settings import Settings
 
@@ -52,7 +53,10 @@ class ImageInfo:
     digest: str = ""  # the API digest it was checked against ("" = none was available)
     verification: str = "digest"  # "digest", "size", "none" or "local"
     tarball_checked: bool = False  # its content check passed (the tar layout, for a tarball)
-    kind: str = "tarball"  # "tarball", "bundle" (legacy kexec-bundle) or "file" (netboot parts)
+    kind: ImageKind = ImageKind.TARBALL
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", ImageKind(self.kind))  # the index holds the word
 
 
 @dataclass(frozen=True)
@@ -79,18 +83,18 @@ BUNDLE_HINT = b"kexec"  # every self-extracting kexec-bundle names the tool it r
 BUNDLE_MAX_HEADER = 64 * 1024
 
 
-def image_kind(path: Path) -> str:
-    """What a file the user picked looks like: "tarball", "bundle" or "unknown"."""
+def image_kind(path: Path) -> ImageKind:
+    """What a file the user picked looks like: a tarball, a bundle, or unknown."""
     try:
         with path.open("rb") as f:
             head = f.read(BUNDLE_MAX_HEADER)
     except OSError:
-        return "unknown"
+        return ImageKind.UNKNOWN
     if head.startswith(GZIP_MAGIC):
-        return "tarball"
+        return ImageKind.TARBALL
     if head.startswith(b"#!") and BUNDLE_HINT in head:
-        return "bundle"
-    return "unknown"
+        return ImageKind.BUNDLE
+    return ImageKind.UNKNOWN
 
 
 def check_bundle(path: Path) -> None:
@@ -292,8 +296,8 @@ class ImageCache:
         for e in raw.get("entries", []) if isinstance(raw, dict) else []:
             try:
                 info = ImageInfo(**e)
-            except TypeError:
-                continue
+            except (TypeError, ValueError):
+                continue  # an entry this version cannot read is skipped, never trusted
             if self.blob_path(info.sha256).is_file():
                 out.append(info)
         return out
@@ -361,7 +365,7 @@ class Downloader:
         variant: str = "",
         emit: EventSink = discard,
         cancel: CancelToken | None = None,
-        kind: str = "tarball",
+        kind: ImageKind = ImageKind.TARBALL,
     ) -> CachedImage:
         """Return the asset from the cache, downloading (or resuming) it if needed.
 
@@ -373,7 +377,7 @@ class Downloader:
         self.settings.check_url(asset.url, "image URL")
         hit = self.cache.find(asset)
         if hit is not None:
-            emit(Event("log", "download", f"{asset.name} is already cached; nothing to download"))
+            emit(LogEvent("download", f"{asset.name} is already cached; nothing to download"))
             path = self.cache.blob_path(hit.sha256)
             if not hit.tarball_checked or hit.kind != kind:
                 check(path)
@@ -419,7 +423,7 @@ class Downloader:
                 if attempt > self.retries:
                     raise exc.error from exc
                 delay = self.backoff * 2 ** (attempt - 1)
-                emit(Event("log", "download", f"{exc.error.what} Retrying in {delay:g} s."))
+                emit(LogEvent("download", f"{exc.error.what} Retrying in {delay:g} s."))
                 if cancel.wait(delay):
                     raise Cancelled("Download cancelled; the partial file is kept.") from exc
 
@@ -507,7 +511,7 @@ class Downloader:
                     )
                 )
             mode = "ab"
-            emit(Event("log", "download", f"Resuming {asset.name} at {have} bytes"))
+            emit(LogEvent("download", f"Resuming {asset.name} at {have} bytes"))
         elif resp.status_code == 200:
             mode, have = "wb", 0
         elif resp.status_code == 416 and have:
@@ -648,7 +652,7 @@ def local_image(path: Path, cache: ImageCache) -> CachedImage:
             "on this computer.",
             "Check the path, or pick a channel instead.",
         )
-    kind = "bundle" if image_kind(p) == "bundle" else "tarball"
+    kind = ImageKind.BUNDLE if image_kind(p) == ImageKind.BUNDLE else ImageKind.TARBALL
     CONTENT_CHECKS[kind](p)
     st = p.stat()
     info = ImageInfo(

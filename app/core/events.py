@@ -7,27 +7,161 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class EventType(StrEnum):
+    """The ``event`` field of a JSON line."""
+
+    STAGE = "stage"
+    PROGRESS = "progress"
+    OUTPUT = "output"
+    LOG = "log"
+    INFO = "info"
+    PLAN = "plan"
+    TIMINGS = "timings"
+    RESULT = "result"
 
 
 @dataclass(frozen=True)
 class Event:
-    """One thing that happened: a stage starting or ending, progress, a log line."""
+    """What every event has: which stage it belongs to and a message for people."""
 
-    type: str
+    type: ClassVar[EventType]
     stage: str = ""
     message: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        """The event's own fields in its JSON line, in their documented order."""
+        return {}
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON-lines form: ``{"event": type, "stage": ..., ...data}``."""
-        out: dict[str, Any] = {"event": self.type}
+        """The JSON-lines form: ``{"event": type, "stage": ..., "message": ..., ...fields}``."""
+        out: dict[str, Any] = {"event": str(self.type)}
         if self.stage:
             out["stage"] = self.stage
         if self.message:
             out["message"] = self.message
-        out.update(self.data)
+        out.update(self.fields())
         return out
+
+
+@dataclass(frozen=True)
+class StageEvent(Event):
+    """A stage started (with its deadline) or ended (done, failed, cancelled, with its time)."""
+
+    type: ClassVar[EventType] = EventType.STAGE
+    state: str = "start"
+    seconds: float | None = None
+    deadline: float | None = None
+
+    def fields(self) -> dict[str, Any]:
+        if self.state == "start":
+            return {"state": self.state, "deadline": self.deadline}
+        return {"state": self.state, "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class ProgressEvent(Event):
+    """Bytes moved so far, with the rate and the time left when the total is known."""
+
+    type: ClassVar[EventType] = EventType.PROGRESS
+    done: int = 0
+    total: int | None = None
+    rate: float = 0.0
+    eta: float | None = None
+    final: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "done": self.done,
+            "total": self.total,
+            "rate": self.rate,
+            "eta": self.eta,
+            "final": self.final,
+        }
+
+
+@dataclass(frozen=True)
+class AttemptEvent(Event):
+    """One more attempt of a wait (for the installer's SSH on ``port``)."""
+
+    type: ClassVar[EventType] = EventType.PROGRESS
+    attempts: int = 0
+    port: int = 0
+
+    def fields(self) -> dict[str, Any]:
+        return {"attempts": self.attempts, "port": self.port}
+
+
+@dataclass(frozen=True)
+class OutputEvent(Event):
+    """One line the server printed (``stream``: stdout or stderr)."""
+
+    type: ClassVar[EventType] = EventType.OUTPUT
+    stream: str = "stdout"
+
+    def fields(self) -> dict[str, Any]:
+        return {"stream": self.stream}
+
+
+@dataclass(frozen=True)
+class LogEvent(Event):
+    """A step the engine took, worth a line in the log; ``level`` is "warn" for a warning."""
+
+    type: ClassVar[EventType] = EventType.LOG
+    level: str = ""
+    safe_to_cancel: bool | None = None  # False once cancelling can no longer undo anything
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.level:
+            out["level"] = self.level
+        if self.safe_to_cancel is not None:
+            out["safe_to_cancel"] = self.safe_to_cancel
+        return {**out, **self.extra}
+
+
+@dataclass(frozen=True)
+class InfoEvent(LogEvent):
+    """A message a face says to the person (``info`` in the JSON lines)."""
+
+    type: ClassVar[EventType] = EventType.INFO
+
+
+@dataclass(frozen=True)
+class PlanEvent(Event):
+    """The resolved plan, before anything is changed."""
+
+    type: ClassVar[EventType] = EventType.PLAN
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        return {"plan": self.plan}
+
+
+@dataclass(frozen=True)
+class TimingsEvent(Event):
+    """Seconds per stage, after a failed install (a successful one has them in its result)."""
+
+    type: ClassVar[EventType] = EventType.TIMINGS
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        return {"timings": self.timings}
+
+
+@dataclass(frozen=True)
+class ResultEvent(Event):
+    """How a command ended: ``ok``, an ``outcome`` word, and what it found."""
+
+    type: ClassVar[EventType] = EventType.RESULT
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        return dict(self.payload)
 
 
 EventSink = Callable[[Event], None]
@@ -135,15 +269,12 @@ class ProgressMeter:
         if self.total and rate > 0:
             eta = max(self.total - self.done, 0) / rate
         self._emit(
-            Event(
-                "progress",
+            ProgressEvent(
                 self._stage,
-                data={
-                    "done": self.done,
-                    "total": self.total,
-                    "rate": round(rate, 1),
-                    "eta": None if eta is None else round(eta, 1),
-                    "final": final,
-                },
+                done=self.done,
+                total=self.total,
+                rate=round(rate, 1),
+                eta=None if eta is None else round(eta, 1),
+                final=final,
             )
         )

@@ -1,72 +1,173 @@
-"""The install flow both faces call, in this order: choose the image, fetch it, plan, install."""
+"""The install flow both faces call, top to bottom: connect, inspect, root, image, plan, install."""
 
-# Connecting, inspecting and becoming root come before (ssh.connect, install.run_probe,
-# install.establish_privilege with install.known_sudo_password); the faces only collect
-# answers into an ImageRequest and an InstallRequest, call these steps and show their events.
-# Neither face builds an InstallPlan itself (tests/test_structure.py checks it).
+# Each step is one function; the CLI calls them in this order, the wizard one page per step.
+# Questions the engine cannot answer (an unknown host key, a passphrase, a password, a sudo
+# password) come back as errors or a False, the face asks, puts the answer in with
+# ``answer_question`` (or ``creds.sudo_password``) and calls the step again. Neither face builds
+# an InstallPlan nor runs a stage itself (tests/test_structure.py checks it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
-from app.core.catalog import DEFAULT_VARIANT, Asset, Catalog, environ_arch
+from app.core import ssh
+from app.core.catalog import (
+    Catalog,
+    bundle_asset,
+    channel_asset,
+    environ_arch,
+    url_asset,
+)
 from app.core.download import CachedImage, Downloader, ImageCache, local_image
-from app.core.errors import WizardError
+from app.core.errors import HostKeyUnknown, WizardError
 from app.core.events import CancelToken, EventSink, discard
-from app.core.install import DEFAULT_STAGING, Installer, InstallPlan, choose_transfer
-from app.core.preflight import evaluate, raise_first_stop
+from app.core.install import (
+    Installer,
+    InstallerInfo,
+    Timings,
+    choose_transfer,
+    establish_privilege,
+    known_sudo_password,
+    run_probe,
+)
+from app.core.kinds import Transfer
+from app.core.netpreview import NetPreview, preview
+from app.core.plan import (
+    BUNDLE_VARIANT,
+    DEFAULT_STAGING,
+    ImageChoice,
+    ImageRequest,
+    InstallPlan,
+    InstallRequest,
+)
+from app.core.preflight import Level, Verdict, evaluate, raise_first_stop, worst
 from app.core.probe import Facts
+from app.core.profiles import Profile, ProfileStore, check_name
+from app.core.secrets import SecretStore, password_key, sudo_key
 from app.core.settings import Settings
-from app.core.ssh import Credentials, KnownHosts, Session, Target
-from app.core.workflow import bundle_asset, channel_asset, image_kind, url_asset
+from app.core.ssh import (
+    ConnectOptions,
+    Credentials,
+    KnownHosts,
+    PassphraseRequired,
+    PasswordRequired,
+    Session,
+    Target,
+    jump_spec,
+)
 
-BUNDLE_VARIANT = "kexec-bundle"
 STILL_LOADING = "The list of releases is still loading."
 
+Question: TypeAlias = HostKeyUnknown | PassphraseRequired | PasswordRequired
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Connect: the host key is checked before any credential is sent
+
+
+def connect(
+    target: Target,
+    creds: Credentials,
+    known_hosts: KnownHosts,
+    options: ConnectOptions,
+    *,
+    cancel: CancelToken | None = None,
+) -> Session:
+    """Log in; a question for the user comes back as a :data:`Question` error."""
+    return ssh.connect(target, creds, known_hosts, options, cancel=cancel)
+
+
+def answer_question(
+    question: Question, answer: str, target: Target, creds: Credentials, options: ConnectOptions
+) -> ConnectOptions:
+    """Put the user's answer where the next :func:`connect` finds it (an answer sticks for its
+    own host only); ``answer`` is the secret, or the fingerprint the user accepted."""
+    if isinstance(question, HostKeyUnknown):
+        return options.trusting(question.host, question.port, answer or question.fingerprint)
+    if isinstance(question, PassphraseRequired):
+        creds.passphrases[question.path] = answer
+    elif question.label == target.label:
+        creds.password = answer
+    else:
+        creds.jump_passwords[question.label] = answer
+    return options
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Inspect: the facts in one round trip, the verdicts, the network preview
+
 
 @dataclass(frozen=True)
-class ImageRequest:
-    """Which image the user chose: a channel's variant for an arch, or a file or URL."""
+class Inspection:
+    """What the probe found and what it means for the kexec."""
 
-    channel: str | None = None  # None: the newest stable
-    arch: str | None = None  # None: the server's own
-    variant: str = DEFAULT_VARIANT  # or "kexec-bundle" for a legacy release's bundle
-    source: str = ""  # a local path or an https URL instead of a channel
-
-
-@dataclass(frozen=True)
-class ImageChoice:
-    """The image resolved: a release asset (or URL), or a file on this computer."""
-
-    asset: Asset | None
-    meta: dict[str, str] = field(default_factory=dict)  # channel, arch, variant
-    local: Path | None = None
+    facts: Facts
+    verdicts: list[Verdict]
+    network: NetPreview
 
     @property
-    def kind(self) -> str:
-        """``bundle`` for a legacy kexec-bundle, else ``tarball`` (a local file: by content)."""
-        return image_kind(self.asset, self.meta)
+    def level(self) -> Level:
+        """The worst verdict."""
+        return worst(self.verdicts)
+
+    def raise_first_stop(self) -> None:
+        """Raise the first stopping verdict as an error (nothing was changed)."""
+        raise_first_stop(self.verdicts)
 
 
-@dataclass(frozen=True)
-class InstallRequest:
-    """The install's own choices, the same in both faces."""
+def inspect(
+    session: Session,
+    settings: Settings,
+    staging: str = DEFAULT_STAGING,
+    *,
+    emit: EventSink = discard,
+    cancel: CancelToken | None = None,
+) -> Inspection:
+    """Probe the server (its output proven to be the probe's own) and judge it."""
+    with Timings().measure("probe", emit):
+        facts = run_probe(session, settings, staging, cancel)
+    return Inspection(facts, evaluate(facts), preview(facts))
 
-    transfer: str = "auto"  # auto | upload | remote
-    installer_port: int | None = None
-    kexec_extra_flags: str = ""
-    key_name: str = "default"  # names the app's generated key (the profile's name)
-    accept_host_keys: tuple[str, ...] = ()  # fingerprints accepted ahead (a bundle's new key)
+
+# ---------------------------------------------------------------------------------------------
+# 3. Become root
+
+
+def become_root(
+    session: Session, facts: Facts, creds: Credentials, settings: Settings, *, can_ask: bool = True
+) -> bool:
+    """True once the session acts as root; False when sudo needs a password nobody has given
+    yet and the face ``can_ask`` (it asks, sets ``creds.sudo_password`` and calls again). A
+    refused or missing password, or a user who cannot become root, raises PrivilegeError."""
+    password = known_sudo_password(facts, creds)
+    if facts.privilege == "sudo-password" and password is None and can_ask:
+        return False
+    establish_privilege(session, facts, password, settings)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Choose and fetch the image
 
 
 def choose_image(
     request: ImageRequest, facts: Facts | None, settings: Settings, catalog: Catalog | None
 ) -> ImageChoice:
-    """Resolve the request; an image for another arch than the server's is refused here."""
+    """Resolve the request; an image for another arch than the server's, or too big for its
+    memory, is refused here."""
     arch = request.arch or (facts.arch if facts else None) or environ_arch()
+    choice = _resolve(request, arch, settings, catalog)
     if facts is not None and facts.arch:
-        raise_first_stop([v for v in evaluate(facts, arch) if v.check == "arch"])
+        size = choice.asset.size if choice.asset else None
+        raise_first_stop(evaluate(facts, arch, size))
+    return choice
+
+
+def _resolve(
+    request: ImageRequest, arch: str, settings: Settings, catalog: Catalog | None
+) -> ImageChoice:
     source = request.source.strip()
     if source and not source.startswith(("https://", "http://")):
         return ImageChoice(None, {"arch": arch}, Path(source).expanduser())
@@ -80,7 +181,9 @@ def choose_image(
     return ImageChoice(*channel_asset(catalog, request.channel, request.variant, arch))
 
 
-def transfer_for(request: InstallRequest, facts: Facts, choice: ImageChoice) -> tuple[str, str]:
+def transfer_for(
+    request: InstallRequest, facts: Facts, choice: ImageChoice
+) -> tuple[Transfer, str]:
     """``upload`` or ``remote`` for this image on this server, with the reason in words."""
     return choose_transfer(request.transfer, facts, choice.asset)
 
@@ -105,27 +208,34 @@ def fetch_image(
     )  # fmt: skip
 
 
+# ---------------------------------------------------------------------------------------------
+# 5. Plan: the one place an InstallPlan is built
+
+
 def make_plan(
     target: Target,
     facts: Facts,
     choice: ImageChoice,
-    mode: str,
+    mode: Transfer,
     image: CachedImage | None,
     request: InstallRequest,
 ) -> InstallPlan:
-    """The one place an :class:`InstallPlan` is built."""
+    """The frozen plan for this server, image and request."""
     return InstallPlan(
         target=target,
         image=image,
         asset=choice.asset,
         transfer=mode,
-        staging_dir=facts.staging.path or DEFAULT_STAGING,
         installer_port=request.installer_port,
         kexec_extra_flags=request.kexec_extra_flags,
         key_name=request.key_name,
         kind=image.info.kind if image is not None else choice.kind,
         accept_host_keys=request.accept_host_keys,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Install: key, transfer, checksum, unpack, run, wait down, wait up, verify
 
 
 def installer_for(
@@ -140,8 +250,94 @@ def installer_for(
     emit: EventSink = discard,
     cancel: CancelToken | None = None,
 ) -> Installer:
-    """The installer that runs the plan's stages in order (``run()``, then ``wait_for_installer``
-    again after an answer or a new address)."""
+    """The installer that runs the plan's stages in order."""
     return Installer(
         plan, session, facts, creds, known_hosts, settings, keys_dir, emit=emit, cancel=cancel
     )
+
+
+def install(installer: Installer) -> InstallerInfo:
+    """Run every stage; a legacy bundle's new host key comes back as NewSystemHostKey."""
+    return installer.run()
+
+
+def rewait(
+    installer: Installer, accepted_fingerprint: str | None = None, host: str | None = None
+) -> InstallerInfo:
+    """Wait for the installer again: after the user accepted a bundle's new host key, or at a
+    new address the user gave."""
+    if accepted_fingerprint:
+        installer.accept_host_key(accepted_fingerprint)
+    return installer.wait_for_installer(host)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Record the outcome in the profile
+
+
+def already_installer(session: Session, facts: Facts) -> InstallerInfo:
+    """The installer's details when the server inspected already runs it (nothing to install)."""
+    ids = session.target.identity_files
+    return InstallerInfo(
+        host=session.target.host,
+        port=session.target.port,
+        user=session.target.user,
+        host_key=session.host_key_line,
+        fingerprint=session.host_key_fingerprint,
+        boot_id=facts.boot_id,
+        hostname=facts.hostname,
+        os_release=facts.os_release,
+        identity_file=ids[0] if ids else None,
+    )
+
+
+def record(
+    store: ProfileStore,
+    secrets: SecretStore,
+    name: str,
+    *,
+    target: Target,
+    creds: Credentials,
+    host_key: str,
+    facts: Facts | None,
+    image: dict[str, str] | None = None,
+    installer: InstallerInfo | None = None,
+    state: str | None = None,
+    remember: bool = False,
+) -> tuple[Profile, str | None]:
+    """Save (or update) a profile; secrets go to the keyring only. Returns a warning, if any."""
+    name = check_name(name)
+    existing = store.load().get(name)
+    remember = remember or bool(existing and existing.remember_password)
+    is_installer = installer is not None or bool(facts and facts.is_installer)
+    profile = Profile(
+        name=name,
+        host=target.alias or target.host,
+        port=target.port,
+        user=target.user,
+        jump=jump_spec(target),
+        auth=creds.method,
+        key_path=target.identity_files[0] if target.identity_files else "",
+        host_key=host_key,
+        state=state or ("installer" if is_installer else "original"),
+        facts=facts.summary() if facts else (existing.facts if existing else {}),
+        image=image or (existing.image if existing else {}),
+        installer=installer.to_json() if installer else (existing.installer if existing else {}),
+        remember_password=remember,
+    ).touched()
+    store.put(profile)
+    warning = None
+    if remember:
+        stored = True
+        if creds.password:
+            stored = secrets.set(password_key(name), creds.password) and stored
+        if creds.sudo_password:
+            stored = secrets.set(sudo_key(name), creds.sudo_password) and stored
+        if not stored and secrets.available:
+            warning = (
+                f"The password was not remembered: {secrets.where()} refused it (it may be "
+                "locked), so you will be asked each time."
+            )
+        elif not stored:
+            warning = f"The password was not remembered: {secrets.where()}."
+    return profile, warning

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.core import keys as keymod
+from app.core import remote_sh as sh
 from app.core.catalog import Asset
-from app.core.download import CachedImage, check_tar_listing
+from app.core.download import check_tar_listing
 from app.core.errors import (
     AuthError,
     Cancelled,
@@ -31,13 +32,23 @@ from app.core.errors import (
     RemoteCommandError,
     SSHConnectError,
     TransferError,
-    UsageError,
     WizardError,
 )
-from app.core.events import CancelToken, Event, EventSink, ProgressMeter, discard
+from app.core.events import (
+    AttemptEvent,
+    CancelToken,
+    EventSink,
+    LogEvent,
+    OutputEvent,
+    ProgressMeter,
+    StageEvent,
+    discard,
+)
+from app.core.kinds import AuthMethod, Transfer
 from app.core.lazy import LazyModule
 from app.core.netpreview import NetPreview
 from app.core.netpreview import preview as net_preview
+from app.core.plan import DEFAULT_STAGING, InstallPlan
 from app.core.preflight import evaluate, raise_first_stop
 from app.core.probe import (
     Facts,
@@ -56,7 +67,6 @@ from app.core.ssh import (
     Session,
     Target,
     connect,
-    jump_spec,
     key_line,
 )
 from app.core.text import printable
@@ -67,10 +77,7 @@ else:
     paramiko = LazyModule("paramiko")
 
 SUCCESS_LINE = "machine will boot into nixos"
-MARKER = ".nixos-kexec-wizard"
 KEY_RE = re.compile(r"(?:ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+\s+([A-Za-z0-9+/=]+)")
-DEFAULT_STAGING = "~/nixos-kexec-wizard"
-KEXEC_FLAGS_RE = re.compile(r"^[A-Za-z0-9 ._=,:/+-]*$")
 KEPT_LINES = 2000  # lines of `run`'s output kept for the diagnosis (all are shown as they come)
 
 
@@ -115,79 +122,6 @@ class InstallerKeyChanged(WizardError):
 
 # ---------------------------------------------------------------------------------------------
 # Plan and result
-
-
-@dataclass(frozen=True)
-class InstallPlan:
-    """Everything the user chose; the engine reads nothing else."""
-
-    target: Target
-    image: CachedImage | None = None  # the tarball on this computer (needed to upload)
-    asset: Asset | None = None  # the release asset (needed for the server to download)
-    transfer: str = "auto"  # auto | upload | remote
-    staging_dir: str = DEFAULT_STAGING
-    installer_port: int | None = None
-    kexec_extra_flags: str = ""
-    key_name: str = "default"  # names the generated key, usually the profile name
-    kind: str = "tarball"  # "tarball", or "bundle" for a legacy self-extracting kexec-bundle
-    # Host key fingerprints the user accepted ahead (--accept-host-key), for a bundle's system.
-    accept_host_keys: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        check_kexec_flags(self.kexec_extra_flags)
-
-    @property
-    def bundle(self) -> bool:
-        """True for a legacy kexec-bundle, which is executed instead of unpacked."""
-        return self.kind == "bundle"
-
-    def summary(self) -> dict[str, Any]:
-        """What the plan will do, in plain values (the JSON ``plan`` event; equal plans match)."""
-        return {
-            "target": self.target.label,
-            "jump": jump_spec(self.target),
-            "identity_files": list(self.target.identity_files),
-            "file": self.file_name,
-            "sha256": self.sha256,
-            "url": self.asset.url if self.asset else None,
-            "local_image": str(self.image.path) if self.image else None,
-            "transfer": self.transfer,
-            "staging": self.staging_dir,
-            "installer_port": self.installer_port,
-            "kexec_extra_flags": self.kexec_extra_flags,
-            "key_name": self.key_name,
-            "kind": self.kind,
-            "accept_host_keys": list(self.accept_host_keys),
-        }
-
-    @property
-    def sha256(self) -> str | None:
-        """The checksum the file on the server must have, if one is known."""
-        if self.image is not None:
-            return self.image.info.sha256
-        return self.asset.digest if self.asset else None
-
-    @property
-    def file_name(self) -> str:
-        """The tarball's name on the server."""
-        if self.asset is not None:
-            return self.asset.name
-        if self.image is not None:
-            return self.image.info.name
-        return "nixos-kexec-installer.tar.gz"
-
-
-def check_kexec_flags(flags: str) -> str:
-    """``flags`` if they look like kexec options; upstream's ``run`` pastes them unquoted
-    into the kexec command it runs as root, so a quote, ``;``, ``$`` or glob is refused."""
-    if not KEXEC_FLAGS_RE.match(flags) or (flags.strip() and not flags.strip().startswith("-")):
-        raise UsageError(
-            f"{flags!r} does not look like kexec options.",
-            "kexec/run inserts them unquoted into the command it runs as root, so only "
-            "letters, digits, spaces and - _ = . , : / + are allowed, starting with '-'.",
-            "Give plain kexec flags, for example -c or --no-sync.",
-        )
-    return flags
 
 
 def leftover_command(info: InstallerInfo) -> str | None:
@@ -270,7 +204,7 @@ class Timings:
     def measure(self, stage: str, emit: EventSink, deadline: float | None = None) -> Iterator[None]:
         """Time a stage and emit its start and end events."""
         t0 = time.monotonic()
-        emit(Event("stage", stage, data={"state": "start", "deadline": deadline}))
+        emit(StageEvent(stage, state="start", deadline=deadline))
         state = "failed"
         try:
             yield
@@ -281,7 +215,7 @@ class Timings:
         finally:
             took = round(time.monotonic() - t0, 3)
             self.stages[stage] = took
-            emit(Event("stage", stage, data={"state": state, "seconds": took}))
+            emit(StageEvent(stage, state=state, seconds=took))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,7 +333,7 @@ def establish_privilege(
     return priv
 
 
-def choose_transfer(requested: str, facts: Facts, asset: Asset | None) -> tuple[str, str]:
+def choose_transfer(requested: Transfer, facts: Facts, asset: Asset | None) -> tuple[Transfer, str]:
     """``upload`` or ``remote``, with the reason in words.
 
     The server downloads only an image with a published sha256 (which it checks before
@@ -409,9 +343,10 @@ def choose_transfer(requested: str, facts: Facts, asset: Asset | None) -> tuple[
     can_check = facts.has("sha256sum") or facts.has("openssl")
     reach = bool(facts.reach_v4 or facts.reach_v6)
     has_digest = asset is not None and asset.digest is not None
-    if requested == "upload":
-        return "upload", "you chose to upload from this computer"
-    if requested == "remote":
+    requested = Transfer(requested)
+    if requested == Transfer.UPLOAD:
+        return Transfer.UPLOAD, "you chose to upload from this computer"
+    if requested == Transfer.REMOTE:
         missing = [
             why
             for ok, why in (
@@ -432,14 +367,19 @@ def choose_transfer(requested: str, facts: Facts, asset: Asset | None) -> tuple[
                 "The image must be checked on the server before it is booted.",
                 "Use --transfer upload (or auto) to send it from this computer.",
             )
-        return "remote", "you chose to let the server download it"
+        return Transfer.REMOTE, "you chose to let the server download it"
     if asset is not None and downloader and reach and has_digest and can_check:
-        return "remote", "the server reaches the download server and can check the sha256 itself"
+        return (
+            Transfer.REMOTE,
+            "the server reaches the download server and can check the sha256 itself",
+        )
+    if asset is None:
+        return Transfer.UPLOAD, "the image is a file on this computer"
     if not has_digest:
-        return "upload", "no published checksum: the image is checked here, then uploaded"
+        return Transfer.UPLOAD, "the server downloads only images with a published sha256"
     if not reach:
-        return "upload", "the server cannot reach the download server"
-    return "upload", "the server lacks curl or a sha256 tool"
+        return Transfer.UPLOAD, "the server cannot reach the download server"
+    return Transfer.UPLOAD, "the server lacks curl or a sha256 tool"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,7 +412,7 @@ class Installer:
         self.emit = emit
         self.cancel = cancel or CancelToken()
         self.timings = Timings()
-        self.staging = facts.staging.path or DEFAULT_STAGING
+        self.staging = facts.staging.path or DEFAULT_STAGING  # as the probe resolved it
         self.preview: NetPreview = net_preview(facts)
         self.installer_creds: Credentials | None = None
         self.identity_file: str | None = None
@@ -484,8 +424,8 @@ class Installer:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _log(self, stage: str, message: str, **data: Any) -> None:
-        self.emit(Event("log", stage, message, data))
+    def _log(self, stage: str, message: str, level: str = "", **extra: Any) -> None:
+        self.emit(LogEvent(stage, message, level=level, extra=extra))
 
     def _run(
         self, cmd: str, *, privileged: bool = False, timeout: float | None = None, what: str = ""
@@ -601,12 +541,7 @@ class Installer:
         return files, f"{home}/.ssh/authorized_keys"
 
     def _carried_blobs(self, files: list[str]) -> set[str]:
-        cmd = (
-            "for f in "
-            + " ".join(shlex.quote(f) for f in files)
-            + '; do [ -r "$f" ] && cat "$f"; done; true'
-        )
-        res = self._run(cmd, privileged=True, what="reading authorized_keys")
+        res = self._run(sh.read_files(files), privileged=True, what="reading authorized_keys")
         return {m.group(1) for m in KEY_RE.finditer(res.stdout)}
 
     def stage_key(self) -> None:
@@ -619,14 +554,14 @@ class Installer:
                 "the wizard logs in with your keys and agent.",
             )
             # Keys only: no password is ever sent to a host whose key cannot be checked first.
-            self.installer_creds = replace(self.creds, method="auto", password=None)
+            self.installer_creds = replace(self.creds, method=AuthMethod.AUTO, password=None)
             return
         files, own_file = self._carried_files()
         blobs = self._carried_blobs(files)
         auth_key = self.session.auth_key
         if auth_key is not None and auth_key.get_base64() in blobs:
             self._log("key", "Your login key is in a file the installer keeps; it will work there.")
-            self.installer_creds = replace(self.creds, method="auto", password=None)
+            self.installer_creds = replace(self.creds, method=AuthMethod.AUTO, password=None)
             self.identity_file = (
                 self.plan.target.identity_files[0] if self.plan.target.identity_files else None
             )
@@ -640,14 +575,7 @@ class Installer:
         )
         self._log("key", f"Installing the app's own key ({reason}): {path}")
         if key.get_base64() not in blobs:
-            q_line, q_file = shlex.quote(line), shlex.quote(own_file)
-            cmd = (
-                f'umask 077; mkdir -p "$(dirname {q_file})" && '
-                f'{{ [ ! -s {q_file} ] || [ -z "$(tail -c 1 {q_file})" ] || echo >> {q_file}; }}'
-                " && "
-                f"echo {q_line} >> {q_file}"
-            )
-            res = self._run(cmd, what="adding the key")
+            res = self._run(sh.append_line(own_file, line), what="adding the key")
             if not res.ok:
                 raise RemoteCommandError(
                     f"Could not add the app's key to {own_file}: {res.stderr.strip()[:200]}",
@@ -655,7 +583,9 @@ class Installer:
                     "Check the permissions of ~/.ssh on the server.",
                 )
             self.added_key = (own_file, line)
-        self.installer_creds = Credentials(method="key", extra_keys=(key,), use_agent=False)
+        self.installer_creds = Credentials(
+            method=AuthMethod.KEY, extra_keys=(key,), use_agent=False
+        )
         self.identity_file = str(path)
         self._verify_key_login(key)
 
@@ -663,7 +593,7 @@ class Installer:
         opts = ConnectOptions(
             timeout=self.settings.connect_timeout, expect_key=self.session.host_key_line
         )
-        creds = Credentials(method="key", extra_keys=(key,), use_agent=False)
+        creds = Credentials(method=AuthMethod.KEY, extra_keys=(key,), use_agent=False)
         try:
             with connect(self.session.target, creds, self.known_hosts, opts, cancel=self.cancel):
                 pass
@@ -686,8 +616,7 @@ class Installer:
 
     def stage_transfer(self, mode: str) -> None:
         """Put the tarball on the server (skipped when an identical one is already there)."""
-        q = shlex.quote
-        res = self._run(f"mkdir -p {q(self.staging)}", what="mkdir")
+        res = self._run(sh.make_folder(self.staging), what="mkdir")
         if not res.ok:
             raise TransferError(
                 f"Cannot create {self.staging} on the server: {res.stderr.strip()[:200]}",
@@ -695,7 +624,7 @@ class Installer:
                 "Choose another staging folder.",
             )
         self.check_staging_owner()
-        self._run(f"touch {q(self.staging + '/' + MARKER)}", what="the staging marker")
+        self._run(sh.touch(f"{self.staging}/{sh.MARKER}"), what="the staging marker")
         want = self.plan.sha256
         if want and self._remote_sha(self.remote_tarball) == want:
             self._log("transfer", "The same image is already on the server; not sending it again.")
@@ -708,7 +637,7 @@ class Installer:
                 raise TransferError("No local image to upload.", "", "Download the image first.")
             # No local hash: the checksum stage proves on the server what arrived.
             self.session.upload(self.plan.image.path, part, emit=self.emit, cancel=self.cancel)
-        res = self._run(f"mv -f {q(part)} {q(self.remote_tarball)}", what="mv")
+        res = self._run(sh.move(part, self.remote_tarball), what="mv")
         if not res.ok:
             raise TransferError(f"Cannot move the image into place: {res.stderr.strip()[:200]}")
 
@@ -718,11 +647,8 @@ class Installer:
         ``run`` executes as root from there: whoever can change the folder could change what
         root runs. A parent writable by others is fine only with the sticky bit (as ``/tmp``).
         """
-        q = shlex.quote(self.staging)
         res = self._run(
-            f"d=$(readlink -f {q}) && p=$d && while :; do stat -c '%u %a %n' \"$p\" || exit 1; "
-            '[ "$p" = / ] && break; p=$(dirname "$p"); done',
-            what="checking the staging folder's owners",
+            sh.owners_up_to_root(self.staging), what="checking the staging folder's owners"
         )
         uid = self.facts.uid
         lines = [ln.split(" ", 2) for ln in res.stdout.splitlines() if ln.strip()]
@@ -753,13 +679,7 @@ class Installer:
     def _remote_download(self, part: str) -> None:
         asset = self.plan.asset
         assert asset is not None
-        q = shlex.quote
-        # Never off https (an explicitly allowed plain-http mirror aside), redirects included.
-        proto = "=http,https" if self.settings.allow_http else "=https"
-        cmd = (
-            f"curl -fsSL --proto {proto} --proto-redir {proto} --retry 2 --connect-timeout 15 "
-            f"-o {q(part)} {q(asset.url)}"
-        )
+        cmd = sh.download(asset.url, part, allow_http=self.settings.allow_http)
         result: dict[str, Any] = {}
 
         def worker() -> None:
@@ -778,7 +698,7 @@ class Installer:
             if self.cancel.cancelled:
                 break
             with contextlib.suppress(WizardError):
-                res = self.session.run(f"stat -c %s {q(part)} 2>/dev/null", timeout=5, what="stat")
+                res = self.session.run(sh.file_size(part), timeout=5, what="stat")
                 if res.ok and res.stdout.strip().isdigit():
                     n = int(res.stdout.strip())
                     meter.advance(n - meter.done)
@@ -822,7 +742,7 @@ class Installer:
                 "The server cannot compute a sha256 of the image.", "", "Install coreutils."
             )
         if got != want:
-            self._run(f"rm -f {shlex.quote(self.remote_tarball)}", what="rm")
+            self._run(sh.remove(self.remote_tarball), what="rm")
             raise TransferError(
                 f"The image on the server has sha256 {got}, expected {want}.",
                 "It was damaged on the way and must not be booted. It was deleted.",
@@ -834,9 +754,8 @@ class Installer:
 
     def _check_remote_members(self) -> None:
         """The tarball member check, on the server's copy that this computer never saw."""
-        q = shlex.quote(self.remote_tarball)
         res = self._run(
-            f"LC_ALL=C tar -tvzf {q}",
+            sh.list_tarball(self.remote_tarball),
             timeout=max(self.settings.command_timeout, 300),
             what="listing the image",
         )
@@ -858,15 +777,14 @@ class Installer:
                 )
             check_tar_listing(self.plan.file_name, res.stdout)
         except WizardError:
-            self._run(f"rm -f {q}", what="rm")
+            self._run(sh.remove(self.remote_tarball), what="rm")
             raise
         self._log("checksum", "The image's members have the upstream layout.")
 
     def stage_unpack(self) -> None:
         """Unpack into <staging>/kexec as the login user, setting aside a folder we did not make."""
-        q = shlex.quote
         if self.plan.bundle:
-            res = self._run(f"chmod 755 {q(self.remote_tarball)}", what="chmod")
+            res = self._run(sh.make_executable(self.remote_tarball), what="chmod")
             if not res.ok:
                 raise TransferError(
                     f"The kexec-bundle cannot be made executable: {res.stderr.strip()[:300]}",
@@ -874,18 +792,13 @@ class Installer:
                     "Choose a staging folder you own (--staging-dir).",
                 )
             return
-        d = q(self.staging)
         # A previous run of `run` (as root) leaves root-owned files in our kexec/ folder.
         self._run(
-            f"cd {d} && if [ -e kexec/{MARKER} ]; then rm -rf kexec; fi",
+            sh.remove_own_unpack(self.staging),
             privileged=self.session.privilege is not None,
             what="removing the previous unpack",
         )
-        cmd = (
-            f"cd {d} && if [ -e kexec ]; then "
-            f'mv kexec "kexec.previous-$(date +%Y%m%d%H%M%S)"; fi && '
-            f"tar -xzf {q(self.plan.file_name)} && touch kexec/{MARKER} && test -x kexec/run"
-        )
+        cmd = sh.unpack(self.staging, self.plan.file_name)
         res = self._run(cmd, timeout=max(self.settings.command_timeout, 300), what="tar")
         if not res.ok:
             raise TransferError(
@@ -901,13 +814,10 @@ class Installer:
         if self.plan.bundle:
             self.stage_run_bundle()
             return
-        run = shlex.quote(f"{self.staging.rstrip('/')}/kexec/run")
-        args = ""
-        if self.plan.kexec_extra_flags:
-            args = f" --kexec-extra-flags {shlex.quote(self.plan.kexec_extra_flags)}"
-        # Like nixos-anywhere: its own session, waited for. busybox's setsid cannot wait, and
-        # without waiting the output would be lost; `run` detaches its kexec with nohup anyway.
-        setsid = "setsid --wait " if self.facts.setsid_wait else ""
+        # Like nixos-anywhere: its own session, waited for (else the output would be lost).
+        cmd = sh.run_installer(
+            self.staging, self.plan.kexec_extra_flags, setsid_wait=self.facts.setsid_wait
+        )
         # The tail of what `run` says is enough to explain a failure; a flood is not kept.
         lines: deque[str] = deque(maxlen=KEPT_LINES)
         stderr: deque[str] = deque(maxlen=KEPT_LINES)
@@ -919,20 +829,17 @@ class Installer:
             said_success = said_success or SUCCESS_LINE in line
             if stream == "stderr":
                 stderr.append(line)
-            self.emit(Event("output", "run", line, {"stream": stream}))
+            self.emit(OutputEvent("run", line, stream=stream))
 
         self.point_of_no_return = True  # `run` starts a detached kexec; cancel is too late now
         self.emit(
-            Event(
-                "log",
-                "run",
-                "Running kexec/run: cancelling is no longer safe.",
-                {"safe_to_cancel": False},
+            LogEvent(
+                "run", "Running kexec/run: cancelling is no longer safe.", safe_to_cancel=False
             )
         )
         try:
             res = self.session.run(
-                f"{setsid}{run}{args} </dev/null",
+                cmd,
                 privileged=True,
                 timeout=self.settings.run_timeout,
                 on_line=on_line,
@@ -975,22 +882,14 @@ class Installer:
         A bundle unpacks itself and kexecs at once (or asks systemd to), so unlike ``run`` it
         never returns on success: its exit status in the log means it failed.
         """
-        q = shlex.quote
-        log = f"{self.staging.rstrip('/')}/kexec-bundle.log"
-        setsid = "setsid " if self.facts.has("setsid") else ""
-        wrapper = q('"$0"; echo "nkw-exit $?"')
-        start = (
-            f"cd {q(self.staging)} && rm -f {q(log)} && "
-            f"{{ nohup {setsid}sh -c {wrapper} "
-            f"{q(self.remote_tarball)} </dev/null >{q(log)} 2>&1 & }}"
-        )
+        log = sh.bundle_log(self.staging)
+        start = sh.start_bundle(self.staging, self.remote_tarball, setsid=self.facts.has("setsid"))
         self.point_of_no_return = True
         self.emit(
-            Event(
-                "log",
+            LogEvent(
                 "run",
                 "Running the kexec-bundle: cancelling is no longer safe.",
-                {"safe_to_cancel": False},
+                safe_to_cancel=False,
             )
         )
         self._run(start, privileged=True, what="starting the kexec-bundle")
@@ -1000,7 +899,7 @@ class Installer:
         while time.monotonic() < deadline:
             try:
                 res = self.session.run(
-                    f"tail -c +{offset + 1} {q(log)} 2>/dev/null; true",
+                    sh.read_from(log, offset),
                     privileged=True,
                     timeout=3,
                     what="the bundle's log",
@@ -1011,9 +910,10 @@ class Installer:
             offset += len(res.stdout.encode()) + res.stdout_dropped
             for line in res.stdout.splitlines():
                 lines.append(line)
-                if not line.startswith("nkw-exit "):
-                    self.emit(Event("output", "run", line, {"stream": "stdout"}))
-            status = next((ln.split()[1] for ln in lines if ln.startswith("nkw-exit ")), None)
+                if not line.startswith(f"{sh.BUNDLE_EXIT} "):
+                    self.emit(OutputEvent("run", line))
+            exits = (ln.split()[1] for ln in lines if ln.startswith(f"{sh.BUNDLE_EXIT} "))
+            status = next(exits, None)
             if status == "0":
                 self._log("run", "The bundle handed over to the new kernel (systemctl kexec).")
                 return
@@ -1045,9 +945,7 @@ class Installer:
                 self._log("down", "The old system went down.")
                 return
             try:
-                res = self.session.run(
-                    "cat /proc/sys/kernel/random/boot_id", timeout=3, what="liveness check"
-                )
+                res = self.session.run(sh.BOOT_ID, timeout=3, what="liveness check")
             except WizardError:
                 self._log("down", "The old system went down.")
                 self.session.close()
@@ -1118,7 +1016,7 @@ class Installer:
                             return old
                     except (SSHConnectError, RemoteCommandError) as exc:
                         last = exc.what
-                self.emit(Event("progress", "up", last, {"attempts": attempts, "port": port}))
+                self.emit(AttemptEvent("up", last, attempts=attempts, port=port))
                 if time.monotonic() >= deadline:
                     raise self._never_came_back(attempts, last, refused_auth)
                 rest = self.settings.poll_interval - (time.monotonic() - t0)
@@ -1262,27 +1160,20 @@ class Installer:
 
     def cleanup(self) -> None:
         """Leave the server as it was: remove what we put there, and the key we added."""
-        q = shlex.quote
-        d = self.staging.rstrip("/")
-        cmds = [
-            f"rm -f {q(self.remote_tarball)} {q(self.remote_tarball + '.part')}",
-            f"if [ -e {q(d + '/kexec/' + MARKER)} ]; then rm -rf {q(d + '/kexec')}; fi",
-            f"rm -f {q(d + '/' + MARKER)}",
-            f"rmdir {q(d)} 2>/dev/null",
-        ]
         steps = []
         if self.staging_checked:
-            steps.append(("; ".join(cmds) + "; true", self.session.privilege is not None))
+            clean = sh.clean_staging(self.staging, self.remote_tarball)
+            steps.append((clean, self.session.privilege is not None))
         else:
             # Not checked (yet): only an empty folder the mkdir made goes, as the login user.
-            steps.append((f"rmdir {q(d)} 2>/dev/null; true", False))
+            steps.append((sh.remove_empty_folder(self.staging), False))
         if self.added_key is not None:
-            steps.append((remove_key_line_command(*self.added_key), False))
+            steps.append((sh.remove_line(*self.added_key), False))
         try:
             for cmd, privileged in steps:
                 # `run` leaves root-owned files in kexec/: remove them as root.
                 res = self.session.run(cmd, privileged=privileged, timeout=30, what="cleanup")
-                if "nkw-key-kept" in res.stdout:
+                if sh.KEY_KEPT in res.stdout:
                     f, _line = self.added_key or ("", "")
                     self._log(
                         "cleanup",
@@ -1296,27 +1187,6 @@ class Installer:
             return
         extra = " and removed the app's key" if self.added_key else ""
         self._log("cleanup", f"Removed the image from the server{extra}; it is as it was.")
-
-
-def remove_key_line_command(path: str, line: str) -> str:
-    """A shell command that removes exactly ``line`` from ``path``, or leaves it untouched.
-
-    The file is rewritten only when the filtered copy was written whole and has exactly the
-    other lines; a backup is kept until the rewritten file is proven equal to that copy, and
-    put back if it is not. On any failure it prints ``nkw-key-kept`` and changes nothing.
-    """
-    f, ln = shlex.quote(path), shlex.quote(line)
-    tmp, bak = shlex.quote(path + ".nkw-tmp"), shlex.quote(path + ".nkw-backup")
-    return (
-        f"[ -f {f} ] || exit 0; "
-        f"keep() {{ rm -f {tmp}; echo nkw-key-kept; exit 0; }}; "
-        f"cp -p {f} {bak} && cmp -s {f} {bak} || {{ rm -f {bak}; keep; }}; "
-        f"grep -vxF -- {ln} {f} > {tmp}; [ $? -le 1 ] || {{ rm -f {bak}; keep; }}; "
-        f'[ "$(wc -l < {tmp})" -eq "$(( $(wc -l < {f}) - $(grep -cxF -- {ln} {f}) ))" ] '
-        f"|| {{ rm -f {bak}; keep; }}; "
-        f"if cat {tmp} > {f} && cmp -s {tmp} {f}; then rm -f {tmp} {bak}; "
-        f"else cat {bak} > {f} && cmp -s {bak} {f} && rm -f {bak}; keep; fi"
-    )
 
 
 NOTABLE = re.compile(r"kexec|lockdown|secure boot|\bIMA\b|not permitted|denied|error|failed", re.I)
@@ -1344,9 +1214,8 @@ def remote_sha256(
     OpenSSL uses the CPU's SHA instructions where coreutils' sha256sum often does not (about
     7x faster on a recent x86 server), so it goes first; sha256sum is the fallback.
     """
-    q = shlex.quote(path)
     res = session.run(
-        f"{{ openssl dgst -sha256 -r {q} || sha256sum {q}; }} 2>/dev/null",
+        sh.sha256(path),
         timeout=timeout,
         cancel=cancel,
         what="sha256 of the image",

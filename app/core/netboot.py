@@ -21,6 +21,7 @@ from app.core.catalog import Asset, Release, netboot_names
 from app.core.download import CHUNK, CachedImage, Downloader
 from app.core.errors import Cancelled, ConfigError, IntegrityError, UsageError
 from app.core.events import CancelToken, EventSink, discard
+from app.core.kinds import ImageKind
 from app.core.lazy import LazyModule
 from app.core.settings import Settings
 from app.core.text import printable
@@ -162,7 +163,13 @@ def _fetch_file(
     cancel: CancelToken | None,
 ) -> CachedImage:
     return downloader.fetch(
-        asset, channel=channel, arch=arch, variant="netboot", emit=emit, cancel=cancel, kind="file"
+        asset,
+        channel=channel,
+        arch=arch,
+        variant="netboot",
+        emit=emit,
+        cancel=cancel,
+        kind=ImageKind.FILE,
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from app.core.catalog import machine_to_arch
+from app.core.kinds import PrivilegeKind
 
 MARK = "@@nkw "
 TOOLS = (
@@ -214,7 +215,7 @@ class Facts:
     tools: dict[str, str] = field(default_factory=dict)
     sort_v: bool = False
     setsid_wait: bool = False  # util-linux setsid; busybox's has no --wait
-    privilege: str = "none"
+    privilege: PrivilegeKind = PrivilegeKind.NONE
     staging: Staging = field(default_factory=Staging)
     net_format: str = "none"  # json, text or none
     interfaces: tuple[Interface, ...] = ()
@@ -549,9 +550,8 @@ def parse_probe(text: str) -> Facts:
     reach = parse_kv(sec.get("reach", []))
     dns = tuple(ln.split()[1] for ln in sec.get("dns", []) if len(ln.split()) > 1)
     priv_lines = sec.get("priv", [])
-    privilege = priv_lines[0].strip() if priv_lines else "none"
-    if privilege not in ("root", "sudo", "sudo-password", "doas", "none"):
-        privilege = "none"
+    said = priv_lines[0].strip() if priv_lines else ""
+    privilege = PrivilegeKind(said) if said in set(PrivilegeKind) else PrivilegeKind.NONE
     return Facts(
         kernel=uname[0].strip() if uname else "",
         machine=uname[1].strip() if len(uname) > 1 else "",

@@ -13,6 +13,7 @@ from typing import Any
 
 from app.core.errors import ConfigError
 from app.core.fsutil import atomic_write_text
+from app.core.secrets import SecretStore, password_key, sudo_key
 
 SCHEMA_VERSION = 1
 STATES = ("original", "installer", "unknown")
@@ -217,3 +218,11 @@ class ProfileStore:
             return False
         self.save_all(profiles)
         return True
+
+
+def forget_profile(store: ProfileStore, secrets: SecretStore, name: str) -> bool:
+    """Delete a profile and its keyring entries."""
+    gone = store.delete(name)
+    secrets.delete(password_key(name))
+    secrets.delete(sudo_key(name))
+    return gone

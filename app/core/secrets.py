@@ -85,8 +85,3 @@ def password_key(profile: str) -> str:
 def sudo_key(profile: str) -> str:
     """The keyring entry name of a profile's sudo password."""
     return f"{profile}:sudo-password"
-
-
-def passphrase_key(path: str) -> str:
-    """The keyring entry name of a key file's passphrase."""
-    return f"passphrase:{path}"

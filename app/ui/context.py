@@ -7,11 +7,12 @@ from pathlib import Path
 
 from app.core.catalog import Asset, Catalog
 from app.core.download import CachedImage, ImageCache
-from app.core.events import Event
-from app.core.flow import ImageChoice
+from app.core.events import Event, LogEvent
 from app.core.inhibit import SleepInhibitor
-from app.core.install import Installer, InstallerInfo, InstallPlan
+from app.core.install import Installer, InstallerInfo
+from app.core.kinds import Transfer
 from app.core.paths import AppPaths
+from app.core.plan import ImageChoice, InstallPlan
 from app.core.preflight import Verdict
 from app.core.probe import Facts
 from app.core.profiles import Profile, ProfileStore
@@ -50,7 +51,7 @@ class AppContext:
 
     def note(self, stage: str, message: str) -> None:
         """Append a plain message to this run's log."""
-        self.log.write(Event("log", stage, message))
+        self.log.write(LogEvent(stage, message))
 
 
 @dataclass
@@ -72,10 +73,17 @@ class Flow:
     image_meta: dict[str, str] = field(default_factory=dict)
     image: CachedImage | None = None
     local_file: Path | None = None
-    transfer: str = "auto"
+    transfer: Transfer = Transfer.UPLOAD  # as the engine resolved it
     plan: InstallPlan | None = None
     installer: Installer | None = None
     info: InstallerInfo | None = None
+
+    @property
+    def image_kind(self) -> str:
+        """``bundle`` or ``tarball``: the checked image's own kind, else the chosen one's."""
+        if self.image is not None:
+            return self.image.info.kind
+        return (self.choice or ImageChoice(self.asset, self.image_meta)).kind
 
     def drop_session(self) -> None:
         """Close the SSH session (any thread may still hold it: close() is safe)."""

@@ -26,10 +26,19 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.catalog import ARCHES, DEFAULT_VARIANT, Catalog, CatalogClient, environ_arch
+from app.core.catalog import (
+    ARCHES,
+    DEFAULT_VARIANT,
+    Catalog,
+    CatalogClient,
+    channel_asset,
+    environ_arch,
+    release_of,
+)
 from app.core.download import Downloader
 from app.core.errors import WizardError
-from app.core.events import CancelToken, Event, EventSink
+from app.core.events import CancelToken, Event, EventSink, ProgressEvent
+from app.core.flow import fetch_image
 from app.core.netboot import (
     DEFAULT_BIND,
     NetbootServer,
@@ -42,7 +51,7 @@ from app.core.netboot import (
     read_public_keys,
     release_source,
 )
-from app.core.workflow import channel_asset, release_of
+from app.core.plan import ImageChoice
 from app.ui.context import AppContext
 from app.ui.jobs import Job, JobFn, JobResult
 from app.ui.widgets import ErrorPanel, show_progress, wrap_label
@@ -78,6 +87,7 @@ class NetbootDialog(QDialog):
         self.server: NetbootServer | None = None
         self.job: Job | None = None  # getting the files ready to serve
         self.catalog_job: Job | None = None
+        self._closing_result = 0  # what done() was called with while jobs were cancelled
         self.bridge = _RequestBridge(self)
         self.bridge.served.connect(self._served)
         self.setWindowTitle("Other ways to boot")
@@ -330,9 +340,10 @@ class NetbootDialog(QDialog):
         files = [Path(p.strip()).expanduser() for p in self.keys.text().split(";") if p.strip()]
         keys = read_public_keys(files)
         asset, meta = channel_asset(catalog, channel, DEFAULT_VARIANT, arch)
+        choice = ImageChoice(asset, meta)
 
         def from_kexec(emit: EventSink, cancel: CancelToken) -> NetbootSource:
-            image = Downloader(settings, cache).fetch(asset, emit=emit, cancel=cancel, **meta)
+            image = fetch_image(choice, cache, settings, emit=emit, cancel=cancel)
             return kexec_source(image, work_dir, keys, cancel)
 
         return from_kexec
@@ -340,8 +351,8 @@ class NetbootDialog(QDialog):
     @Slot(object)
     def _preparing(self, event: Event) -> None:
         self.ctx.record(event)
-        if event.type == "progress" and "done" in event.data:
-            self.status.setText("Downloading: " + show_progress(self.progress, event.data))
+        if isinstance(event, ProgressEvent):
+            self.status.setText("Downloading: " + show_progress(self.progress, event))
 
     def _prepared(self, job: Job, result: JobResult, host: str, port: int) -> None:
         if job is not self.job:
@@ -392,8 +403,18 @@ class NetbootDialog(QDialog):
     def done(self, result: int) -> None:
         """Closing the dialog stops the server: nothing keeps serving unseen."""
         self.stop()
-        for job in (self.job, self.catalog_job):
-            if job is not None and job.running:
-                job.cancel()
-                job.wait(10_000)
-        super().done(result)
+        running = [j for j in (self.job, self.catalog_job) if j is not None and j.running]
+        if not running:
+            super().done(result)
+            return
+        # Cancel, and close when they have reported: the GUI thread never waits on a job.
+        self._closing_result = result
+        self.setEnabled(False)
+        for job in running:
+            job.finished.connect(self._job_gone)
+            job.cancel()
+
+    @Slot(object)
+    def _job_gone(self, _result: JobResult) -> None:
+        if not any(j is not None and j.running for j in (self.job, self.catalog_job)):
+            self.done(self._closing_result)

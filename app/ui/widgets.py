@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.errors import WizardError
+from app.core.events import ProgressEvent
 from app.core.preflight import Level, Verdict
 
 
@@ -115,6 +116,7 @@ class StageList(QTreeWidget):
         self.items: dict[str, QTreeWidgetItem] = {}
         self.started: dict[str, float] = {}
         self.stage_state: dict[str, str] = {}
+        self.deadlines: dict[str, float] = {}
         for key, name in STAGE_NAMES.items():
             item = QTreeWidgetItem([name, "waiting", ""])
             item.setIcon(0, std_icon(self, "pending"))
@@ -122,8 +124,14 @@ class StageList(QTreeWidget):
             self.items[key] = item
             self.stage_state[key] = "waiting"
 
-    def set_state(self, stage: str, state: str, seconds: float | None = None) -> None:
-        """Mark ``stage`` as start/done/failed/cancelled."""
+    def set_state(
+        self,
+        stage: str,
+        state: str,
+        seconds: float | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        """Mark ``stage`` as start/done/failed/cancelled (a start with its deadline)."""
         item = self.items.get(stage)
         if item is None:
             return
@@ -134,15 +142,26 @@ class StageList(QTreeWidget):
         item.setIcon(0, std_icon(self, icon.get(state, "pending")))
         if state == "start":
             self.started[stage] = time.monotonic()
+            if deadline:
+                self.deadlines[stage] = deadline
         if seconds is not None:
             item.setText(2, f"{seconds:.1f} s")
 
+    def running(self) -> str | None:
+        """The stage running now, if any."""
+        return next((s for s, st in self.stage_state.items() if st == "running"), None)
+
+    def elapsed(self, stage: str) -> str:
+        """How long ``stage`` has run, with its deadline: "12 s of at most 60 s"."""
+        took = f"{time.monotonic() - self.started.get(stage, time.monotonic()):.0f} s"
+        limit = self.deadlines.get(stage)
+        return f"{took} of at most {limit:.0f} s" if limit else took
+
     def tick(self) -> None:
         """Refresh the timer of the running stage."""
-        now = time.monotonic()
-        for stage, t0 in self.started.items():
+        for stage in self.started:
             if self.stage_state.get(stage) == "running":
-                self.items[stage].setText(2, f"{now - t0:.0f} s")
+                self.items[stage].setText(2, self.elapsed(stage))
 
     def detail(self, stage: str, text: str) -> None:
         """Show a short detail (attempts, bytes) in the stage's state column."""
@@ -187,23 +206,15 @@ class ErrorPanel(QFrame):
         self.hide()
 
 
-def show_progress(bar: QProgressBar, data: dict[str, object]) -> str:
+def show_progress(bar: QProgressBar, e: ProgressEvent) -> str:
     """Put a byte-progress event on ``bar``; returns the text: done, total, rate and time left."""
-    done = int(data["done"])  # type: ignore[call-overload]
-    total = data.get("total")
-    if isinstance(total, int) and total:
+    if e.total:
         bar.setRange(0, 1000)
-        bar.setValue(int(1000 * done / total))
-    rate = float(data.get("rate") or 0) / 1e6  # type: ignore[arg-type]
-    eta = data.get("eta")
-    text = (
-        f"{done / 1e6:.0f} of {total / 1e6:.0f} MB"
-        if isinstance(total, int) and total
-        else f"{done / 1e6:.0f} MB"
-    )
-    text += f" at {rate:.1f} MB/s"
-    if isinstance(eta, int | float):
-        text += f", {int(eta)} s left"
+        bar.setValue(int(1000 * e.done / e.total))
+    text = f"{e.done / 1e6:.0f} of {e.total / 1e6:.0f} MB" if e.total else f"{e.done / 1e6:.0f} MB"
+    text += f" at {e.rate / 1e6:.1f} MB/s"
+    if e.eta is not None:
+        text += f", {int(e.eta)} s left"
     return text
 
 

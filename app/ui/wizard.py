@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QSize, QUrl, Slot
+from PySide6.QtCore import QSize, QTimer, QUrl, Slot
 from PySide6.QtGui import QCloseEvent, QDesktopServices, QIcon
 from PySide6.QtWidgets import QMessageBox, QWidget, QWizard
 
@@ -19,6 +19,8 @@ from app.ui.pages.image import ImagePage
 from app.ui.pages.inspect import InspectPage
 from app.ui.pages.install import InstallPage
 from app.ui.pages.servers import ServersPage
+
+CLOSE_FALLBACK_MS = 10_000  # then the window goes even if a job has not reported yet
 
 if TYPE_CHECKING:
     from app.ui.netboot import NetbootDialog
@@ -80,6 +82,10 @@ class KexecWizard(QWizard):
         self.settings_dialog: SettingsDialog | None = None
         self.netboot_dialog: NetbootDialog | None = None
         self._closing = False
+        self._close_polls = 0
+        self._close_timer = QTimer(self)
+        self._close_timer.setInterval(50)
+        self._close_timer.timeout.connect(self._poll_close)
 
     def page_of(self, pid: PageId) -> BasePage:
         """The page object for ``pid``."""
@@ -188,9 +194,31 @@ class KexecWizard(QWizard):
         self.close_prompt = None
         if answer != QMessageBox.StandardButton.Yes:
             return
-        for page in self.busy_pages():
-            page.cancel_job(wait_ms=20_000)
+        # Cancel everything, then close when the last job has reported (never blocking the
+        # GUI thread on a job); dropping the SSH session unblocks any read at once.
         self._closing = True
+        busy = self.busy_pages()
+        for page in busy:
+            page.cancel_job()
+        self.flow.drop_session()
+        if not busy:
+            self.reject()
+            return
+        self.setEnabled(False)
+        self._close_timer.start()
+        self._poll_close()
+
+    @Slot()
+    def _poll_close(self) -> None:
+        """Close once no job runs; after CLOSE_FALLBACK_MS the window goes anyway, and the app
+        ends when the last job (each has its own deadline) has reported."""
+        waited = self._close_timer.interval() * self._close_polls
+        self._close_polls += 1
+        if self.busy_pages():
+            if waited >= CLOSE_FALLBACK_MS and self.isVisible():
+                self.hide()  # the user asked to close: go, and end once the jobs have
+            return
+        self._close_timer.stop()
         self.reject()
 
     def _shutdown(self) -> None:

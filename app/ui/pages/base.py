@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
+from typing import Any
 
 from PySide6.QtCore import Slot
 from PySide6.QtWidgets import QWizardPage
 
+from app.core.errors import WizardError
 from app.core.events import Event
 from app.ui.context import AppContext, Flow
 from app.ui.jobs import Job, JobFn, JobResult
+from app.ui.widgets import ErrorPanel
 
 
 class PageId(IntEnum):
@@ -43,6 +47,40 @@ class BasePage(QWizardPage):
         self.ctx.note(name, f"{self.title()}: started {name}")
         return job
 
+    def run(
+        self,
+        name: str,
+        fn: JobFn,
+        ok: Callable[[Any], None],
+        *,
+        failed: Callable[[WizardError], None] | None = None,
+        ended: Callable[[], None] | None = None,
+        cancelled: Callable[[], None] | None = None,
+    ) -> Job:
+        """The one job ladder: run ``fn`` in the background, then ``ended()`` and one of
+        ``ok(value)``, ``failed(error)`` or ``cancelled()`` (by default: nothing to show)."""
+
+        def branch(result: JobResult) -> None:
+            if ended is not None:
+                ended()
+            error = result.wizard_error
+            if error is None:
+                ok(result.value)
+            elif not result.cancelled:
+                (failed or self.show_error)(error)
+            elif cancelled is not None:
+                cancelled()
+
+        job = self.start_job(name, fn)
+        job.finished.connect(branch)
+        return job.start()
+
+    def show_error(self, error: WizardError) -> None:
+        """Show what went wrong on the page's error panel."""
+        panel = getattr(self, "error", None)
+        if isinstance(panel, ErrorPanel):
+            panel.show_error(error)
+
     @property
     def busy(self) -> bool:
         """Whether this page's job is still running."""
@@ -64,3 +102,8 @@ class BasePage(QWizardPage):
         err = result.wizard_error
         outcome = "done" if err is None else f"{err.kind}: {err.what}"
         self.ctx.note("job", f"{self.title()}: {outcome}")
+        job = self.sender()
+        if isinstance(job, Job):
+            if job is self.job:
+                self.job = None
+            job.deleteLater()  # after every slot of this signal has run

@@ -17,9 +17,9 @@ from PySide6.QtWidgets import (
 
 from app.core.download import bundle_note
 from app.core.errors import WizardError
-from app.core.flow import InstallRequest, make_plan
-from app.core.install import DEFAULT_STAGING, check_kexec_flags
-from app.core.workflow import image_kind
+from app.core.flow import make_plan
+from app.core.kinds import Transfer
+from app.core.plan import DEFAULT_STAGING, InstallRequest, check_kexec_flags
 from app.ui.context import AppContext, Flow
 from app.ui.pages.base import BasePage, PageId
 from app.ui.widgets import wrap_label
@@ -90,11 +90,11 @@ class ConfirmPage(BasePage):
         )
         how = (
             "the server downloads it and checks its sha256"
-            if self.flow.transfer == "remote"
+            if self.flow.transfer == Transfer.REMOTE
             else "this computer uploads it; the server checks its sha256"
         )
         esc = html.escape
-        bundle = image_kind(self.flow.asset, self.flow.image_meta, self.flow.image) == "bundle"
+        bundle = self.flow.image_kind == "bundle"
         steps = (
             "<li>The bundle is placed in the staging folder and its checksum checked.</li>"
             "<li>It runs as root: it unpacks itself and replaces the running system with NixOS "

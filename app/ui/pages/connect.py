@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Slot
+from dataclasses import dataclass
+
+from PySide6.QtCore import QTimer, Slot
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -19,6 +21,8 @@ from PySide6.QtWidgets import (
 
 from app.core.errors import ConfigError, HostKeyUnknown, WizardError
 from app.core.events import CancelToken, EventSink
+from app.core.flow import Question, answer_question, connect
+from app.core.kinds import AuthMethod
 from app.core.profiles import check_name
 from app.core.secrets import password_key, sudo_key
 from app.core.ssh import (
@@ -28,14 +32,12 @@ from app.core.ssh import (
     PasswordRequired,
     Session,
     Target,
-    connect,
     load_ssh_config,
     parse_target,
     ssh_config_hosts,
 )
 from app.ui.context import AppContext, Flow
 from app.ui.dialogs import HostKeyDialog, SecretDialog
-from app.ui.jobs import JobResult
 from app.ui.pages.base import BasePage, PageId
 from app.ui.widgets import ErrorPanel, wrap_label
 
@@ -45,6 +47,37 @@ AUTH_METHODS = [
     ("key", "Key file"),
     ("password", "Password"),
 ]
+
+
+@dataclass(frozen=True)
+class _TargetSpec:
+    """What the fields say, copied on the GUI thread; parsed (with ~/.ssh/config) in the job."""
+
+    address: str
+    port: int | None
+    user: str | None
+    key: str
+    jump: str
+
+    def parse(self) -> Target:
+        return parse_target(
+            self.address,
+            port=self.port,
+            user=self.user,
+            identity=[self.key] if self.key else [],
+            jump=self.jump or None,
+            config=load_ssh_config(),
+        )
+
+
+@dataclass(frozen=True)
+class _LookedAround:
+    """What the background look-around found: ssh_config hosts, the keyring, saved secrets."""
+
+    hosts: list[str] | None
+    where: str | None  # where secrets go, or None without a keyring
+    password: str | None
+    sudo_password: str | None
 
 
 class ConnectPage(BasePage):
@@ -60,6 +93,8 @@ class ConnectPage(BasePage):
         self.remembered_sudo: str | None = None
         self.secret_dialog: SecretDialog | None = None
         self._loaded_profile: str | None = None
+        self.attempt: tuple[Target, Credentials, ConnectOptions] | None = None
+        self._connect_queued = False
 
         self.address = QLineEdit(self)
         self.address.setPlaceholderText("host name, IP address or ~/.ssh/config alias")
@@ -140,53 +175,78 @@ class ConnectPage(BasePage):
 
     # -- filling in ---------------------------------------------------------------------
 
-    def _look_around(self) -> None:
-        """Read ~/.ssh/config and find the keyring, once: not at start-up, which they slow."""
-        self._looked_around = True
-        hosts = ssh_config_hosts(load_ssh_config())
-        if hosts:
-            self.address.setCompleter(QCompleter(hosts, self))
-        if self.ctx.secrets.available:
-            self.remember.setText(f"Remember the password in {self.ctx.secrets.where()}")
-        else:
-            self.remember.setText(
-                "The password cannot be remembered: no system keyring is available, "
-                "so you will be asked each time"
-            )
-            self.remember.setEnabled(False)
-
     def initializePage(self) -> None:
-        if not self._looked_around:
-            self._look_around()
         p = self.flow.profile
         name = p.name if p else None
         if name == self._loaded_profile and (p is None or self.address.text()):
+            if not self._looked_around:
+                self._look_around(None)
             return
         self._loaded_profile = name
         self._changed()
+        self.remembered_sudo = None
+        self.password.clear()
         if p is None:
-            for w in (self.address, self.user, self.jump, self.key_path, self.password):
+            for w in (self.address, self.user, self.jump, self.key_path):
                 w.clear()
             self.port.setValue(22)
             self.profile_name.clear()
             self.auth.setCurrentIndex(0)
             self.remember.setChecked(False)
-            self.remembered_sudo = None
-            return
-        self.address.setText(p.host)
-        self.port.setValue(p.port)
-        self.user.setText(p.user)
-        self.jump.setText(p.jump)
-        self.key_path.setText(p.key_path)
-        self.auth.setCurrentIndex(max(0, self.auth.findData(p.auth)))
-        self.profile_name.setText(p.name)
-        self.remember.setChecked(p.remember_password and self.remember.isEnabled())
-        remembered = self.ctx.secrets.get(password_key(p.name)) if p.remember_password else None
-        self.password.setText(remembered or "")
+        else:
+            self.address.setText(p.host)
+            self.port.setValue(p.port)
+            self.user.setText(p.user)
+            self.jump.setText(p.jump)
+            self.key_path.setText(p.key_path)
+            self.auth.setCurrentIndex(max(0, self.auth.findData(p.auth)))
+            self.profile_name.setText(p.name)
+            self.remember.setChecked(p.remember_password)
+        if not self._looked_around or (p is not None and p.remember_password):
+            self._look_around(p.name if p is not None and p.remember_password else None)
+
+    def _look_around(self, profile: str | None) -> None:
+        """Read ~/.ssh/config, find the keyring and read a profile's remembered passwords, in
+        the background: a keyring may wait for an unlock prompt, and the GUI must not."""
+        secrets, first = self.ctx.secrets, not self._looked_around
+        self._looked_around = True
+
+        def work(_emit: EventSink, _cancel: CancelToken) -> _LookedAround:
+            hosts = ssh_config_hosts(load_ssh_config()) if first else None
+            where = secrets.where() if secrets.available else None
+            if profile is None or where is None:
+                return _LookedAround(hosts, where, None, None)
+            return _LookedAround(
+                hosts, where, secrets.get(password_key(profile)), secrets.get(sudo_key(profile))
+            )
+
+        self._connect_queued = False
+        self.run("keyring", work, self._looked, ended=self._looked_ended)
+        self.status.setText("Reading your keyring…" if profile else "")
+
+    def _looked_ended(self) -> None:
+        self.status.setText("")
+        if self._connect_queued:
+            self._connect_queued = False
+            QTimer.singleShot(0, self.start_connect)  # after this job's own slots have run
+
+    def _looked(self, found: _LookedAround) -> None:
+        if found.hosts:
+            self.address.setCompleter(QCompleter(found.hosts, self))
+        if found.where is not None:
+            self.remember.setText(f"Remember the password in {found.where}")
+            self.remember.setEnabled(True)
+        else:
+            self.remember.setText(
+                "The password cannot be remembered: no system keyring is available, "
+                "so you will be asked each time"
+            )
+            self.remember.setChecked(False)
+            self.remember.setEnabled(False)
+        if found.password is not None and not self.password.text():
+            self.password.setText(found.password)
         # The remembered sudo password is used as the command line uses it.
-        self.remembered_sudo = (
-            self.ctx.secrets.get(sudo_key(p.name)) if p.remember_password else None
-        )
+        self.remembered_sudo = found.sudo_password
 
     @Slot()
     def _auth_changed(self) -> None:
@@ -206,8 +266,8 @@ class ConnectPage(BasePage):
     @Slot()
     def _changed(self) -> None:
         """Any edit invalidates the connection: Next waits for a new one."""
-        if self.busy:
-            self.cancel_job()
+        if self.busy and self.job is not None and self.job.name == "connect":
+            self.cancel_job()  # the keyring look-around goes on: it fills only empty fields
         if self.flow.session is not None:
             self.flow.drop_session()
             self.status.setText("")
@@ -215,18 +275,6 @@ class ConnectPage(BasePage):
         self.completeChanged.emit()
 
     # -- connecting ---------------------------------------------------------------------
-
-    def _target(self) -> Target:
-        key = self.key_path.text().strip()
-        jump = self.jump.text().strip()
-        return parse_target(
-            self.address.text().strip(),
-            port=self.port.value() if self.port.value() != 22 else None,
-            user=self.user.text().strip() or None,
-            identity=[key] if key and self.auth.currentData() in ("auto", "key") else [],
-            jump=jump or None,
-            config=load_ssh_config(),
-        )
 
     def use_user(self, user: str) -> None:
         """Log in again as ``user`` (the one the server asked for), keeping everything else."""
@@ -236,55 +284,59 @@ class ConnectPage(BasePage):
     @Slot()
     def start_connect(self) -> None:
         """Connect in the background; questions (host key, passphrase) come back as dialogs."""
+        if self.busy and self.job is not None and self.job.name == "keyring":
+            self._connect_queued = True  # the remembered password is on its way: then connect
+            self.status.setText("Reading your keyring, then connecting…")
+            return
         self._changed()
         if not self.address.text().strip():
             self.error.show_error(
                 WizardError("Enter the server's address.", "", "A host name, IP or alias.")
             )
             return
-        try:
-            target = self._target()
-        except WizardError as exc:
-            self.error.show_error(exc)
-            return
         password = self.password.text() or None
         self.ctx.redact.add(password)
         self.ctx.redact.add(self.remembered_sudo)
         creds = Credentials(
-            method=str(self.auth.currentData()),
+            method=AuthMethod(self.auth.currentData()),
             password=password,
             passphrases=dict(self.passphrases),
             sudo_password=self.remembered_sudo,
         )
         opts = ConnectOptions(timeout=self.ctx.settings.connect_timeout, trusted=self.accepted_keys)
         known = self.ctx.known_hosts
+        spec = _TargetSpec(
+            self.address.text().strip(),
+            self.port.value() if self.port.value() != 22 else None,
+            self.user.text().strip() or None,
+            self.key_path.text().strip() if self.auth.currentData() in ("auto", "key") else "",
+            self.jump.text().strip(),
+        )
 
         def work(_emit: EventSink, cancel: CancelToken) -> tuple[Session, Target, Credentials]:
+            target = spec.parse()  # reads ~/.ssh/config, so not on the GUI thread
+            self.attempt = (target, creds, opts)
             return connect(target, creds, known, opts, cancel=cancel), target, creds
 
-        job = self.start_job("connect", work)
-        job.finished.connect(self._connected)
-        job.start()
-        self.status.setText(f"Connecting to {target.label}…")
+        self.run("connect", work, self._connected, failed=self._not_connected, ended=self._ended)
+        self.status.setText(f"Connecting to {spec.address}…")
         self.connect_button.setEnabled(False)
 
-    @Slot(object)
-    def _connected(self, result: JobResult) -> None:
+    def _ended(self) -> None:
         self.connect_button.setEnabled(True)
-        if result.ok:
-            session, target, creds = result.value
-            self.flow.session, self.flow.target, self.flow.creds = session, target, creds
-            self.status.setText(
-                f"Connected as {target.label}. Host key {session.host_key_fingerprint}."
-            )
-            if not self.profile_name.text().strip():
-                self.profile_name.setText(target.alias or target.host)
-            self.completeChanged.emit()
-            return
         self.status.setText("")
-        err = result.error
-        if result.cancelled:
-            return
+
+    def _connected(self, value: tuple[Session, Target, Credentials]) -> None:
+        session, target, creds = value
+        self.flow.session, self.flow.target, self.flow.creds = session, target, creds
+        self.status.setText(
+            f"Connected as {target.label}. Host key {session.host_key_fingerprint}."
+        )
+        if not self.profile_name.text().strip():
+            self.profile_name.setText(target.alias or target.host)
+        self.completeChanged.emit()
+
+    def _not_connected(self, err: WizardError) -> None:
         if isinstance(err, HostKeyUnknown):
             key_dialog = HostKeyDialog(err, self)
             key_dialog.accepted.connect(self._trusted)
@@ -303,7 +355,7 @@ class ConnectPage(BasePage):
                 self,
             )
             secret_dialog.accepted.connect(self._passphrase_given)
-            secret_dialog.setProperty("path", err.path)
+            secret_dialog.setProperty("error", err)
             self.secret_dialog = secret_dialog
             secret_dialog.open()
             return
@@ -311,19 +363,25 @@ class ConnectPage(BasePage):
             if self.auth.currentData() not in ("auto", "password"):
                 self.auth.setCurrentIndex(self.auth.findData("password"))
             self.password.setFocus()
-        wizard_error = result.wizard_error
-        assert wizard_error is not None
-        self.error.show_error(wizard_error)
+        self.error.show_error(err)
+
+    def _answered(self, question: Question, answer: str) -> None:
+        """Put the answer where the next attempt finds it (the engine's rule), then retry."""
+        if self.attempt is None:
+            return
+        target, creds, opts = self.attempt
+        opts = answer_question(question, answer, target, creds, opts)
+        # Each accepted key sticks for its own host: a jump hop is not asked again.
+        self.accepted_keys = opts.trusted
+        self.passphrases = dict(creds.passphrases)
+        self.start_connect()
 
     @Slot()
     def _trusted(self) -> None:
         dialog = self.host_key_dialog
         self.host_key_dialog = None
         if dialog is not None:
-            err = dialog.error
-            # Each accepted key sticks for its own host: a jump hop is not asked again.
-            self.accepted_keys = (*self.accepted_keys, (err.host, err.port, err.fingerprint))
-            self.start_connect()
+            self._answered(dialog.error, dialog.error.fingerprint)
 
     @Slot()
     def _passphrase_given(self) -> None:
@@ -331,8 +389,7 @@ class ConnectPage(BasePage):
         self.secret_dialog = None
         if dialog is not None:
             self.ctx.redact.add(dialog.secret)
-            self.passphrases[str(dialog.property("path"))] = dialog.secret
-            self.start_connect()
+            self._answered(dialog.property("error"), dialog.secret)
 
     # -- leaving ------------------------------------------------------------------------
 

@@ -20,9 +20,7 @@ from PySide6.QtWidgets import (
 
 from app.core.errors import WizardError
 from app.core.events import CancelToken, EventSink
-from app.core.install import InstallerInfo, leftover_note
-from app.core.ssh import Credentials
-from app.core.workflow import (
+from app.core.handoff import (
     connect_installer,
     hardware_report,
     installer_ssh_command,
@@ -30,8 +28,10 @@ from app.core.workflow import (
     open_terminal,
     reboot_installer,
 )
+from app.core.install import InstallerInfo, leftover_note
+from app.core.kinds import AuthMethod
+from app.core.ssh import Credentials
 from app.ui.context import AppContext, Flow
-from app.ui.jobs import JobResult
 from app.ui.pages.base import BasePage
 from app.ui.widgets import ErrorPanel, ask, wrap_label
 
@@ -140,7 +140,7 @@ class DonePage(BasePage):
         inst = self.flow.installer
         if inst is not None and inst.installer_creds is not None:
             return inst.installer_creds
-        return Credentials(method="auto", passphrases=dict(self.flow.creds.passphrases))
+        return Credentials(method=AuthMethod.AUTO, passphrases=dict(self.flow.creds.passphrases))
 
     @Slot()
     def _ask_report_path(self) -> None:
@@ -167,20 +167,17 @@ class DonePage(BasePage):
             tmp.replace(path)
             return path
 
-        job = self.start_job("hardware-report", work)
-        job.finished.connect(self._report_saved)
-        job.start()
+        self.run("hardware-report", work, self._report_saved, failed=self._report_failed)
         self.status.setText("Running nixos-facter on the installer…")
 
-    @Slot(object)
-    def _report_saved(self, result: JobResult) -> None:
-        if result.ok:
-            self.report_path = result.value
-            self.status.setText(f"Hardware report saved to {result.value}.")
-            self.error.clear()
-        elif result.wizard_error:
-            self.status.setText("")
-            self.error.show_error(result.wizard_error)
+    def _report_saved(self, path: Path) -> None:
+        self.report_path = path
+        self.status.setText(f"Hardware report saved to {path}.")
+        self.error.clear()
+
+    def _report_failed(self, error: WizardError) -> None:
+        self.status.setText("")
+        self.error.show_error(error)
 
     @Slot()
     def _ask_reboot(self) -> None:
@@ -204,16 +201,10 @@ class DonePage(BasePage):
             with connect_installer(info, jump, ctx.known_hosts, creds, ctx.settings) as s:
                 reboot_installer(s)
 
-        job = self.start_job("reboot", work)
-        job.finished.connect(self._rebooted)
-        job.start()
+        self.run("reboot", work, self._rebooted)
 
-    @Slot(object)
-    def _rebooted(self, result: JobResult) -> None:
-        if result.ok:
-            self.status.setText("The server is rebooting into its original system.")
-        elif result.wizard_error:
-            self.error.show_error(result.wizard_error)
+    def _rebooted(self, _none: None) -> None:
+        self.status.setText("The server is rebooting into its original system.")
 
     def show_error(self, error: WizardError) -> None:
         """Show a failure on this page."""

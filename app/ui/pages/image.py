@@ -23,17 +23,10 @@ from PySide6.QtWidgets import (
 from app.core.catalog import ARCHES, DEFAULT_VARIANT, Asset, Catalog, CatalogClient
 from app.core.download import CachedImage, bundle_note
 from app.core.errors import WizardError
-from app.core.events import CancelToken, Event, EventSink
-from app.core.flow import (
-    STILL_LOADING,
-    ImageChoice,
-    ImageRequest,
-    InstallRequest,
-    choose_image,
-    fetch_image,
-    transfer_for,
-)
-from app.core.workflow import image_kind
+from app.core.events import CancelToken, Event, EventSink, ProgressEvent
+from app.core.flow import STILL_LOADING, choose_image, fetch_image, transfer_for
+from app.core.kinds import Transfer
+from app.core.plan import ImageChoice, ImageRequest, InstallRequest
 from app.ui.context import AppContext, Flow
 from app.ui.jobs import Job, JobResult
 from app.ui.pages.base import BasePage, PageId
@@ -45,9 +38,9 @@ VARIANT_TEXT = {
     "kexec-bundle": "Legacy kexec-bundle (only releases frozen before 2023)",
 }
 TRANSFER_TEXT = {
-    "auto": "Automatic",
-    "remote": "The server downloads it",
-    "upload": "Upload it from this computer",
+    Transfer.AUTO: "Automatic",
+    Transfer.REMOTE: "The server downloads it",
+    Transfer.UPLOAD: "Upload it from this computer",
 }
 
 
@@ -164,20 +157,12 @@ class ImagePage(BasePage):
             def work(_emit: EventSink, _cancel: CancelToken) -> Catalog:
                 return CatalogClient(settings, cache).load()
 
-            job = self.start_job("catalog", work)
-            job.finished.connect(self._catalog_loaded)
-            job.start()
+            self.run("catalog", work, self._catalog_loaded, failed=self.error.show_error)
             self.catalog_note.setText("Reading the list of releases…")
         else:
             self.update_choice()
 
-    @Slot(object)
-    def _catalog_loaded(self, result: JobResult) -> None:
-        if not result.ok:
-            if result.wizard_error and not result.cancelled:
-                self.error.show_error(result.wizard_error)
-            return
-        catalog: Catalog = result.value
+    def _catalog_loaded(self, catalog: Catalog) -> None:
         self.flow.catalog = catalog
         source = {
             "api": "the GitHub releases API",
@@ -252,8 +237,8 @@ class ImagePage(BasePage):
             if self.source.checkedId() == 2 and not self.url.text().strip():
                 raise WizardError("Enter the image's URL.")
             choice = choose_image(self._request(), facts, self.ctx.settings, self.flow.catalog)
-            request = InstallRequest(transfer=str(self.transfer.currentData()))
-            mode, reason = transfer_for(request, facts, choice) if facts else ("upload", "")
+            request = InstallRequest(transfer=Transfer(self.transfer.currentData()))
+            mode, reason = transfer_for(request, facts, choice) if facts else (Transfer.UPLOAD, "")
         except WizardError as exc:
             self._stop_download()
             self.details.setText("")
@@ -284,22 +269,25 @@ class ImagePage(BasePage):
 
     def _show_details(self, asset: Asset | None) -> None:
         legacy = ""
-        if image_kind(asset, self.flow.image_meta, self.flow.image) == "bundle":
+        image = self.flow.image
+        kind = image.info.kind if image else ImageChoice(asset, self.flow.image_meta).kind
+        if kind == "bundle":
             legacy = f"<br><br><b>Legacy image.</b> {html.escape(bundle_note())}"
         if asset is None:
+            # The one place the page says what checking a local file can and cannot prove.
             self.details.setText(
-                "A local file: checked (kexec tarball layout, or kexec-bundle header) and "
-                "hashed here; its integrity is up to you." + legacy
+                "A file on this computer: its layout (kexec tarball or kexec-bundle) is checked "
+                "and it is hashed here, and the server checks that hash. Nobody published a "
+                "checksum for it, so whether it is genuine is up to you." + legacy
             )
             return
-        cached = self.ctx.image_cache.find(asset)
         parts = [f"<b>{html.escape(asset.name)}</b>", _mb(asset.size)]
         if asset.updated_at:
             parts.append(f"built {asset.updated_at[:10]}")
         check = asset.checksum_note
         parts.append(check if asset.digest else f"<b>{html.escape(check)}</b>")
-        if self.flow.transfer == "upload":
-            parts.append("cached on this computer" if cached else "not downloaded yet")
+        if self.flow.transfer == Transfer.UPLOAD:
+            parts.append("on this computer" if image else "being fetched")
         self.details.setText(" · ".join(parts) + legacy)
 
     # -- getting the file ---------------------------------------------------------------
@@ -334,21 +322,28 @@ class ImagePage(BasePage):
 
     @Slot(object)
     def _download_event(self, event: Event) -> None:
-        d = event.data
-        if event.type == "progress" and "done" in d:
-            self.progress_text.setText(show_progress(self.progress, d))
+        if isinstance(event, ProgressEvent):
+            self.progress_text.setText(show_progress(self.progress, event))
 
     @Slot(object)
     def _downloaded(self, result: JobResult) -> None:
-        if self.sender() is not self.download_job:
+        job = self.sender()
+        if isinstance(job, Job):
+            job.deleteLater()
+        if job is not self.download_job:
             return
+        self.download_job = None
         self.ctx.inhibitor.release()
         self.cancel_download.hide()
         self.progress.hide()
         if result.ok:
             image: CachedImage = result.value
             self.flow.image = image
-            self.progress_text.setText(f"Ready: {image.verification_note}.")
+            # What the check proved is said once, above; a digest match is worth naming here.
+            verified = image.info.verification == "digest"
+            self.progress_text.setText(
+                f"Ready: {image.verification_note}." if verified else "Ready: checked as above."
+            )
             self._show_details(self.flow.asset)
         elif result.cancelled:
             self.progress_text.setText("Download stopped; it resumes where it stopped.")
@@ -380,7 +375,7 @@ class ImagePage(BasePage):
     def isComplete(self) -> bool:
         if self.error.error is not None:
             return False
-        if self.flow.transfer == "remote":
+        if self.flow.transfer == Transfer.REMOTE:
             return self.flow.asset is not None
         return self.flow.image is not None
 

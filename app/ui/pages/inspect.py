@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from PySide6.QtCore import Slot
 from PySide6.QtWidgets import (
@@ -20,16 +22,25 @@ from PySide6.QtWidgets import (
 
 from app.core.errors import LoginRestricted, PrivilegeError, WizardError
 from app.core.events import CancelToken, EventSink
-from app.core.install import establish_privilege, known_sudo_password, run_probe
-from app.core.netpreview import preview
-from app.core.preflight import GiB, Level, evaluate
+from app.core.flow import Inspection, already_installer, become_root, inspect, record
+from app.core.install import InstallerInfo
+from app.core.preflight import GiB, Level
 from app.core.probe import Facts
-from app.core.workflow import installer_info_from_session, save_profile
 from app.ui.context import AppContext, Flow
-from app.ui.jobs import JobResult
 from app.ui.pages.base import BasePage, PageId
 from app.ui.pages.connect import ConnectPage
 from app.ui.widgets import Checklist, ErrorPanel, wrap_label
+
+
+@dataclass(frozen=True)
+class _Inspected:
+    """What the inspect job found: the inspection, whether root works, the saved profile."""
+
+    found: Inspection
+    privileged: bool
+    installer: InstallerInfo | None
+    profile_note: str | None
+    sudo_refused: WizardError | None = None
 
 
 class InspectPage(BasePage):
@@ -121,7 +132,8 @@ class InspectPage(BasePage):
 
     @Slot()
     def start_probe(self) -> None:
-        """Run the probe (and, when no password is needed, become root) in the background."""
+        """Inspect, and (when no password has to be asked) become root, in the background;
+        the server is remembered in its profile there too (a keyring may be slow)."""
         session = self.flow.session
         if session is None:
             return
@@ -131,52 +143,72 @@ class InspectPage(BasePage):
         self.switch_user.hide()
         self.checklist.set_verdicts([])
         self.override.setChecked(False)
-        settings = self.ctx.settings
-        creds = self.flow.creds
+        settings, creds, save = self.ctx.settings, self.flow.creds, self._saver()
 
-        def work(_emit: EventSink, cancel: CancelToken) -> tuple[Facts, bool]:
-            facts = run_probe(session, settings, cancel=cancel)
+        def work(emit: EventSink, cancel: CancelToken) -> _Inspected:
+            found = inspect(session, settings, emit=emit, cancel=cancel)
+            facts = found.facts
+            info = already_installer(session, facts) if facts.is_installer else None
+            note = save(facts, info)
             if facts.is_installer or facts.privilege == "none":
-                return facts, False
-            sudo_password = known_sudo_password(facts, creds)
-            if facts.privilege == "sudo-password" and sudo_password is None:
-                return facts, False  # asked for on the page
+                return _Inspected(found, False, info, note, None)
             try:
-                establish_privilege(session, facts, sudo_password, settings)
-            except PrivilegeError:
+                return _Inspected(found, become_root(session, facts, creds, settings), info, note)
+            except PrivilegeError as exc:
                 if facts.privilege != "sudo-password":
                     raise
-                return facts, False
-            return facts, True
+                return _Inspected(found, False, info, note, exc)  # ask for the right one
 
-        job = self.start_job("probe", work)
-        job.finished.connect(self._probed)
-        job.start()
+        self.run("probe", work, self._probed, failed=self._probe_failed, ended=self._ended)
         self.status.setText(f"Inspecting {session.target.label}…")
         self.again.setEnabled(False)
         self.completeChanged.emit()
 
-    @Slot(object)
-    def _probed(self, result: JobResult) -> None:
+    def _ended(self) -> None:
         self.again.setEnabled(True)
-        if not result.ok:
-            self.status.setText("The inspection failed.")
-            if not result.cancelled and result.wizard_error:
-                self.banner.show_error(result.wizard_error)
-            err = result.error
-            if isinstance(err, LoginRestricted) and err.suggested_user:
-                self.switch_user.setText(f"Log in as {err.suggested_user} &instead")
-                self.switch_user.setProperty("user", err.suggested_user)
-                self.switch_user.show()
-            self.completeChanged.emit()
-            return
-        facts, privileged = result.value
-        self.flow.facts = facts
-        self.flow.privileged = privileged
-        self.flow.verdicts = evaluate(facts)
-        self._show(facts)
-        self._save_profile(facts)
         self.completeChanged.emit()
+
+    def _probe_failed(self, err: WizardError) -> None:
+        self.status.setText("The inspection failed.")
+        self.banner.show_error(err)
+        if isinstance(err, LoginRestricted) and err.suggested_user:
+            self.switch_user.setText(f"Log in as {err.suggested_user} &instead")
+            self.switch_user.setProperty("user", err.suggested_user)
+            self.switch_user.show()
+
+    def _probed(self, done: _Inspected) -> None:
+        facts = done.found.facts
+        self.flow.facts = facts
+        self.flow.privileged = done.privileged
+        self.flow.verdicts = done.found.verdicts
+        if done.installer is not None:
+            self.flow.info = done.installer
+        if done.profile_note:
+            self.ctx.note("profile", done.profile_note)
+        self._show(done.found)
+        if done.sudo_refused is not None:
+            self.banner.show_error(done.sudo_refused, "warn")
+        self.completeChanged.emit()
+
+    def _saver(self) -> Callable[[Facts, InstallerInfo | None], str | None]:
+        """Remember the server in its profile (from the job): the choices copied now."""
+        session, target, name = self.flow.session, self.flow.target, self.flow.profile_name
+        ctx, creds, remember = self.ctx, self.flow.creds, self.flow.remember_password
+
+        def save(facts: Facts, info: InstallerInfo | None) -> str | None:
+            if session is None or target is None or not name:
+                return None
+            try:
+                _profile, warning = record(
+                    ctx.profiles, ctx.secrets, name, target=target, creds=creds,
+                    host_key=session.host_key_line, facts=facts, installer=info,
+                    remember=remember,
+                )  # fmt: skip
+            except (WizardError, ValueError) as exc:
+                return f"not saved: {exc}"
+            return warning
+
+        return save
 
     @Slot()
     def _switch_user(self) -> None:
@@ -191,8 +223,8 @@ class InspectPage(BasePage):
         self.wizard().back()
         connect_page.use_user(user)
 
-    def _show(self, facts: Facts) -> None:
-        verdicts = self.flow.verdicts
+    def _show(self, found: Inspection) -> None:
+        facts, verdicts = found.facts, found.verdicts
         self.checklist.set_verdicts(verdicts)
         stops = [v for v in verdicts if v.level is Level.STOP]
         warns = [v for v in verdicts if v.level is Level.WARN]
@@ -218,7 +250,7 @@ class InspectPage(BasePage):
         need_sudo = facts.privilege == "sudo-password" and not self.flow.privileged
         self.sudo_row.setVisible(need_sudo and not stops)
         self._fill_facts(facts)
-        pv = preview(facts)
+        pv = found.network
         lines = [f"✔ {html.escape(s)}" for s in pv.keeps] + [
             f"✘ {html.escape(s)}" for s in pv.loses
         ]
@@ -244,31 +276,6 @@ class InspectPage(BasePage):
             v.setAccessibleName(label)
             self.facts_form.addRow(f"{label}:", v)
 
-    def _save_profile(self, facts: Facts) -> None:
-        session, target = self.flow.session, self.flow.target
-        if session is None or target is None or not self.flow.profile_name:
-            return
-        info = installer_info_from_session(session, facts) if facts.is_installer else None
-        if info is not None:
-            self.flow.info = info
-        try:
-            _profile, warning = save_profile(
-                self.ctx.profiles,
-                self.ctx.secrets,
-                self.flow.profile_name,
-                target=target,
-                creds=self.flow.creds,
-                host_key=session.host_key_line,
-                facts=facts,
-                installer=info,
-                remember=self.flow.remember_password,
-            )
-        except (WizardError, ValueError) as exc:
-            self.ctx.note("profile", f"not saved: {exc}")
-            return
-        if warning:
-            self.ctx.note("profile", warning)
-
     # -- sudo ---------------------------------------------------------------------------
 
     @Slot()
@@ -278,29 +285,27 @@ class InspectPage(BasePage):
             return
         secret = self.sudo_password.text()
         self.ctx.redact.add(secret)
-        settings = self.ctx.settings
+        settings, creds = self.ctx.settings, replace(self.flow.creds, sudo_password=secret)
 
         def work(_emit: EventSink, _cancel: CancelToken) -> str:
-            establish_privilege(session, facts, secret, settings)
+            become_root(session, facts, creds, settings)
             return secret
 
-        job = self.start_job("sudo", work)
-        job.finished.connect(self._sudo_checked)
-        job.start()
+        self.run(
+            "sudo", work, self._sudo_works, failed=self.banner.show_error, ended=self._sudo_ended
+        )
         self.sudo_button.setEnabled(False)
 
-    @Slot(object)
-    def _sudo_checked(self, result: JobResult) -> None:
+    def _sudo_ended(self) -> None:
         self.sudo_button.setEnabled(True)
-        if result.ok:
-            self.flow.privileged = True
-            self.flow.creds.sudo_password = result.value
-            self.sudo_row.hide()
-            self.banner.clear()
-            self.status.setText("sudo works with that password.")
-        elif result.wizard_error and not result.cancelled:
-            self.banner.show_error(result.wizard_error)
         self.completeChanged.emit()
+
+    def _sudo_works(self, secret: str) -> None:
+        self.flow.privileged = True
+        self.flow.creds.sudo_password = secret
+        self.sudo_row.hide()
+        self.banner.clear()
+        self.status.setText("sudo works with that password.")
 
     # -- leaving ------------------------------------------------------------------------
 

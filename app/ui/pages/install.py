@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from PySide6.QtCore import QTimer, Slot
 from PySide6.QtGui import QFontDatabase
@@ -18,27 +18,25 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.errors import NewSystemHostKey, WizardError
-from app.core.events import CancelToken, Event, EventSink
-from app.core.flow import installer_for
+from app.core.events import (
+    AttemptEvent,
+    CancelToken,
+    Event,
+    EventSink,
+    LogEvent,
+    OutputEvent,
+    ProgressEvent,
+    StageEvent,
+)
+from app.core.flow import install, installer_for, record, rewait
 from app.core.install import Installer, InstallerInfo, NeverCameBack
 from app.core.netpreview import preview
-from app.core.workflow import save_profile
 from app.ui.context import AppContext, Flow
 from app.ui.dialogs import HostKeyDialog
-from app.ui.jobs import JobResult
+from app.ui.jobs import JobFn
 from app.ui.pages.base import BasePage, PageId
-from app.ui.widgets import ErrorPanel, StageList, show_progress, wrap_label
+from app.ui.widgets import STAGE_NAMES, ErrorPanel, StageList, show_progress, wrap_label
 
-WEIGHTS = {
-    "key": 2,
-    "transfer": 40,
-    "checksum": 5,
-    "unpack": 5,
-    "run": 8,
-    "down": 10,
-    "up": 25,
-    "verify": 5,
-}
 SAFE = "Cancel (safe: the server has not been changed yet)"
 LATE = "Stop waiting (too late to cancel: the server is rebooting into the installer)"
 
@@ -51,13 +49,13 @@ class InstallPage(BasePage):
         self.setTitle("Install")
         self.setSubTitle("Booting the NixOS installer. Every wait has a deadline.")
         self.stages = StageList(self)
+        # Honest progress: bytes where they are known (the transfer), else a busy bar with the
+        # stage's own timer and deadline; no made-up percentage for waits of unknown length.
+        self.now = QLabel(self)
+        self.now.setAccessibleName("What is happening now")
         self.overall = QProgressBar(self)
-        self.overall.setRange(0, 100)
-        self.overall.setAccessibleName("Overall progress")
-        self.transfer = QProgressBar(self)
-        self.transfer.setAccessibleName("Transfer progress")
-        self.transfer.hide()
-        self.transfer_text = QLabel(self)
+        self.overall.setRange(0, 0)
+        self.overall.setAccessibleName("Progress of the current stage")
         self.log = QPlainTextEdit(self)
         self.log.setReadOnly(True)
         self.log.setAccessibleName("Output of the install")
@@ -74,7 +72,7 @@ class InstallPage(BasePage):
         self.retry_address.setAccessibleName("Address to look for the installer")
         self.retry_button = QPushButton("&Wait again", self)
         self.retry_button.setAccessibleName("Wait again")
-        self.retry_button.clicked.connect(self._wait_again)
+        self.retry_button.clicked.connect(self._retry_clicked)
         rl.addWidget(QLabel("Look for the installer at:", self))
         rl.addWidget(self.retry_address, 1)
         rl.addWidget(self.retry_button)
@@ -83,9 +81,8 @@ class InstallPage(BasePage):
         self.expected.hide()
         layout = QVBoxLayout(self)
         layout.addWidget(self.stages, 2)
+        layout.addWidget(self.now)
         layout.addWidget(self.overall)
-        layout.addWidget(self.transfer)
-        layout.addWidget(self.transfer_text)
         layout.addWidget(self.log, 2)
         layout.addWidget(self.error)
         layout.addWidget(self.expected)
@@ -93,8 +90,8 @@ class InstallPage(BasePage):
         layout.addWidget(self.cancel_button)
         self.timer = QTimer(self)
         self.timer.setInterval(1000)
-        self.timer.timeout.connect(self.stages.tick)
-        self.done: set[str] = set()
+        self.timer.timeout.connect(self._tick)
+        self.bytes_text = ""
         self.safe_to_cancel = True
         self.host_key_dialog: HostKeyDialog | None = None
 
@@ -102,7 +99,7 @@ class InstallPage(BasePage):
         plan, session, facts = self.flow.plan, self.flow.session, self.flow.facts
         if plan is None or session is None or facts is None:
             return
-        ctx, creds = self.ctx, self.flow.creds
+        ctx, creds, save = self.ctx, self.flow.creds, self._saver()
         holder: dict[str, Installer] = {}
         self._holder = holder
 
@@ -112,14 +109,53 @@ class InstallPage(BasePage):
                 emit=emit, cancel=cancel,
             )  # fmt: skip
             holder["installer"] = inst
-            return inst.run()
+            return save(inst, lambda: install(inst), emit)
 
         self._run(work)
 
-    def _run(self, work: Any) -> None:
-        job = self.start_job("install", work)
+    def _saver(
+        self,
+    ) -> Callable[[Installer, Callable[[], InstallerInfo], EventSink], InstallerInfo]:
+        """Run a step of the install and record its outcome in the profile, in the job."""
+        t, s, f, name = self.flow.target, self.flow.session, self.flow.facts, self.flow.profile_name
+        ctx, creds, image = self.ctx, self.flow.creds, self.flow.image_meta or None
+        remember = self.flow.remember_password
+
+        def record_as(state: str, info: InstallerInfo | None, emit: EventSink) -> None:
+            if t is None or s is None or not name:
+                return
+            try:
+                record(
+                    ctx.profiles, ctx.secrets, name, target=t, creds=creds,
+                    host_key=s.host_key_line, facts=f, image=image, installer=info, state=state,
+                    remember=remember,
+                )  # fmt: skip
+            except (WizardError, ValueError) as exc:
+                emit(LogEvent("profile", f"The profile was not saved: {exc}", level="warn"))
+
+        def run(
+            inst: Installer, step: Callable[[], InstallerInfo], emit: EventSink
+        ) -> InstallerInfo:
+            try:
+                info = step()
+            except BaseException:
+                record_as("unknown" if inst.point_of_no_return else "original", None, emit)
+                raise
+            record_as("installer", info, emit)
+            return info
+
+        return run
+
+    def _run(self, work: JobFn) -> None:
+        job = self.run(
+            "install",
+            work,
+            self._succeeded,
+            failed=self._failed,
+            ended=self._ended,
+            cancelled=self._cancelled,
+        )
         job.message.connect(self._event)
-        job.finished.connect(self._finished)
         self.error.clear()
         self.retry.hide()
         self.expected.hide()
@@ -127,37 +163,42 @@ class InstallPage(BasePage):
         self.cancel_button.setText(SAFE if self.safe_to_cancel else LATE)
         self.ctx.inhibitor.acquire("Booting the NixOS installer on a server")
         self.timer.start()
-        job.start()
         self.completeChanged.emit()
 
     # -- progress -------------------------------------------------------------------------
 
     @Slot(object)
     def _event(self, e: Event) -> None:
-        d = e.data
-        if e.type == "stage":
-            self.stages.set_state(e.stage, str(d.get("state")), d.get("seconds"))
-            if d.get("state") == "done":
-                self.done.add(e.stage)
-                self.overall.setValue(sum(WEIGHTS.get(s, 0) for s in self.done))
-            if e.stage == "transfer":
-                running = d.get("state") == "start"
-                self.transfer.setVisible(running)
-                self.transfer_text.setVisible(running)
-        elif e.type == "progress" and "done" in d:
-            text = show_progress(self.transfer, d)
-            self.transfer_text.setText(text)
-            self.stages.detail(e.stage, text)
-        elif e.type == "progress" and e.stage == "up":
-            self.stages.detail("up", f"attempt {d.get('attempts')}")
-        elif e.type == "output":
+        if isinstance(e, StageEvent):
+            self.stages.set_state(e.stage, e.state, e.seconds, e.deadline)
+            if e.state == "start":
+                self.bytes_text = ""
+                self.overall.setRange(0, 0)  # busy until bytes say more
+            self._tick()
+        elif isinstance(e, ProgressEvent):
+            self.bytes_text = show_progress(self.overall, e)
+            self.stages.detail(e.stage, self.bytes_text)
+            self._tick()
+        elif isinstance(e, AttemptEvent):
+            self.stages.detail("up", f"attempt {e.attempts}")
+        elif isinstance(e, OutputEvent):
             self.log.appendPlainText(e.message)
-        elif e.type == "log":
-            if d.get("safe_to_cancel") is False:
+        elif isinstance(e, LogEvent):
+            if e.safe_to_cancel is False:
                 self.safe_to_cancel = False
                 self.cancel_button.setText(LATE)
-            prefix = "! " if d.get("level") == "warn" else "• "
+            prefix = "! " if e.level == "warn" else "• "
             self.log.appendPlainText(prefix + e.message)
+
+    @Slot()
+    def _tick(self) -> None:
+        """The running stage, its timer and deadline (and bytes, when known)."""
+        self.stages.tick()
+        stage = self.stages.running()
+        if stage is None:
+            return
+        text = f"{STAGE_NAMES[stage]}: {self.stages.elapsed(stage)}"
+        self.now.setText(text + (f" · {self.bytes_text}" if self.bytes_text else ""))
 
     @Slot()
     def _cancel(self) -> None:
@@ -167,38 +208,61 @@ class InstallPage(BasePage):
 
     # -- the end --------------------------------------------------------------------------
 
-    @Slot(object)
-    def _finished(self, result: JobResult) -> None:
+    def _ended(self) -> None:
         self.timer.stop()
         self.stages.tick()
         self.ctx.inhibitor.release()
-        inst = self._holder.get("installer")
-        self.flow.installer = inst
-        if result.ok:
-            self.flow.info = result.value
-            self.overall.setValue(100)
-            self.cancel_button.hide()
-            self._save("installer")
-            self.completeChanged.emit()
-            self.wizard().next()
-            return
-        self.cancel_button.setEnabled(False)
-        err = result.wizard_error
-        assert err is not None
-        late = inst is not None and inst.point_of_no_return
-        self._save("unknown" if late else "original")
-        if result.cancelled and not late:
-            err = WizardError(
-                "Cancelled. The server was left as it was.",
-                "The uploaded image and any key the app added were removed again.",
-                "Close the wizard, or go back to the start to try again.",
-            )
-        self.error.show_error(err, "warn" if result.cancelled else "stop")
-        if isinstance(result.error, NewSystemHostKey) and inst is not None:
-            self._ask_new_key(result.error)
-        if isinstance(result.error, NeverCameBack) or (result.cancelled and late):
-            self._offer_retry()
+        self.flow.installer = self._holder.get("installer")
+        self.overall.setRange(0, 100)
         self.completeChanged.emit()
+
+    def _succeeded(self, info: InstallerInfo) -> None:
+        self.flow.info = info
+        self.overall.setValue(100)
+        self.now.setText("The NixOS installer is running and proved it.")
+        self.cancel_button.hide()
+        self.completeChanged.emit()
+        self.wizard().next()
+
+    def _failed(self, err: WizardError) -> None:
+        self.overall.setValue(0)
+        self.now.setText("The install stopped.")
+        self.cancel_button.setEnabled(False)
+        inst = self.flow.installer
+        self.error.show_error(err)
+        if isinstance(err, NewSystemHostKey) and inst is not None:
+            self._ask_new_key(err)
+        if isinstance(err, NeverCameBack):
+            self._offer_retry()
+
+    def _cancelled(self) -> None:
+        """Cancel or "stop waiting" ended the job: say what that left behind."""
+        self.overall.setValue(0)
+        self.cancel_button.setEnabled(False)
+        inst = self.flow.installer
+        late = inst is not None and inst.point_of_no_return
+        if late:
+            self.now.setText("Stopped waiting; the server may already run the installer.")
+            self.error.show_error(
+                WizardError(
+                    "Stopped waiting for the installer.",
+                    "The kexec had already started, so the server is rebooting into the "
+                    "installer (or already runs it).",
+                    "Wait again below, at the address the installer should have.",
+                ),
+                "warn",
+            )
+            self._offer_retry()
+        else:
+            self.now.setText("Cancelled.")
+            self.error.show_error(
+                WizardError(
+                    "Cancelled. The server was left as it was.",
+                    "The uploaded image and any key the app added were removed again.",
+                    "Close the wizard, or go back to the start to try again.",
+                ),
+                "warn",
+            )
 
     def _ask_new_key(self, error: NewSystemHostKey) -> None:
         """A kexec-bundle's system answered with a new key: ask before anything is sent."""
@@ -209,11 +273,10 @@ class InstallPage(BasePage):
 
     @Slot()
     def _new_key_accepted(self) -> None:
-        dialog, inst = self.host_key_dialog, self.flow.installer
+        dialog = self.host_key_dialog
         self.host_key_dialog = None
-        if dialog is not None and inst is not None:
-            inst.accept_host_key(dialog.error.fingerprint)
-            self._wait_again()
+        if dialog is not None:
+            self._wait_again(dialog.error.fingerprint)
 
     def _offer_retry(self) -> None:
         facts, target = self.flow.facts, self.flow.target
@@ -230,35 +293,24 @@ class InstallPage(BasePage):
         self.retry.show()
 
     @Slot()
-    def _wait_again(self) -> None:
+    def _retry_clicked(self) -> None:
+        self._wait_again()
+
+    def _wait_again(self, accepted_fingerprint: str | None = None) -> None:
         inst = self.flow.installer
         if inst is None:
             return
         host = self.retry_address.text().strip() or None
-        inst.cancel = CancelToken()
+        save = self._saver()
 
         def work(emit: EventSink, cancel: CancelToken) -> InstallerInfo:
             inst.emit = emit
             inst.cancel = cancel
-            return inst.wait_for_installer(host)
+            return save(inst, lambda: rewait(inst, accepted_fingerprint, host), emit)
 
         self._holder = {"installer": inst}
         self.safe_to_cancel = False
         self._run(work)
-
-    def _save(self, state: str) -> None:
-        t, s = self.flow.target, self.flow.session
-        if t is None or s is None or not self.flow.profile_name:
-            return
-        try:
-            save_profile(
-                self.ctx.profiles, self.ctx.secrets, self.flow.profile_name,
-                target=t, creds=self.flow.creds, host_key=s.host_key_line, facts=self.flow.facts,
-                image=self.flow.image_meta or None, installer=self.flow.info, state=state,
-                remember=self.flow.remember_password,
-            )  # fmt: skip
-        except (WizardError, ValueError) as exc:
-            self.ctx.note("profile", f"not saved: {exc}")
 
     def isComplete(self) -> bool:
         return self.flow.info is not None and not self.busy

@@ -16,13 +16,9 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.errors import WizardError
-from app.core.profiles import Profile
-from app.core.workflow import (
-    forget_profile,
-    installer_ssh_command,
-    open_terminal,
-    profile_installer,
-)
+from app.core.events import CancelToken, EventSink
+from app.core.handoff import installer_ssh_command, open_terminal, profile_installer
+from app.core.profiles import Profile, forget_profile
 from app.ui.context import AppContext, Flow
 from app.ui.pages.base import BasePage, PageId
 from app.ui.widgets import ErrorPanel, ask, wrap_label
@@ -176,9 +172,14 @@ class ServersPage(BasePage):
     def _forget_answered(self, answer: int) -> None:
         p = self.selected()
         self.confirm_forget = None
-        if p is not None and answer == QMessageBox.StandardButton.Yes:
-            forget_profile(self.ctx.profiles, self.ctx.secrets, p.name)
-            self.reload()
+        if p is None or answer != QMessageBox.StandardButton.Yes:
+            return
+        profiles, secrets, name = self.ctx.profiles, self.ctx.secrets, p.name
+
+        def work(_emit: EventSink, _cancel: CancelToken) -> bool:
+            return forget_profile(profiles, secrets, name)  # the keyring may be slow
+
+        self.run("forget", work, lambda _gone: self.reload(), failed=self.notice.show_error)
 
     def nextId(self) -> int:
         return int(PageId.CONNECT)

@@ -1,0 +1,180 @@
+"""Every shell command the install runs on the server, built by pure functions (tested exactly)."""
+
+# Each function quotes what it is given with shlex.quote and returns one POSIX sh command
+# (busybox ash, dash and bash all run them). Nothing here talks to a server: install.py runs
+# them, in its stage order, and reads their output.
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from shlex import quote as q
+
+MARKER = ".nixos-kexec-wizard"  # marks a folder (or file) the app made, so only those go
+BUNDLE_EXIT = "nkw-exit"  # the kexec-bundle wrapper's last line: its exit status
+KEY_KEPT = "nkw-key-kept"  # printed when the app's key line was left in place
+
+
+def read_files(files: Sequence[str]) -> str:
+    """Print each readable file of ``files`` (the authorized_keys the installer will carry)."""
+    return "for f in " + " ".join(q(f) for f in files) + '; do [ -r "$f" ] && cat "$f"; done; true'
+
+
+def append_line(path: str, line: str) -> str:
+    """Append ``line`` to ``path`` (mode 600 when new), after a newline if the file lacks one."""
+    f = q(path)
+    return (
+        f'umask 077; mkdir -p "$(dirname {f})" && '
+        f'{{ [ ! -s {f} ] || [ -z "$(tail -c 1 {f})" ] || echo >> {f}; }}'
+        f" && echo {q(line)} >> {f}"
+    )
+
+
+def make_folder(path: str) -> str:
+    """Create the staging folder (and its parents)."""
+    return f"mkdir -p {q(path)}"
+
+
+def owners_up_to_root(path: str) -> str:
+    """``uid mode path`` for the folder and each parent up to ``/`` (symlinks resolved)."""
+    return (
+        f"d=$(readlink -f {q(path)}) && p=$d && while :; do stat -c '%u %a %n' \"$p\" || exit 1; "
+        '[ "$p" = / ] && break; p=$(dirname "$p"); done'
+    )
+
+
+def touch(path: str) -> str:
+    """Create an empty file (the staging folder's marker)."""
+    return f"touch {q(path)}"
+
+
+def move(src: str, dest: str) -> str:
+    """Move a finished transfer into place, replacing what was there."""
+    return f"mv -f {q(src)} {q(dest)}"
+
+
+def remove(*paths: str) -> str:
+    """Remove files (missing ones are fine)."""
+    return "rm -f " + " ".join(q(p) for p in paths)
+
+
+def make_executable(path: str) -> str:
+    """Make a kexec-bundle runnable."""
+    return f"chmod 755 {q(path)}"
+
+
+def download(url: str, dest: str, *, allow_http: bool = False) -> str:
+    """curl ``url`` to ``dest``; never off https, redirects included (plain http only when the
+    user allowed a plain-http mirror)."""
+    proto = "=http,https" if allow_http else "=https"
+    return (
+        f"curl -fsSL --proto {proto} --proto-redir {proto} --retry 2 --connect-timeout 15 "
+        f"-o {q(dest)} {q(url)}"
+    )
+
+
+def file_size(path: str) -> str:
+    """The size of ``path`` in bytes (nothing when it is missing)."""
+    return f"stat -c %s {q(path)} 2>/dev/null"
+
+
+def sha256(path: str) -> str:
+    """The sha256 of ``path``: OpenSSL first (it uses the CPU's SHA instructions), else
+    coreutils; nothing when it is missing."""
+    f = q(path)
+    return f"{{ openssl dgst -sha256 -r {f} || sha256sum {f}; }} 2>/dev/null"
+
+
+def list_tarball(path: str) -> str:
+    """The verbose member list of a gzip tarball, in the C locale (parsed by check_tar_listing)."""
+    return f"LC_ALL=C tar -tvzf {q(path)}"
+
+
+def remove_own_unpack(staging: str) -> str:
+    """Remove the kexec/ folder of an earlier unpack, only when the app made it."""
+    return f"cd {q(staging)} && if [ -e kexec/{MARKER} ]; then rm -rf kexec; fi"
+
+
+def unpack(staging: str, file_name: str) -> str:
+    """Unpack the tarball into <staging>/kexec, setting aside a kexec/ folder the app did not
+    make, mark it as the app's and check that ``kexec/run`` is there."""
+    return (
+        f"cd {q(staging)} && if [ -e kexec ]; then "
+        f'mv kexec "kexec.previous-$(date +%Y%m%d%H%M%S)"; fi && '
+        f"tar -xzf {q(file_name)} && touch kexec/{MARKER} && test -x kexec/run"
+    )
+
+
+def run_installer(staging: str, kexec_extra_flags: str = "", *, setsid_wait: bool = True) -> str:
+    """Run ``kexec/run`` in its own session, waited for (busybox's setsid cannot wait; ``run``
+    detaches its kexec with nohup anyway), with kexec's extra flags when given."""
+    run = q(f"{staging.rstrip('/')}/kexec/run")
+    args = f" --kexec-extra-flags {q(kexec_extra_flags)}" if kexec_extra_flags else ""
+    setsid = "setsid --wait " if setsid_wait else ""
+    return f"{setsid}{run}{args} </dev/null"
+
+
+def bundle_log(staging: str) -> str:
+    """Where a kexec-bundle's output goes."""
+    return f"{staging.rstrip('/')}/kexec-bundle.log"
+
+
+def start_bundle(staging: str, bundle: str, *, setsid: bool = True) -> str:
+    """Start the kexec-bundle detached, its output and then its exit status in its log."""
+    log = bundle_log(staging)
+    wrapper = q(f'"$0"; echo "{BUNDLE_EXIT} $?"')
+    session = "setsid " if setsid else ""
+    return (
+        f"cd {q(staging)} && rm -f {q(log)} && "
+        f"{{ nohup {session}sh -c {wrapper} {q(bundle)} </dev/null >{q(log)} 2>&1 & }}"
+    )
+
+
+def read_from(path: str, offset: int) -> str:
+    """What ``path`` holds from byte ``offset`` on (nothing when it is missing)."""
+    return f"tail -c +{offset + 1} {q(path)} 2>/dev/null; true"
+
+
+BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
+
+
+def clean_staging(staging: str, tarball: str) -> str:
+    """Remove the image, its partial transfer, the app's unpack and marker, and the folder if
+    it is then empty; never anything the app did not make."""
+    d = staging.rstrip("/")
+    return (
+        "; ".join(
+            [
+                remove(tarball, tarball + ".part"),
+                f"if [ -e {q(d + '/kexec/' + MARKER)} ]; then rm -rf {q(d + '/kexec')}; fi",
+                remove(d + "/" + MARKER),
+                f"rmdir {q(d)} 2>/dev/null",
+            ]
+        )
+        + "; true"
+    )
+
+
+def remove_empty_folder(staging: str) -> str:
+    """Remove the staging folder only if it is empty (before its owner was checked)."""
+    return f"rmdir {q(staging.rstrip('/'))} 2>/dev/null; true"
+
+
+def remove_line(path: str, line: str) -> str:
+    """Remove exactly ``line`` from ``path``, or leave the file untouched.
+
+    The file is rewritten only when the filtered copy was written whole and has exactly the
+    other lines; a backup is kept until the rewritten file is proven equal to that copy, and
+    put back if it is not. On any failure it prints ``nkw-key-kept`` and changes nothing.
+    """
+    f, ln = q(path), q(line)
+    tmp, bak = q(path + ".nkw-tmp"), q(path + ".nkw-backup")
+    return (
+        f"[ -f {f} ] || exit 0; "
+        f"keep() {{ rm -f {tmp}; echo {KEY_KEPT}; exit 0; }}; "
+        f"cp -p {f} {bak} && cmp -s {f} {bak} || {{ rm -f {bak}; keep; }}; "
+        f"grep -vxF -- {ln} {f} > {tmp}; [ $? -le 1 ] || {{ rm -f {bak}; keep; }}; "
+        f'[ "$(wc -l < {tmp})" -eq "$(( $(wc -l < {f}) - $(grep -cxF -- {ln} {f}) ))" ] '
+        f"|| {{ rm -f {bak}; keep; }}; "
+        f"if cat {tmp} > {f} && cmp -s {tmp} {f}; then rm -f {tmp} {bak}; "
+        f"else cat {bak} > {f} && cmp -s {bak} {f} && rm -f {bak}; keep; fi"
+    )

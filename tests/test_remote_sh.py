@@ -1,0 +1,146 @@
+"""The remote shell commands, exactly as built, and what they do when a real sh runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.core import remote_sh as sh
+
+# A path no command may let the shell interpret: each part would leave a pwned* file.
+NASTY = "staging $(touch pwned1) `touch pwned2`; touch pwned3 && touch pwned4 | touch pwned5"
+
+
+def run(cmd: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` with /bin/sh, as the server's shell would."""
+    return subprocess.run(
+        ["/bin/sh", "-c", cmd], capture_output=True, text=True, cwd=cwd, timeout=30, check=False
+    )
+
+
+def test_the_commands_are_exactly_these() -> None:
+    assert sh.make_folder("~/x y") == "mkdir -p '~/x y'"
+    assert sh.move("/a b.part", "/a b") == "mv -f '/a b.part' '/a b'"
+    assert sh.remove("/s/i.tar.gz", "/s/i.tar.gz.part") == "rm -f /s/i.tar.gz /s/i.tar.gz.part"
+    assert sh.file_size("/s/p") == "stat -c %s /s/p 2>/dev/null"
+    assert sh.sha256("/s/i") == "{ openssl dgst -sha256 -r /s/i || sha256sum /s/i; } 2>/dev/null"
+    assert sh.list_tarball("/s/i") == "LC_ALL=C tar -tvzf /s/i"
+    assert sh.make_executable("/s/b") == "chmod 755 /s/b"
+    assert sh.read_from("/s/log", 10) == "tail -c +11 /s/log 2>/dev/null; true"
+    assert sh.download("https://h/i.tgz", "/s/i.part") == (
+        "curl -fsSL --proto =https --proto-redir =https --retry 2 --connect-timeout 15 "
+        "-o /s/i.part https://h/i.tgz"
+    )
+    assert "--proto =http,https --proto-redir =http,https" in sh.download(
+        "http://mirror/i", "/s/i", allow_http=True
+    )
+    assert sh.run_installer("/s/", "-c --debug") == (
+        "setsid --wait /s/kexec/run --kexec-extra-flags '-c --debug' </dev/null"
+    )
+    assert sh.run_installer("/s", setsid_wait=False) == "/s/kexec/run </dev/null"
+    assert sh.start_bundle("/s", "/s/kexec-bundle-x86_64") == (
+        "cd /s && rm -f /s/kexec-bundle.log && "
+        '{ nohup setsid sh -c \'"$0"; echo "nkw-exit $?"\' /s/kexec-bundle-x86_64 '
+        "</dev/null >/s/kexec-bundle.log 2>&1 & }"
+    )
+    assert sh.remove_empty_folder("/s/") == "rmdir /s 2>/dev/null; true"
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        sh.make_folder,
+        sh.touch,
+        lambda p: sh.move(p, p),
+        sh.remove,
+        sh.file_size,
+        sh.sha256,
+        sh.list_tarball,
+        sh.remove_own_unpack,
+        lambda p: sh.unpack(p, p),
+        lambda p: sh.run_installer(p, "-c", setsid_wait=False),
+        lambda p: sh.start_bundle(p, p, setsid=False),
+        lambda p: sh.read_from(p, 0),
+        lambda p: sh.clean_staging(p, p),
+        lambda p: sh.append_line(p, p),
+        lambda p: sh.remove_line(p, p),
+        sh.owners_up_to_root,
+        lambda p: sh.read_files([p]),
+    ],
+)
+def test_a_hostile_path_is_never_run_by_the_shell(
+    build: Callable[[str], str], tmp_path: Path
+) -> None:
+    """A path (or key line) full of shell syntax stays data: nothing in it runs."""
+    res = run(build(NASTY), tmp_path)
+    assert res.returncode in range(0, 128), res.stderr
+    planted = sorted(p.name for p in tmp_path.rglob("pwned*"))
+    assert planted == [], f"the shell ran part of the path: {planted}"
+
+
+def test_append_line_adds_the_missing_newline_and_keeps_the_file_private(tmp_path: Path) -> None:
+    keys = tmp_path / "ssh dir" / "authorized_keys"
+    assert run(sh.append_line(str(keys), "ssh-ed25519 AAAA first")).returncode == 0
+    assert oct(keys.stat().st_mode & 0o777) == "0o600"
+    keys.write_text(keys.read_text() + "ssh-ed25519 BBBB no-newline")
+    assert run(sh.append_line(str(keys), "ssh-ed25519 CCCC app")).returncode == 0
+    assert keys.read_text().splitlines() == [
+        "ssh-ed25519 AAAA first",
+        "ssh-ed25519 BBBB no-newline",
+        "ssh-ed25519 CCCC app",
+    ]
+
+
+def test_remove_line_takes_out_exactly_that_line(tmp_path: Path) -> None:
+    (tmp_path / "ssh").mkdir()
+    keys = tmp_path / "ssh" / "authorized_keys"
+    keys.write_text("a key\napp key\napp key extended\nlast\n")
+    res = run(sh.remove_line(str(keys), "app key"))
+    assert res.returncode == 0 and sh.KEY_KEPT not in res.stdout
+    assert keys.read_text() == "a key\napp key extended\nlast\n"
+    assert sorted(p.name for p in keys.parent.iterdir()) == ["authorized_keys"]  # no leftovers
+
+
+def test_read_files_prints_the_readable_ones(tmp_path: Path) -> None:
+    a, missing = tmp_path / "a", tmp_path / "missing"
+    a.write_text("ssh-ed25519 AAAA a\n")
+    res = run(sh.read_files([str(missing), str(a)]))
+    assert res.returncode == 0 and res.stdout == "ssh-ed25519 AAAA a\n"
+
+
+def test_owners_up_to_root_lists_every_parent(tmp_path: Path) -> None:
+    staging = tmp_path / "s t"
+    staging.mkdir()
+    res = run(sh.owners_up_to_root(str(staging)))
+    lines = [ln.split(" ", 2) for ln in res.stdout.splitlines()]
+    assert res.returncode == 0
+    assert lines[0][0] == str(os.getuid()) and lines[0][2] == str(staging)
+    assert int(lines[0][1], 8) == staging.stat().st_mode & 0o7777
+    assert lines[-1][2] == "/" and len(lines) == len(staging.parts)
+
+
+def test_unpack_sets_aside_a_folder_it_did_not_make_and_cleanup_removes_only_its_own(
+    tmp_path: Path,
+) -> None:
+    staging = tmp_path / "staging"
+    (staging / "kexec").mkdir(parents=True)
+    (staging / "kexec" / "theirs").write_text("not ours")
+    src = tmp_path / "src" / "kexec"
+    src.mkdir(parents=True)
+    (src / "run").write_text("#!/bin/sh\n")
+    (src / "run").chmod(0o755)
+    subprocess.run(
+        ["tar", "-czf", str(staging / "i.tar.gz"), "-C", str(src.parent), "kexec"], check=True
+    )
+    assert run(sh.unpack(str(staging), "i.tar.gz")).returncode == 0
+    previous = [p for p in staging.iterdir() if p.name.startswith("kexec.previous-")]
+    assert len(previous) == 1 and (previous[0] / "theirs").read_text() == "not ours"
+    assert (staging / "kexec" / sh.MARKER).exists()
+    (staging / sh.MARKER).touch()
+    assert run(sh.clean_staging(str(staging), str(staging / "i.tar.gz"))).returncode == 0
+    # The app's unpack, image and marker are gone; the folder it did not make stays.
+    assert sorted(p.name for p in staging.iterdir()) == [previous[0].name]
