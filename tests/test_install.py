@@ -133,6 +133,8 @@ def test_stages_run_kexec_as_root_and_detect_a_server_that_never_goes_down(
     inst.prepare()
     tarball = rig.staging / ASSET
     assert tarball.read_bytes() == releases.files[f"nixos-26.05/{ASSET}"]
+    # The server hashed the upload as it arrived: no second read of the file there.
+    assert any("hashed as it arrived" in e.message for e in rig.events if e.stage == "checksum")
     assert (rig.staging / "kexec" / "run").stat().st_mode & 0o111
     # The login key is in nkw-nopw's authorized_keys, which `run` carries via $SUDO_USER.
     assert inst.added_key is None and not (tmp_path / "keys").exists()
@@ -209,6 +211,22 @@ def test_a_bad_checksum_on_the_server_stops_and_leaves_the_server_as_it_was(
     assert "expected " + "0" * 64 in ei.value.what and "must not be booted" in ei.value.why
     assert not rig.staging.exists()
     assert auth_file.read_text() == before  # the app's key was taken out again
+    rig.session.close()
+
+
+@pytest.mark.fault
+def test_an_upload_hashed_as_it_arrives_is_still_compared_and_removed_when_wrong(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
+    image = rig.installer.plan.image
+    assert image is not None
+    wrong = replace(image, info=replace(image.info, sha256="0" * 64))  # what it should have been
+    rig.installer.plan = replace(rig.installer.plan, image=wrong)
+    with pytest.raises(TransferError) as ei:
+        rig.installer.prepare()
+    assert "expected " + "0" * 64 in ei.value.what and "must not be booted" in ei.value.why
+    assert not rig.staging.exists()
     rig.session.close()
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import SSHEnv
 from tests.support.machine import Machine
-from tests.test_cli import cli
+from tests.test_cli import ROOT, cli
 
 pytestmark = pytest.mark.sshd
 
@@ -75,3 +78,45 @@ def test_cli_install_reaches_the_verified_installer(
     assert profile["state"] == "installer" and profile["installer"]["port"] == machine.port
     again = cli("reconnect", "web-1", "--print", "--json")
     assert again.result["command"] == res["ssh_command"]
+
+
+@pytest.mark.fault
+def test_the_end_of_the_old_system_is_seen_by_fresh_attempts_not_on_its_dead_connection(
+    ssh_env: SSHEnv, machine: Machine, releases: object
+) -> None:
+    """After the kexec the old connection stays open and silent (as a real one does until TCP
+    gives up); the down stage must not wait on it, but see at the next fresh attempt that no
+    SSH server answers any more."""
+    from app.core.install import DOWN_PROBE_TIMEOUT
+    from tests.support.releases import ReleasesServer
+
+    assert isinstance(releases, ReleasesServer)
+    machine.power_off_mode = "freeze"
+    machine.boot_delay = 6.0  # longer than any command deadline on the old connection
+    env = {
+        "NIXOS_KEXEC_WIZARD_API_URL": releases.api_url,
+        "NIXOS_KEXEC_WIZARD_DOWNLOAD_URL": releases.download_url,
+        "NIXOS_KEXEC_WIZARD_ALLOW_HTTP": "1",
+    }
+    args = [
+        "install", "--json", "--yes", "--accept-new-host-key", f"root@127.0.0.1:{machine.port}",
+        "-i", str(ssh_env.key), "--transfer", "upload", "--down-timeout", "30", "--timeout", "30",
+    ]  # fmt: skip
+    with subprocess.Popen(
+        [sys.executable, "-m", "app", *args], cwd=ROOT, env={**os.environ, **env},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    ) as p:  # fmt: skip
+        stamped = [(time.monotonic(), line) for line in p.stdout or []]  # one clock, both sides
+        err = (p.stderr.read() if p.stderr else "")[-2000:]
+        assert p.wait(60) == 0, "".join(ln for _, ln in stamped)[-3000:] + err
+    events = [(t, json.loads(ln)) for t, ln in stamped if ln.startswith("{")]
+    went = [
+        (t, e["message"]) for t, e in events
+        if e.get("stage") == "down" and e.get("event") == "log" and "went down" in e["message"]
+    ]  # fmt: skip
+    kexec_at = next(t for t, what in machine.events if what == "kexec")
+    # One poll, one banner probe that gets no banner, and slack for a loaded machine; a wait on
+    # the old connection lasts at least its 3 s command deadline.
+    assert went and went[0][0] - kexec_at < 0.2 + DOWN_PROBE_TIMEOUT + 1.0, went[0][0] - kexec_at
+    assert "no SSH banner" in went[0][1], went
+    assert events[-1][1]["outcome"] == "installer-ready"

@@ -55,6 +55,8 @@ def test_the_commands_are_exactly_these() -> None:
     [
         sh.make_folder,
         sh.touch,
+        sh.receive,
+        sh.receive_hashing,
         lambda p: sh.move(p, p),
         sh.remove,
         sh.file_size,
@@ -144,3 +146,36 @@ def test_unpack_sets_aside_a_folder_it_did_not_make_and_cleanup_removes_only_its
     assert run(sh.clean_staging(str(staging), str(staging / "i.tar.gz"))).returncode == 0
     # The app's unpack, image and marker are gone; the folder it did not make stays.
     assert sorted(p.name for p in staging.iterdir()) == [previous[0].name]
+
+
+def test_receive_hashing_stores_the_bytes_and_prints_their_sha256(tmp_path: Path) -> None:
+    import hashlib
+
+    data = os.urandom(3 << 20)
+    dest = tmp_path / "image.tar.gz.part"
+    res = subprocess.run(
+        ["/bin/sh", "-c", sh.receive_hashing(str(dest))], input=data, capture_output=True,
+        timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0 and sh.WRITE_FAILED.encode() not in res.stderr
+    assert dest.read_bytes() == data and oct(dest.stat().st_mode & 0o777) == "0o600"
+    assert sh.parse_sha256(res.stdout.decode()) == hashlib.sha256(data).hexdigest()
+
+
+def test_receive_hashing_says_when_the_file_was_not_written(tmp_path: Path) -> None:
+    dest = tmp_path / "no such folder" / "image.part"
+    res = subprocess.run(
+        ["/bin/sh", "-c", sh.receive_hashing(str(dest))], input=b"x" * 1000,
+        capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert sh.WRITE_FAILED.encode() in res.stderr  # the digest printed is of bytes not stored
+
+
+def test_the_receive_commands_are_exactly_these() -> None:
+    assert sh.receive("/s/i.part") == "umask 077 && cat > /s/i.part"
+    assert sh.receive_hashing("/s/i.part") == (
+        "umask 077 && { tee -- /s/i.part || echo nkw-write-failed >&2; } | "
+        "{ openssl dgst -sha256 -r 2>/dev/null || sha256sum; }"
+    )
+    assert sh.parse_sha256("ab" * 32 + " *stdin\n") == "ab" * 32
+    assert sh.parse_sha256("") is None

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from app.core import keys as keymod
 from app.core import remote_sh as sh
@@ -78,6 +78,8 @@ else:
 
 SUCCESS_LINE = "machine will boot into nixos"
 KEY_RE = re.compile(r"(?:ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+\s+([A-Za-z0-9+/=]+)")
+DOWN_PROBE_TIMEOUT = 1.0  # seconds a fresh connection may take to send its SSH banner
+BOOT_ID_EVERY = 2.0  # while banners still answer: a login that reads the boot id, this often
 KEPT_LINES = 2000  # lines of `run`'s output kept for the diagnosis (all are shown as they come)
 
 
@@ -420,6 +422,7 @@ class Installer:
         self.accepted_keys: set[str] = set(plan.accept_host_keys)
         self.mode = "upload"  # how the image travels, once chosen
         self.staging_checked = False  # the staging folder's owner and mode were checked
+        self.streamed_sha: str | None = None  # the server's sha256 of the upload as it arrived
         self.point_of_no_return = False
 
     # -- helpers ------------------------------------------------------------------------
@@ -614,6 +617,11 @@ class Installer:
             self.session, path, timeout=max(self.settings.command_timeout, 300), cancel=self.cancel
         )
 
+    def _remote_size(self, path: str) -> int | None:
+        res = self._run(sh.file_size(path), what="stat")
+        text = res.stdout.strip()
+        return int(text) if res.ok and text.isdigit() else None
+
     def stage_transfer(self, mode: str) -> None:
         """Put the tarball on the server (skipped when an identical one is already there)."""
         res = self._run(sh.make_folder(self.staging), what="mkdir")
@@ -635,8 +643,16 @@ class Installer:
         else:
             if self.plan.image is None:
                 raise TransferError("No local image to upload.", "", "Download the image first.")
-            # No local hash: the checksum stage proves on the server what arrived.
-            self.session.upload(self.plan.image.path, part, emit=self.emit, cancel=self.cancel)
+            # No local hash: the server hashes what arrives, as it arrives (when it has a
+            # tool for it), and the checksum stage compares; else it reads the file again.
+            hashing = self.facts.has("openssl") or self.facts.has("sha256sum")
+            got = self.session.upload(
+                self.plan.image.path, part, emit=self.emit, cancel=self.cancel,
+                server_hash=hashing,
+            )  # fmt: skip
+            self.streamed_sha = (
+                got if got and self._remote_size(part) == self.plan.image.info.size else None
+            )
         res = self._run(sh.move(part, self.remote_tarball), what="mv")
         if not res.ok:
             raise TransferError(f"Cannot move the image into place: {res.stderr.strip()[:200]}")
@@ -717,7 +733,8 @@ class Installer:
     def stage_checksum(self) -> None:
         """Compare the server's sha256 of the tarball with the verified one."""
         want = self.plan.sha256
-        got = self._remote_sha(self.remote_tarball)
+        streamed = self.streamed_sha
+        got = streamed or self._remote_sha(self.remote_tarball)
         if want is None and self.mode == "remote":
             raise TransferError(
                 "The image the server downloaded has no published sha256 to check it against.",
@@ -748,7 +765,8 @@ class Installer:
                 "It was damaged on the way and must not be booted. It was deleted.",
                 "Try the install again.",
             )
-        self._log("checksum", f"sha256 matches on the server: {got}")
+        how = " (hashed as it arrived, and its size matches)" if streamed else ""
+        self._log("checksum", f"sha256 matches on the server{how}: {got}")
         if self.mode == "remote" and not self.plan.bundle:
             self._check_remote_members()
 
@@ -936,7 +954,50 @@ class Installer:
     # -- waiting --------------------------------------------------------------------------
 
     def stage_wait_down(self, old_boot: str) -> None:
-        """Wait until the old system stops answering on the open connection."""
+        """Wait until the old system is gone, by fresh short attempts.
+
+        Never on the old connection: after the kexec it is dead, and a command on it fails
+        only at its own deadline (or when TCP gives up). A banner on a new TCP connection
+        says in a second whether an SSH server still answers; as both systems have the same
+        host key, a login's boot id tells them apart now and then. Through a jump host only
+        the old connection can be asked.
+        """
+        target = self.session.target
+        if target.jump is not None:
+            self._wait_down_on_session(old_boot)
+            return
+        deadline = time.monotonic() + self.settings.down_timeout
+        next_login = time.monotonic() + BOOT_ID_EVERY
+        while time.monotonic() < deadline:
+            if self.cancel.wait(self.settings.poll_interval):
+                raise Cancelled("Stopped waiting; the kexec may still happen.")
+            up, why = _ssh_banner(target, target.port, timeout=DOWN_PROBE_TIMEOUT)
+            if not up:
+                self._log("down", f"The old system went down ({why}).")
+                self.session.close()
+                return
+            if time.monotonic() >= next_login:
+                boot = self._fresh_boot_id()
+                next_login = time.monotonic() + BOOT_ID_EVERY
+                if boot is not None and boot != old_boot:
+                    self._log("down", "The server already rebooted.")
+                    self.session.close()
+                    return
+        self._never_went_down()
+
+    def _fresh_boot_id(self) -> str | None:
+        """The boot id a new login as the old user reads (None: no answer, so no verdict)."""
+        opts = ConnectOptions(
+            timeout=5.0, expect_key=self.session.host_key_line, update_known_hosts=False
+        )
+        try:
+            with connect(self.session.target, self.creds, self.known_hosts, opts) as s:
+                return s.run(sh.BOOT_ID, timeout=3, what="liveness check").stdout.strip()
+        except WizardError:
+            return None
+
+    def _wait_down_on_session(self, old_boot: str) -> None:
+        """Through a jump host: until the open connection stops answering."""
         deadline = time.monotonic() + self.settings.down_timeout
         while time.monotonic() < deadline:
             if self.cancel.wait(self.settings.poll_interval):
@@ -953,6 +1014,10 @@ class Installer:
             if res.stdout.strip() and res.stdout.strip() != old_boot:
                 self._log("down", "The server already rebooted.")
                 return
+        self._never_went_down()
+
+    def _never_went_down(self) -> NoReturn:
+        """The old system still answers: say so, with the tail of its kernel log."""
         dmesg = ""
         with contextlib.suppress(WizardError):
             r = self.session.run(
@@ -1220,18 +1285,21 @@ def remote_sha256(
         cancel=cancel,
         what="sha256 of the image",
     )
-    m = re.match(r"^([0-9a-f]{64})\b", res.stdout.strip())
-    return m.group(1) if m else None
+    return sh.parse_sha256(res.stdout)
 
 
 def _ssh_banner(target: Target, port: int, timeout: float) -> tuple[bool, str]:
     """Check cheaply, before any handshake, that something sends an SSH banner."""
     try:
-        with socket.create_connection((target.host, port), timeout=timeout) as s:
-            s.settimeout(timeout)
-            data = s.recv(64)
+        s = socket.create_connection((target.host, port), timeout=timeout)
     except OSError as exc:
         return False, f"port {port}: {exc.strerror or type(exc).__name__}"
+    with s:
+        try:
+            s.settimeout(timeout)
+            data = s.recv(64)
+        except OSError:
+            return False, f"port {port}: no SSH banner within {timeout:g} s"
     if data.startswith(b"SSH-"):
         return True, ""
-    return False, f"port {port}: no SSH banner"
+    return False, f"port {port}: " + ("closed without an SSH banner" if not data else "not SSH")

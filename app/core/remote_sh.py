@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from shlex import quote as q
 
 MARKER = ".nixos-kexec-wizard"  # marks a folder (or file) the app made, so only those go
 BUNDLE_EXIT = "nkw-exit"  # the kexec-bundle wrapper's last line: its exit status
 KEY_KEPT = "nkw-key-kept"  # printed when the app's key line was left in place
+WRITE_FAILED = "nkw-write-failed"  # printed (on stderr) when a received file was not written
+SHA256_RE = re.compile(r"^([0-9a-f]{64})\b")
 
 
 def read_files(files: Sequence[str]) -> str:
@@ -75,6 +78,27 @@ def download(url: str, dest: str, *, allow_http: bool = False) -> str:
 def file_size(path: str) -> str:
     """The size of ``path`` in bytes (nothing when it is missing)."""
     return f"stat -c %s {q(path)} 2>/dev/null"
+
+
+def receive(path: str) -> str:
+    """Store stdin at ``path``, mode 600."""
+    return f"umask 077 && cat > {q(path)}"
+
+
+def receive_hashing(path: str) -> str:
+    """Store stdin at ``path`` (mode 600) and print the sha256 of the bytes as they pass:
+    OpenSSL first, else coreutils (the one that is missing reads nothing); a failed write
+    says ``nkw-write-failed`` on stderr, so a short file is never taken for the whole."""
+    return (
+        f"umask 077 && {{ tee -- {q(path)} || echo {WRITE_FAILED} >&2; }} | "
+        "{ openssl dgst -sha256 -r 2>/dev/null || sha256sum; }"
+    )
+
+
+def parse_sha256(output: str) -> str | None:
+    """The digest from what ``sha256`` or ``receive_hashing`` printed, if any."""
+    m = SHA256_RE.match(output.strip())
+    return m.group(1) if m else None
 
 
 def sha256(path: str) -> str:

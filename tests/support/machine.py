@@ -68,6 +68,10 @@ class Machine:
     installer_port: int | None = None  # default: the same port
     installer_mode: str = "ok"  # ok | silent (sshd never starts) | other-key
     boot_delay: float = 1.0
+    # How the old system ends at kexec -e: "kill" (every socket closes at once), or "freeze"
+    # (as a real kexec looks from outside: open connections and the port stay, nothing answers
+    # until the new system boots).
+    power_off_mode: str = "kill"
     state: str = "off"  # off | original | down | installer
     carried: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     events: list[tuple[float, str]] = field(default_factory=list)
@@ -206,12 +210,22 @@ class Machine:
         files = read_initrd(self._host_path(initrd).read_bytes())
         self.events.append((time.monotonic(), "kexec"))
         self.carried = files
-        self.power_off()
+        if self.power_off_mode == "freeze":
+            self.freeze()
+        else:
+            self.power_off()
         self.state = "down"
         self._down.set()
         if self._stop.wait(self.boot_delay) or self.installer_mode == "silent":
             return
+        self.power_off()  # a frozen old system's sockets go only now, as the new kernel boots
         self.boot_installer(files)
+
+    def freeze(self) -> None:
+        """Stop every process of the machine: its connections and port stay open, silent."""
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
 
     def boot_installer(self, files: dict[str, tuple[int, bytes]] | None = None) -> None:
         """Start the installer from what `run` carried (a silent machine's late boot, too)."""

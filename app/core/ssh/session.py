@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import logging
 import select
-import shlex
 import socket
 import threading
 import time
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
     import paramiko
 else:
     paramiko = LazyModule("paramiko")
+from app.core import remote_sh as sh
 from app.core.ssh.auth import Credentials, Privilege, authenticate
 from app.core.ssh.known_hosts import (
     KnownHosts,
@@ -398,14 +398,13 @@ class Session:
         cancel: CancelToken | None = None,
         timeout: float = 3600.0,
         digest: bool = False,
+        server_hash: bool = False,
     ) -> str | None:
-        """Stream ``local`` into ``remote`` (mode 0600); with ``digest``, return its sha256.
-
-        The install checks the file's sha256 on the server instead, which proves what arrived
-        and keeps hashing out of the send loop.
-        """
+        """Stream ``local`` into ``remote`` (mode 0600); with ``digest``, return its sha256 as
+        sent; with ``server_hash``, the sha256 the server computed of the bytes as they arrived
+        (None when it has no tool for it), so no second read of the file is needed there."""
         size = local.stat().st_size
-        cmd = f"umask 077 && cat > {shlex.quote(remote)}"
+        cmd = sh.receive_hashing(remote) if server_hash else sh.receive(remote)
         deadline = time.monotonic() + timeout
         start_by = min(deadline, time.monotonic() + max(self.start_timeout, 1.0))
         chan = self._start(cmd, None, start_by, cancel, "the upload", end_input=False)
@@ -445,12 +444,15 @@ class Session:
             unhook()
             _close_quietly(chan)
         meter.finish()
-        if not res.ok:
+        if not res.ok or sh.WRITE_FAILED in res.stderr:
+            said = res.stderr.replace(sh.WRITE_FAILED, "").strip()[:300]
             raise RemoteCommandError(
-                f"Writing {remote} on {self.target.label} failed: {res.stderr.strip()[:300]}",
+                f"Writing {remote} on {self.target.label} failed: {said}",
                 "The server could not store the image (full disk or no permission).",
                 "Free space on the server or choose another staging folder.",
             )
+        if server_hash:
+            return sh.parse_sha256(res.stdout)
         return h.hexdigest() if digest else None
 
 
