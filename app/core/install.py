@@ -1052,12 +1052,12 @@ class Installer:
                     raise Cancelled("Stopped waiting; the installer may still come up.")
                 attempts += 1
                 t0 = time.monotonic()
-                ok, last = (
-                    _ssh_banner(target, port, timeout=1.0) if target.jump is None else (True, "")
+                sock, last = (
+                    _banner_socket(target, port, timeout=1.0) if target.jump is None else (None, "")
                 )
-                if ok:
+                if sock is not None or target.jump is not None:
                     try:
-                        sess = self._connect_installer(port)
+                        sess = self._connect_installer(port, sock)
                         self._log(
                             "up",
                             f"The server answers on port {port} after {attempts} attempts.",
@@ -1092,7 +1092,7 @@ class Installer:
         """The user accepted this (unverified) host key of a bundle's new system."""
         self.accepted_keys.add(fingerprint)
 
-    def _connect_installer(self, port: int) -> Session:
+    def _connect_installer(self, port: int, sock: socket.socket | None = None) -> Session:
         target = replace(self.session.target, port=port, user="root")
         opts = ConnectOptions(
             timeout=5.0,
@@ -1104,7 +1104,9 @@ class Installer:
             trusted=tuple((target.host, port, fp) for fp in sorted(self.accepted_keys)),
         )
         assert self.installer_creds is not None
-        return connect(target, self.installer_creds, self.known_hosts, opts, cancel=self.cancel)
+        return connect(
+            target, self.installer_creds, self.known_hosts, opts, cancel=self.cancel, sock=sock
+        )
 
     def _try_old_login(self, port: int) -> Session | None:
         """Our installer key was refused: see whether the old system came back."""
@@ -1290,16 +1292,29 @@ def remote_sha256(
 
 def _ssh_banner(target: Target, port: int, timeout: float) -> tuple[bool, str]:
     """Check cheaply, before any handshake, that something sends an SSH banner."""
+    sock, why = _banner_socket(target, port, timeout)
+    if sock is None:
+        return False, why
+    sock.close()
+    return True, ""
+
+
+def _banner_socket(target: Target, port: int, timeout: float) -> tuple[socket.socket | None, str]:
+    """A connection whose server has sent an SSH banner (only peeked at, so the login can go
+    on over this very connection: on a rebooting server each new one costs it a forked sshd),
+    or None and why not."""
     try:
         s = socket.create_connection((target.host, port), timeout=timeout)
     except OSError as exc:
-        return False, f"port {port}: {exc.strerror or type(exc).__name__}"
-    with s:
-        try:
-            s.settimeout(timeout)
-            data = s.recv(64)
-        except OSError:
-            return False, f"port {port}: no SSH banner within {timeout:g} s"
+        return None, f"port {port}: {exc.strerror or type(exc).__name__}"
+    try:
+        s.settimeout(timeout)
+        data = s.recv(64, socket.MSG_PEEK)
+    except OSError:
+        s.close()
+        return None, f"port {port}: no SSH banner within {timeout:g} s"
     if data.startswith(b"SSH-"):
-        return True, ""
-    return False, f"port {port}: " + ("closed without an SSH banner" if not data else "not SSH")
+        s.settimeout(None)
+        return s, ""
+    s.close()
+    return None, f"port {port}: " + ("closed without an SSH banner" if not data else "not SSH")

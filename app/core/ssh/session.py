@@ -487,8 +487,10 @@ def connect(
     options: ConnectOptions | None = None,
     *,
     cancel: CancelToken | None = None,
+    sock: socket.socket | None = None,
 ) -> Session:
-    """Open, verify the host key, then authenticate. Never sends a credential to a wrong key."""
+    """Open (or take ``sock``, a direct connection whose SSH banner was only peeked at), verify
+    the host key, then authenticate. Never sends a credential to a wrong key."""
     opts = options or ConnectOptions()
     jump_session = None
     if target.jump is not None:
@@ -504,7 +506,8 @@ def connect(
                 f"The jump host {target.jump.label} failed: {exc.what}", exc.why, exc.fix
             ) from exc
     try:
-        sock = _open_socket(target, opts.timeout, jump_session, cancel)
+        if sock is None or jump_session is not None:
+            sock = _open_socket(target, opts.timeout, jump_session, cancel)
         return _handshake(target, sock, creds, known_hosts, opts, jump_session, cancel)
     except BaseException:
         if jump_session is not None:
