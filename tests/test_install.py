@@ -385,3 +385,42 @@ def test_the_installer_port_is_tried_first(
     rig.installer.plan = replace(rig.installer.plan, installer_port=2222)
     assert rig.installer._ports() == [2222, ssh_env.port, 22]
     rig.session.close()
+
+
+@pytest.mark.fault
+def test_the_banner_probe_hands_over_only_an_ssh_server_and_never_waits_past_its_deadline() -> None:
+    """What answers while the installer boots may lie (not SSH), hang up, or accept and say
+    nothing; only a real banner gives its connection, unread, to the login."""
+    from app.core.install import _banner_socket
+
+    target = Target("127.0.0.1", 22, "root")
+    for greeting, said in ((b"HTTP/1.1 400 Bad Request\r\n\r\n", "not SSH"), (b"", "closed"),
+                           (None, "no SSH banner within 0.5 s"), (b"SSH-2.0-OpenSSH_9.2\r\n", ""),
+                           ):  # fmt: skip
+        srv = socket.create_server(("127.0.0.1", 0))
+        port = srv.getsockname()[1]
+
+        def answer(srv: socket.socket = srv, greeting: bytes | None = greeting) -> None:
+            conn, _ = srv.accept()
+            if greeting is not None:
+                conn.sendall(greeting)
+                if not greeting:
+                    conn.close()
+                    return
+            time.sleep(1.5)
+            conn.close()
+
+        th = threading.Thread(target=answer, daemon=True)
+        th.start()
+        t0 = time.monotonic()
+        sock, why = _banner_socket(replace(target, port=port), port, timeout=0.5)
+        assert time.monotonic() - t0 < 1.0
+        assert said in why, (greeting, why)
+        if greeting is not None and greeting.startswith(b"SSH-"):
+            assert sock is not None
+            assert sock.recv(64) == greeting  # only peeked at: the login reads it itself
+            sock.close()
+        else:
+            assert sock is None
+        th.join(3)
+        srv.close()

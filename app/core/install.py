@@ -991,8 +991,11 @@ class Installer:
             timeout=5.0, expect_key=self.session.host_key_line, update_known_hosts=False
         )
         try:
-            with connect(self.session.target, self.creds, self.known_hosts, opts) as s:
-                return s.run(sh.BOOT_ID, timeout=3, what="liveness check").stdout.strip()
+            with connect(
+                self.session.target, self.creds, self.known_hosts, opts, cancel=self.cancel
+            ) as s:
+                res = s.run(sh.BOOT_ID, timeout=3, cancel=self.cancel, what="liveness check")
+                return res.stdout.strip()
         except WizardError:
             return None
 
