@@ -624,6 +624,12 @@ def test_a_remembered_sudo_password_is_used_as_the_command_line_uses_it(
     next_page(qtbot, wizard)
     page = wizard.page_of(PageId.CONNECT)
     assert isinstance(page, ConnectPage) and page.profile_name.text() == "pw-box"
+    # The click lands after the keyring's thread has ended but before its answer has reached
+    # the page (what a quick user hits by chance): the connect still waits for that answer.
+    look_around = page.job
+    assert look_around is not None and look_around.name == "keyring"
+    assert look_around.wait(5_000)
+    assert page.busy  # not done until it has reported
     click(qtbot, page.connect_button)
     qtbot.waitUntil(lambda: page.isComplete(), timeout=10_000)
     next_page(qtbot, wizard)

@@ -90,8 +90,10 @@ class Job(QObject):
 
     @property
     def running(self) -> bool:
-        """Whether the job's function is still working."""
-        return self._started and not self._thread.isFinished()
+        """Whether the job has yet to report: its function may have returned already, but
+        until ``finished`` has been delivered nobody has seen its value (a page that acted on
+        "done" in between would race its own result)."""
+        return self._started and self.result is None
 
     def start(self) -> Job:
         """Run the function in the job's thread."""

@@ -38,6 +38,7 @@ from app.core.ssh import (
 )
 from app.ui.context import AppContext, Flow
 from app.ui.dialogs import HostKeyDialog, SecretDialog
+from app.ui.jobs import Job
 from app.ui.pages.base import BasePage, PageId
 from app.ui.widgets import ErrorPanel, wrap_label
 
@@ -95,6 +96,7 @@ class ConnectPage(BasePage):
         self._loaded_profile: str | None = None
         self.attempt: tuple[Target, Credentials, ConnectOptions] | None = None
         self._connect_queued = False
+        self._look_job: Job | None = None
 
         self.address = QLineEdit(self)
         self.address.setPlaceholderText("host name, IP address or ~/.ssh/config alias")
@@ -221,16 +223,35 @@ class ConnectPage(BasePage):
             )
 
         self._connect_queued = False
-        self.run("keyring", work, self._looked, ended=self._looked_ended)
+        self._look_job = self.run(
+            "keyring",
+            work,
+            self._looked,
+            failed=self._look_failed,
+            ended=lambda: self.status.setText(""),
+            cancelled=self._look_cancelled,
+        )
         self.status.setText("Reading your keyring…" if profile else "")
 
-    def _looked_ended(self) -> None:
-        self.status.setText("")
-        if self._connect_queued:
-            self._connect_queued = False
+    def _connect_if_queued(self) -> None:
+        queued, self._connect_queued = self._connect_queued, False
+        if (
+            queued and self._look_job is not None and not self._look_job.cancel_token.cancelled
+        ):  # not while closing
             QTimer.singleShot(0, self.start_connect)  # after this job's own slots have run
 
+    def _look_failed(self, err: WizardError) -> None:
+        self.show_error(err)
+        self._connect_if_queued()  # without the remembered password: it will be asked
+
+    def _look_cancelled(self) -> None:
+        self._connect_queued = False  # closing or leaving the page: no connect behind its back
+
     def _looked(self, found: _LookedAround) -> None:
+        self._fill_from(found)
+        self._connect_if_queued()
+
+    def _fill_from(self, found: _LookedAround) -> None:
         if found.hosts:
             self.address.setCompleter(QCompleter(found.hosts, self))
         if found.where is not None:
