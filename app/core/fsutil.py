@@ -8,8 +8,9 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` so that ``path`` always holds either the old or the new content."""
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600, *, create: bool = False) -> None:
+    """Write ``data`` so that ``path`` always holds either the old or the new content; with
+    ``create``, only where nothing is yet (FileExistsError otherwise: another writer won)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -18,7 +19,11 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if create:
+            os.link(tmp, path)  # never replaces: fails when the file exists
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

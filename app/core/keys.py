@@ -45,10 +45,14 @@ def load_or_create(path: Path, comment: str) -> tuple[paramiko.PKey, str]:
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         )
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write_bytes(path, pem, mode=0o600)
-        atomic_write_bytes(
-            path.with_name(path.name + ".pub"), pub + f" {comment}\n".encode(), 0o644
-        )
+        try:  # several servers (or two runs) may make the same key at once: the first wins
+            atomic_write_bytes(path, pem, mode=0o600, create=True)
+        except FileExistsError:
+            pass
+        else:
+            atomic_write_bytes(
+                path.with_name(path.name + ".pub"), pub + f" {comment}\n".encode(), 0o644
+            )
     try:
         key = paramiko.Ed25519Key.from_private_key_file(str(path))
     except (paramiko.SSHException, ValueError, OSError) as exc:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -131,6 +132,7 @@ class ProfileStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.notice = ""  # set when a corrupt file was put aside
+        self._lock = threading.RLock()  # many servers at once update the one file
 
     def load(self) -> dict[str, Profile]:
         """All profiles; a corrupt file is renamed aside (never deleted) and noted."""
@@ -207,17 +209,19 @@ class ProfileStore:
 
     def put(self, profile: Profile) -> None:
         """Add or replace one profile."""
-        profiles = self.load()
-        profiles[check_name(profile.name)] = profile
-        self.save_all(profiles)
+        with self._lock:
+            profiles = self.load()
+            profiles[check_name(profile.name)] = profile
+            self.save_all(profiles)
 
     def delete(self, name: str) -> bool:
         """Remove a profile; False when it did not exist."""
-        profiles = self.load()
-        if profiles.pop(name, None) is None:
-            return False
-        self.save_all(profiles)
-        return True
+        with self._lock:
+            profiles = self.load()
+            if profiles.pop(name, None) is None:
+                return False
+            self.save_all(profiles)
+            return True
 
 
 def forget_profile(store: ProfileStore, secrets: SecretStore, name: str) -> bool:
