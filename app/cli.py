@@ -11,8 +11,9 @@ import re
 import shlex
 import socket
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -52,6 +53,19 @@ from app.core.events import (
     StageEvent,
     TimingsEvent,
 )
+from app.core.fleet import (
+    DEFAULT_PARALLEL,
+    Fleet,
+    FleetEnv,
+    Host,
+    Outcome,
+    Prepared,
+    check_labels,
+    exit_code,
+    failed,
+    installed,
+    summary,
+)
 from app.core.flow import (
     already_installer,
     choose_image,
@@ -62,7 +76,7 @@ from app.core.flow import (
     transfer_for,
 )
 from app.core.handoff import installer_ssh_command, open_terminal, profile_installer
-from app.core.install import Installer, InstallerInfo, leftover_command, leftover_note
+from app.core.install import Installer, InstallerInfo, leftover_note
 from app.core.kinds import AuthMethod, Transfer
 from app.core.netboot import (
     DEFAULT_SERVE_FOR,
@@ -120,22 +134,115 @@ class Reporter:
         self.log: RunLog | None = None
         self._bar_open = False
         self._last_pct: dict[str, int] = {}
+        self._lock = threading.RLock()  # many servers' threads report at once
+        self._board: dict[str, str] = {}  # a run on many: one live line per server
+        self._drawn = 0
+        self._paused = False
 
     def __call__(self, event: Event) -> None:
+        with self._lock:
+            if self.log is not None:
+                self.log.write(event)
+            if self.json:
+                self.out.write(json.dumps(self.redact.scrub(event.to_json())) + "\n")
+                self.out.flush()
+            elif event.host:
+                self._host_event(event)
+            else:
+                self._human(event)
+
+    def _line(self, text: str) -> None:
+        with self._lock:
+            if self._bar_open:
+                self.err.write("\n")
+                self._bar_open = False
+            board = self._drawn
+            if board:  # above the live lines, which are drawn again below it
+                self.err.write(f"\033[{board}A\r")
+                self._drawn = 0
+            self.err.write(self.redact(text) + ("\033[K\n" if board else "\n"))
+            if board:
+                self._draw()
+            self.err.flush()
+
+    # -- many servers: one live line each (on a terminal), or a line per step -------------
+
+    def start_board(self, hosts: Sequence[str]) -> None:
+        """Show one line per server from now on (a terminal only)."""
+        with self._lock:
+            self._board = dict.fromkeys(hosts, "waiting")
+            self._draw()
+
+    def end_board(self) -> None:
+        """Stop drawing the live lines; they stay as they are."""
+        with self._lock:
+            self._drawn = 0
+            self._board = {}
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the live lines alone while the person is asked something below them."""
+        with self._lock:
+            self._paused, self._drawn = True, 0
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._paused = False
+                self._draw()
+
+    def _draw(self) -> None:
+        if self.json or not self.tty or self._paused or not self._board:
+            return
+        if self._drawn:
+            self.err.write(f"\033[{self._drawn}A")
+        width = max(len(h) for h in self._board)
+        for host, status in self._board.items():
+            self.err.write(f"\r  {self.redact(host):<{width}}  {self.redact(status)}\033[K\n")
+        self._drawn = len(self._board)
+        self.err.flush()
+
+    def _host_event(self, e: Event) -> None:
+        status, worth_a_line = _host_status(e)
+        if status is None:
+            return
+        if self.tty and e.host in self._board:
+            if worth_a_line and isinstance(e, LogEvent):
+                self._line(f"[{e.host}] {status}")
+                return
+            if self._board[e.host] != status:
+                self._board[e.host] = status
+                self._draw()
+        elif worth_a_line:
+            self._line(f"[{e.host}] {status}")
+
+    def summary(self, outcomes: Sequence[Outcome], logs: Mapping[str, Path | None]) -> None:
+        """The last line of a run on many servers, or a table for the person."""
+        event = summary(outcomes)
         if self.log is not None:
             self.log.write(event)
         if self.json:
-            self.out.write(json.dumps(self.redact.scrub(event.to_json())) + "\n")
-            self.out.flush()
+            with self._lock:
+                self.out.write(json.dumps(self.redact.scrub(event.to_json())) + "\n")
+                self.out.flush()
             return
-        self._human(event)
-
-    def _line(self, text: str) -> None:
-        if self._bar_open:
-            self.err.write("\n")
-            self._bar_open = False
-        self.err.write(self.redact(text) + "\n")
-        self.err.flush()
+        ok = sum(1 for o in outcomes if o.ok)
+        self._line(f"\n{ok} of {len(outcomes)} server(s) run the NixOS installer.")
+        width = max((len(o.host) for o in outcomes), default=0)
+        for o in outcomes:
+            if o.ok:
+                cmd = o.payload.get("ssh_command")
+                self._line(f"  ok    {o.host:<{width}}  " + (shlex.join(cmd) if cmd else o.outcome))
+                continue
+            err = o.error
+            self._line(f"  FAIL  {o.host:<{width}}  {o.outcome} (exit {o.exit_code})")
+            if err is not None:
+                pad = " " * (width + 8)
+                self._line(f"{pad}{err.what}")
+                if err.fix:
+                    self._line(f"{pad}What to do: {err.fix}")
+            if logs.get(o.host):
+                self._line(f"{' ' * (width + 8)}Log: {logs[o.host]}")
 
     def _human(self, e: Event) -> None:
         if isinstance(e, StageEvent):
@@ -203,6 +310,26 @@ class Reporter:
             self._line(f"What to do: {exc.fix}")
 
 
+def _host_status(e: Event) -> tuple[str | None, bool]:
+    """A server's live line after this event, and whether it is worth a line of its own."""
+    if isinstance(e, ResultEvent):
+        if e.payload.get("ok"):
+            return f"ok: {e.payload.get('outcome')}", True
+        what = (e.payload.get("error") or {}).get("what", "")
+        return f"FAILED ({e.payload.get('outcome')}): {what}", True
+    if isinstance(e, StageEvent):
+        if e.state == "start":
+            return f"{e.stage}…", True
+        return f"{e.stage} {e.state} ({e.seconds or 0:.1f} s)", e.state != "done"
+    if isinstance(e, AttemptEvent):
+        return f"{e.stage}: waiting for the installer (attempt {e.attempts})", False
+    if isinstance(e, ProgressEvent) and e.total:
+        return f"{e.stage} {int(e.done * 100 / e.total)}%  {e.rate / 1e6:.1f} MB/s", False
+    if isinstance(e, LogEvent) and e.level == "warn":
+        return f"! {e.message}", True
+    return None, False
+
+
 def _mb(n: int | float | None) -> str:
     return "?" if n is None else f"{n / 1e6:.1f} MB"
 
@@ -262,9 +389,10 @@ def _profile_for(ctx: Context) -> Profile | None:
     return p
 
 
-def _target(ctx: Context, profile: Profile | None) -> Target:
+def _target(ctx: Context, profile: Profile | None, given: str | None = None) -> Target:
     a = ctx.args
-    spec = a.target or (profile.host if profile else None)
+    given = given or a.target
+    spec = given or (profile.host if profile else None)
     if not spec:
         raise UsageError(
             "No server given.",
@@ -274,8 +402,8 @@ def _target(ctx: Context, profile: Profile | None) -> Target:
     identity = list(a.identity or ([profile.key_path] if profile and profile.key_path else []))
     return parse_target(
         spec,
-        port=a.port or (profile.port if profile and not a.target else None),
-        user=a.user or (profile.user if profile and not a.target else None),
+        port=a.port or (profile.port if profile and not given else None),
+        user=a.user or (profile.user if profile and not given else None),
         identity=identity,
         jump=a.jump or (profile.jump if profile and profile.jump else None),
         config=load_ssh_config(),
@@ -508,8 +636,12 @@ def _confirm(ctx: Context, target: Target, summary: str) -> None:
 
 def cmd_install(ctx: Context) -> int:
     """The whole flow: connect, probe, preflight, image, confirm, install, verify."""
-    ctx.start_log("install")
     a = ctx.args
+    hosts = _fleet_hosts(ctx)
+    if hosts is not None:
+        return cmd_install_many(ctx, hosts)
+    a.target = a.target[0] if a.target else None
+    ctx.start_log("install")
     check_kexec_flags(a.kexec_extra_flags or "")  # before anything is asked or sent
     profile = _profile_for(ctx)
     target = _target(ctx, profile)
@@ -573,19 +705,175 @@ def cmd_install(ctx: Context) -> int:
         note = leftover_note(info)
         if note:
             ctx.report.info(note, level="warn")
-        ctx.report.result(
-            True,
-            "installer-ready",
-            leftovers=[{"file": info.key_left_in, "remove": leftover_command(info)}]
-            if note
-            else [],
-            installer=info.to_json(),
-            timings=installer.timings.stages,
-            ssh_command=installer_ssh_command(info, target.jump, ctx.known_hosts.app_file),
+        done = installed(
+            target.label, info, installer.timings.stages, target.jump, ctx.known_hosts.app_file
         )
+        ctx.report.result(True, done.outcome, **done.payload)  # a run on many writes the same
         return 0
     finally:
         session.close()
+
+
+def _fleet_hosts(ctx: Context) -> list[Host] | None:
+    """The servers of a run on many (None: one server, the usual install)."""
+    a = ctx.args
+    specs = list(a.target or [])
+    if a.targets:
+        specs += _read_targets(a.targets)
+    names = list(a.from_profiles or [])
+    if len(specs) <= 1 and not names and not a.targets:
+        return None
+    a.target = None  # each host's own target below
+    if a.profile or a.save_profile:
+        raise UsageError(
+            "--profile and --save-profile name one server; this run has several.",
+            "Each server of a run on many is saved under its own profile.",
+            "Use --from-profiles NAME... for saved servers; new targets are not saved (probe "
+            "or install them once with --save-profile to make a profile each).",
+        )
+    hosts = []
+    for name in names:
+        profile = ctx.profiles.get(name)
+        hosts.append(Host(name, _target(ctx, profile), _credentials(ctx, profile), name))
+    hosts += [Host(spec, _target(ctx, None, spec), _credentials(ctx, None)) for spec in specs]
+    if not hosts:
+        raise UsageError(f"{a.targets} names no server.", "", "Put one target per line.")
+    check_labels(hosts)
+    return hosts
+
+
+def _read_targets(path: str) -> list[str]:
+    """One target per line of ``path`` (``-``: stdin); ``#`` starts a comment."""
+    try:
+        text = sys.stdin.read(1 << 20) if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"Cannot read the targets file {path}: {exc}.",
+            "It lists the servers to install on.",
+            "Check the path; it holds one [user@]host[:port] per line.",
+        ) from exc
+    return [line.split("#", 1)[0].strip() for line in text.splitlines() if
+            line.split("#", 1)[0].strip()]  # fmt: skip
+
+
+def cmd_install_many(ctx: Context, hosts: list[Host]) -> int:
+    """The flow on many servers at once: connect all, inspect and plan all, confirm once,
+    install all; one host's failure never stops the others. Ends with a summary line."""
+    a = ctx.args
+    ctx.start_log("install-many")
+    check_kexec_flags(a.kexec_extra_flags or "")
+    request = InstallRequest(
+        transfer=Transfer(a.transfer),
+        installer_port=a.installer_port,
+        kexec_extra_flags=a.kexec_extra_flags or "",
+        accept_host_keys=tuple(a.accept_host_key or ()),
+    )
+    image = ImageRequest(
+        channel=a.channel,
+        arch=a.arch,
+        variant=BUNDLE_VARIANT if a.bundle and not a.image else (a.variant or DEFAULT_VARIANT),
+        source=a.image or "",
+    )
+    catalog = None
+    if not image.source:
+        catalog = CatalogClient(ctx.settings, ctx.paths.catalog_cache).load(offline=a.offline)
+        if catalog.note:
+            ctx.report.info(f"Image list: {catalog.note}", level="warn")
+    trusted = tuple(fp for h in hosts for fp in _accepted_keys(ctx, h.target))
+    env = FleetEnv(
+        settings=ctx.settings, known_hosts=ctx.known_hosts, profiles=ctx.profiles,
+        secrets=ctx.secrets, keys_dir=ctx.paths.keys_dir,
+        cache=ImageCache(ctx.paths.images_dir_for(ctx.settings.cache_dir)), catalog=catalog,
+        image=image, request=request,
+        options=ConnectOptions(timeout=ctx.settings.connect_timeout,
+                               accept_new_host_key=bool(a.accept_new_host_key), trusted=trusted),
+        staging=a.staging_dir or DEFAULT_STAGING, remember=bool(a.remember_password),
+        logs=ctx.paths.logs, redact=ctx.report.redact,
+    )  # fmt: skip
+    fleet = Fleet(env, ctx.report, ctx.cancel, a.parallel)
+    ctx.report.start_board([h.label for h in hosts])
+    try:
+        sessions, questions, _failed = fleet.connect(hosts)
+        options = env.options
+        for _ in range(4):  # a jump hop's key, then the server's: one question round each
+            if not questions:
+                break
+            options, accepted = _ask_host_keys(ctx, fleet, questions, options)
+            more, questions, _failed = fleet.connect(accepted, options)
+            sessions.update(more)
+        for h, exc in questions:
+            fleet.end(failed(h.label, exc))
+        ready, _ended = fleet.plan(hosts, sessions)
+        if ready:
+            try:
+                _confirm_many(ctx, ready)
+            except WizardError as exc:
+                fleet.drop(ready, exc)
+            else:
+                fleet.boot(ready)
+    finally:
+        ctx.report.end_board()
+    outcomes = fleet.ordered(hosts)
+    ctx.report.summary(outcomes, {h.label: fleet.log_of(h) for h in hosts})
+    return exit_code(outcomes)
+
+
+def _ask_host_keys(
+    ctx: Context, fleet: Fleet, questions: list[tuple[Host, HostKeyUnknown]],
+    options: ConnectOptions,
+) -> tuple[ConnectOptions, list[Host]]:  # fmt: skip
+    """Every new host key of the run in one question; a host whose key is not trusted ends
+    there (nothing was sent to it). The options trusting the accepted keys, and their hosts."""
+    if not ctx.interactive:
+        for h, exc in questions:
+            if isinstance(exc, HostKeyOtherType | NewSystemHostKey):
+                exc.fix += f" From the command line: --accept-host-key {exc.fingerprint}"
+            else:
+                exc.fix += " Or pass --accept-new-host-key to trust it from the command line."
+            fleet.end(failed(h.label, exc))
+        return options, []
+    with ctx.report.paused():
+        sys.stderr.write(f"\n{len(questions)} server(s) have a host key this app does not know:\n")
+        width = max(len(h.label) for h, _ in questions)
+        for h, exc in questions:
+            hop = (h.target.host, h.target.port) != (exc.host, exc.port)
+            via = f"  (its jump host {exc.host}:{exc.port})" if hop else ""
+            sys.stderr.write(f"  {h.label:<{width}}  {exc.fingerprint}{via}\n")
+        sys.stderr.write("Compare them with the servers' consoles or your provider's panel.\n")
+        answer = input(f"Trust these {len(questions)} key(s) and go on? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        for h, exc in questions:
+            fleet.end(failed(h.label, Cancelled("Host key not trusted; nothing was sent to "
+                                                f"{exc.host}.")))  # fmt: skip
+        return options, []
+    for h, exc in questions:
+        options = flow.answer_question(exc, exc.fingerprint, h.target, h.creds, options)
+    return options, [h for h, _ in questions]
+
+
+def _confirm_many(ctx: Context, ready: list[Prepared]) -> None:
+    if ctx.args.yes:
+        return
+    if not ctx.interactive:
+        raise UsageError(
+            "The install needs a confirmation.",
+            "kexec replaces the running system (in RAM only; disks are untouched).",
+            "Pass --yes to confirm from a script.",
+        )
+    n = len(ready)
+    with ctx.report.paused():
+        sys.stderr.write(f"\nAbout to boot the NixOS installer on {n} server(s):\n")
+        width = max(len(p.host.label) for p in ready)
+        system = max(len(p.found.facts.os_name) for p in ready)
+        for p in ready:
+            facts = p.found.facts
+            sys.stderr.write(
+                f"  {p.host.label:<{width}}  {facts.os_name:<{system}}  {p.plan.file_name}\n"
+            )
+        sys.stderr.write("The disks are not touched; a power cycle brings each old system back.\n")
+        answer = input(f"Type the number of servers ({n}) to boot the installer: ").strip()
+    if answer != str(n):
+        raise Cancelled("Not confirmed; nothing was changed on the servers.")
 
 
 def _run_installer(ctx: Context, installer: Installer) -> InstallerInfo:
@@ -797,11 +1085,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_ssh(p: argparse.ArgumentParser, target_required: bool = False) -> None:
+def _add_ssh(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument(
         "target",
-        nargs=None if target_required else "?",
-        help="[user@]host[:port] or an ~/.ssh/config alias",
+        nargs="*" if many else "?",
+        help="[user@]host[:port] or an ~/.ssh/config alias"
+        + (" (several at once)" if many else ""),
     )
     g = p.add_argument_group("ssh")
     g.add_argument("-p", "--port", type=int)
@@ -890,10 +1179,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ssh(s)
     s.set_defaults(func=cmd_probe)
 
-    s = sub.add_parser("install", help="boot the NixOS installer on a server")
+    s = sub.add_parser("install", help="boot the NixOS installer on a server (or many)")
     _add_common(s)
-    _add_ssh(s)
+    _add_ssh(s, many=True)
     _add_image(s)
+    g = s.add_argument_group("many servers")
+    g.add_argument(
+        "--from-profiles", nargs="+", metavar="NAME", help="the saved profiles to install on"
+    )
+    g.add_argument(
+        "--targets", metavar="FILE", help="one target per line ('#' starts a comment; - is stdin)"
+    )
+    g.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        metavar="N",
+        help=f"servers worked on at the same time (default {DEFAULT_PARALLEL})",
+    )
     g = s.add_argument_group("install")
     g.add_argument("--transfer", choices=["auto", "upload", "remote"], default="auto")
     g.add_argument(

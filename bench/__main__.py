@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import download, gui_stall, netboot, reachable, upload, vm_install
+from bench import download, fleet, gui_stall, netboot, reachable, upload, vm_install
 from bench.common import ROOT, Row
 
 BENCHES: dict[str, Callable[[], list[Row]]] = {
@@ -20,6 +20,7 @@ BENCHES: dict[str, Callable[[], list[Row]]] = {
     "download": download.measure,
     "netboot": netboot.measure,
     "reachable": reachable.measure,
+    "fleet": fleet.measure,
     "vm": vm_install.measure,
     "gui-start": lambda: _gui_start(),
     "gui-stall": gui_stall.measure,

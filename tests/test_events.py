@@ -18,7 +18,9 @@ from app.core.events import (
     ProgressEvent,
     ResultEvent,
     StageEvent,
+    SummaryEvent,
     TimingsEvent,
+    tagged,
 )
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -59,6 +61,28 @@ EVENTS: list[tuple[Event, dict[str, object]]] = [
         ResultEvent(payload={"ok": True, "outcome": "installer-ready"}),
         {"event": "result", "ok": True, "outcome": "installer-ready"},
     ),
+    # A run on many servers: every line says which one, and one summary line ends it.
+    (
+        StageEvent("up", state="start", deadline=300.0, host="web-2"),
+        {"event": "stage", "host": "web-2", "stage": "up", "state": "start", "deadline": 300.0},
+    ),
+    (
+        ResultEvent(payload={"ok": False, "outcome": "preflight", "exit_code": 30}, host="web-2"),
+        {"event": "result", "host": "web-2", "ok": False, "outcome": "preflight", "exit_code": 30},
+    ),
+    (
+        SummaryEvent(ok=False, exit_code=30, hosts=[
+            {"host": "web-1", "ok": True, "outcome": "installer-ready", "exit_code": 0},
+            {"host": "web-2", "ok": False, "outcome": "preflight", "exit_code": 30, "error": "x"},
+        ]),
+        {
+            "event": "summary", "ok": False, "exit_code": 30, "succeeded": 1, "failed": 1,
+            "hosts": [
+                {"host": "web-1", "ok": True, "outcome": "installer-ready", "exit_code": 0},
+                {"host": "web-2", "ok": False, "outcome": "preflight", "exit_code": 30, "error": "x"},
+            ],
+        },
+    ),
 ]  # fmt: skip
 
 
@@ -88,3 +112,18 @@ def test_every_field_an_event_writes_is_named_in_the_readme(
 
 def test_an_event_type_is_its_own_word() -> None:
     assert StageEvent().type == "stage" and str(ResultEvent.type) == "result"
+
+
+def test_a_tagged_sink_marks_every_event_with_its_server() -> None:
+    seen: list[Event] = []
+    tagged(seen.append, "web-3")(LogEvent("run", "Running kexec/run"))
+    assert seen[0].to_json() == {
+        "event": "log", "host": "web-3", "stage": "run", "message": "Running kexec/run"
+    }  # fmt: skip
+
+
+def test_the_summary_rows_are_documented() -> None:
+    """Each field of a summary's host row is named in the README."""
+    body = SECTION.replace("\n", " ")
+    for key in ("host", "ok", "outcome", "exit_code", "error"):
+        assert f'"{key}"' in body[body.index('"summary"') :], key

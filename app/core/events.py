@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -22,6 +22,7 @@ class EventType(StrEnum):
     PLAN = "plan"
     TIMINGS = "timings"
     RESULT = "result"
+    SUMMARY = "summary"
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Event:
     type: ClassVar[EventType]
     stage: str = ""
     message: str = ""
+    host: str = field(default="", kw_only=True)  # which server, when many run at once
 
     def fields(self) -> dict[str, Any]:
         """The event's own fields in its JSON line, in their documented order."""
@@ -39,6 +41,8 @@ class Event:
     def to_json(self) -> dict[str, Any]:
         """The JSON-lines form: ``{"event": type, "stage": ..., "message": ..., ...fields}``."""
         out: dict[str, Any] = {"event": str(self.type)}
+        if self.host:
+            out["host"] = self.host
         if self.stage:
             out["stage"] = self.stage
         if self.message:
@@ -164,7 +168,36 @@ class ResultEvent(Event):
         return dict(self.payload)
 
 
+@dataclass(frozen=True)
+class SummaryEvent(Event):
+    """The last line of a run on many servers: how each ended, and the run's exit code."""
+
+    type: ClassVar[EventType] = EventType.SUMMARY
+    ok: bool = True
+    exit_code: int = 0
+    hosts: list[dict[str, Any]] = field(default_factory=list)
+
+    def fields(self) -> dict[str, Any]:
+        failed = sum(1 for h in self.hosts if not h.get("ok"))
+        return {
+            "ok": self.ok,
+            "exit_code": self.exit_code,
+            "succeeded": len(self.hosts) - failed,
+            "failed": failed,
+            "hosts": self.hosts,
+        }
+
+
 EventSink = Callable[[Event], None]
+
+
+def tagged(emit: EventSink, host: str) -> EventSink:
+    """A sink that marks every event with the server it belongs to."""
+
+    def sink(event: Event) -> None:
+        emit(replace(event, host=host))
+
+    return sink
 
 
 def discard(_event: Event) -> None:
