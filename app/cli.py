@@ -65,6 +65,7 @@ from app.core.fleet import (
     failed,
     installed,
     summary,
+    targets_of_text,
 )
 from app.core.flow import (
     already_installer,
@@ -752,8 +753,7 @@ def _read_targets(path: str) -> list[str]:
             "It lists the servers to install on.",
             "Check the path; it holds one [user@]host[:port] per line.",
         ) from exc
-    return [line.split("#", 1)[0].strip() for line in text.splitlines() if
-            line.split("#", 1)[0].strip()]  # fmt: skip
+    return targets_of_text(text)
 
 
 def cmd_install_many(ctx: Context, hosts: list[Host]) -> int:
@@ -803,7 +803,8 @@ def cmd_install_many(ctx: Context, hosts: list[Host]) -> int:
             sessions.update(more)
         for h, exc in questions:
             fleet.end(failed(h.label, exc))
-        ready, _ended = fleet.plan(hosts, sessions)
+        inspected, _ended = fleet.inspect(hosts, sessions)
+        ready, _ended = fleet.plan(inspected)
         if ready:
             try:
                 _confirm_many(ctx, ready)

@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +94,8 @@ def main() -> int:
             api_url=releases.api_url, download_url=releases.download_url, allow_http=True,
             up_timeout=60, down_timeout=30, poll_interval=0.3,
         )  # fmt: skip
-        return drive(work, settings, machine, key)
+        code = drive(work, settings, machine, key)
+        return code or drive_batch(work, settings, host, key)
     finally:
         if machine is not None:
             machine.stop()
@@ -175,6 +177,70 @@ def drive(work: Path, settings: Settings, machine: Machine, key: Path) -> int:
     w.reject()
     app.processEvents()
     return 0
+
+
+def drive_batch(work: Path, settings: Settings, host: list[Path], key: Path) -> int:
+    """Several servers at once: three fresh loopback machines, one wizard run over them."""
+    app = QApplication.instance()
+    assert isinstance(app, QApplication)
+    machines = []
+    try:
+        for i, delay in enumerate((1.0, 3.0, 5.0)):
+            m = Machine(work / f"fleet-{i}", free_port(), host, [key.with_suffix(".pub")],
+                        boot_delay=delay)  # fmt: skip
+            (work / f"fleet-{i}").mkdir()
+            m.start()
+            machines.append(m)
+        ctx = AppContext(AppPaths.resolve(work / "app-batch"), settings)
+        now = time.time()
+        for i, m in enumerate(machines):
+            when = now - 600 * (i + 1)
+            p = Profile(f"web-{i + 2}", "127.0.0.1", m.port, "root", auth="key", key_path=str(key))
+            ctx.profiles.put(replace(p, last_contact=when))
+        ctx.profiles.put(
+            Profile("db-2", "198.51.100.23", 22, "root", state="original", last_contact=now - 86400)
+        )
+        w = KexecWizard(ctx, app.windowIcon())
+        w.resize(QSize(900, 700))
+        w.show()
+        wait(app, w.isVisible)
+        servers = w.page_of(PageId.SERVERS)
+        tree = servers.tree  # type: ignore[attr-defined]
+        for row in range(3):
+            item = tree.topLevelItem(row)
+            assert item is not None
+            item.setSelected(True)
+        shot(app, w, "10-servers-several")
+        w.next()
+        page = w.page_of(PageId.BATCH_INSPECT)
+        wait(app, lambda: page.keys_dialog is not None)  # type: ignore[attr-defined]
+        shot(app, page.keys_dialog, "11-batch-host-keys")  # type: ignore[attr-defined]
+        page.keys_dialog.trust.click()  # type: ignore[attr-defined]
+        wait(app, lambda: page.isComplete() or page.override.isVisible())  # type: ignore[attr-defined]
+        if page.override.isVisible():  # type: ignore[attr-defined]
+            page.override.setChecked(True)  # type: ignore[attr-defined]
+        shot(app, w, "12-batch-inspect")
+        w.next()
+        confirm = w.page_of(PageId.BATCH_CONFIRM)
+        wait(app, lambda: w.flow.catalog is not None)
+        confirm.transfer.setCurrentIndex(confirm.transfer.findData("upload"))  # type: ignore[attr-defined]
+        confirm.typed.setText("3")  # type: ignore[attr-defined]
+        shot(app, w, "13-batch-confirm")
+        w.button(QWizard.WizardButton.CommitButton).click()
+        install = w.page_of(PageId.BATCH_INSTALL)
+        rows = install.rows  # type: ignore[attr-defined]
+        wait(app, lambda: any(r.done for r in rows.values()))
+        shot(app, w, "14-batch-install")
+        wait(app, install.isComplete, timeout=120)
+        w.next()
+        shot(app, w, "15-batch-done")
+        w._closing = True
+        w.reject()
+        app.processEvents()
+        return 0
+    finally:
+        for m in machines:
+            m.stop()
 
 
 def netboot_shot(app: QApplication, w: KexecWizard) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from app.core import keys
 from app.core.profiles import Profile, ProfileStore
+from app.core.settings import Settings
 from tests.conftest import ASSET, SSHEnv
 from tests.support.machine import Machine
 from tests.support.releases import ReleasesServer
@@ -240,3 +241,31 @@ def test_a_batch_that_makes_no_sense_is_refused_before_any_connection(
 ) -> None:
     r = cli("install", "--json", "--yes", *args)
     assert r.code == 2 and says in r.result["error"]["what"], r.stdout
+
+
+def test_a_mixed_batch_fetches_each_arch_s_image_once(
+    releases: ReleasesServer, settings: Settings, tmp_path: Path
+) -> None:
+    """Four servers, two per arch, ask at once: each tarball is downloaded and checked once,
+    and each server gets its own arch's."""
+    from app.core.catalog import CatalogClient
+    from app.core.download import ImageCache
+    from app.core.events import CancelToken, discard
+    from app.core.fleet import SharedImages
+    from app.core.flow import choose_image
+    from app.core.plan import ImageRequest
+    from tests.support.tarballs import standin_tarball
+
+    arm = ASSET.replace("x86_64", "aarch64")
+    releases.add("nixos-26.05", arm, standin_tarball(tmp_path / arm).read_bytes())
+    catalog = CatalogClient(settings, tmp_path / "catalog.json").load()
+    choices = {
+        a: choose_image(ImageRequest("nixos-26.05", a), None, settings, catalog)
+        for a in ("x86_64", "aarch64")
+    }
+    shared = SharedImages(ImageCache(tmp_path / "images"), settings)
+    arches = ["x86_64", "aarch64", "x86_64", "aarch64"]
+    got = _together(4, lambda i: shared.get(choices[arches[i]], discard, CancelToken()))
+    names = [img.info.name for img in got]  # type: ignore[attr-defined]
+    assert names == [ASSET, arm, ASSET, arm]
+    assert len(releases.downloads(ASSET)) == 1 and len(releases.downloads(arm)) == 1

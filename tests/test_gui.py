@@ -567,7 +567,13 @@ def _clashes(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
 
 def test_no_two_controls_share_a_mnemonic(wizard: KexecWizard, ctx: AppContext) -> None:
     from app.core.errors import HostKeyUnknown
-    from app.ui.dialogs import HostKeyDialog, SecretDialog, SettingsDialog
+    from app.ui.dialogs import (
+        HostKeyDialog,
+        HostKeysDialog,
+        SecretDialog,
+        SettingsDialog,
+        SeveralServersDialog,
+    )
     from app.ui.netboot import NetbootDialog
 
     wb = QWizard.WizardButton
@@ -584,8 +590,11 @@ def test_no_two_controls_share_a_mnemonic(wizard: KexecWizard, ctx: AppContext) 
         buttons = [pair for b in shown for pair in _mnemonics_of_text(wizard.buttonText(b))]
         if clash := _clashes(_mnemonics(page) + buttons):
             found[pid.name] = clash
+    unknown = HostKeyUnknown("h", 22, "ssh-ed25519", "SHA256:x")
     dialogs = {
-        "host key": HostKeyDialog(HostKeyUnknown("h", 22, "ssh-ed25519", "SHA256:x")),
+        "host key": HostKeyDialog(unknown),
+        "host keys": HostKeysDialog([("web-1", unknown), ("web-2", unknown)]),
+        "several servers": SeveralServersDialog(["web-1", "db-2"]),
         "secret": SecretDialog("Password", "Password:"),
         "settings": SettingsDialog(ctx.settings, "/tmp/cache"),
         "netboot": NetbootDialog(ctx, None),

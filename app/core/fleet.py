@@ -1,8 +1,9 @@
 """Many servers at once: the same flow per host in a bounded pool, one image per arch."""
 
-# A fleet run has three phases, each over every host in a bounded pool (DEFAULT_PARALLEL):
+# A fleet run has four rounds, each over every host in a bounded pool (DEFAULT_PARALLEL):
 #   connect  - host-key questions of every new host come back together, for one answer;
-#   plan     - inspect, record, preflight, root, image (fetched once per source), plan;
+#   inspect  - probe, judge and record (a stop ends the host there; warnings: the face asks);
+#   plan     - root, image (fetched once per source, shared), plan;
 #   boot     - the install itself, then the outcome recorded in the host's profile.
 # Between plan and boot the face asks for one confirmation. A host that fails leaves the
 # run with its own result; it never stops the others. Every host keeps its own deadlines (its
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.core import flow
 from app.core.catalog import Catalog
@@ -35,13 +36,16 @@ from app.core.events import (
 from app.core.handoff import installer_ssh_command
 from app.core.install import InstallerInfo, leftover_command, leftover_note
 from app.core.keys import slug
-from app.core.kinds import Transfer
+from app.core.kinds import AuthMethod, Transfer
 from app.core.plan import DEFAULT_STAGING, ImageChoice, ImageRequest, InstallPlan, InstallRequest
-from app.core.profiles import ProfileStore
+from app.core.profiles import Profile, ProfileStore
 from app.core.runlog import Redactor, RunLog
-from app.core.secrets import SecretStore
+from app.core.secrets import SecretStore, password_key, sudo_key
 from app.core.settings import Settings
-from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Session, Target
+from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Session, Target, parse_target
+
+if TYPE_CHECKING:
+    import paramiko
 
 DEFAULT_PARALLEL = 4
 MAX_PARALLEL = 64
@@ -58,6 +62,31 @@ class Host:
     target: Target
     creds: Credentials
     profile: str | None = None  # the profile updated after each step (None: not saved)
+
+
+def host_of_profile(profile: Profile, secrets: SecretStore, config: paramiko.SSHConfig) -> Host:
+    """A saved server as a host of the run, with its remembered passwords (the keyring may be
+    slow: call this off the GUI thread)."""
+    target = parse_target(
+        profile.host, port=profile.port, user=profile.user,
+        identity=[profile.key_path] if profile.key_path else [], jump=profile.jump or None,
+        config=config,
+    )  # fmt: skip
+    creds = Credentials(method=AuthMethod(profile.auth))
+    if profile.remember_password:
+        creds.password = secrets.get(password_key(profile.name))
+        creds.sudo_password = secrets.get(sudo_key(profile.name))
+    return Host(profile.name, target, creds, profile.name)
+
+
+def host_of_spec(spec: str, config: paramiko.SSHConfig) -> Host:
+    """A target typed or pasted (``[user@]host[:port]`` or an ``~/.ssh/config`` alias)."""
+    return Host(spec, parse_target(spec, config=config), Credentials())
+
+
+def targets_of_text(text: str) -> list[str]:
+    """The targets in a pasted text or a targets file: one per line, ``#`` starts a comment."""
+    return [t for t in (line.split("#", 1)[0].strip() for line in text.splitlines()) if t]
 
 
 @dataclass(frozen=True)
@@ -207,6 +236,15 @@ class _Entry:
 
 
 @dataclass
+class Inspected:
+    """A host that was inspected and may go on: no stop, perhaps warnings (the face decides)."""
+
+    host: Host
+    session: Session
+    found: flow.Inspection
+
+
+@dataclass
 class Prepared:
     """A host ready to boot: its session, facts and plan (nothing changed on it yet)."""
 
@@ -239,7 +277,7 @@ class FleetEnv:
 
 
 class Fleet:
-    """One run over many hosts; the face calls connect, plan and boot in turn."""
+    """One run over many hosts; the face calls connect, inspect, plan and boot in turn."""
 
     def __init__(self, env: FleetEnv, emit: EventSink, cancel: CancelToken,
                  parallel: int = DEFAULT_PARALLEL) -> None:  # fmt: skip
@@ -247,10 +285,11 @@ class Fleet:
         self.cancel = cancel
         self.parallel = check_parallel(parallel)
         self.images = SharedImages(env.cache, env.settings)
-        self._emit = emit
+        self.emit = emit  # where every host's events go (marked with its name)
         self._logs: dict[str, RunLog] = {}
         self._lock = threading.Lock()
         self._hosts: list[Host] = []
+        self._tokens: dict[str, CancelToken] = {}
         self.outcomes: dict[str, Outcome] = {}  # in the order the hosts ended
 
     def end(self, outcome: Outcome) -> Outcome:
@@ -258,7 +297,7 @@ class Fleet:
         with self._lock:
             self.outcomes[outcome.host] = outcome
         host = next((h for h in self._hosts if h.label == outcome.host), None)
-        (self.sink(host) if host is not None else self._emit)(outcome.event())
+        (self.sink(host) if host is not None else self.emit)(outcome.event())
         return outcome
 
     def ordered(self, hosts: Sequence[Host]) -> list[Outcome]:
@@ -271,9 +310,24 @@ class Fleet:
         )
         return [self.outcomes.get(h.label) or failed(h.label, lost) for h in hosts]
 
+    def token(self, host: Host) -> CancelToken:
+        """The host's own cancel: set by :meth:`cancel_host`, or when the whole run is."""
+        with self._lock:
+            tok = self._tokens.get(host.label)
+            if tok is None:
+                tok = self._tokens[host.label] = CancelToken()
+                self.cancel.on_cancel(tok.cancel)
+            return tok
+
+    def cancel_host(self, label: str) -> None:
+        """Cancel one host's run; the others go on."""
+        host = next((h for h in self._hosts if h.label == label), None)
+        if host is not None:
+            self.token(host).cancel()
+
     def sink(self, host: Host) -> EventSink:
         """The host's events: marked with its label, and kept in its own run log."""
-        out = tagged(self._emit, host.label)
+        out = tagged(self.emit, host.label)
         if self.env.logs is None:
             return out
         log = self._logs.get(host.label)
@@ -308,7 +362,7 @@ class Fleet:
         def one(h: Host) -> Session | WizardError:
             try:
                 return flow.connect(h.target, h.creds, self.env.known_hosts, opts,
-                                    cancel=self.cancel)  # fmt: skip
+                                    cancel=self.token(h))  # fmt: skip
             except WizardError as exc:
                 return exc
 
@@ -324,52 +378,65 @@ class Fleet:
                 failures.append(self.end(failed(h.label, got)))
         return sessions, questions, failures
 
-    # -- 2. plan ----------------------------------------------------------------------------
+    # -- 2. inspect, then plan ----------------------------------------------------------------
 
-    def plan(self, hosts: Sequence[Host], sessions: dict[str, Session]
-                ) -> tuple[list[Prepared], list[Outcome]]:  # fmt: skip
-        """Inspect and plan every connected host; a host that is already the installer, or
-        that stops here, ends with its outcome (its session closed)."""
+    def inspect(self, hosts: Sequence[Host], sessions: dict[str, Session]
+                ) -> tuple[list[Inspected], list[Outcome]]:  # fmt: skip
+        """Probe and judge every connected host, and remember it in its profile; a host that
+        already runs the installer, or that a check stops, ends here (its session closed)."""
 
-        def one(h: Host) -> Prepared | Outcome:
+        def one(h: Host) -> Inspected | Outcome:
             session = sessions[h.label]
             try:
-                got = self._plan(h, session)
+                found = flow.inspect(session, self.env.settings, self.env.staging,
+                                     emit=self.sink(h), cancel=self.token(h))  # fmt: skip
+                facts = found.facts
+                if facts.is_installer:
+                    info = flow.already_installer(session, facts)
+                    self._record(h, session, found, None, info)
+                    session.close()
+                    payload = {"installer": info.to_json()}
+                    return self.end(Outcome(h.label, True, "already-installer", 0, payload))
+                self._record(h, session, found, None, None)  # a stop still leaves a profile
+                found.raise_first_stop()
             except WizardError as exc:
                 session.close()
                 return self.end(failed(h.label, exc))
-            return got if isinstance(got, Prepared) else self.end(got)
+            return Inspected(h, session, found)
 
-        ready: list[Prepared] = []
-        ended: list[Outcome] = []
         todo = [h for h in hosts if h.label in sessions]
-        for got in pool(todo, one, self.parallel, self.cancel):
-            if isinstance(got, Prepared):
-                ready.append(got)
-            else:
-                ended.append(got)
-        return ready, ended
+        got = pool(todo, one, self.parallel, self.cancel)
+        return [g for g in got if isinstance(g, Inspected)], [
+            g for g in got if isinstance(g, Outcome)
+        ]
 
-    def _plan(self, h: Host, session: Session) -> Prepared | Outcome:
-        env, emit = self.env, self.sink(h)
-        found = flow.inspect(session, env.settings, env.staging, emit=emit, cancel=self.cancel)
-        facts = found.facts
-        if facts.is_installer:
-            info = flow.already_installer(session, facts)
-            self._record(h, session, found, None, info)
-            session.close()
-            payload = {"installer": info.to_json()}
-            return Outcome(h.label, True, "already-installer", 0, payload)
-        self._record(h, session, found, None, None)  # a stop below still leaves a profile
-        found.raise_first_stop()
+    def plan(self, inspected: Sequence[Inspected]) -> tuple[list[Prepared], list[Outcome]]:
+        """Root, image (each fetched once and shared) and plan for every inspected host."""
+
+        def one(i: Inspected) -> Prepared | Outcome:
+            try:
+                return self._plan(i)
+            except WizardError as exc:
+                i.session.close()
+                return self.end(failed(i.host.label, exc))
+
+        got = pool(inspected, one, self.parallel, self.cancel)
+        return [g for g in got if isinstance(g, Prepared)], [
+            g for g in got if isinstance(g, Outcome)
+        ]
+
+    def _plan(self, i: Inspected) -> Prepared:
+        env, h, session, facts = self.env, i.host, i.session, i.found.facts
+        emit, cancel = self.sink(h), self.token(h)
+        cancel.check()
         choice = flow.choose_image(env.image, facts, env.settings, env.catalog)
         flow.become_root(session, facts, h.creds, env.settings, can_ask=False)
         request = replace(env.request, key_name=h.profile or h.target.host)
         mode, reason = flow.transfer_for(request, facts, choice)
-        image = self.images.get(choice, emit, self.cancel) if mode == Transfer.UPLOAD else None
+        image = self.images.get(choice, emit, cancel) if mode == Transfer.UPLOAD else None
         plan = flow.make_plan(h.target, facts, choice, mode, image, request)
         emit(PlanEvent(plan=plan.summary()))
-        return Prepared(h, session, found, choice, plan, reason)
+        return Prepared(h, session, i.found, choice, plan, reason)
 
     # -- 3. boot ------------------------------------------------------------------------------
 
@@ -392,7 +459,7 @@ class Fleet:
         try:
             installer = flow.installer_for(
                 p.plan, p.session, facts, h.creds, env.known_hosts, env.settings, env.keys_dir,
-                emit=emit, cancel=self.cancel,
+                emit=emit, cancel=self.token(h),
             )  # fmt: skip
             try:
                 info = flow.install(installer)

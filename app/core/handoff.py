@@ -13,6 +13,7 @@ from typing import Any
 
 from app.core.errors import ConfigError, RemoteCommandError
 from app.core.install import InstallerInfo
+from app.core.keys import slug
 from app.core.profiles import Profile
 from app.core.settings import Settings
 from app.core.ssh import (
@@ -22,6 +23,7 @@ from app.core.ssh import (
     Session,
     Target,
     connect,
+    jump_spec,
     load_ssh_config,
     parse_jump,
 )
@@ -33,6 +35,27 @@ def installer_ssh_command(info: InstallerInfo, jump: Target | None, known_hosts:
     # OpenSSH splits this option's value at spaces; a path with one is double-quoted.
     files = " ".join(_ssh_quote(str(p)) for p in (known_hosts, Path.home() / ".ssh/known_hosts"))
     return [cmd[0], "-o", f"UserKnownHostsFile={files}", *cmd[1:]]
+
+
+def ssh_config_snippet(installers: Sequence[tuple[str, InstallerInfo, Target | None]],
+                       known_hosts: Path) -> str:  # fmt: skip
+    """An ``~/.ssh/config`` block with a ``Host NAME-installer`` entry per installer, checking
+    each one's key against the app's known_hosts as :func:`installer_ssh_command` does."""
+    files = " ".join(_ssh_quote(str(p)) for p in (known_hosts, Path.home() / ".ssh/known_hosts"))
+    blocks = []
+    for name, info, jump in installers:
+        lines = [f"Host {slug(name)}-installer", f"    HostName {info.host}",
+                 f"    Port {info.port}", "    User root"]  # fmt: skip
+        if info.identity_file:
+            lines += [
+                f"    IdentityFile {_ssh_quote(info.identity_file)}",
+                "    IdentitiesOnly yes",
+            ]
+        lines += [f"    UserKnownHostsFile {files}", "    StrictHostKeyChecking yes"]
+        if jump is not None:
+            lines.append(f"    ProxyJump {jump_spec(Target(info.host, info.port, jump=jump))}")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
 
 
 def _ssh_quote(path: str) -> str:

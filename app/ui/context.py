@@ -8,6 +8,7 @@ from pathlib import Path
 from app.core.catalog import Asset, Catalog
 from app.core.download import CachedImage, ImageCache
 from app.core.events import Event, LogEvent
+from app.core.fleet import Fleet, Host, Inspected, Outcome
 from app.core.inhibit import SleepInhibitor
 from app.core.install import Installer, InstallerInfo
 from app.core.kinds import Transfer
@@ -55,6 +56,32 @@ class AppContext:
 
 
 @dataclass
+class Batch:
+    """A run on several servers: what the user picked, the engine's Fleet, how far each got."""
+
+    profiles: list[Profile] = field(default_factory=list)
+    specs: list[str] = field(default_factory=list)  # pasted targets or ~/.ssh/config aliases
+    hosts: list[Host] = field(default_factory=list)
+    fleet: Fleet | None = None
+    sessions: dict[str, Session] = field(default_factory=dict)
+    inspected: list[Inspected] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """How many servers were picked."""
+        return len(self.profiles) + len(self.specs)
+
+    def close(self) -> None:
+        """Close every session still open (safe from any thread's point of view)."""
+        for session in self.sessions.values():
+            session.close()
+        self.sessions.clear()
+        if self.fleet is not None:
+            self.fleet.cancel.cancel()
+
+
+@dataclass
 class Flow:
     """The user's choices and what the engine found, page by page."""
 
@@ -77,6 +104,7 @@ class Flow:
     plan: InstallPlan | None = None
     installer: Installer | None = None
     info: InstallerInfo | None = None
+    batch: Batch | None = None  # several servers at once (the Batch pages)
 
     @property
     def image_kind(self) -> str:

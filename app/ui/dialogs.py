@@ -1,4 +1,4 @@
-"""Dialogs: trusting a host key, asking for a secret, and the settings."""
+"""Dialogs: trusting host keys, asking for a secret, several servers, and the settings."""
 
 from __future__ import annotations
 
@@ -15,12 +15,18 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPlainTextEdit,
     QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from app.core.errors import ConfigError, HostKeyUnknown
+from app.core.fleet import targets_of_text
 from app.core.settings import Settings
 from app.ui.widgets import std_icon, wrap_label
 
@@ -189,3 +195,101 @@ class SettingsDialog(QDialog):
             self.error.show()
             return
         self.accept()
+
+
+class HostKeysDialog(QDialog):
+    """The unknown host keys of several servers in one question: each with its fingerprint."""
+
+    def __init__(self, questions: list[tuple[str, HostKeyUnknown]], parent: QWidget | None = None
+                 ) -> None:  # fmt: skip
+        super().__init__(parent)
+        self.questions = questions
+        self.setWindowTitle("Unknown host keys")
+        layout = QVBoxLayout(self)
+        layout.addWidget(
+            wrap_label(
+                f"<b>{len(questions)} server(s) have a host key this app does not know.</b>",
+                rich=True,
+            )
+        )
+        self.table = QTreeWidget(self)
+        self.table.setHeaderLabels(["Server", "Key", "Fingerprint"])
+        self.table.setRootIsDecorated(False)
+        self.table.setAccessibleName("Unknown host keys")
+        mono = self.table.font()
+        mono.setFamily("monospace")
+        for label, q in questions:
+            hop = "" if label.endswith(f"{q.host}:{q.port}") else f" (via {q.host}:{q.port})"
+            item = QTreeWidgetItem([label + hop, q.key_type, q.fingerprint])
+            item.setFont(2, mono)
+            self.table.addTopLevelItem(item)
+        for col in range(3):
+            self.table.resizeColumnToContents(col)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(
+            wrap_label(
+                "Compare each with the fingerprint your provider shows, or with “ssh-keygen -lf "
+                "/etc/ssh/ssh_host_ed25519_key.pub” on the server's console. Trust them only if "
+                "they all match; a server whose key you do not trust is left out."
+            )
+        )
+        buttons = QDialogButtonBox(self)
+        self.trust = buttons.addButton(
+            f"Trust these {len(questions)} keys", QDialogButtonBox.ButtonRole.AcceptRole
+        )
+        self.reject_button = buttons.addButton(
+            "Leave them out", QDialogButtonBox.ButtonRole.RejectRole
+        )
+        self.reject_button.setDefault(True)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+        self.setMinimumSize(720, 320)
+
+
+class SeveralServersDialog(QDialog):
+    """Several new servers in one go: pasted targets, or aliases from ~/.ssh/config."""
+
+    def __init__(self, aliases: list[str], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Several servers")
+        layout = QVBoxLayout(self)
+        layout.addWidget(
+            wrap_label(
+                "One server per line, as [user@]host[:port] (the user is root unless given); "
+                "“#” starts a comment. They log in with your SSH agent or keys (a saved server "
+                "can use a remembered password)."
+            )
+        )
+        self.text = QPlainTextEdit(self)
+        self.text.setPlaceholderText("root@203.0.113.10\ndeploy@203.0.113.11:2222\n")
+        self.text.setAccessibleName("Servers, one per line")
+        layout.addWidget(self.text, 2)
+        self.aliases = QListWidget(self)
+        self.aliases.setAccessibleName("Hosts from ~/.ssh/config")
+        for alias in aliases:
+            item = QListWidgetItem(alias, self.aliases)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Unchecked)
+        if aliases:
+            layout.addWidget(wrap_label("Or pick hosts from your ~/.ssh/config:"))
+            layout.addWidget(self.aliases, 1)
+        else:
+            self.aliases.hide()
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self
+        )
+        buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Inspect them")
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+        self.setMinimumSize(520, 420)
+
+    def targets(self) -> list[str]:
+        """The pasted targets, then the picked aliases, each once."""
+        picked = [
+            self.aliases.item(i).text()
+            for i in range(self.aliases.count())
+            if self.aliases.item(i).checkState() == Qt.CheckState.Checked
+        ]
+        return list(dict.fromkeys([*targets_of_text(self.text.toPlainText()), *picked]))

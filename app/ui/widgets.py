@@ -9,6 +9,7 @@ from collections.abc import Callable
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (
+    QComboBox,
     QFrame,
     QHBoxLayout,
     QHeaderView,
@@ -22,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.catalog import Catalog
 from app.core.errors import WizardError
 from app.core.events import ProgressEvent
 from app.core.preflight import Level, Verdict
@@ -39,6 +41,23 @@ def std_icon(widget: QWidget, kind: str) -> QIcon:
         "cancelled": QStyle.StandardPixmap.SP_DialogCancelButton,
     }
     return widget.style().standardIcon(names[kind])
+
+
+def fill_channels(combo: QComboBox, catalog: Catalog) -> None:
+    """The catalog's channels, the current stable one chosen, each with how it is built."""
+    default = catalog.default_channel()
+    combo.blockSignals(True)
+    combo.clear()
+    for r in catalog.releases:
+        if r.channel == default:
+            label = f"{r.channel} — current stable, rebuilt weekly"
+        elif r.rebuilt:
+            label = f"{r.channel} — rebuilt weekly"
+        else:
+            label = f"{r.channel} — frozen, last build {(r.last_build or 'unknown')[:10]}"
+        combo.addItem(label, r.channel)
+    combo.setCurrentIndex(max(0, combo.findData(default)))
+    combo.blockSignals(False)
 
 
 def wrap_label(text: str = "", rich: bool = False) -> QLabel:

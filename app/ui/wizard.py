@@ -12,6 +12,12 @@ from app.core.settings import save_user_settings
 from app.ui.context import AppContext, Flow
 from app.ui.dialogs import SettingsDialog
 from app.ui.pages.base import BasePage, PageId
+from app.ui.pages.batch import (
+    BatchConfirmPage,
+    BatchDonePage,
+    BatchInspectPage,
+    BatchInstallPage,
+)
 from app.ui.pages.confirm import ConfirmPage
 from app.ui.pages.connect import ConnectPage
 from app.ui.pages.done import DonePage
@@ -27,7 +33,8 @@ if TYPE_CHECKING:
 
 
 class KexecWizard(QWizard):
-    """Servers → Connect → Inspect → Image → Confirm → Install → Done."""
+    """Servers → Connect → Inspect → Image → Confirm → Install → Done; for several servers,
+    Servers → Inspect all → Confirm → Install all → Done."""
 
     def __init__(
         self, ctx: AppContext, icon: QIcon | None = None, parent: QWidget | None = None
@@ -74,6 +81,10 @@ class KexecWizard(QWizard):
             PageId.CONFIRM: ConfirmPage(ctx, self.flow),
             PageId.INSTALL: InstallPage(ctx, self.flow),
             PageId.DONE: DonePage(ctx, self.flow),
+            PageId.BATCH_INSPECT: BatchInspectPage(ctx, self.flow),
+            PageId.BATCH_CONFIRM: BatchConfirmPage(ctx, self.flow),
+            PageId.BATCH_INSTALL: BatchInstallPage(ctx, self.flow),
+            PageId.BATCH_DONE: BatchDonePage(ctx, self.flow),
         }
         for pid, page in self.pages.items():
             self.setPage(int(pid), page)
@@ -201,6 +212,8 @@ class KexecWizard(QWizard):
         for page in busy:
             page.cancel_job()
         self.flow.drop_session()
+        if self.flow.batch is not None:
+            self.flow.batch.close()
         if not busy:
             self.reject()
             return
@@ -226,3 +239,5 @@ class KexecWizard(QWizard):
             self.netboot_dialog.stop()
         self.ctx.inhibitor.release()
         self.flow.drop_session()
+        if self.flow.batch is not None:
+            self.flow.batch.close()

@@ -26,6 +26,10 @@ class PageId(IntEnum):
     CONFIRM = 4
     INSTALL = 5
     DONE = 6
+    BATCH_INSPECT = 7  # several servers at once
+    BATCH_CONFIRM = 8
+    BATCH_INSTALL = 9
+    BATCH_DONE = 10
 
 
 class BasePage(QWizardPage):

@@ -209,3 +209,6 @@ class DonePage(BasePage):
     def show_error(self, error: WizardError) -> None:
         """Show a failure on this page."""
         self.error.show_error(error)
+
+    def nextId(self) -> int:
+        return -1  # the last page of one server's walk (the batch pages come after it by id)

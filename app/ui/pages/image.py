@@ -30,7 +30,7 @@ from app.core.plan import ImageChoice, ImageRequest, InstallRequest
 from app.ui.context import AppContext, Flow
 from app.ui.jobs import Job, JobResult
 from app.ui.pages.base import BasePage, PageId
-from app.ui.widgets import ErrorPanel, show_progress, wrap_label
+from app.ui.widgets import ErrorPanel, fill_channels, show_progress, wrap_label
 
 VARIANT_TEXT = {
     "noninteractive": "Small (recommended): what nixos-anywhere uses",
@@ -172,19 +172,7 @@ class ImagePage(BasePage):
         self.catalog_note.setText(
             f"Releases from {source}" + (f" ({catalog.note})." if catalog.note else ".")
         )
-        default = catalog.default_channel()
-        self.channel.blockSignals(True)
-        self.channel.clear()
-        for r in catalog.releases:
-            if r.channel == default:
-                label = f"{r.channel} — current stable, rebuilt weekly"
-            elif r.rebuilt:
-                label = f"{r.channel} — rebuilt weekly"
-            else:
-                label = f"{r.channel} — frozen, last build {(r.last_build or 'unknown')[:10]}"
-            self.channel.addItem(label, r.channel)
-        self.channel.setCurrentIndex(max(0, self.channel.findData(default)))
-        self.channel.blockSignals(False)
+        fill_channels(self.channel, catalog)
         self.update_choice()
 
     # -- choosing -------------------------------------------------------------------------

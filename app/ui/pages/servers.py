@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from PySide6.QtCore import Qt, Slot
@@ -19,7 +20,9 @@ from app.core.errors import WizardError
 from app.core.events import CancelToken, EventSink
 from app.core.handoff import installer_ssh_command, open_terminal, profile_installer
 from app.core.profiles import Profile, forget_profile
-from app.ui.context import AppContext, Flow
+from app.core.ssh import load_ssh_config, ssh_config_hosts
+from app.ui.context import AppContext, Batch, Flow
+from app.ui.dialogs import SeveralServersDialog
 from app.ui.pages.base import BasePage, PageId
 from app.ui.widgets import ErrorPanel, ask, wrap_label
 
@@ -41,16 +44,25 @@ class ServersPage(BasePage):
         self.tree.setRootIsDecorated(False)
         self.tree.setAccessibleName("Saved servers")
         self.tree.header().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.tree.setSelectionMode(QTreeWidget.SelectionMode.ExtendedSelection)
         self.tree.itemSelectionChanged.connect(self._selection_changed)
         self.tree.itemDoubleClicked.connect(self._double_clicked)
         self.empty = wrap_label("No saved servers yet. Click “New server” to begin.")
         self.notice = ErrorPanel(self)
         self.new_button = QPushButton("New ser&ver", self)
+        self.several_button = QPushButton("Add &several…", self)
+        self.several_button.setToolTip(
+            "Inspect and install several new servers at once: paste user@host lines or pick "
+            "~/.ssh/config hosts"
+        )
+        self.several_button.clicked.connect(self._several)
+        self.batch_note = wrap_label("")
         self.reconnect_button = QPushButton("&Reconnect", self)
         self.reconnect_button.setToolTip("Open a terminal on this server's NixOS installer")
         self.edit_button = QPushButton("&Edit", self)
         self.forget_button = QPushButton("&Forget", self)
-        for b in (self.new_button, self.reconnect_button, self.edit_button, self.forget_button):
+        for b in (self.new_button, self.several_button, self.reconnect_button, self.edit_button,
+                  self.forget_button):  # fmt: skip
             b.setAccessibleName(b.text().replace("&", ""))
         self.new_button.clicked.connect(self._new)
         self.reconnect_button.clicked.connect(self._reconnect)
@@ -58,6 +70,7 @@ class ServersPage(BasePage):
         self.forget_button.clicked.connect(self._forget)
         buttons = QHBoxLayout()
         buttons.addWidget(self.new_button)
+        buttons.addWidget(self.several_button)
         buttons.addStretch(1)
         buttons.addWidget(self.reconnect_button)
         buttons.addWidget(self.edit_button)
@@ -66,8 +79,10 @@ class ServersPage(BasePage):
         layout.addWidget(self.notice)
         layout.addWidget(self.tree, 1)
         layout.addWidget(self.empty)
+        layout.addWidget(self.batch_note)
         layout.addLayout(buttons)
         self.confirm_forget: QMessageBox | None = None
+        self.several_dialog: SeveralServersDialog | None = None
         self.profiles: dict[str, Profile] = {}
 
     def initializePage(self) -> None:
@@ -102,25 +117,59 @@ class ServersPage(BasePage):
             self.tree.setCurrentItem(first)
         self._selection_changed()
 
+    def selected_profiles(self) -> list[Profile]:
+        """Every highlighted profile, in the list's order."""
+        names = [str(i.data(0, Qt.ItemDataRole.UserRole)) for i in self.tree.selectedItems()]
+        return [self.profiles[n] for n in names if n in self.profiles]
+
     def selected(self) -> Profile | None:
-        """The highlighted profile."""
-        items = self.tree.selectedItems()
-        if not items:
-            return None
-        return self.profiles.get(str(items[0].data(0, Qt.ItemDataRole.UserRole)))
+        """The highlighted profile, when exactly one is."""
+        picked = self.selected_profiles()
+        return picked[0] if len(picked) == 1 else None
 
     @Slot()
     def _selection_changed(self) -> None:
+        picked = self.selected_profiles()
         p = self.selected()
         self.edit_button.setEnabled(p is not None)
         self.forget_button.setEnabled(p is not None)
         self.reconnect_button.setEnabled(p is not None and bool(p.installer))
         self.flow.profile = p
+        self.flow.batch = Batch(profiles=picked) if len(picked) > 1 else None
+        self.batch_note.setText(
+            f"{len(picked)} servers selected: Next inspects them all at once."
+            if len(picked) > 1
+            else ("Select several servers (Ctrl or Shift) to install on them at once."
+                  if len(self.profiles) > 1 else "")
+        )  # fmt: skip
+
+    @Slot()
+    def _several(self) -> None:
+        hosts: list[str] = []
+        with contextlib.suppress(Exception):  # an unreadable config offers no aliases
+            hosts = ssh_config_hosts(load_ssh_config())
+        dialog = SeveralServersDialog(hosts, self)
+        dialog.accepted.connect(self._several_given)
+        self.several_dialog = dialog
+        dialog.open()
+
+    @Slot()
+    def _several_given(self) -> None:
+        dialog, self.several_dialog = self.several_dialog, None
+        if dialog is None:
+            return
+        specs = dialog.targets()
+        if not specs:
+            return
+        self.flow.profile = None
+        self.flow.batch = Batch(profiles=self.selected_profiles(), specs=specs)
+        self.wizard().next()
 
     @Slot()
     def _new(self) -> None:
         self.tree.clearSelection()
         self.flow.profile = None
+        self.flow.batch = None
         self.wizard().next()
 
     @Slot()
@@ -182,4 +231,4 @@ class ServersPage(BasePage):
         self.run("forget", work, lambda _gone: self.reload(), failed=self.notice.show_error)
 
     def nextId(self) -> int:
-        return int(PageId.CONNECT)
+        return int(PageId.BATCH_INSPECT if self.flow.batch is not None else PageId.CONNECT)

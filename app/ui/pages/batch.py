@@ -1,0 +1,678 @@
+"""Several servers at once: inspect all, confirm once, install all, every installer at the end."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+
+from PySide6.QtCore import QTimer, Slot
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLineEdit,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+    QWizard,
+)
+
+from app.core.catalog import DEFAULT_VARIANT, Catalog, CatalogClient, channel_asset
+from app.core.errors import Cancelled, HostKeyUnknown, WizardError
+from app.core.events import (
+    AttemptEvent,
+    CancelToken,
+    Event,
+    EventSink,
+    LogEvent,
+    ProgressEvent,
+    ResultEvent,
+    StageEvent,
+)
+from app.core.fleet import (
+    DEFAULT_PARALLEL,
+    Fleet,
+    FleetEnv,
+    Host,
+    Inspected,
+    Outcome,
+    failed,
+    host_of_profile,
+    host_of_spec,
+)
+from app.core.handoff import installer_ssh_command, open_terminal, ssh_config_snippet
+from app.core.install import InstallerInfo
+from app.core.kinds import Transfer
+from app.core.plan import ImageRequest, InstallRequest, check_kexec_flags
+from app.core.preflight import Level
+from app.core.ssh import ConnectOptions, Session, load_ssh_config
+from app.ui.context import AppContext, Batch, Flow
+from app.ui.dialogs import HostKeysDialog
+from app.ui.pages.base import BasePage, PageId
+from app.ui.widgets import STAGE_NAMES, Checklist, ErrorPanel, fill_channels, std_icon, wrap_label
+
+COLUMNS_INSPECT = ["Server", "System", "Verdict"]
+COLUMNS_INSTALL = ["Server", "Stage", "Progress", "Time", "Outcome", ""]
+LEVEL_ICON = {Level.OK: "ok", Level.WARN: "warn", Level.STOP: "stop"}
+
+
+def _table(parent: QWidget, columns: list[str], name: str) -> QTreeWidget:
+    tree = QTreeWidget(parent)
+    tree.setHeaderLabels(columns)
+    tree.setRootIsDecorated(False)
+    tree.setAccessibleName(name)
+    tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+    tree.header().setStretchLastSection(True)
+    return tree
+
+
+@dataclass
+class _Connected:
+    hosts: list[Host]
+    sessions: dict[str, Session]
+    questions: list[tuple[Host, HostKeyUnknown]]
+
+
+class BatchInspectPage(BasePage):
+    """Connects to and inspects every server at once; a row each with its verdict."""
+
+    def __init__(self, ctx: AppContext, flow: Flow) -> None:
+        super().__init__(ctx, flow)
+        self.setTitle("Inspect the servers")
+        self.setSubTitle(
+            "Every server is inspected at the same time. A stopped server is left out; "
+            "warnings need your go-ahead, as for one server."
+        )
+        self.status = wrap_label("")
+        self.table = _table(self, COLUMNS_INSPECT, "Servers and their verdicts")
+        self.table.header().setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        self.table.itemSelectionChanged.connect(self._show_details)
+        self.details = Checklist(self)
+        self.details_title = wrap_label("")
+        self.override = QCheckBox(self)
+        self.override.setAccessibleName("Go on despite the warnings")
+        self.override.toggled.connect(self.completeChanged)
+        self.override.hide()
+        self.error = ErrorPanel(self)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.status)
+        layout.addWidget(self.table, 2)
+        layout.addWidget(self.details_title)
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setWidget(self.details)
+        layout.addWidget(scroll, 3)
+        layout.addWidget(self.override)
+        layout.addWidget(self.error)
+        self.keys_dialog: HostKeysDialog | None = None
+        self.options: ConnectOptions | None = None
+        self.rows: dict[str, QTreeWidgetItem] = {}
+        self.found: dict[str, Inspected] = {}
+        self.ended: dict[str, Outcome] = {}
+        self.needs_go_ahead = False  # some server has warnings: the checkbox must be ticked
+
+    @property
+    def batch(self) -> Batch:
+        """The run's state (the Servers page made it)."""
+        assert self.flow.batch is not None
+        return self.flow.batch
+
+    def initializePage(self) -> None:
+        if self.flow.batch is None or self.batch.fleet is not None:
+            return
+        self.table.clear()
+        self.rows, self.found, self.ended = {}, {}, {}
+        self.override.setChecked(False)
+        self.override.hide()
+        self.needs_go_ahead = False
+        batch, ctx = self.batch, self.ctx
+        env = FleetEnv(
+            settings=ctx.settings, known_hosts=ctx.known_hosts, profiles=ctx.profiles,
+            secrets=ctx.secrets, keys_dir=ctx.paths.keys_dir, cache=ctx.image_cache,
+            catalog=None, image=ImageRequest(), request=InstallRequest(),
+            options=ConnectOptions(timeout=ctx.settings.connect_timeout), logs=ctx.paths.logs,
+            redact=ctx.redact,
+        )  # fmt: skip
+        fleet = batch.fleet = Fleet(env, ctx.record, CancelToken(), DEFAULT_PARALLEL)
+        self.options = env.options
+        profiles, specs, secrets = list(batch.profiles), list(batch.specs), ctx.secrets
+        for label in [p.name for p in profiles] + specs:
+            item = QTreeWidgetItem([label, "connecting…", ""])
+            item.setIcon(2, std_icon(self, "running"))
+            self.table.addTopLevelItem(item)
+            self.rows[label] = item
+
+        def work(emit: EventSink, _cancel: CancelToken) -> _Connected:
+            fleet.emit = emit
+            config = load_ssh_config()  # and the keyring: both off the GUI thread
+            hosts = [host_of_profile(p, secrets, config) for p in profiles]
+            for spec in specs:
+                try:
+                    hosts.append(host_of_spec(spec, config))
+                except WizardError as exc:
+                    fleet.end(failed(spec, exc))
+            sessions, questions, _failed = fleet.connect(hosts)
+            return _Connected(hosts, sessions, questions)
+
+        self.status.setText(f"Connecting to {batch.size} servers…")
+        self.run("batch-connect", work, self._connected, ended=self._show_ended)
+
+    def cleanupPage(self) -> None:
+        self.cancel_job()
+        if self.flow.batch is not None:
+            self.batch.close()
+            self.batch.fleet = None
+
+    def _connected(self, got: _Connected) -> None:
+        batch = self.batch
+        if not batch.hosts:
+            batch.hosts = got.hosts
+        batch.sessions.update(got.sessions)
+        if got.questions:
+            self._ask_keys(got.questions)
+        else:
+            self._inspect()
+
+    def _ask_keys(self, questions: list[tuple[Host, HostKeyUnknown]]) -> None:
+        dialog = HostKeysDialog([(h.label, q) for h, q in questions], self)
+        dialog.finished.connect(lambda code: self._keys_answered(questions, code))
+        self.keys_dialog = dialog
+        dialog.open()
+
+    def _keys_answered(self, questions: list[tuple[Host, HostKeyUnknown]], code: int) -> None:
+        self.keys_dialog = None
+        fleet, options = self.batch.fleet, self.options
+        if fleet is None or options is None:
+            return
+        if code != HostKeysDialog.DialogCode.Accepted:
+            for h, q in questions:
+                fleet.end(failed(h.label, Cancelled(f"Host key not trusted; nothing was sent to "
+                                                    f"{q.host}.")))  # fmt: skip
+            self._show_ended()
+            self._inspect()
+            return
+        for _h, q in questions:
+            options = options.trusting(q.host, q.port, q.fingerprint)
+        self.options = options
+        hosts = [h for h, _ in questions]
+
+        def work(emit: EventSink, _cancel: CancelToken) -> _Connected:
+            fleet.emit = emit
+            sessions, more, _failed = fleet.connect(hosts, options)
+            return _Connected([], sessions, more)
+
+        self.run("batch-connect", work, self._connected, ended=self._show_ended)
+
+    def _inspect(self) -> None:
+        batch, fleet = self.batch, self.batch.fleet
+        if fleet is None:
+            return
+        hosts, sessions = list(batch.hosts), dict(batch.sessions)
+
+        def work(emit: EventSink, _cancel: CancelToken) -> list[Inspected]:
+            fleet.emit = emit
+            inspected, _ended = fleet.inspect(hosts, sessions)
+            return inspected
+
+        self.status.setText(f"Inspecting {len(sessions)} servers…")
+        self.run("batch-inspect", work, self._inspected, ended=self._show_ended)
+
+    def _inspected(self, inspected: list[Inspected]) -> None:
+        self.batch.inspected = inspected
+        for i in inspected:
+            self.found[i.host.label] = i
+            f, level = i.found.facts, i.found.level
+            row = self.rows[i.host.label]
+            row.setText(1, f"{f.os_name}, {f.machine}")
+            row.setText(2, "ok" if level is Level.OK else "warnings: " + ", ".join(
+                v.title for v in i.found.verdicts if v.level is Level.WARN))  # fmt: skip
+            row.setIcon(2, std_icon(self, LEVEL_ICON[level]))
+            row.setToolTip(2, "\n".join(f"{v.title}: {v.reason}" for v in i.found.verdicts
+                                        if v.level is not Level.OK))  # fmt: skip
+        warned = [i for i in inspected if i.found.level is Level.WARN]
+        self.override.setText(
+            f"I have read the warnings for {len(warned)} server(s) and want to go on anyway"
+        )
+        self.needs_go_ahead = bool(warned)
+        self.override.setVisible(self.needs_go_ahead)
+        left = self.batch.size - len(inspected)
+        self.status.setText(
+            f"{len(inspected)} of {self.batch.size} servers can go on"
+            + (f"; {left} left out (see their rows)." if left else ".")
+        )
+        first = self.table.topLevelItem(0)
+        if self.table.currentItem() is None and first is not None:
+            self.table.setCurrentItem(first)
+        self._show_details()
+        self.completeChanged.emit()
+
+    def _show_ended(self) -> None:
+        fleet = self.batch.fleet if self.flow.batch is not None else None
+        if fleet is None:
+            return
+        for label, outcome in fleet.outcomes.items():
+            row = self.rows.get(label)
+            if row is None or label in self.ended:
+                continue
+            self.ended[label] = outcome
+            err = outcome.error
+            row.setText(1, "left out" if not outcome.ok else "already the installer")
+            row.setText(2, err.what if err is not None else outcome.outcome)
+            row.setIcon(2, std_icon(self, "stop" if not outcome.ok else "ok"))
+            if err is not None:
+                row.setToolTip(2, f"{err.what}\n{err.why}\nWhat to do: {err.fix}")
+        self._show_details()
+
+    @Slot()
+    def _show_details(self) -> None:
+        item = self.table.currentItem()
+        label = item.text(0) if item is not None else ""
+        if label in self.found:
+            self.details_title.setText(f"{label}:")
+            self.details.set_verdicts(self.found[label].found.verdicts)
+        elif label in self.ended and self.ended[label].error is not None:
+            err = self.ended[label].error
+            assert err is not None
+            self.details_title.setText(f"{label}: {err.what} {err.why} What to do: {err.fix}")
+            self.details.set_verdicts([])
+        else:
+            self.details_title.setText("")
+            self.details.set_verdicts([])
+
+    def isComplete(self) -> bool:
+        if self.busy or self.flow.batch is None or not self.batch.inspected:
+            return False
+        return not self.needs_go_ahead or self.override.isChecked()
+
+    def nextId(self) -> int:
+        return int(PageId.BATCH_CONFIRM)
+
+
+class BatchConfirmPage(BasePage):
+    """One image choice (the right tarball per arch), what will happen; type the count."""
+
+    def __init__(self, ctx: AppContext, flow: Flow) -> None:
+        super().__init__(ctx, flow)
+        self.setTitle("Confirm")
+        self.setSubTitle("Read what will happen. This is the step that changes the servers.")
+        self.setCommitPage(True)
+        self.setButtonText(QWizard.WizardButton.CommitButton, "&Install")
+        self.channel = QComboBox(self)
+        self.channel.setAccessibleName("Channel")
+        self.channel.currentIndexChanged.connect(self._show_images)
+        self.transfer = QComboBox(self)
+        self.transfer.setAccessibleName("Transfer")
+        self.transfer.addItem("Automatic (each server downloads it where it can)", Transfer.AUTO)
+        self.transfer.addItem("Upload it from this computer", Transfer.UPLOAD)
+        self.transfer.addItem("The servers download it", Transfer.REMOTE)
+        self.images = wrap_label("", rich=True)
+        self.summary = wrap_label("", rich=True)
+        self.installer_port = QSpinBox(self)
+        self.installer_port.setRange(0, 65535)
+        self.installer_port.setSpecialValueText("only each server's SSH port and 22")
+        self.installer_port.setAccessibleName("Also try this port for the installers")
+        self.kexec_flags = QLineEdit(self)
+        self.kexec_flags.setPlaceholderText("for example -c when kexec_file_load fails")
+        self.kexec_flags.setAccessibleName("Extra flags for kexec")
+        self.kexec_flags.textChanged.connect(self.completeChanged)
+        self.prompt = wrap_label("")
+        self.typed = QLineEdit(self)
+        self.typed.setAccessibleName("Type the number of servers to confirm")
+        self.typed.textChanged.connect(self.completeChanged)
+        self.error = ErrorPanel(self)
+        form = QFormLayout()
+        form.addRow("&Channel:", self.channel)
+        form.addRow("T&ransfer:", self.transfer)
+        form.addRow("Images:", self.images)
+        form.addRow("Also try &port:", self.installer_port)
+        form.addRow("kexec e&xtra flags:", self.kexec_flags)
+        self.flags_error = wrap_label("")
+        self.flags_error.hide()
+        form.addRow("", self.flags_error)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.prompt)
+        layout.addWidget(self.typed)
+        layout.addWidget(self.error)
+        layout.addStretch(1)
+
+    @property
+    def count(self) -> int:
+        """How many servers go on: the number to type."""
+        return len(self.flow.batch.inspected) if self.flow.batch is not None else 0
+
+    def initializePage(self) -> None:
+        self.typed.clear()
+        n = self.count
+        self.prompt.setText(f"Type the number of servers ({n}) to enable Install:")
+        self.summary.setText(
+            f"<p><b>What will happen</b>, on each of the {n} servers at once (at most "
+            f"{DEFAULT_PARALLEL} at a time): the app makes sure the installer will accept a key "
+            "you hold, places the image and checks its checksum, runs <code>kexec/run</code> as "
+            "root (the running system is replaced by the NixOS installer <b>in RAM</b>), then "
+            "waits for the installer and checks it has the same host key.</p>"
+            "<p><b>What will not happen</b>: the disks are not touched, a power cycle brings "
+            "each old system back, and one server's failure does not stop the others.</p>"
+        )
+        if self.flow.catalog is None:
+            settings, cache = self.ctx.settings, self.ctx.paths.catalog_cache
+
+            def work(_emit: EventSink, _cancel: CancelToken) -> Catalog:
+                return CatalogClient(settings, cache).load()
+
+            self.images.setText("Reading the list of releases…")
+            self.run("catalog", work, self._catalog_loaded, failed=self.error.show_error)
+        else:
+            self._catalog_loaded(self.flow.catalog)
+
+    def _catalog_loaded(self, catalog: Catalog) -> None:
+        self.flow.catalog = catalog
+        fill_channels(self.channel, catalog)
+        self._show_images()
+        self.completeChanged.emit()
+
+    @Slot()
+    def _show_images(self) -> None:
+        """Per arch, the tarball its servers get."""
+        catalog, batch = self.flow.catalog, self.flow.batch
+        if catalog is None or batch is None:
+            return
+        by_arch: dict[str, list[str]] = {}
+        for i in batch.inspected:
+            by_arch.setdefault(i.found.facts.arch or "?", []).append(i.host.label)
+        lines = []
+        for arch, labels in sorted(by_arch.items()):
+            try:
+                asset, _meta = channel_asset(catalog, self.channel.currentData(), DEFAULT_VARIANT,
+                                             arch)  # fmt: skip
+                what = asset.name
+            except WizardError as exc:
+                what = f"none: {exc.what}"
+            lines.append(f"<b>{arch}</b> ({len(labels)} server(s)): {what}")
+        self.images.setText("<br>".join(lines))
+
+    def _flags_problem(self) -> str:
+        try:
+            check_kexec_flags(self.kexec_flags.text().strip())
+        except WizardError as exc:
+            return f"{exc.what} {exc.why}"
+        return ""
+
+    def isComplete(self) -> bool:
+        problem = self._flags_problem()
+        self.flags_error.setText(problem)
+        self.flags_error.setVisible(bool(problem))
+        return (
+            self.count > 0
+            and self.flow.catalog is not None
+            and self.typed.text().strip() == str(self.count)
+            and not problem
+        )
+
+    def validatePage(self) -> bool:
+        batch = self.flow.batch
+        if batch is None or batch.fleet is None:
+            return False
+        env = batch.fleet.env
+        env.catalog = self.flow.catalog
+        env.image = ImageRequest(channel=self.channel.currentData(), variant=DEFAULT_VARIANT)
+        env.request = InstallRequest(
+            transfer=Transfer(self.transfer.currentData()),
+            installer_port=self.installer_port.value() or None,
+            kexec_extra_flags=self.kexec_flags.text().strip(),
+        )
+        env.settings = self.ctx.settings
+        self.ctx.note("confirm", f"confirmed the install on {self.count} servers")
+        return True
+
+    def nextId(self) -> int:
+        return int(PageId.BATCH_INSTALL)
+
+
+@dataclass
+class _Row:
+    item: QTreeWidgetItem
+    cancel: QPushButton
+    stage: str = ""
+    since: float = 0.0  # when the server's first stage started: its time is the whole run's
+    safe: bool = True
+    done: bool = False
+    timed: bool = False
+
+
+class BatchInstallPage(BasePage):
+    """One row per server: its stage, progress, timer and outcome; cancel one or all."""
+
+    def __init__(self, ctx: AppContext, flow: Flow) -> None:
+        super().__init__(ctx, flow)
+        self.setTitle("Install")
+        self.setSubTitle("Booting the NixOS installer on every server. Every wait has a deadline.")
+        self.table = _table(self, COLUMNS_INSTALL, "Servers being installed")
+        header = self.table.header()
+        header.setStretchLastSection(False)
+        for col in (1, 2, 3, 5):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        self.status = wrap_label("")
+        self.cancel_all = QPushButton("&Cancel all", self)
+        self.cancel_all.setToolTip("Cancel every server: those not yet changed stay as they were")
+        self.cancel_all.clicked.connect(self._cancel_all)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.status, 1)
+        bottom.addWidget(self.cancel_all)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(bottom)
+        self.rows: dict[str, _Row] = {}
+        self.timer = QTimer(self)
+        self.timer.setInterval(1000)
+        self.timer.timeout.connect(self._tick)
+
+    def initializePage(self) -> None:
+        batch = self.flow.batch
+        if batch is None or batch.fleet is None:
+            return
+        fleet, going = batch.fleet, list(batch.inspected)
+        self.table.clear()
+        self.rows = {}
+        for i in going:
+            item = QTreeWidgetItem([i.host.label, "waiting", "", "", ""])
+            item.setIcon(1, std_icon(self, "pending"))
+            self.table.addTopLevelItem(item)
+            button = QPushButton("Cancel", self.table)
+            button.setToolTip("Safe: this server has not been changed yet")
+            button.clicked.connect(lambda _c=False, label=i.host.label: self._cancel(label))
+            self.table.setItemWidget(item, 5, button)
+            self.rows[i.host.label] = _Row(item, button)
+        self.table.resizeColumnToContents(0)
+
+        def work(emit: EventSink, cancel: CancelToken) -> list[Outcome]:
+            fleet.emit = emit  # each server's events, marked with its name, to this page
+            cancel.on_cancel(fleet.cancel.cancel)
+            ready, ended = fleet.plan(going)
+            return [*ended, *fleet.boot(ready)]
+
+        job = self.run("batch-install", work, self._finished, ended=self._ended)
+        job.message.connect(self._event)
+        self.ctx.inhibitor.acquire(f"Booting the NixOS installer on {len(going)} servers")
+        self.status.setText(f"Installing on {len(going)} servers…")
+        self.cancel_all.setEnabled(True)
+        self.timer.start()
+        self.completeChanged.emit()
+
+    @Slot(object)
+    def _event(self, e: Event) -> None:
+        row = self.rows.get(e.host)
+        if row is None:
+            return
+        item = row.item
+        if isinstance(e, StageEvent):
+            if e.state == "start":
+                row.stage, row.since = e.stage, row.since or time.monotonic()
+                item.setText(1, STAGE_NAMES.get(e.stage, e.stage))
+                item.setIcon(1, std_icon(self, "running"))
+                item.setText(2, "")
+            elif e.state != "done":
+                item.setIcon(1, std_icon(self, "stop" if e.state == "failed" else "cancelled"))
+            self._tick()
+        elif isinstance(e, ProgressEvent) and e.total:
+            item.setText(2, f"{int(e.done * 100 / e.total)}%  {e.rate / 1e6:.1f} MB/s")
+        elif isinstance(e, AttemptEvent):
+            item.setText(2, f"attempt {e.attempts}")
+        elif isinstance(e, LogEvent) and e.safe_to_cancel is False:
+            row.safe = False
+            row.cancel.setText("Stop waiting")
+            row.cancel.setToolTip("Too late to cancel: this server is rebooting into the installer")
+        elif isinstance(e, ResultEvent):
+            row.done = True
+            ok = bool(e.payload.get("ok"))
+            item.setIcon(4, std_icon(self, "ok" if ok else "stop"))
+            what = (e.payload.get("error") or {}).get("what", "")
+            item.setText(4, "installer ready" if ok else what or str(e.payload.get("outcome")))
+            item.setToolTip(4, item.text(4))
+            self._tick()
+            self.table.removeItemWidget(item, 5)  # nothing left to cancel on this server
+            ended = sum(1 for r in self.rows.values() if r.done)
+            self.status.setText(f"{ended} of {len(self.rows)} servers finished…")
+            if ok:
+                item.setIcon(1, std_icon(self, "ok"))
+                item.setText(1, "done")
+
+    @Slot()
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for row in self.rows.values():
+            if row.since and not row.timed:
+                row.item.setText(3, f"{now - row.since:.0f} s")
+                row.timed = row.done  # the time stays as it was when the server ended
+
+    def _cancel(self, label: str) -> None:
+        batch = self.flow.batch
+        row = self.rows.get(label)
+        if batch is None or batch.fleet is None or row is None:
+            return
+        if row.done:
+            return
+        row.cancel.setEnabled(False)
+        row.cancel.setText("Cancelling…" if row.safe else "Stopping…")
+        batch.fleet.cancel_host(label)
+
+    @Slot()
+    def _cancel_all(self) -> None:
+        self.cancel_all.setEnabled(False)
+        for label, row in self.rows.items():
+            if not row.done:
+                self._cancel(label)
+        self.cancel_job()
+
+    def _ended(self) -> None:
+        self.timer.stop()
+        self._tick()
+        self.ctx.inhibitor.release()
+        self.cancel_all.setEnabled(False)
+        self.completeChanged.emit()
+
+    def _finished(self, outcomes: list[Outcome]) -> None:
+        batch = self.flow.batch
+        if batch is None or batch.fleet is None:
+            return
+        batch.outcomes = batch.fleet.ordered(batch.hosts)
+        ok = sum(1 for o in outcomes if o.ok)
+        self.status.setText(f"{ok} of {len(outcomes)} servers run the NixOS installer.")
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:
+        return not self.busy and bool(self.flow.batch and self.flow.batch.outcomes)
+
+    def nextId(self) -> int:
+        return int(PageId.BATCH_DONE)
+
+
+class BatchDonePage(BasePage):
+    """Every server's outcome; each installer with Open terminal / Copy SSH command; Copy all."""
+
+    def __init__(self, ctx: AppContext, flow: Flow) -> None:
+        super().__init__(ctx, flow)
+        self.setTitle("Done")
+        self.setSubTitle("The installers that run, and what happened on the other servers.")
+        self.table = _table(self, ["Server", "Outcome", ""], "Outcome per server")
+        self.copy_all = QPushButton("Copy &all as ~/.ssh/config", self)
+        self.copy_all.setToolTip(
+            "A Host entry per installer, NAME-installer, to paste into ~/.ssh/config"
+        )
+        self.copy_all.clicked.connect(self._copy_all)
+        self.note = wrap_label("")
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.note)
+        layout.addWidget(self.copy_all)
+        self.installers: list[tuple[str, InstallerInfo, Host]] = []
+
+    def initializePage(self) -> None:
+        batch = self.flow.batch
+        self.table.clear()
+        self.installers = []
+        if batch is None:
+            return
+        hosts = {h.label: h for h in batch.hosts}
+        for o in batch.outcomes:
+            item = QTreeWidgetItem([o.host, ""])
+            self.table.addTopLevelItem(item)
+            if o.ok and "installer" in o.payload and o.host in hosts:
+                info = InstallerInfo.from_json(o.payload["installer"], o.host)
+                self.installers.append((o.host, info, hosts[o.host]))
+                item.setText(1, f"installer at root@{info.host}:{info.port}")
+                item.setIcon(1, std_icon(self, "ok"))
+                self.table.setItemWidget(item, 2, self._actions(info, hosts[o.host]))
+            else:
+                err = o.error
+                item.setText(1, f"{o.outcome}: {err.what}" if err else o.outcome)
+                item.setIcon(1, std_icon(self, "stop"))
+                if err is not None:
+                    item.setToolTip(1, f"{err.what}\n{err.why}\nWhat to do: {err.fix}")
+        self.table.resizeColumnToContents(0)
+        self.table.resizeColumnToContents(1)
+        self.copy_all.setEnabled(bool(self.installers))
+        self.note.setText(
+            f"{len(self.installers)} of {len(batch.outcomes)} servers run the NixOS installer. "
+            "Hover over a failed server for what happened and what to do."
+        )
+
+    def _actions(self, info: InstallerInfo, host: Host) -> QWidget:
+        box = QWidget(self.table)
+        row = QHBoxLayout(box)
+        row.setContentsMargins(0, 0, 0, 0)
+        cmd = installer_ssh_command(info, host.target.jump, self.ctx.known_hosts.app_file)
+        term = QPushButton("Open terminal", box)
+        term.clicked.connect(lambda: open_terminal(cmd))
+        copy = QPushButton("Copy SSH command", box)
+        copy.clicked.connect(lambda: QGuiApplication.clipboard().setText(shlex.join(cmd)))
+        row.addWidget(term)
+        row.addWidget(copy)
+        row.addStretch(1)
+        return box
+
+    def ssh_config(self) -> str:
+        """The ~/.ssh/config snippet for every installer."""
+        return ssh_config_snippet(
+            [(name, info, host.target.jump) for name, info, host in self.installers],
+            self.ctx.known_hosts.app_file,
+        )
+
+    @Slot()
+    def _copy_all(self) -> None:
+        QGuiApplication.clipboard().setText(self.ssh_config())
+        self.note.setText("Copied: a Host entry per installer, ready for ~/.ssh/config.")
+
+    def nextId(self) -> int:
+        return -1

@@ -1,0 +1,166 @@
+"""The wizard on several servers at once: one installs, one is stopped, one never answers."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from PySide6.QtGui import QGuiApplication
+from pytestqt.qtbot import QtBot
+
+from app.core.profiles import Profile
+from app.ui.context import AppContext
+from app.ui.pages.base import PageId
+from app.ui.pages.batch import BatchConfirmPage, BatchDonePage, BatchInspectPage, BatchInstallPage
+from app.ui.pages.servers import ServersPage
+from app.ui.wizard import KexecWizard
+from tests.conftest import SSHEnv
+from tests.support.machine import Machine
+from tests.support.releases import ReleasesServer
+from tests.test_fleet import more_machines
+from tests.test_gui import COMMIT, click, ctx, next_page, wizard  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.sshd
+
+
+def test_three_servers_at_once_in_the_wizard(
+    qtbot: QtBot, wizard: KexecWizard, ctx: AppContext, ssh_env: SSHEnv, machine: Machine,  # noqa: F811
+    releases: ReleasesServer,
+) -> None:  # fmt: skip
+    w = wizard
+    key = str(ssh_env.key)
+    with more_machines(ssh_env, "silent") as (silent,):
+        for p in (
+            Profile("web-ok", "127.0.0.1", port=machine.port, auth="key", key_path=key),
+            Profile("web-stop", "127.0.0.1", port=ssh_env.port, user="nkw-plain", auth="key",
+                    key_path=key),
+            Profile("web-silent", "127.0.0.1", port=silent.port, auth="key", key_path=key),
+        ):  # fmt: skip
+            ctx.profiles.put(p)
+        servers = w.page_of(PageId.SERVERS)
+        assert isinstance(servers, ServersPage)
+        servers.reload()
+        servers.tree.selectAll()
+        assert "3 servers selected" in servers.batch_note.text()
+        next_page(qtbot, w)
+        inspect = w.currentPage()
+        assert isinstance(inspect, BatchInspectPage)
+        # The three new host keys come in one question, each with its fingerprint.
+        qtbot.waitUntil(lambda: inspect.keys_dialog is not None, timeout=20_000)
+        dialog = inspect.keys_dialog
+        assert dialog is not None and dialog.table.topLevelItemCount() == 3
+        assert all(dialog.table.topLevelItem(i).text(2).startswith("SHA256:") for i in range(3))  # type: ignore[union-attr]
+        click(qtbot, dialog.trust)
+        qtbot.waitUntil(lambda: bool(w.flow.batch and w.flow.batch.inspected), timeout=30_000)
+        qtbot.waitUntil(lambda: not inspect.busy, timeout=30_000)
+        stopped = inspect.rows["web-stop"]
+        assert stopped.text(1) == "left out" and "Preflight stop" in stopped.text(2)
+        assert {i.host.label for i in w.flow.batch.inspected} == {"web-ok", "web-silent"}  # type: ignore[union-attr]
+        if inspect.override.isVisible():  # warnings need the same go-ahead as for one server
+            assert not w.button(w.WizardButton.NextButton).isEnabled(), (
+                inspect.isComplete(),
+                inspect.override.isChecked(),
+                inspect.busy,
+            )
+            inspect.override.setChecked(True)
+        next_page(qtbot, w)
+        confirm = w.currentPage()
+        assert isinstance(confirm, BatchConfirmPage)
+        qtbot.waitUntil(lambda: w.flow.catalog is not None, timeout=20_000)
+        assert "x86_64</b> (2 server(s))" in confirm.images.text()
+        confirm.transfer.setCurrentIndex(confirm.transfer.findData("upload"))
+        qtbot.keyClicks(confirm.typed, "3")
+        assert not confirm.isComplete()  # the number of servers that go on is 2
+        confirm.typed.setText("2")
+        assert confirm.isComplete()
+        confirm.kexec_flags.setText("-c; reboot")  # checked as for one server, and said why
+        assert not confirm.isComplete() and "kexec options" in confirm.flags_error.text()
+        confirm.kexec_flags.setText("")
+        assert confirm.isComplete()
+        ctx.settings = replace(ctx.settings, up_timeout=8)  # the silent one gives up sooner
+        click(qtbot, w.button(COMMIT))
+        install = w.currentPage()
+        assert isinstance(install, BatchInstallPage)
+        assert set(install.rows) == {"web-ok", "web-silent"}
+        qtbot.waitUntil(lambda: install.isComplete(), timeout=120_000)
+        assert install.rows["web-ok"].item.text(4) == "installer ready"
+        assert "did not" in install.rows["web-silent"].item.text(4).lower() or (
+            "never" in install.rows["web-silent"].item.text(4).lower()
+        ), install.rows["web-silent"].item.text(4)
+        assert "1 of 2 servers run the NixOS installer" in install.status.text()
+        assert machine.state == "installer" and silent.state == "down"
+        next_page(qtbot, w)
+        done = w.currentPage()
+        assert isinstance(done, BatchDonePage)
+        assert done.table.topLevelItemCount() == 3 and len(done.installers) == 1
+        click(qtbot, done.copy_all)
+        snippet = QGuiApplication.clipboard().text()
+        assert snippet.startswith("Host web-ok-installer\n") and f"Port {machine.port}" in snippet
+    saved = ctx.profiles.load()
+    assert saved["web-ok"].state == "installer" and saved["web-stop"].state == "original"
+    assert saved["web-silent"].state == "unknown"
+
+
+def test_the_copied_ssh_config_is_read_by_openssh_as_meant(tmp_path: Path) -> None:
+    """`ssh -G` resolves each Host entry to the installer's address, key, known_hosts, hops."""
+    from app.core.handoff import ssh_config_snippet
+    from app.core.install import InstallerInfo
+    from app.core.ssh import Target
+
+    info = InstallerInfo(host="2001:db8::5", port=2222, user="root", host_key="k", fingerprint="f",
+                         boot_id="b", hostname="nixos-installer", os_release={},
+                         identity_file=str(tmp_path / "my keys" / "id_ed25519"))  # fmt: skip
+    jump = Target("bastion.example", 2200, "ops")
+    known = tmp_path / "app dir" / "known_hosts"
+    config = tmp_path / "config"
+    config.write_text(ssh_config_snippet([("web 1", info, jump)], known))
+    out = subprocess.run(["ssh", "-G", "-F", str(config), "web-1-installer"],
+                         capture_output=True, text=True, timeout=10, check=True).stdout  # fmt: skip
+    got = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    assert got["hostname"] == "2001:db8::5" and got["port"] == "2222" and got["user"] == "root"
+    assert got["identityfile"] == str(tmp_path / "my keys" / "id_ed25519")
+    assert str(known) in got["userknownhostsfile"]
+    assert got["proxyjump"] == "ops@bastion.example:2200"
+    assert got["stricthostkeychecking"] in ("true", "yes")
+
+
+def test_one_row_is_cancelled_while_the_other_server_goes_on(
+    qtbot: QtBot, wizard: KexecWizard, ctx: AppContext, ssh_env: SSHEnv, machine: Machine,  # noqa: F811
+    releases: ReleasesServer,
+) -> None:  # fmt: skip
+    w, key = wizard, str(ssh_env.key)
+    with more_machines(ssh_env, "silent") as (silent,):
+        ctx.profiles.put(Profile("web-ok", "127.0.0.1", port=machine.port, key_path=key))
+        ctx.profiles.put(Profile("web-silent", "127.0.0.1", port=silent.port, key_path=key))
+        servers = w.page_of(PageId.SERVERS)
+        assert isinstance(servers, ServersPage)
+        servers.reload()
+        servers.tree.selectAll()
+        next_page(qtbot, w)
+        inspect = w.currentPage()
+        assert isinstance(inspect, BatchInspectPage)
+        qtbot.waitUntil(lambda: inspect.keys_dialog is not None, timeout=20_000)
+        click(qtbot, inspect.keys_dialog.trust)  # type: ignore[union-attr]
+        qtbot.waitUntil(lambda: not inspect.busy and bool(inspect.found), timeout=30_000)
+        inspect.override.setChecked(True)
+        next_page(qtbot, w)
+        confirm = w.currentPage()
+        assert isinstance(confirm, BatchConfirmPage)
+        qtbot.waitUntil(lambda: w.flow.catalog is not None, timeout=20_000)
+        confirm.transfer.setCurrentIndex(confirm.transfer.findData("upload"))
+        confirm.typed.setText("2")
+        click(qtbot, w.button(COMMIT))
+        install = w.currentPage()
+        assert isinstance(install, BatchInstallPage)
+        row = install.rows["web-silent"]
+        qtbot.waitUntil(lambda: row.stage == "up", timeout=60_000)
+        # Past the kexec: the row says it can only stop waiting, not undo anything.
+        assert not row.safe and row.cancel.text() == "Stop waiting"
+        click(qtbot, row.cancel)
+        qtbot.waitUntil(lambda: row.done, timeout=15_000)
+        assert row.item.text(4).startswith("Stopped waiting")  # the engine says what it left
+        qtbot.waitUntil(lambda: install.isComplete(), timeout=60_000)
+        assert install.rows["web-ok"].item.text(4) == "installer ready"
+        assert machine.state == "installer"
