@@ -248,3 +248,29 @@ def test_a_sudo_user_boots_the_installer(
     messages = [e.get("message", "") for e in r.events if e["event"] == "log"]
     assert any("Your login key is in a file the installer keeps" in m for m in messages)
     assert env["SUDOPW"] not in r.stdout + r.stderr
+
+
+def test_two_vms_at_once_each_reach_their_installer(
+    make_vm: Callable[..., VM], bed: Path, tmp_path: Path
+) -> None:
+    """A run on many servers with real kernels: both kexec at the same time, both verified."""
+    a, b = make_vm(), make_vm()
+    t0 = time.monotonic()
+    key = bed / "client_ed25519"
+    r = cli(
+        "install", "--json", "--yes", "--accept-new-host-key", f"root@127.0.0.1:{a.port}",
+        f"root@127.0.0.1:{b.port}", "--image", str(bed / "installer-ok.tar.gz"), "-i", str(key),
+        "--transfer", "upload", *TIMEOUTS, timeout=600,
+    )  # fmt: skip
+    took = time.monotonic() - t0
+    STAGE_TIMINGS.append(f"[{a.accel}] two VMs at once: exit {r.code} in {took:.1f} s")
+    assert r.code == 0, r.stdout[-4000:] + a.console()[-1500:] + b.console()[-1500:]
+    results = {e["host"]: e for e in r.events if e["event"] == "result"}
+    for vm in (a, b):
+        inst = results[f"root@127.0.0.1:{vm.port}"]["installer"]
+        assert inst["host_key"] == host_key(bed) and inst["hostname"] == "nixos-installer"
+        out = ssh(vm, key, tmp_path / "app" / "config" / "known_hosts", "cat /etc/os-release")
+        assert "VARIANT_ID=installer" in out and "nkw: installer ready (ok)" in vm.console()
+    boots = {results[h]["installer"]["boot_id"] for h in results}
+    assert len(boots) == 2  # two machines, each booted its own installer
+    assert r.events[-1] == {**r.events[-1], "event": "summary", "ok": True, "exit_code": 0}
