@@ -9,15 +9,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import ROOT, Row, main_for, median
+from bench.common import ROOT, Row, median
 from tests.vm.qemu import VM, testbed
 
 TIMEOUTS = ["--down-timeout", "60", "--timeout", "120", "--connect-timeout", "20"]
@@ -79,12 +81,15 @@ class Serial:
         return next((t for t, ln in self.lines if t >= after and text in ln), None)
 
 
-def measure(runs: int = 3) -> list[Row]:
-    """Fresh origin VM per run, alternating the floor script and the app's CLI."""
+def measure(runs: int = 3, nixos_anywhere: str = "") -> list[Row]:
+    """Fresh origin VM per run, alternating the floor script, the app's CLI and (given a copy
+    of its script, ``NKW_BENCH_NIXOS_ANYWHERE`` or ``--nixos-anywhere``) nixos-anywhere."""
     bed = testbed()
     key, image = bed / "client_ed25519", bed / "installer-ok.tar.gz"
+    anywhere_script = nixos_anywhere or os.environ.get("NKW_BENCH_NIXOS_ANYWHERE", "")
     floor: list[Run] = []
     app: list[Run] = []
+    anywhere: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="nkw-bench-vm-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         for i in range(runs):
@@ -96,6 +101,9 @@ def measure(runs: int = 3) -> list[Row]:
                 "--accept-new-host-key", "root@127.0.0.1:{port}", "-i", str(key),
                 "--image", str(image), "--transfer", "upload", *TIMEOUTS,
             ]))  # fmt: skip
+            if anywhere_script:
+                cmd = _anywhere_cmd(anywhere_script, work, key, image)
+                anywhere.append(_timed(work, bed, cmd, prepare=_give_bash))
     vm = _accel_name()
     fw, aw = median([r.wall for r in floor]), median([r.wall for r in app])
     fo, ao = median([r.own for r in floor]), median([r.own for r in app])
@@ -128,6 +136,24 @@ def measure(runs: int = 3) -> list[Row]:
             bool(reach) and median(reach) <= 1.0,
         ),
     ]
+    if anywhere:
+        nw, no = median([r.wall for r in anywhere]), median([r.own for r in anywhere])
+        rows += [
+            Row(
+                f"VM ({vm}): `install` beside nixos-anywhere's kexec phase, wall time",
+                f"nixos-anywhere `--phases kexec`: {nw:.1f} s median ({_every(anywhere, 'wall')})",
+                f"{aw:.1f} s = {aw / nw:.2f}x nixos-anywhere",
+                "<= 0.8x",
+                aw / nw <= 0.8,
+            ),
+            Row(
+                f"VM ({vm}): own cost beside nixos-anywhere's",
+                f"nixos-anywhere: {no:.1f} s median ({_every(anywhere, 'own')})",
+                f"{ao:.1f} s = {ao / no:.2f}x nixos-anywhere",
+                "<= 0.8x",
+                ao / no <= 0.8,
+            ),
+        ]
     for name in ("key", "transfer", "checksum", "unpack", "run", "down", "up", "verify"):
         took = [r.stages[name] for r in app if name in r.stages]
         if took:
@@ -135,6 +161,22 @@ def measure(runs: int = 3) -> list[Row]:
                             f"{median(took):.1f} s median ({', '.join(f'{x:.1f}' for x in took)})",
                             "-", None))  # fmt: skip
     return rows
+
+
+def _anywhere_cmd(script: str, work: Path, key: Path, image: Path) -> list[str]:
+    """nixos-anywhere's kexec phase with the same tarball and key: no flake, nothing built
+    (two empty files stand in for the store paths the later phases would use)."""
+    path = Path(script)
+    if path.is_dir():
+        path = path / "src" / "nixos-anywhere.sh"
+    stub = work / "no-store-path"
+    stub.touch()
+    return [
+        "bash", str(path), "--phases", "kexec", "--build-on", "remote", "--store-paths",
+        str(stub), str(stub), "--kexec", str(image), "-i", str(key), "-p", "{port}",
+        "--post-kexec-ssh-port", "{port}", "--ssh-option", "StrictHostKeyChecking=no",
+        "--ssh-option", "UserKnownHostsFile=/dev/null", "root@127.0.0.1",
+    ]  # fmt: skip
 
 
 def _every(runs: list[Run], what: str) -> str:
@@ -147,9 +189,25 @@ def _accel_name() -> str:
     return qemu._accel or "tcg"
 
 
-def _timed(work: Path, bed: Path, cmd: list[str]) -> Run:
+def _give_bash(vm: VM, key: Path) -> None:
+    """nixos-anywhere runs bash on the server; the busybox origin has none: copy in Debian's
+    static one before the clock starts (a real server has bash)."""
+    with Path("/bin/bash-static").open("rb") as f:
+        subprocess.run(
+            ["ssh", "-p", str(vm.port), "-i", str(key), "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "root@127.0.0.1",
+             "cat > /bin/bash && chmod 755 /bin/bash"],
+            stdin=f, check=True, timeout=120, capture_output=True,
+        )  # fmt: skip
+
+
+def _timed(
+    work: Path, bed: Path, cmd: list[str], prepare: Callable[[VM, Path], None] | None = None
+) -> Run:
     vm = VM(bed, work).start()
     try:
+        if prepare is not None:
+            prepare(vm, bed / "client_ed25519")
         argv = [a.replace("{port}", str(vm.port)) for a in cmd]
         stamped: list[tuple[float, str]] = []
         with Serial(vm.serial) as serial:
@@ -186,5 +244,18 @@ def _timed(work: Path, bed: Path, cmd: list[str]) -> Run:
         vm.stop()
 
 
+def _main() -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=3)
+    copy = "a copy of nixos-anywhere (its checkout, or src/nixos-anywhere.sh)"
+    ap.add_argument("--nixos-anywhere", default="", metavar="PATH", help=copy)
+    args = ap.parse_args()
+    for row in measure(args.runs, args.nixos_anywhere):
+        print(f"{row.what}: {row.result} (reference: {row.reference}; target {row.target})")
+    return 0
+
+
 if __name__ == "__main__":
-    raise SystemExit(main_for(measure, __doc__, runs=3))
+    raise SystemExit(_main())

@@ -20,6 +20,8 @@ check unshare /usr/bin/unshare util-linux
 # The QEMU test bed (tests/vm/build.sh also downloads the Debian cloud kernel itself).
 check qemu-system-x86_64 /usr/bin/qemu-system-x86_64 qemu-system-x86
 check busybox /usr/bin/busybox busybox-static
+# bench/vm_install.py with nixos-anywhere: its kexec phase runs bash on the server.
+check bash-static /bin/bash-static bash-static
 # QEMU's iPXE ROMs: the netboot tests boot the VM from the network.
 [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
 check kexec /usr/sbin/kexec kexec-tools
