@@ -26,7 +26,7 @@ fi
 
 kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
 if [ -z "$kpkg" ]; then apt-get update -qq >&2; kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}'); fi
-key=$(cat "$0" "$HERE"/*.sh "$HERE"/udhcpc.script "$REPO/tests/support/kexec-run.sh" | sha256sum | cut -c1-16)
+key=$(cat "$0" "$HERE"/origin-init.sh "$HERE"/installer-init.sh "$HERE"/udhcpc.script "$REPO/tests/support/kexec-run.sh" | sha256sum | cut -c1-16)
 out="$CACHE/$key-$kpkg"
 if [ -f "$out/ready" ]; then echo "$out"; exit 0; fi
 
@@ -72,6 +72,23 @@ base_tree() {  # tree: busybox, OpenSSH, iproute2, virtio modules, users
   cp "$HERE/udhcpc.script" "$t/etc/udhcpc.script"
   chmod 755 "$t/etc/udhcpc.script"
   chmod 700 "$t/root"
+}
+
+self_contained() {  # dir, name, binary: runs anywhere, like upstream's static builds
+  local d=$1 name=$2 bin=$3 lib loader
+  mkdir -p "$d/lib"
+  cp -L "$bin" "$d/lib/$name.bin"
+  for lib in $(ldd "$bin" | awk '/=> \// {print $3} /^[[:space:]]*\// {print $1}'); do
+    cp -L "$lib" "$d/lib/"
+  done
+  loader=$(basename "$(ldd "$bin" | awk '/^[[:space:]]*\// {print $1}')")
+  cat > "$d/$name" <<WRAP
+#!/bin/sh
+# $name with its own loader and libraries: the server may have other ones, or none.
+here=\$(cd "\$(dirname "\$0")" && pwd)
+exec "\$here/lib/$loader" --library-path "\$here/lib" "\$here/lib/$name.bin" "\$@"
+WRAP
+  chmod 755 "$d/$name"
 }
 
 pack() {  # tree, output: a gzip'd newc archive
@@ -156,12 +173,12 @@ for mode in ok nosshd newkey fake; do
   pack installer "tar-$mode/kexec/initrd"
   cp "$REPO/tests/support/kexec-run.sh" "tar-$mode/kexec/run"
   cp vmlinuz "tar-$mode/kexec/bzImage"
-  cp /usr/bin/ip "tar-$mode/kexec/ip"
+  self_contained "tar-$mode/kexec" ip /usr/bin/ip
   if [ "$mode" = fake ]; then
     # Loads nothing and never executes: run prints its success line, the machine stays up.
     printf '#!/bin/sh\nexit 0\n' > "tar-$mode/kexec/kexec"
   else
-    cp /usr/sbin/kexec "tar-$mode/kexec/kexec"
+    self_contained "tar-$mode/kexec" kexec /usr/sbin/kexec
   fi
   chmod 755 "tar-$mode/kexec/run" "tar-$mode/kexec/kexec" "tar-$mode/kexec/ip"
   tar -czf "installer-$mode.tar.gz" -C "tar-$mode" kexec

@@ -23,10 +23,10 @@ def make_vm(bed: Path) -> Iterator[Callable[..., VM]]:
     vms: list[VM] = []
     work = Path(tempfile.mkdtemp(prefix="nkw-vm-", dir="/var/tmp"))
 
-    def start(**kw: object) -> VM:
+    def start(deadline: float = 90.0, **kw: object) -> VM:
         vm = VM(bed, work, **kw)  # type: ignore[arg-type]
         vms.append(vm)
-        return vm.start()
+        return vm.start(deadline)
 
     yield start
     for vm in vms:

@@ -28,6 +28,14 @@ def testbed() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def debian_origin(release: str) -> Path:
+    """Build (or find in the cache) a debootstrapped Debian origin; returns its folder."""
+    out = subprocess.run(["bash", str(HERE / "debian.sh"), release], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"building the Debian {release} origin failed:\n{out.stderr[-3000:]}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
 @dataclass
 class VM:
     """One origin server; its serial console goes to a log file."""
@@ -43,6 +51,9 @@ class VM:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     accel: str = "tcg"
+    # A real distribution instead of the busybox origin: its folder from debian.sh (its own
+    # kernel and initramfs, the root file system on a virtio disk, never written: snapshot=on).
+    distro: Path | None = None
 
     @property
     def serial(self) -> Path:
@@ -57,6 +68,15 @@ class VM:
             "-kernel", str(self.bed / "vmlinuz"), "-initrd", str(self.bed / "origin.img"),
             "-append", f"console=ttyS0 panic=-1 quiet {self.append}".strip(),
         ]  # fmt: skip
+        if self.distro is not None:
+            boot = [
+                "-kernel", str(self.distro / "vmlinuz"), "-initrd",
+                str(self.distro / "initrd.img"), "-append",
+                f"root=/dev/vda rw console=ttyS0 panic=-1 {self.append}".strip(),
+                "-drive", f"file={self.distro / 'disk.img'},format=raw,if=virtio,snapshot=on",
+                # The users' keys, as a cloud's metadata brings them (debian.sh's nkw-keys).
+                "-fw_cfg", f"name=opt/nkw/authorized_keys,file={self.bed / 'client_ed25519.pub'}",
+            ]  # fmt: skip
         if self.netboot_port:
             # iPXE opens a new connection per file: a `cmd:` forward runs one relay per
             # connection (a `tcp:` forward is a single connection for the VM's lifetime).
@@ -69,7 +89,8 @@ class VM:
             "qemu-system-x86_64", "-accel", accel, "-cpu", CPU if accel == "tcg" else "host", "-m", str(self.memory_mb), "-smp", "1",
             "-nographic", "-no-reboot", "-monitor", "none", "-serial", f"file:{self.serial}",
             *boot, "-netdev", f"user,id=n0,restrict=on,{fwd}",
-            "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56",
+            # In slot 3, as on most clouds: the interface is ens3 under systemd's naming.
+            "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,addr=0x3",
         ]  # fmt: skip
 
     def start(self, deadline: float = 90.0) -> VM:
