@@ -49,6 +49,30 @@ def test_a_debian_kvm_server() -> None:
     assert (f.reach_v4, f.reach_v6) == (True, True) and f.notes == ()
 
 
+def test_a_debootstrapped_debian_12_with_systemd_as_its_cloud_user() -> None:
+    """Recorded from tests/vm/debian.sh's bookworm origin (systemd, Debian's sshd, ifupdown's
+    DHCP on ens3), logged in as the cloud-style `deploy` with passwordless sudo."""
+    from app.core.preflight import Level, evaluate
+
+    f = parse_probe(load("probe-debian12-systemd-deploy.txt"))
+    assert (f.kernel, f.arch, f.os_name) == (
+        "6.1.0-50-cloud-amd64", "x86_64", "Debian GNU/Linux 12 (bookworm)"
+    )  # fmt: skip
+    assert (f.uid, f.user, f.home, f.privilege) == (1000, "deploy", "/home/deploy", "sudo")
+    assert f.virt == "qemu" and f.container in ("", "none") and not f.is_installer
+    assert f.kexec_load_disabled is False and f.lockdown == "none" and f.sort_v
+    assert f.staging.path == "/home/deploy/nixos-kexec-wizard" and f.staging.fstype == "ext4"
+    assert f.staging.writable and not f.staging.noexec
+    ens3 = next(i for i in f.interfaces if i.name == "ens3")  # systemd's name, not eth0
+    assert ens3.mac == "52:54:00:12:34:56"
+    dhcp = next(a for a in ens3.addresses if a.cidr == "10.0.2.15/24")
+    assert dhcp.dynamic  # a DHCP lease: the installer asks for one again, not a static copy
+    assert f.public_host_keys == ("ecdsa", "ed25519", "rsa") and f.notes == ()
+    levels = {v.title: v.level for v in evaluate(f)}
+    assert Level.STOP not in levels.values()
+    assert levels["Root through sudo without a password"] is Level.OK
+
+
 def test_busybox_without_json_or_sort_v_and_a_sudo_user() -> None:
     f = parse_probe(load("probe-alpine-busybox.txt"))
     assert f.net_format == "text" and any("--json" in n for n in f.notes)
