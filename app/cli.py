@@ -738,7 +738,11 @@ def _fleet_hosts(ctx: Context) -> list[Host] | None:
         hosts.append(Host(name, _target(ctx, profile), _credentials(ctx, profile), name))
     hosts += [Host(spec, _target(ctx, None, spec), _credentials(ctx, None)) for spec in specs]
     if not hosts:
-        raise UsageError(f"{a.targets} names no server.", "", "Put one target per line.")
+        raise UsageError(
+            f"{a.targets} names no server.",
+            "Every line is empty or a comment, so there is nothing to install on.",
+            "Put one [user@]host[:port] per line.",
+        )
     check_labels(hosts)
     return hosts
 

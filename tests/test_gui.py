@@ -424,6 +424,9 @@ def test_saved_servers_reconnect_and_forget(qtbot: QtBot, ctx: AppContext) -> No
     connect = w.page_of(PageId.CONNECT)
     assert isinstance(connect, ConnectPage)
     assert connect.address.text() == "203.0.113.9" and connect.profile_name.text() == "nix"
+    # The page reads ~/.ssh/config and the keyring in a job: let it report before the window
+    # goes (alone, this test ended while that job still imported paramiko, and Qt aborted).
+    qtbot.waitUntil(lambda: not connect.busy, timeout=10_000)
 
 
 def test_settings_are_validated_and_saved(

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from pytestqt.qtbot import QtBot
 
@@ -164,3 +165,40 @@ def test_one_row_is_cancelled_while_the_other_server_goes_on(
         qtbot.waitUntil(lambda: install.isComplete(), timeout=60_000)
         assert install.rows["web-ok"].item.text(4) == "installer ready"
         assert machine.state == "installer"
+
+
+def test_several_new_servers_pasted_and_picked_from_ssh_config(
+    qtbot: QtBot, wizard: KexecWizard, ssh_env: SSHEnv, machine: Machine, tmp_path: Path  # noqa: F811
+) -> None:  # fmt: skip
+    """Add several…: one pasted target and one ~/.ssh/config host, inspected together."""
+    config = Path.home() / ".ssh" / "config"
+    config.write_text(
+        f"Host sudo-box\n  HostName 127.0.0.1\n  Port {ssh_env.port}\n  User nkw-nopw\n"
+        f"  IdentityFile {ssh_env.key}\n"
+    )
+    (Path.home() / ".ssh" / "id_ed25519").write_bytes(ssh_env.key.read_bytes())
+    (Path.home() / ".ssh" / "id_ed25519").chmod(0o600)
+    w = wizard
+    servers = w.page_of(PageId.SERVERS)
+    assert isinstance(servers, ServersPage)
+    click(qtbot, servers.several_button)
+    qtbot.waitUntil(lambda: servers.several_dialog is not None, timeout=10_000)
+    dialog = servers.several_dialog
+    assert dialog is not None and dialog.aliases.count() == 1
+    dialog.text.setPlainText(f"# the new one\nroot@127.0.0.1:{machine.port}\n")
+    dialog.aliases.item(0).setCheckState(Qt.CheckState.Checked)
+    assert dialog.targets() == [f"root@127.0.0.1:{machine.port}", "sudo-box"]
+    dialog.accept()
+    inspect = w.currentPage()
+    assert isinstance(inspect, BatchInspectPage)
+    qtbot.waitUntil(lambda: inspect.keys_dialog is not None, timeout=20_000)
+    click(qtbot, inspect.keys_dialog.trust)  # type: ignore[union-attr]
+    qtbot.waitUntil(
+        lambda: not inspect.busy and bool(inspect.found or inspect.ended), timeout=30_000
+    )
+    qtbot.waitUntil(lambda: len(inspect.found) + len(inspect.ended) == 2, timeout=30_000)
+    assert set(inspect.rows) == {f"root@127.0.0.1:{machine.port}", "sudo-box"}
+    # Reached and probed through the alias's HostName, Port, User and key: it goes on, or a
+    # check stops it (this sshd runs in a container), never a failed login.
+    assert "sudo-box" in inspect.found or inspect.ended["sudo-box"].outcome == "preflight"
+    assert f"root@127.0.0.1:{machine.port}" in inspect.found

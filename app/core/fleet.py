@@ -5,9 +5,10 @@
 #   inspect  - probe, judge and record (a stop ends the host there; warnings: the face asks);
 #   plan     - root, image (fetched once per source, shared), plan;
 #   boot     - the install itself, then the outcome recorded in the host's profile.
-# Between plan and boot the face asks for one confirmation. A host that fails leaves the
-# run with its own result; it never stops the others. Every host keeps its own deadlines (its
-# Installer's), its own run log and its own host-key pinning (the one KnownHosts is locked).
+# Before boot the face asks for one confirmation (the CLI after plan, with the plans shown;
+# the wizard before it, on the Confirm page that also takes the image choice). A host that
+# fails leaves the run with its own result; it never stops the others. Every host keeps its own
+# deadlines (its Installer's), run log and host-key pinning (the one KnownHosts is locked).
 
 from __future__ import annotations
 

@@ -155,6 +155,9 @@ class BatchInspectPage(BasePage):
             fleet.emit = emit
             config = load_ssh_config()  # and the keyring: both off the GUI thread
             hosts = [host_of_profile(p, secrets, config) for p in profiles]
+            for h in hosts:  # remembered passwords never reach a log
+                ctx.redact.add(h.creds.password)
+                ctx.redact.add(h.creds.sudo_password)
             for spec in specs:
                 try:
                     hosts.append(host_of_spec(spec, config))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 from PySide6.QtCore import Qt, Slot
@@ -145,9 +144,12 @@ class ServersPage(BasePage):
 
     @Slot()
     def _several(self) -> None:
-        hosts: list[str] = []
-        with contextlib.suppress(Exception):  # an unreadable config offers no aliases
-            hosts = ssh_config_hosts(load_ssh_config())
+        def work(_emit: EventSink, _cancel: CancelToken) -> list[str]:
+            return ssh_config_hosts(load_ssh_config())  # off the GUI thread, as on Connect
+
+        self.run("ssh-config", work, self._open_several, failed=lambda _e: self._open_several([]))
+
+    def _open_several(self, hosts: list[str]) -> None:
         dialog = SeveralServersDialog(hosts, self)
         dialog.accepted.connect(self._several_given)
         self.several_dialog = dialog
