@@ -52,7 +52,11 @@ def test_three_servers_at_once_in_the_wizard(
         qtbot.waitUntil(lambda: inspect.keys_dialog is not None, timeout=20_000)
         dialog = inspect.keys_dialog
         assert dialog is not None and dialog.table.topLevelItemCount() == 3
-        assert all(dialog.table.topLevelItem(i).text(2).startswith("SHA256:") for i in range(3))  # type: ignore[union-attr]
+        rows = [dialog.table.topLevelItem(i) for i in range(3)]
+        assert all(r is not None and r.text(3).startswith("SHA256:") for r in rows)
+        # Each row names the server as the user knows it and, apart, the machine whose key it is.
+        assert {r.text(0) for r in rows if r} == {"web-ok", "web-stop", "web-silent"}
+        assert f"127.0.0.1:{machine.port}" in {r.text(1) for r in rows if r}
         click(qtbot, dialog.trust)
         qtbot.waitUntil(lambda: bool(w.flow.batch and w.flow.batch.inspected), timeout=30_000)
         qtbot.waitUntil(lambda: not inspect.busy, timeout=30_000)

@@ -213,17 +213,18 @@ class HostKeysDialog(QDialog):
             )
         )
         self.table = QTreeWidget(self)
-        self.table.setHeaderLabels(["Server", "Key", "Fingerprint"])
+        # The key belongs to the machine that answered (a jump hop, or the address a profile
+        # or ~/.ssh/config alias leads to), which is not always the name the user typed.
+        self.table.setHeaderLabels(["Server", "Host with this key", "Key", "Fingerprint"])
         self.table.setRootIsDecorated(False)
         self.table.setAccessibleName("Unknown host keys")
         mono = self.table.font()
         mono.setFamily("monospace")
         for label, q in questions:
-            hop = "" if label.endswith(f"{q.host}:{q.port}") else f" (via {q.host}:{q.port})"
-            item = QTreeWidgetItem([label + hop, q.key_type, q.fingerprint])
-            item.setFont(2, mono)
+            item = QTreeWidgetItem([label, f"{q.host}:{q.port}", q.key_type, q.fingerprint])
+            item.setFont(3, mono)
             self.table.addTopLevelItem(item)
-        for col in range(3):
+        for col in range(4):
             self.table.resizeColumnToContents(col)
         layout.addWidget(self.table, 1)
         layout.addWidget(
