@@ -54,6 +54,9 @@ class ImageInfo:
     verification: str = "digest"  # "digest", "size", "none" or "local"
     tarball_checked: bool = False  # its content check passed (the tar layout, for a tarball)
     kind: ImageKind = ImageKind.TARBALL
+    # The arch its kernel is built for, read from the kernel's own header ("" = not told by
+    # the header; None = not looked at yet, as in an index written before this was read).
+    kernel_arch: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", ImageKind(self.kind))  # the index holds the word
@@ -81,6 +84,27 @@ class CachedImage:
 GZIP_MAGIC = b"\x1f\x8b"
 BUNDLE_HINT = b"kexec"  # every self-extracting kexec-bundle names the tool it runs
 BUNDLE_MAX_HEADER = 64 * 1024
+KERNEL_HEAD = 8192  # enough for a bzImage's setup header and an EFI stub's PE header
+PE_MACHINES = {0x8664: "x86_64", 0xAA64: "aarch64"}
+
+
+def kernel_arch(head: bytes) -> str:
+    """The arch a kernel image is built for, from its first bytes; "" when they do not say.
+
+    Both x86_64's bzImage and arm64's Image carry an EFI stub, whose PE header names the
+    machine; without one, a bzImage has "HdrS" at 0x202 and an arm64 Image "ARM\\x64" at 0x38.
+    """
+    if head[:2] == b"MZ" and len(head) >= 0x40:
+        pe = int.from_bytes(head[0x3C:0x40], "little")
+        if head[pe : pe + 4] == b"PE\0\0" and len(head) >= pe + 6:
+            machine = PE_MACHINES.get(int.from_bytes(head[pe + 4 : pe + 6], "little"))
+            if machine:
+                return machine
+    if head[0x202:0x206] == b"HdrS":
+        return "x86_64"
+    if head[0x38:0x3C] == b"ARM\x64":
+        return "aarch64"
+    return ""
 
 
 def image_kind(path: Path) -> ImageKind:
@@ -133,6 +157,7 @@ class TarLayout:
         self.name = name
         self.seen: set[str] = set()
         self.links: dict[tuple[str, ...], str] = {}
+        self.kernel_arch = ""  # from kexec/bzImage's header, when the caller could read it
 
     def _bad(self, reason: str) -> IntegrityError:
         return _bad_tar_named(self.name, reason)
@@ -207,8 +232,9 @@ def _member_kind(m: tarfile.TarInfo) -> str:
     return "other"
 
 
-def check_tarball(path: Path) -> None:
-    """Refuse a tarball that is not exactly the upstream layout (see :class:`TarLayout`)."""
+def check_tarball(path: Path) -> str:
+    """Refuse a tarball that is not exactly the upstream layout (see :class:`TarLayout`);
+    return the arch its kernel's header names ("" when it names none)."""
     layout = TarLayout(path.name)
     try:
         # Stream mode with a large buffer: random access into a gzip file reads it in 8 KiB
@@ -216,6 +242,9 @@ def check_tarball(path: Path) -> None:
         with tarfile.open(path, mode="r|*", bufsize=CHUNK) as tar:
             for m in tar:
                 layout.add(m.name, _member_kind(m), m.linkname)
+                if m.isfile() and PurePosixPath(m.name).parts[-2:] == ("kexec", "bzImage"):
+                    f = tar.extractfile(m)
+                    layout.kernel_arch = kernel_arch(f.read(KERNEL_HEAD)) if f else ""
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise IntegrityError(
             f"{path.name} is not a readable tar.gz archive ({exc}).",
@@ -223,6 +252,7 @@ def check_tarball(path: Path) -> None:
             "Delete it and download it again, or choose another file.",
         ) from exc
     layout.finish()
+    return layout.kernel_arch
 
 
 TAR_KINDS = {"-": "file", "d": "dir", "l": "symlink", "h": "hardlink"}
@@ -379,21 +409,29 @@ class Downloader:
         if hit is not None:
             emit(LogEvent("download", f"{asset.name} is already cached; nothing to download"))
             path = self.cache.blob_path(hit.sha256)
-            if not hit.tarball_checked or hit.kind != kind:
-                check(path)
-                hit = ImageInfo(**{**asdict(hit), "tarball_checked": True, "kind": kind})
+            unread = kind == ImageKind.TARBALL and hit.kernel_arch is None
+            if not hit.tarball_checked or hit.kind != kind or unread:
+                found = check(path)
+                _same_arch(asset.name, arch, found)
+                hit = ImageInfo(
+                    **{**asdict(hit), "tarball_checked": True, "kind": kind, "kernel_arch": found}
+                )
                 self.cache.add(hit)
+            _same_arch(asset.name, arch, hit.kernel_arch)
             return CachedImage(path, hit, downloaded=False)
 
         part, info = self.download(
             asset, channel=channel, arch=arch, variant=variant, emit=emit, cancel=cancel
         )
         try:
-            check(part)
+            found = check(part)
+            _same_arch(asset.name, arch, found)
         except IntegrityError:
             part.unlink(missing_ok=True)
             raise
-        info = ImageInfo(**{**asdict(info), "tarball_checked": True, "kind": kind})
+        info = ImageInfo(
+            **{**asdict(info), "tarball_checked": True, "kind": kind, "kernel_arch": found}
+        )
         path = self.cache.store(part, info)
         self._meta_path(part).unlink(missing_ok=True)
         return CachedImage(path, info, downloaded=True)
@@ -653,7 +691,7 @@ def local_image(path: Path, cache: ImageCache) -> CachedImage:
             "Check the path, or pick a channel instead.",
         )
     kind = ImageKind.BUNDLE if image_kind(p) == ImageKind.BUNDLE else ImageKind.TARBALL
-    CONTENT_CHECKS[kind](p)
+    found = CONTENT_CHECKS[kind](p)
     st = p.stat()
     info = ImageInfo(
         sha256=sha256_file(p),
@@ -663,15 +701,29 @@ def local_image(path: Path, cache: ImageCache) -> CachedImage:
         verification="local",
         tarball_checked=True,
         kind=kind,
+        kernel_arch=found,
     )
     return CachedImage(p, info, downloaded=False)
 
 
-CONTENT_CHECKS: dict[str, Callable[[Path], None]] = {
+# Each returns the arch the image's kernel names ("" = it names none, None = not read: a
+# bundle keeps its kernel inside its own archive, a netboot file has no tar around it).
+CONTENT_CHECKS: dict[str, Callable[[Path], str | None]] = {
     "tarball": check_tarball,
     "bundle": check_bundle,
     "file": lambda _path: None,
 }
+
+
+def _same_arch(name: str, arch: str, found: str | None) -> None:
+    """Refuse a release's image whose kernel is for another arch than its name says."""
+    if arch and found and found != arch:
+        raise IntegrityError(
+            f"{name} is published as the {arch} image, but its kernel is built for {found}.",
+            "The release (or a mirror on the way) serves the wrong file: kexec on an "
+            f"{arch} server would refuse it, after the whole upload.",
+            "Report it to whoever publishes the release; pick another channel meanwhile.",
+        )
 
 
 class BackgroundHash:

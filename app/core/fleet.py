@@ -205,7 +205,9 @@ class SharedImages:
 
     def get(self, choice: ImageChoice, emit: EventSink, cancel: CancelToken) -> CachedImage:
         """The verified image for ``choice``: the first host downloads, the others wait."""
-        key = choice.asset.url if choice.asset is not None else str(choice.local)
+        # Per arch too: one local file is fine for one arch's servers and refused for another's.
+        where = choice.asset.url if choice.asset is not None else str(choice.local)
+        key = f"{choice.meta.get('arch', '')} {where}"
         with self._lock:
             entry = self._entries.get(key)
             first = entry is None

@@ -21,7 +21,7 @@ from app.core.catalog import (
     url_asset,
 )
 from app.core.download import CachedImage, Downloader, ImageCache, local_image
-from app.core.errors import HostKeyUnknown, WizardError
+from app.core.errors import HostKeyUnknown, PreflightStop, WizardError
 from app.core.events import CancelToken, EventSink, discard
 from app.core.install import (
     Installer,
@@ -196,10 +196,24 @@ def fetch_image(
     emit: EventSink = discard,
     cancel: CancelToken | None = None,
 ) -> CachedImage:
-    """The verified image on this computer: a checked local file, or downloaded and cached."""
+    """The verified image on this computer: a checked local file, or downloaded and cached.
+
+    A local file whose kernel is for another arch than the server's is refused here, before
+    anything is sent (a release's file is checked against its name by the Downloader)."""
     if choice.asset is None:
         assert choice.local is not None
-        return local_image(choice.local, cache)
+        image = local_image(choice.local, cache)
+        arch, found = choice.meta.get("arch", ""), image.info.kernel_arch
+        if arch and found and found != arch:
+            raise PreflightStop(
+                f"Preflight stop: {image.info.name} holds a kernel for {found}; the server is "
+                f"{arch}.",
+                "kexec cannot start a kernel built for another architecture: the upload "
+                "would be wasted and run would fail on the server.",
+                f"Choose the {arch} image (nixos-kexec-installer-noninteractive-{arch}-linux"
+                ".tar.gz), or leave the image to the app: it picks the server's arch itself.",
+            )
+        return image
     meta = choice.meta
     return Downloader(settings, cache).fetch(
         choice.asset, emit=emit, cancel=cancel or CancelToken(), kind=choice.kind,

@@ -38,6 +38,28 @@ exit 1
 IP_STUB = b'#!/bin/sh\nPATH="$PATH:/usr/sbin:/sbin"\nexec ip "$@"\n'
 
 
+def kernel_image(arch: str, *, efi: bool = True) -> bytes:
+    """8 KiB shaped like the start of a Linux kernel for ``arch``: an x86_64 bzImage (boot
+    sector, "HdrS" setup header) or an arm64 Image ("ARM\\x64" at 0x38), each with an EFI
+    stub's PE header naming the machine when ``efi``, as distribution kernels have."""
+    head = bytearray(os.urandom(8192))
+    head[0:2] = b"MZ" if efi else b"\x00\x00"
+    if arch == "x86_64":
+        head[0x1FE:0x200] = b"\x55\xaa"
+        head[0x202:0x206] = b"HdrS"
+        machine = 0x8664
+    else:
+        head[0x38:0x3C] = b"ARM\x64"
+        machine = 0xAA64
+    head[0x3C:0x40] = (0x80 if efi else 0).to_bytes(4, "little")
+    if efi:
+        head[0x80:0x84] = b"PE\0\0"
+        head[0x84:0x86] = machine.to_bytes(2, "little")
+    else:
+        head[0x80:0x84] = b"\0\0\0\0"
+    return bytes(head)
+
+
 def standin_tarball(
     path: Path,
     *,
@@ -46,12 +68,13 @@ def standin_tarball(
     extra: dict[str, bytes] | None = None,
     skip: tuple[str, ...] = (),
     links: dict[str, str] | None = None,
+    kernel: bytes | None = None,
 ) -> Path:
     """Write a tar.gz with kexec/{run,bzImage,initrd,kexec,ip}; the initrd holds ``size`` random bytes."""
     initrd = gzip_newc({"init": (0o755, b"#!/bin/sh\n"), "padding": (0o644, os.urandom(size))})
     files = {
         "kexec/run": (RUN.encode(), 0o755),
-        "kexec/bzImage": (os.urandom(4096), 0o644),
+        "kexec/bzImage": (os.urandom(4096) if kernel is None else kernel, 0o644),
         "kexec/initrd": (initrd, 0o644),
         "kexec/kexec": (kexec.encode(), 0o755),
         "kexec/ip": (IP_STUB, 0o755),
