@@ -23,7 +23,10 @@ def run(cmd: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_commands_are_exactly_these() -> None:
-    assert sh.make_folder("~/x y") == "mkdir -p '~/x y'"
+    assert sh.make_folder("~/x y") == (
+        "umask 077 && mkdir -p '~/x y' && { [ -n \"$(ls -A '~/x y')\" ] || chmod 700 '~/x y' "
+        "2>/dev/null; true; }"
+    )
     assert sh.move("/a b.part", "/a b") == "mv -f '/a b.part' '/a b'"
     assert sh.remove("/s/i.tar.gz", "/s/i.tar.gz.part") == "rm -f /s/i.tar.gz /s/i.tar.gz.part"
     assert sh.file_size("/s/p") == "stat -c %s /s/p 2>/dev/null"

@@ -504,6 +504,31 @@ def test_a_staging_folder_someone_else_controls_is_refused(
         shutil.rmtree(foreign, ignore_errors=True)
 
 
+@pytest.mark.fault
+def test_an_empty_staging_folder_a_loose_umask_left_is_made_private_and_used(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    """Debian 13 logs users in with umask 002: a folder made then is group-writable. The app
+    makes its folder private whatever the umask, and an empty one left so is made private."""
+    parent = Path(tempfile.mkdtemp(prefix="nkw-umask-", dir="/var/tmp"))
+    try:
+        os.chmod(parent, 0o755)
+        loose = parent / "left-by-umask-002"
+        loose.mkdir(mode=0o775)
+        os.chmod(loose, 0o775)
+        shutil.chown(loose, ssh_env.nopw.name)
+        fresh = parent / "new" / "stage"
+        shutil.chown(parent, ssh_env.nopw.name)
+        for staging in (loose, fresh):
+            rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, staging=str(staging))
+            rig.installer.prepare()  # refused as "may be written by others" before
+            assert staging.stat().st_mode & 0o777 == 0o700
+            rig.session.close()
+        assert (fresh.parent.stat().st_mode & 0o077) == 0  # the parents it made, too
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
 # -- 8: kexec's extra flags reach a root shell: only what flags look like ------------------
 
 

@@ -33,8 +33,12 @@ def append_line(path: str, line: str) -> str:
 
 
 def make_folder(path: str) -> str:
-    """Create the staging folder (and its parents)."""
-    return f"mkdir -p {q(path)}"
+    """Create the staging folder (and its parents) for this user alone, whatever the login's
+    umask (Debian 13 gives users 002); an empty one, as an earlier run under such a umask left
+    it, is made private too. A folder with something in it is left as it is (and judged)."""
+    f = q(path)
+    private = f'{{ [ -n "$(ls -A {f})" ] || chmod 700 {f} 2>/dev/null; true; }}'
+    return f"umask 077 && mkdir -p {f} && {private}"
 
 
 def owners_up_to_root(path: str) -> str:
