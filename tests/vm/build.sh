@@ -26,7 +26,7 @@ fi
 
 kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
 if [ -z "$kpkg" ]; then apt-get update -qq >&2; kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}'); fi
-key=$(cat "$0" "$HERE"/origin-init.sh "$HERE"/installer-init.sh "$HERE"/udhcpc.script "$REPO/tests/support/kexec-run.sh" | sha256sum | cut -c1-16)
+key=$(cat "$0" "$HERE"/lib.sh "$HERE"/origin-init.sh "$HERE"/installer-init.sh "$HERE"/udhcpc.script "$REPO/tests/support/kexec-run.sh" | sha256sum | cut -c1-16)
 out="$CACHE/$key-$kpkg"
 if [ -f "$out/ready" ]; then echo "$out"; exit 0; fi
 
@@ -39,64 +39,11 @@ dpkg -x ./*.deb kernel
 cp kernel/boot/vmlinuz-* vmlinuz
 moddir=$(echo kernel/lib/modules/*/kernel)
 
-add_files() {  # tree, files...: copy files with the shared libraries they need
-  local tree=$1; shift
-  local f lib
-  for f in "$@"; do
-    mkdir -p "$tree$(dirname "$f")"
-    rm -f "$tree$f"  # never write through a busybox applet link
-    cp -L "$f" "$tree$f"
-    for lib in $(ldd "$f" 2>/dev/null | awk '/=> \// {print $3} /^[[:space:]]*\// {print $1}'); do
-      [ -e "$tree$lib" ] || { mkdir -p "$tree$(dirname "$lib")"; cp -L "$lib" "$tree$lib"; }
-    done
-  done
-}
-
-base_tree() {  # tree: busybox, OpenSSH, iproute2, virtio modules, users
-  local t=$1
-  mkdir -p "$t"/usr/{bin,sbin,lib/modules,lib64} "$t"/{etc/ssh,proc,sys,dev,run,tmp,root,var/empty}
-  ln -s usr/bin "$t/bin"; ln -s usr/sbin "$t/sbin"; ln -s usr/lib "$t/lib"; ln -s usr/lib64 "$t/lib64"
-  add_files "$t" /usr/sbin/sshd /usr/lib/openssh/sftp-server /usr/bin/ssh-keygen /usr/bin/ip /usr/bin/getent
-  cp "$moddir/net/core/failover.ko" "$moddir/drivers/net/net_failover.ko" "$moddir/drivers/net/virtio_net.ko" "$t/lib/modules/"
-  cp "$moddir"/drivers/virtio/{virtio,virtio_ring,virtio_pci_modern_dev,virtio_pci_legacy_dev,virtio_pci}.ko "$t/lib/modules/"
-  cp /usr/bin/busybox "$t/usr/bin/busybox"
-  for applet in $(/usr/bin/busybox --list); do
-    [ -e "$t/usr/bin/$applet" ] || [ -e "$t/usr/sbin/$applet" ] || ln -s busybox "$t/usr/bin/$applet"
-  done
-  # /bin/sh is dash, as on Debian: busybox's standalone shell would run applets (cpio, nohup)
-  # even where the system has no such command, hiding what a real server lacks.
-  add_files "$t" /usr/bin/dash
-  ln -sf dash "$t/usr/bin/sh"
-  printf 'root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n' > "$t/etc/passwd"
-  printf 'root:x:0:\nnogroup:x:65534:\n' > "$t/etc/group"
-  cp "$HERE/udhcpc.script" "$t/etc/udhcpc.script"
-  chmod 755 "$t/etc/udhcpc.script"
-  chmod 700 "$t/root"
-}
-
-self_contained() {  # dir, name, binary: runs anywhere, like upstream's static builds
-  local d=$1 name=$2 bin=$3 lib loader
-  mkdir -p "$d/lib"
-  cp -L "$bin" "$d/lib/$name.bin"
-  for lib in $(ldd "$bin" | awk '/=> \// {print $3} /^[[:space:]]*\// {print $1}'); do
-    cp -L "$lib" "$d/lib/"
-  done
-  loader=$(basename "$(ldd "$bin" | awk '/^[[:space:]]*\// {print $1}')")
-  cat > "$d/$name" <<WRAP
-#!/bin/sh
-# $name with its own loader and libraries: the server may have other ones, or none.
-here=\$(cd "\$(dirname "\$0")" && pwd)
-exec "\$here/lib/$loader" --library-path "\$here/lib" "\$here/lib/$name.bin" "\$@"
-WRAP
-  chmod 755 "$d/$name"
-}
-
-pack() {  # tree, output: a gzip'd newc archive
-  (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) > "$2"
-}
+# shellcheck source=tests/vm/lib.sh
+source "$HERE/lib.sh"
 
 # The origin server: Debian userland bits, tools the kexec needs, root with a key and a password.
-base_tree origin
+base_tree origin "$moddir"
 add_files origin /usr/sbin/kexec /usr/bin/cpio /usr/bin/setsid /usr/bin/curl /usr/bin/nohup
 hash=$(openssl passwd -6 -salt nkwtestbed "$ROOT_PASSWORD")
 printf 'root:%s:19000:0:99999:7:::\nsshd:*:19000:0:99999:7:::\n' "$hash" > origin/etc/shadow
@@ -151,38 +98,9 @@ chmod 755 origin/init
 pack origin origin.img
 
 # The stand-in installer: no keys of its own; everything comes from what run appended.
-base_tree installer
-add_files installer /usr/bin/jq
-printf 'root:*:19000:0:99999:7:::\nsshd:*:19000:0:99999:7:::\n' > installer/etc/shadow
-cat > installer/etc/os-release <<'OSR'
-BUILD_ID="26.05.20261120.testbed"
-ID=nixos
-NAME=NixOS
-PRETTY_NAME="NixOS 26.05 (Yarara)"
-VARIANT_ID=installer
-VERSION_ID="26.05"
-OSR
-cp "$HERE/installer-init.sh" installer/init
-chmod 755 installer/init
-
-# Tarballs with the upstream layout: run, bzImage, initrd, kexec, ip.
+installer_tree installer "$moddir"
 for mode in ok nosshd newkey fake; do
-  echo "${mode/fake/ok}" > installer/nkw-mode
-  rm -rf "tar-$mode"
-  mkdir -p "tar-$mode/kexec"
-  pack installer "tar-$mode/kexec/initrd"
-  cp "$REPO/tests/support/kexec-run.sh" "tar-$mode/kexec/run"
-  cp vmlinuz "tar-$mode/kexec/bzImage"
-  self_contained "tar-$mode/kexec" ip /usr/bin/ip
-  if [ "$mode" = fake ]; then
-    # Loads nothing and never executes: run prints its success line, the machine stays up.
-    printf '#!/bin/sh\nexit 0\n' > "tar-$mode/kexec/kexec"
-  else
-    self_contained "tar-$mode/kexec" kexec /usr/sbin/kexec
-  fi
-  chmod 755 "tar-$mode/kexec/run" "tar-$mode/kexec/kexec" "tar-$mode/kexec/ip"
-  tar -czf "installer-$mode.tar.gz" -C "tar-$mode" kexec
-  rm -rf "tar-$mode"
+  installer_tarball installer vmlinuz "$mode" "$PWD/installer-$mode.tar.gz"
 done
 # Netboot stand-in: the installer's initrd alone, as the release's netboot initrd (no keys).
 echo ok > installer/nkw-mode

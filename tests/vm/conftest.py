@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ def make_vm(bed: Path) -> Iterator[Callable[..., VM]]:
     yield start
     for vm in vms:
         vm.stop()
+    shutil.rmtree(work, ignore_errors=True)  # the serial logs (a failed test printed them)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

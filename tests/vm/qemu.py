@@ -28,11 +28,15 @@ def testbed() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def debian_origin(release: str) -> Path:
+def debian_origin(release: str, arch: str = "amd64") -> Path:
     """Build (or find in the cache) a debootstrapped Debian origin; returns its folder."""
-    out = subprocess.run(["bash", str(HERE / "debian.sh"), release], capture_output=True, text=True)
+    out = subprocess.run(
+        ["bash", str(HERE / "debian.sh"), release, arch], capture_output=True, text=True
+    )
     if out.returncode != 0:
-        raise RuntimeError(f"building the Debian {release} origin failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(
+            f"building the Debian {release} {arch} origin failed:\n{out.stderr[-3000:]}"
+        )
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -54,6 +58,7 @@ class VM:
     # A real distribution instead of the busybox origin: its folder from debian.sh (its own
     # kernel and initramfs, the root file system on a virtio disk, never written: snapshot=on).
     distro: Path | None = None
+    arch: str = "x86_64"  # or aarch64: QEMU's arm virt machine (always TCG here)
 
     @property
     def serial(self) -> Path:
@@ -68,11 +73,12 @@ class VM:
             "-kernel", str(self.bed / "vmlinuz"), "-initrd", str(self.bed / "origin.img"),
             "-append", f"console=ttyS0 panic=-1 quiet {self.append}".strip(),
         ]  # fmt: skip
+        console = "ttyAMA0" if self.arch == "aarch64" else "ttyS0"
         if self.distro is not None:
             boot = [
                 "-kernel", str(self.distro / "vmlinuz"), "-initrd",
                 str(self.distro / "initrd.img"), "-append",
-                f"root=/dev/vda rw console=ttyS0 panic=-1 {self.append}".strip(),
+                f"root=/dev/vda rw console={console} panic=-1 {self.append}".strip(),
                 "-drive", f"file={self.distro / 'disk.img'},format=raw,if=virtio,snapshot=on",
                 # The users' keys, as a cloud's metadata brings them (debian.sh's nkw-keys).
                 "-fw_cfg", f"name=opt/nkw/authorized_keys,file={self.bed / 'client_ed25519.pub'}",
@@ -85,8 +91,13 @@ class VM:
                 f",guestfwd=tcp:{GUEST_HTTP}-cmd:{relay},bootfile=http://{GUEST_HTTP}/netboot.ipxe"
             )
             boot = ["-boot", "n"]
+        machine = ["qemu-system-x86_64", "-accel", accel, "-cpu", CPU if accel == "tcg" else "host"]
+        if self.arch == "aarch64":
+            # pauth-impdef: the same pointer authentication, with a hash TCG computes fast.
+            machine = ["qemu-system-aarch64", "-M", "virt", "-accel", "tcg",
+                       "-cpu", "max,pauth-impdef=on"]  # fmt: skip
         return [
-            "qemu-system-x86_64", "-accel", accel, "-cpu", CPU if accel == "tcg" else "host", "-m", str(self.memory_mb), "-smp", "1",
+            *machine, "-m", str(self.memory_mb), "-smp", "1",
             "-nographic", "-no-reboot", "-monitor", "none", "-serial", f"file:{self.serial}",
             *boot, "-netdev", f"user,id=n0,restrict=on,{fwd}",
             # In slot 3, as on most clouds: the interface is ens3 under systemd's naming.
@@ -96,6 +107,13 @@ class VM:
     def start(self, deadline: float = 90.0) -> VM:
         """Boot; KVM when it really runs guests here, else software emulation (TCG)."""
         global _accel
+        if self.arch != "x86_64":
+            self.accel = "tcg"
+            if not self._boot("tcg", deadline):
+                raise RuntimeError(
+                    f"the VM did not boot within {deadline:.0f} s:\n{self.console()[-3000:]}"
+                )
+            return self
         if _accel is None:
             _accel = (
                 "kvm"
