@@ -67,6 +67,7 @@ from app.core.fleet import (
     summary,
     targets_of_text,
 )
+from app.core.fleet import servers as fleet_servers
 from app.core.flow import (
     already_installer,
     choose_image,
@@ -228,7 +229,7 @@ class Reporter:
                 self.out.flush()
             return
         ok = sum(1 for o in outcomes if o.ok)
-        self._line(f"\n{ok} of {len(outcomes)} server(s) run the NixOS installer.")
+        self._line(f"\nThe NixOS installer runs on {ok} of {fleet_servers(len(outcomes))}.")
         width = max((len(o.host) for o in outcomes), default=0)
         for o in outcomes:
             if o.ok:
@@ -838,7 +839,9 @@ def _ask_host_keys(
             fleet.end(failed(h.label, exc))
         return options, []
     with ctx.report.paused():
-        sys.stderr.write(f"\n{len(questions)} server(s) have a host key this app does not know:\n")
+        n = len(questions)
+        have = "has" if n == 1 else "have"
+        sys.stderr.write(f"\n{fleet_servers(n)} {have} a host key this app does not know:\n")
         width = max(len(h.label) for h, _ in questions)
         for h, exc in questions:
             hop = (h.target.host, h.target.port) != (exc.host, exc.port)
@@ -867,7 +870,7 @@ def _confirm_many(ctx: Context, ready: list[Prepared]) -> None:
         )
     n = len(ready)
     with ctx.report.paused():
-        sys.stderr.write(f"\nAbout to boot the NixOS installer on {n} server(s):\n")
+        sys.stderr.write(f"\nAbout to boot the NixOS installer on {fleet_servers(n)}:\n")
         width = max(len(p.host.label) for p in ready)
         system = max(len(p.found.facts.os_name) for p in ready)
         for p in ready:

@@ -187,7 +187,7 @@ def test_new_host_keys_of_a_batch_are_asked_together_then_one_confirmation(
     question = shown[: shown.index("Trust these 2 key(s)")]
     assert question.count("SHA256:") >= 2 and a in question and b in question
     assert shown.count("Trust these") == 1
-    assert "2 of 2 server(s) run the NixOS installer." in shown
+    assert "The NixOS installer runs on 2 of 2 servers." in shown
     assert shown.count("  ok    root@127.0.0.1:") == 2
 
 

@@ -74,7 +74,7 @@ def test_three_servers_at_once_in_the_wizard(
         confirm = w.currentPage()
         assert isinstance(confirm, BatchConfirmPage)
         qtbot.waitUntil(lambda: w.flow.catalog is not None, timeout=20_000)
-        assert "x86_64</b> (2 server(s))" in confirm.images.text()
+        assert "x86_64</b> (2 servers)" in confirm.images.text()
         confirm.transfer.setCurrentIndex(confirm.transfer.findData("upload"))
         qtbot.keyClicks(confirm.typed, "3")
         assert not confirm.isComplete()  # the number of servers that go on is 2
@@ -94,7 +94,7 @@ def test_three_servers_at_once_in_the_wizard(
         assert "did not" in install.rows["web-silent"].item.text(4).lower() or (
             "never" in install.rows["web-silent"].item.text(4).lower()
         ), install.rows["web-silent"].item.text(4)
-        assert "1 of 2 servers run the NixOS installer" in install.status.text()
+        assert "The NixOS installer runs on 1 of 2 servers" in install.status.text()
         assert machine.state == "installer" and silent.state == "down"
         next_page(qtbot, w)
         done = w.currentPage()

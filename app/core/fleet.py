@@ -65,6 +65,11 @@ class Host:
     profile: str | None = None  # the profile updated after each step (None: not saved)
 
 
+def servers(n: int) -> str:
+    """ "1 server" or "N servers", for the faces' sentences about a batch."""
+    return f"{n} server" if n == 1 else f"{n} servers"
+
+
 def host_of_profile(profile: Profile, secrets: SecretStore, config: paramiko.SSHConfig) -> Host:
     """A saved server as a host of the run, with its remembered passwords (the keyring may be
     slow: call this off the GUI thread)."""

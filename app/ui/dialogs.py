@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.errors import ConfigError, HostKeyUnknown
-from app.core.fleet import targets_of_text
+from app.core.fleet import servers, targets_of_text
 from app.core.settings import Settings
 from app.ui.widgets import std_icon, wrap_label
 
@@ -208,7 +208,8 @@ class HostKeysDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(
             wrap_label(
-                f"<b>{len(questions)} server(s) have a host key this app does not know.</b>",
+                f"<b>{servers(len(questions))} {'has' if len(questions) == 1 else 'have'} a "
+                "host key this app does not know.</b>",
                 rich=True,
             )
         )

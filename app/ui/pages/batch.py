@@ -47,6 +47,7 @@ from app.core.fleet import (
     failed,
     host_of_profile,
     host_of_spec,
+    servers,
 )
 from app.core.handoff import installer_ssh_command, open_terminal, ssh_config_snippet
 from app.core.install import InstallerInfo
@@ -243,7 +244,7 @@ class BatchInspectPage(BasePage):
                                         if v.level is not Level.OK))  # fmt: skip
         warned = [i for i in inspected if i.found.level is Level.WARN]
         self.override.setText(
-            f"I have read the warnings for {len(warned)} server(s) and want to go on anyway"
+            f"I have read the warnings for {servers(len(warned))} and want to go on anyway"
         )
         self.needs_go_ahead = bool(warned)
         self.override.setVisible(self.needs_go_ahead)
@@ -401,7 +402,7 @@ class BatchConfirmPage(BasePage):
                 what = asset.name
             except WizardError as exc:
                 what = f"none: {exc.what}"
-            lines.append(f"<b>{arch}</b> ({len(labels)} server(s)): {what}")
+            lines.append(f"<b>{arch}</b> ({servers(len(labels))}): {what}")
         self.images.setText("<br>".join(lines))
 
     def _flags_problem(self) -> str:
@@ -591,7 +592,7 @@ class BatchInstallPage(BasePage):
             return
         batch.outcomes = batch.fleet.ordered(batch.hosts)
         ok = sum(1 for o in outcomes if o.ok)
-        self.status.setText(f"{ok} of {len(outcomes)} servers run the NixOS installer.")
+        self.status.setText(f"The NixOS installer runs on {ok} of {servers(len(outcomes))}.")
         self.completeChanged.emit()
 
     def isComplete(self) -> bool:
@@ -647,7 +648,8 @@ class BatchDonePage(BasePage):
         self.table.resizeColumnToContents(1)
         self.copy_all.setEnabled(bool(self.installers))
         self.note.setText(
-            f"{len(self.installers)} of {len(batch.outcomes)} servers run the NixOS installer. "
+            f"The NixOS installer runs on {len(self.installers)} of "
+            f"{servers(len(batch.outcomes))}. "
             "Hover over a failed server for what happened and what to do."
         )
 
