@@ -73,6 +73,52 @@ def test_a_debootstrapped_debian_12_with_systemd_as_its_cloud_user() -> None:
     assert levels["Root through sudo without a password"] is Level.OK
 
 
+@pytest.mark.parametrize(
+    ("name", "kernel", "pretty"),
+    [
+        ("probe-debian11-systemd-deploy.txt", "5.10.0-32-cloud-amd64",
+         "Debian GNU/Linux 11 (bullseye)"),
+        ("probe-debian13-systemd-deploy.txt", "6.12.117+deb13-cloud-amd64",
+         "Debian GNU/Linux 13 (trixie)"),
+    ],
+    ids=["bullseye", "trixie"],
+)  # fmt: skip
+def test_debootstrapped_debian_11_and_13_as_their_cloud_user(
+    name: str, kernel: str, pretty: str
+) -> None:
+    """Recorded from tests/vm/debian.sh's bullseye (ifupdown, dhclient) and trixie
+    (systemd-networkd) origins, logged in as `deploy`."""
+    from app.core.preflight import Level, evaluate
+
+    f = parse_probe(load(name))
+    assert (f.kernel, f.arch, f.os_name) == (kernel, "x86_64", pretty)
+    assert (f.user, f.home, f.privilege, f.virt) == ("deploy", "/home/deploy", "sudo", "qemu")
+    assert f.sort_v and f.has("cpio") and f.staging.fstype == "ext4" and f.notes == ()
+    ens3 = next(i for i in f.interfaces if i.name == "ens3")
+    # Either tool's lease is marked dynamic: the installer asks for one again.
+    assert next(a for a in ens3.addresses if a.cidr == "10.0.2.15/24").dynamic
+    levels = {v.title: v.level for v in evaluate(f)}
+    assert Level.STOP not in levels.values()
+    assert levels["Root through sudo without a password"] is Level.OK
+
+
+def test_a_debootstrapped_debian_12_for_arm64() -> None:
+    """Recorded from tests/vm/debian.sh's bookworm arm64 origin (qemu-system-aarch64, virt
+    machine), logged in as `deploy`: the facts that pick the aarch64 image."""
+    from app.core.preflight import Level, evaluate
+
+    f = parse_probe(load("probe-debian12-arm64-deploy.txt"))
+    assert (f.kernel, f.arch, f.machine) == ("6.1.0-50-cloud-arm64", "aarch64", "aarch64")
+    assert (f.user, f.privilege, f.virt) == ("deploy", "sudo", "qemu")
+    # virt's PCIe bus gives no slot numbers: systemd names the NIC by its path.
+    nic = next(i for i in f.interfaces if i.name == "enp0s3")
+    assert nic.mac == "52:54:00:12:34:56"
+    assert next(a for a in nic.addresses if a.cidr == "10.0.2.15/24").dynamic
+    assert Level.STOP not in {v.level for v in evaluate(f)}
+    stop = next(v for v in evaluate(f, "x86_64") if v.level is Level.STOP)
+    assert stop.title == "The image is for x86_64, the server is aarch64"
+
+
 def test_busybox_without_json_or_sort_v_and_a_sudo_user() -> None:
     f = parse_probe(load("probe-alpine-busybox.txt"))
     assert f.net_format == "text" and any("--json" in n for n in f.notes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from app.ui.context import AppContext
 from app.ui.pages.base import PageId
 from app.ui.pages.connect import ConnectPage
 from app.ui.pages.image import ImagePage
+from app.ui.pages.inspect import InspectPage
 from app.ui.wizard import KexecWizard
 from tests.support.sshd import fingerprint
 from tests.test_gui import click, confirm_and_install, connect_and_trust, fill_connect, next_page
-from tests.vm.qemu import VM
+from tests.vm.qemu import STAGE_TIMINGS, VM
+from tests.vm.test_debian import BOOT_DEADLINE, origin_of
 
 pytestmark = pytest.mark.vm
 
@@ -37,17 +40,36 @@ def vm_wizard(qtbot: QtBot, tmp_path: Path) -> Iterator[KexecWizard]:
     w.flow.drop_session()
 
 
+def connect_as_root(qtbot: QtBot, w: KexecWizard, vm: VM, bed: Path, host_key: Path) -> ConnectPage:
+    """A new server, root@ the VM with the bed's key, its host key trusted; on to Inspect."""
+    click(qtbot, w.page_of(PageId.SERVERS).new_button)  # type: ignore[attr-defined]
+    connect = w.page_of(PageId.CONNECT)
+    assert isinstance(connect, ConnectPage)
+    fill_connect(qtbot, connect, vm.port, "root", key=bed / "client_ed25519")
+    connect_and_trust(qtbot, w, fingerprint(host_key))
+    next_page(qtbot, w, timeout=30_000)
+    return connect
+
+
+def choose_local_file(qtbot: QtBot, w: KexecWizard, tarball: Path) -> None:
+    """On the Image page: the tarball as a local file, checked and hashed by the page."""
+    image = w.page_of(PageId.IMAGE)
+    assert isinstance(image, ImagePage)
+    image.use_file.setChecked(True)
+    image.file.setText(str(tarball))
+    image.update_choice()
+    qtbot.waitUntil(lambda: w.flow.image is not None, timeout=60_000)
+
+
+# Longer than the waits inside (so those fail first, with their message): pytest-timeout's
+# signal, arriving while Qt's event loop runs, would leave the loop waiting for ever.
+@pytest.mark.timeout(900)
 def test_the_wizard_kexecs_the_vm_into_the_installer(
     qtbot: QtBot, vm_wizard: KexecWizard, make_vm: Callable[..., VM], bed: Path
 ) -> None:
     vm = make_vm()
     w = vm_wizard
-    click(qtbot, w.page_of(PageId.SERVERS).new_button)  # type: ignore[attr-defined]
-    connect = w.page_of(PageId.CONNECT)
-    assert isinstance(connect, ConnectPage)
-    fill_connect(qtbot, connect, vm.port, "root", key=bed / "client_ed25519")
-    connect_and_trust(qtbot, w, fingerprint(bed / "ssh_host_ed25519_key.pub"))
-    next_page(qtbot, w, timeout=30_000)
+    connect_as_root(qtbot, w, vm, bed, bed / "ssh_host_ed25519_key.pub")
     qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=60_000)
     facts = w.flow.facts
     assert facts is not None and facts.hostname == "origin" and facts.virt in ("qemu", "kvm", "")
@@ -55,12 +77,7 @@ def test_the_wizard_kexecs_the_vm_into_the_installer(
     if inspect.override.isVisible():  # type: ignore[attr-defined]
         inspect.override.setChecked(True)  # type: ignore[attr-defined]
     next_page(qtbot, w)
-    image = w.page_of(PageId.IMAGE)
-    assert isinstance(image, ImagePage)
-    image.use_file.setChecked(True)
-    image.file.setText(str(bed / "installer-ok.tar.gz"))
-    image.update_choice()
-    qtbot.waitUntil(lambda: w.flow.image is not None, timeout=60_000)  # checked and hashed here
+    choose_local_file(qtbot, w, bed / "installer-ok.tar.gz")
     assert w.flow.image is not None and w.flow.image.info.verification == "local"
     install = confirm_and_install(qtbot, w)
     qtbot.waitUntil(lambda: w.currentId() == PageId.DONE, timeout=240_000)
@@ -71,3 +88,44 @@ def test_the_wizard_kexecs_the_vm_into_the_installer(
     t, b64 = (bed / "ssh_host_ed25519_key.pub").read_text().split()[:2]
     assert info.host_key == f"{t} {b64}"
     assert "nkw: installer ready (ok)" in vm.console()
+
+
+@pytest.mark.timeout(1200)
+def test_the_wizard_logs_in_as_the_user_a_debian_cloud_image_names_and_installs(
+    qtbot: QtBot, vm_wizard: KexecWizard, make_vm: Callable[..., VM], bed: Path
+) -> None:
+    origin = origin_of("trixie")  # systemd-networkd, by DHCP; the CLI tests it with a static one
+    t0 = time.monotonic()
+    vm = make_vm(BOOT_DEADLINE, distro=origin)
+    STAGE_TIMINGS.append(f"[{vm.accel}] debian trixie (dhcp, wizard): booted in "
+                         f"{time.monotonic() - t0:.1f} s")  # fmt: skip
+    w = vm_wizard
+    connect = connect_as_root(qtbot, w, vm, bed, origin / "ssh_host_ed25519_key.pub")
+    # root's key runs the cloud image's forced command: the page offers the user it names.
+    inspect = w.page_of(PageId.INSPECT)
+    assert isinstance(inspect, InspectPage)
+    qtbot.waitUntil(lambda: inspect.switch_user.isVisible(), timeout=60_000)
+    assert inspect.switch_user.text() == "Log in as deploy &instead"
+    click(qtbot, inspect.switch_user)
+    qtbot.waitUntil(lambda: w.currentId() == int(PageId.CONNECT), timeout=5_000)
+    assert connect.user.text() == "deploy"
+    qtbot.waitUntil(lambda: connect.isComplete(), timeout=30_000)
+    next_page(qtbot, w, timeout=30_000)
+    qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=60_000)
+    facts = w.flow.facts
+    assert facts is not None and facts.user == "deploy" and facts.hostname == "origin-trixie"
+    qtbot.waitUntil(lambda: w.flow.privileged, timeout=30_000)  # sudo without a password
+    if inspect.override.isVisible():
+        inspect.override.setChecked(True)
+    next_page(qtbot, w)
+    choose_local_file(qtbot, w, bed / "installer-ok.tar.gz")
+    t1 = time.monotonic()
+    install = confirm_and_install(qtbot, w)
+    qtbot.waitUntil(lambda: w.currentId() == PageId.DONE, timeout=300_000)
+    STAGE_TIMINGS.append(f"[{vm.accel}] debian trixie (dhcp, wizard): Install to Done in "
+                         f"{time.monotonic() - t1:.1f} s")  # fmt: skip
+    assert all(s == "done" for s in install.stages.stage_state.values())
+    info = w.flow.info
+    assert info is not None and info.os_release["VARIANT_ID"] == "installer"
+    t, b64 = (origin / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+    assert info.host_key == f"{t} {b64}"  # Debian's own key, pinned across the kexec
