@@ -66,7 +66,7 @@ class Host:
 
 
 def servers(n: int) -> str:
-    """ "1 server" or "N servers", for the faces' sentences about a batch."""
+    """Count servers as a sentence does: "1 server", "3 servers" (the faces' batch texts)."""
     return f"{n} server" if n == 1 else f"{n} servers"
 
 

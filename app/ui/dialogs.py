@@ -222,7 +222,8 @@ class HostKeysDialog(QDialog):
         mono = self.table.font()
         mono.setFamily("monospace")
         for label, q in questions:
-            item = QTreeWidgetItem([label, f"{q.host}:{q.port}", q.key_type, q.fingerprint])
+            host = f"[{q.host}]" if ":" in q.host else q.host  # an IPv6 address, bracketed
+            item = QTreeWidgetItem([label, f"{host}:{q.port}", q.key_type, q.fingerprint])
             item.setFont(3, mono)
             self.table.addTopLevelItem(item)
         for col in range(4):
