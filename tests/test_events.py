@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from app.core.events import (
     AttemptEvent,
+    CancelToken,
     Event,
     InfoEvent,
     LogEvent,
@@ -22,6 +26,7 @@ from app.core.events import (
     TimingsEvent,
     tagged,
 )
+from app.core.fleet import pool
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 SECTION = README[README.index("### JSON output") : README.index("### Exit codes")]
@@ -127,3 +132,47 @@ def test_the_summary_rows_are_documented() -> None:
     body = SECTION.replace("\n", " ")
     for key in ("host", "ok", "outcome", "exit_code", "error"):
         assert f'"{key}"' in body[body.index('"summary"') :], key
+
+
+# -- Ctrl-C reaches the main thread wherever the kernel delivers it -------------------------
+
+
+def _interrupt_from_another_thread(after: float) -> threading.Thread:
+    """SIGINT delivered to a thread that is not the main one, as Linux may do under load."""
+
+    def send() -> None:
+        time.sleep(after)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_ctrl_c_delivered_to_another_thread_ends_a_long_wait_at_once() -> None:
+    token = CancelToken()
+    sender = _interrupt_from_another_thread(0.3)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        token.wait(30)
+    assert time.monotonic() - t0 < 2.0  # not the 30 s the wait asked for
+    sender.join(5)
+
+
+def test_a_ctrl_c_during_a_batch_cancels_every_server_at_once() -> None:
+    token = CancelToken()
+    seen: list[str] = []
+
+    def work(item: str) -> str:
+        if item == "a":  # both servers running, then a Ctrl-C lands on a worker thread
+            time.sleep(0.3)
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+        cancelled = token.wait(30)
+        seen.append(f"{item} {'cancelled' if cancelled else 'ran on'}")
+        return item
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        pool(["a", "b"], work, 2, token)
+    assert time.monotonic() - t0 < 3.0
+    assert token.cancelled and sorted(seen) == ["a cancelled", "b cancelled"]

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, ClassVar
 
+WAKE_SLICE = 0.2  # s: the longest a wait sleeps before the main thread may see a Ctrl-C
+
 
 class EventType(StrEnum):
     """The ``event`` field of a JSON line."""
@@ -244,8 +246,15 @@ class CancelToken:
         return lambda: None
 
     def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True if cancelled meanwhile."""
-        return self._event.wait(seconds)
+        """Sleep up to ``seconds``; True if cancelled meanwhile.
+
+        In slices: Linux may hand a Ctrl-C to any thread, and the main thread only acts on it
+        when it wakes, so a long unsliced wait would ignore the interrupt until it ran out."""
+        end = time.monotonic() + seconds
+        while not self._event.wait(min(max(end - time.monotonic(), 0.0), WAKE_SLICE)):
+            if time.monotonic() >= end:
+                return False
+        return True
 
     def check(self) -> None:
         """Raise :class:`Cancelled` if cancel was requested."""

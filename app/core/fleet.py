@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,6 +24,7 @@ from app.core.catalog import Catalog
 from app.core.download import CachedImage, ImageCache
 from app.core.errors import Cancelled, HostKeyUnknown, UsageError, WizardError
 from app.core.events import (
+    WAKE_SLICE,
     CancelToken,
     Event,
     EventSink,
@@ -191,8 +192,10 @@ def pool(items: Sequence[T], work: Callable[[T], R], parallel: int, cancel: Canc
     if not items:
         return []
     with ThreadPoolExecutor(max_workers=min(parallel, len(items)), thread_name_prefix="host") as ex:
-        futures = [ex.submit(work, item) for item in items]
         try:
+            futures = [ex.submit(work, item) for item in items]
+            while wait(futures, timeout=WAKE_SLICE).not_done:
+                pass  # woken in slices so a Ctrl-C handed to a worker thread is seen here
             return [f.result() for f in futures]
         except BaseException:
             cancel.cancel()
