@@ -54,6 +54,10 @@ EVENTS: list[tuple[Event, dict[str, object]]] = [
         OutputEvent("run", "machine will boot into nixos", stream="stdout"),
         {"event": "output", "stage": "run", "message": "machine will boot into nixos", "stream": "stdout"},
     ),
+    (  # an empty line the server printed still has its "message", as documented
+        OutputEvent("run", "", stream="stderr"),
+        {"event": "output", "stage": "run", "message": "", "stream": "stderr"},
+    ),
     (
         LogEvent("run", "Running kexec/run", safe_to_cancel=False),
         {"event": "log", "stage": "run", "message": "Running kexec/run", "safe_to_cancel": False},

@@ -109,7 +109,7 @@ class OutputEvent(Event):
     stream: str = "stdout"
 
     def fields(self) -> dict[str, Any]:
-        return {"stream": self.stream}
+        return {"message": self.message, "stream": self.stream}  # an empty line keeps its key
 
 
 @dataclass(frozen=True)
