@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -10,8 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import hypothesis
 import keyring
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from app.core.settings import Settings
 from tests.support.keyrings import MemoryKeyring
@@ -29,6 +32,13 @@ from tests.support.sshd import (
 from tests.support.tarballs import standin_tarball
 
 os.environ["QT_QPA_PLATFORM"] = "offscreen"
+# Hypothesis keeps nothing in the clone and replays nothing from an earlier run: its Unicode
+# tables go to a private folder of this run, and there is no example database.
+HYPOTHESIS_HOME = Path(tempfile.mkdtemp(prefix="nkw-hypothesis-"))
+set_hypothesis_home_dir(HYPOTHESIS_HOME)
+atexit.register(shutil.rmtree, HYPOTHESIS_HOME, ignore_errors=True)
+hypothesis.settings.register_profile("nkw", database=None)
+hypothesis.settings.load_profile("nkw")
 ASSET = "nixos-kexec-installer-noninteractive-x86_64-linux.tar.gz"
 PASSPHRASE = "correct horse battery staple"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import storage_directory
 
 from app.core.probe import (
     PROBE_SCRIPT,
@@ -182,6 +183,12 @@ def test_garbage_never_raises(text: str) -> None:
 def test_fuzzed_output_never_crashes_the_parser(text: str) -> None:
     parse_probe(text)
     parse_probe("@@nkw ip-addr\n" + text + "\n@@nkw ip-route4\n" + text + "\n@@nkw end")
+
+
+def test_the_fuzzers_keep_nothing_in_the_clone() -> None:
+    root = Path(__file__).resolve().parent.parent
+    assert settings.default.database is None  # nothing replayed from, or written for, a rerun
+    assert not storage_directory("unicode_data").path.resolve().is_relative_to(root)
 
 
 @settings(max_examples=200, deadline=None)
