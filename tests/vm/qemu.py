@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -138,14 +139,32 @@ class VM:
             self._cmd(accel), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         end = time.monotonic() + deadline
+        next_banner = 0.0
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 return False
-            if self.ready in self.console():
+            console = self.console()
+            if self.ready in console:
                 return True
+            # A getty starting on the console hangs up whoever writes to it (agetty's vhangup),
+            # which can swallow the ready line: once the login prompt is up, an SSH banner on
+            # the forwarded port says the same.
+            if "login:" in console[-200:] and time.monotonic() >= next_banner:
+                next_banner = time.monotonic() + 2.0
+                if self._ssh_banner():
+                    return True
             time.sleep(0.1)
         self.stop()
         return False
+
+    def _ssh_banner(self) -> bool:
+        """Whether the guest's sshd answers on the forwarded port with its banner."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=3) as s:
+                s.settimeout(3)
+                return s.recv(8).startswith(b"SSH-")
+        except OSError:
+            return False
 
     def console(self) -> str:
         """Everything the VM printed on its serial console."""
