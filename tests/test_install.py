@@ -24,8 +24,11 @@ from app.core.install import (
     OldSystemBack,
     establish_privilege,
     run_probe,
+    server_hash_for,
 )
+from app.core.kinds import ServerHash
 from app.core.plan import DEFAULT_STAGING, InstallPlan
+from app.core.probe import Facts
 from app.core.settings import Settings
 from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Session, Target, connect
 from tests.conftest import ASSET, SSHEnv
@@ -154,6 +157,32 @@ def test_stages_run_kexec_as_root_and_detect_a_server_that_never_goes_down(
     assert _stage_states(rig.events)[-2:] == [("down", "start"), ("down", "failed")]
     assert set(inst.timings.stages) == {"key", "transfer", "checksum", "unpack", "run", "down"}
     rig.session.close()
+
+
+def test_a_one_cpu_server_hashes_the_upload_once_stored_in_the_same_command(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
+    # What the probe of a one-CPU server says; the sshd here is the same.
+    rig.installer.facts = replace(rig.installer.facts, cpus=1)
+    rig.installer.prepare()
+    tarball = rig.staging / ASSET
+    assert tarball.read_bytes() == releases.files[f"nixos-26.05/{ASSET}"]
+    said = [e.message for e in rig.events if e.stage == "checksum"]
+    assert any("hashed once stored" in m for m in said), said
+    assert not (rig.staging / f"{ASSET}.part").exists()
+    rig.session.close()
+
+
+def test_the_server_hashes_beside_the_transfer_unless_it_has_one_cpu() -> None:
+    tools = {"sha256sum": "/usr/bin/sha256sum"}
+    assert server_hash_for(Facts(tools=tools, cpus=1)) == ServerHash.AFTER_STORING
+    assert server_hash_for(Facts(tools=tools, cpus=2)) == ServerHash.WHILE_RECEIVING
+    assert server_hash_for(Facts(tools=tools)) == ServerHash.WHILE_RECEIVING  # not counted
+    assert server_hash_for(Facts(tools={"openssl": "/usr/bin/openssl"}, cpus=1)) == (
+        ServerHash.AFTER_STORING
+    )
+    assert server_hash_for(Facts(cpus=1)) == ServerHash.NONE  # nothing there can hash
 
 
 def test_password_login_installs_the_apps_own_key_which_run_carries(

@@ -216,3 +216,24 @@ def test_staging_and_url_are_quoted_into_the_script() -> None:
     assert "URL='http://h/$(reboot)'" in s
     assert "__" not in s.replace("__STAGING__", "").replace("__URL__", "").replace("__TOOLS__", "")
     assert "__STAGING__" in PROBE_SCRIPT
+
+
+def test_the_probe_counts_the_cpus_the_login_may_use(tmp_path: Path) -> None:
+    """The upload's hashing depends on it: run the probe itself here, on all CPUs and on one."""
+    import os
+    import subprocess
+
+    script = probe_script(str(tmp_path / "staging"), "")
+    everything = subprocess.run(
+        ["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    pinned = subprocess.run(
+        ["taskset", "-c", "0", "/bin/sh", "-c", script],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert parse_probe(everything.stdout).cpus == len(os.sched_getaffinity(0))
+    assert parse_probe(pinned.stdout).cpus == 1
+    # A recorded server from before the count, or one that prints nonsense, says nothing.
+    assert parse_probe(load("probe-debian12-kvm.txt")).cpus is None
+    for said in ("0", "x", "9" * 5000):
+        assert parse_probe(f"@@nkw tools\ncpus={said}\n@@nkw end\n").cpus is None

@@ -75,6 +75,10 @@ def test_the_commands_are_exactly_these() -> None:
         lambda p: sh.remove_line(p, p),
         sh.owners_up_to_root,
         lambda p: sh.read_files([p]),
+        sh.make_folder_and_list_owners,
+        lambda p: sh.mark_and_hash(p, p),
+        lambda p: sh.move_and_size(p, p),
+        sh.receive_then_hash,
     ],
 )
 def test_a_hostile_path_is_never_run_by_the_shell(
@@ -126,6 +130,77 @@ def test_owners_up_to_root_lists_every_parent(tmp_path: Path) -> None:
     assert lines[0][0] == str(os.getuid()) and lines[0][2] == str(staging)
     assert int(lines[0][1], 8) == staging.stat().st_mode & 0o7777
     assert lines[-1][2] == "/" and len(lines) == len(staging.parts)
+
+
+def test_the_batched_transfer_commands_are_exactly_these() -> None:
+    assert sh.make_folder_and_list_owners("/s") == (
+        f"{sh.make_folder('/s')} || exit 3; {sh.owners_up_to_root('/s')}"
+    )
+    assert sh.mark_and_hash("/s/.m", "/s/i") == f"touch /s/.m; {sh.sha256('/s/i')}"
+    assert sh.move_and_size("/s/i.part", "/s/i") == "mv -f /s/i.part /s/i && stat -c %s /s/i"
+
+
+def test_making_the_folder_and_listing_its_owners_is_one_round_trip(tmp_path: Path) -> None:
+    staging = tmp_path / "new" / "s t"
+    res = run(sh.make_folder_and_list_owners(str(staging)))
+    lines = [ln.split(" ", 2) for ln in res.stdout.splitlines()]
+    assert res.returncode == 0 and staging.is_dir()
+    assert lines[0] == [str(os.getuid()), "700", str(staging)]
+    assert lines[-1][2] == "/" and len(lines) == len(staging.parts)
+    # A folder that cannot be made is its own exit status, with nothing listed.
+    (tmp_path / "file").write_text("")
+    res = run(sh.make_folder_and_list_owners(str(tmp_path / "file" / "s")))
+    assert res.returncode == 3 and res.stdout == "" and res.stderr
+
+
+def test_mark_and_hash_prints_an_earlier_copys_digest_or_nothing(tmp_path: Path) -> None:
+    import hashlib
+
+    image, marker = tmp_path / "i.tar.gz", tmp_path / sh.MARKER
+    res = run(sh.mark_and_hash(str(marker), str(image)))
+    assert marker.exists() and sh.parse_sha256(res.stdout) is None
+    image.write_bytes(b"earlier copy")
+    res = run(sh.mark_and_hash(str(marker), str(image)))
+    assert sh.parse_sha256(res.stdout) == hashlib.sha256(b"earlier copy").hexdigest()
+
+
+def test_move_and_size_reports_what_is_in_place(tmp_path: Path) -> None:
+    part, dest = tmp_path / "i.part", tmp_path / "i"
+    part.write_bytes(b"x" * 1234)
+    dest.write_bytes(b"old")
+    res = run(sh.move_and_size(str(part), str(dest)))
+    assert res.returncode == 0 and res.stdout.strip() == "1234" and not part.exists()
+    assert run(sh.move_and_size(str(part), str(dest))).returncode != 0  # nothing to move
+
+
+def test_receive_then_hash_stores_the_bytes_and_prints_their_sha256(tmp_path: Path) -> None:
+    import hashlib
+
+    data = os.urandom(3 << 20)
+    dest = tmp_path / "image.tar.gz.part"
+    res = subprocess.run(
+        ["/bin/sh", "-c", sh.receive_then_hash(str(dest))], input=data, capture_output=True,
+        timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0 and sh.WRITE_FAILED.encode() not in res.stderr
+    assert dest.read_bytes() == data and oct(dest.stat().st_mode & 0o777) == "0o600"
+    assert sh.parse_sha256(res.stdout.decode()) == hashlib.sha256(data).hexdigest()
+    assert sh.receive_then_hash("/s/i.part") == (
+        "umask 077 && cat > /s/i.part || { echo nkw-write-failed >&2; exit 1; }; "
+        "{ openssl dgst -sha256 -r /s/i.part || sha256sum /s/i.part; } 2>/dev/null; true"
+    )
+
+
+def test_receive_then_hash_fails_and_prints_no_digest_when_nothing_was_stored(
+    tmp_path: Path,
+) -> None:
+    dest = tmp_path / "no such folder" / "image.part"
+    res = subprocess.run(
+        ["/bin/sh", "-c", sh.receive_then_hash(str(dest))], input=b"x" * 1000,
+        capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode != 0 and sh.WRITE_FAILED.encode() in res.stderr
+    assert sh.parse_sha256(res.stdout.decode()) is None
 
 
 def test_unpack_sets_aside_a_folder_it_did_not_make_and_cleanup_removes_only_its_own(

@@ -23,6 +23,7 @@ from app.core.errors import (
 )
 from app.core.events import CancelToken, Event, ProgressEvent
 from app.core.install import establish_privilege, run_probe
+from app.core.kinds import ServerHash
 from app.core.settings import Settings
 from app.core.ssh import (
     ConnectOptions,
@@ -275,6 +276,21 @@ def test_upload_streams_the_file_and_returns_its_sha256(
     assert dest.stat().st_mode & 0o777 == 0o600
     final = [e for e in events if isinstance(e, ProgressEvent) and e.final]
     assert final and final[-1].done == src.stat().st_size
+    dest.unlink()
+
+
+@pytest.mark.parametrize("mode", [ServerHash.WHILE_RECEIVING, ServerHash.AFTER_STORING])
+def test_the_server_hashes_the_upload_it_received(
+    ssh_env: SSHEnv, trusted: Path, tmp_path: Path, mode: ServerHash
+) -> None:
+    src = tmp_path / "blob"
+    src.write_bytes(os.urandom(5 * 1024 * 1024 + 7))
+    dest = ssh_env.nopw.home / "hashed.bin"
+    with _connect(ssh_env, trusted) as s:
+        sha = s.upload(src, str(dest), server_hash=mode)
+        assert s.upload(src, str(dest)) is None  # no hash asked, none returned
+    assert sha == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert dest.read_bytes() == src.read_bytes() and dest.stat().st_mode & 0o777 == 0o600
     dest.unlink()
 
 

@@ -1,4 +1,4 @@
-"""The flow's fixed words as enums: transfer mode, privilege, login method and image kind."""
+"""The flow's fixed words as enums: transfer mode, server hashing, privilege, login, image kind."""
 
 # StrEnums: each member is its own string, so JSON lines, profiles and the CLI's arguments
 # read and write exactly the words they always had.
@@ -14,6 +14,14 @@ class Transfer(StrEnum):
     AUTO = "auto"  # the engine picks (the server downloads when it can check the image)
     UPLOAD = "upload"  # this computer sends it
     REMOTE = "remote"  # the server downloads it itself
+
+
+class ServerHash(StrEnum):
+    """Whether and when the server hashes an upload (it then needs no separate read of it)."""
+
+    NONE = "none"  # the server has no tool for it: the checksum stage decides
+    WHILE_RECEIVING = "while-receiving"  # beside the transfer: overlaps it where CPUs are spare
+    AFTER_STORING = "after-storing"  # in the same command, once stored: cheaper on one CPU
 
 
 class PrivilegeKind(StrEnum):

@@ -61,6 +61,7 @@ S tools
 for t in __TOOLS__; do p=$(command -v "$t" 2>/dev/null) && echo "$t=$p"; done
 printf '1.10\n1.9\n' | sort -V 2>/dev/null | head -n1 | sed 's/^/sort-v=/'
 setsid --wait true >/dev/null 2>&1 && echo setsid-wait=yes
+n=$(nproc 2>/dev/null || grep -c '^processor' /proc/cpuinfo 2>/dev/null) && echo "cpus=$n"
 S priv
 if [ "$(id -u)" = 0 ]; then echo root
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then echo sudo
@@ -215,6 +216,7 @@ class Facts:
     tools: dict[str, str] = field(default_factory=dict)
     sort_v: bool = False
     setsid_wait: bool = False  # util-linux setsid; busybox's has no --wait
+    cpus: int | None = None  # the CPUs the login may use (nproc), when the probe could tell
     privilege: PrivilegeKind = PrivilegeKind.NONE
     staging: Staging = field(default_factory=Staging)
     net_format: str = "none"  # json, text or none
@@ -541,6 +543,9 @@ def parse_probe(text: str) -> Facts:
     tools = parse_kv(sec.get("tools", []))
     sort_v = tools.pop("sort-v", "") == "1.9"
     setsid_wait = tools.pop("setsid-wait", "") == "yes"
+    cpus_text = tools.pop("cpus", "").strip()
+    cpus = int(cpus_text) if cpus_text.isdigit() and len(cpus_text) < 7 else None
+    cpus = cpus or None  # nothing counted says nothing
     fmt, ifaces = parse_ip_addr(sec.get("ip-addr", []))
     if fmt == "text":
         notes.append("the server's ip has no --json; network facts come from its plain output")
@@ -573,6 +578,7 @@ def parse_probe(text: str) -> Facts:
         tools=tools,
         sort_v=sort_v,
         setsid_wait=setsid_wait,
+        cpus=cpus,
         privilege=privilege,
         staging=parse_staging(sec.get("staging", [])),
         net_format=fmt,

@@ -28,6 +28,7 @@ from app.core.errors import (
     SSHConnectError,
 )
 from app.core.events import CancelToken, EventSink, ProgressMeter, discard
+from app.core.kinds import ServerHash
 from app.core.lazy import LazyModule
 
 if TYPE_CHECKING:
@@ -398,13 +399,18 @@ class Session:
         cancel: CancelToken | None = None,
         timeout: float = 3600.0,
         digest: bool = False,
-        server_hash: bool = False,
+        server_hash: ServerHash = ServerHash.NONE,
     ) -> str | None:
         """Stream ``local`` into ``remote`` (mode 0600); with ``digest``, return its sha256 as
-        sent; with ``server_hash``, the sha256 the server computed of the bytes as they arrived
-        (None when it has no tool for it), so no second read of the file is needed there."""
+        sent; with ``server_hash``, the sha256 the server computed of the bytes it received,
+        as they arrived or once stored (None when it has no tool for it), so no separate
+        command has to read the file there again."""
         size = local.stat().st_size
-        cmd = sh.receive_hashing(remote) if server_hash else sh.receive(remote)
+        cmd = {
+            ServerHash.NONE: sh.receive,
+            ServerHash.WHILE_RECEIVING: sh.receive_hashing,
+            ServerHash.AFTER_STORING: sh.receive_then_hash,
+        }[server_hash](remote)
         deadline = time.monotonic() + timeout
         start_by = min(deadline, time.monotonic() + max(self.start_timeout, 1.0))
         chan = self._start(cmd, None, start_by, cancel, "the upload", end_input=False)
@@ -451,7 +457,7 @@ class Session:
                 "The server could not store the image (full disk or no permission).",
                 "Free space on the server or choose another staging folder.",
             )
-        if server_hash:
+        if server_hash is not ServerHash.NONE:
             return sh.parse_sha256(res.stdout)
         return h.hexdigest() if digest else None
 
