@@ -574,8 +574,15 @@ def cmd_download(ctx: Context) -> int:
 
 
 def _inspect(ctx: Context, session: Session) -> flow.Inspection:
-    staging = ctx.args.staging_dir or DEFAULT_STAGING
-    return flow.inspect(session, ctx.settings, staging, emit=ctx.report, cancel=ctx.cancel)
+    a = ctx.args
+    staging = a.staging_dir or DEFAULT_STAGING
+    transfer = getattr(a, "transfer", None)  # `probe` has none: it reports everything
+    reach = transfer is None or flow.reach_matters(
+        Transfer(transfer), getattr(a, "image", "") or ""
+    )
+    return flow.inspect(
+        session, ctx.settings, staging, emit=ctx.report, cancel=ctx.cancel, reach=reach
+    )
 
 
 def _print_facts(ctx: Context, found: flow.Inspection) -> None:

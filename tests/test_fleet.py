@@ -119,6 +119,8 @@ def test_three_servers_at_once_end_each_with_its_own_result_and_one_summary(
     assert summary["hosts"][1]["error"].startswith("Preflight stop")
     # The two that got as far as the image share one download.
     assert len(releases.downloads(ASSET)) == 1
+    # An upload was chosen: no probe waited for the servers to reach the download server.
+    assert not [q for q in releases.requests if q.headers.get("User-Agent", "").startswith("curl")]
     # At once, not one after another: the silent one's wait overlaps the good one's install.
     stages = [(e["host"], e["stage"], e["state"]) for e in events if e["event"] == "stage"]
     assert (never, "up", "start") in stages and (ok, "verify", "done") in stages

@@ -161,3 +161,37 @@ def test_remote_is_refused_with_every_reason() -> None:
         choose_transfer("remote", f, ASSET)
     assert "has no curl" in ei.value.what and "cannot reach" in ei.value.what
     assert choose_transfer("upload", facts(), ASSET)[0] == "upload"
+
+
+@pytest.mark.parametrize(
+    ("transfer", "source", "matters"),
+    [
+        ("auto", "", True),  # a release: the server may download it itself
+        ("remote", "https://mirror.example/x.tar.gz", True),  # refused with the reason if not
+        ("auto", "https://mirror.example/x.tar.gz", True),
+        ("upload", "", False),  # chosen: the answer changes nothing
+        ("auto", "/home/me/x.tar.gz", False),  # a file here is always uploaded
+        ("remote", "~/x.tar.gz", False),  # refused for being local, whatever the server reaches
+    ],
+)
+def test_the_probe_asks_about_the_download_server_only_when_the_answer_can_matter(
+    transfer: str, source: str, matters: bool
+) -> None:
+    from app.core.flow import reach_matters
+    from app.core.kinds import Transfer
+
+    assert reach_matters(Transfer(transfer), source) is matters
+    if matters:
+        return
+    # Without the answer the choice is the one the answer would have given.
+    unknown = replace(facts(), reach_v4=None, reach_v6=None)
+    asset = None if source else ASSET
+    if transfer == "remote":
+        for f in (facts(), unknown):  # the last one checked below
+            with pytest.raises(TransferError, match="the image is a local file") as ei:
+                choose_transfer(transfer, f, asset)
+        assert "cannot reach" not in ei.value.what  # it was not asked, so it is not claimed
+    else:
+        assert choose_transfer(transfer, unknown, asset) == choose_transfer(
+            transfer, facts(), asset
+        )

@@ -399,8 +399,10 @@ class Fleet:
         def one(h: Host) -> Inspected | Outcome:
             session = sessions[h.label]
             try:
+                reach = flow.reach_matters(self.env.request.transfer, self.env.image.source)
                 found = flow.inspect(session, self.env.settings, self.env.staging,
-                                     emit=self.sink(h), cancel=self.token(h))  # fmt: skip
+                                     emit=self.sink(h), cancel=self.token(h),
+                                     reach=reach)  # fmt: skip
                 facts = found.facts
                 if facts.is_installer:
                     info = flow.already_installer(session, facts)

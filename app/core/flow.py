@@ -124,11 +124,21 @@ def inspect(
     *,
     emit: EventSink = discard,
     cancel: CancelToken | None = None,
+    reach: bool = True,
 ) -> Inspection:
-    """Probe the server (its output proven to be the probe's own) and judge it."""
+    """Probe the server (its output proven to be the probe's own) and judge it; ``reach``
+    also asks whether it reaches the download server (see ``reach_matters``)."""
     with Timings().measure("probe", emit):
-        facts = run_probe(session, settings, staging, cancel)
+        facts = run_probe(session, settings, staging, cancel, reach=reach)
     return Inspection(facts, evaluate(facts), preview(facts))
+
+
+def reach_matters(transfer: Transfer, source: str) -> bool:
+    """Whether the server reaching the download server can change the plan: not when the
+    user chose an upload or a file on this computer (a reachability check would only cost
+    the probe its wait). Before the image is chosen (the wizard's Inspect page) it may."""
+    local = bool(source.strip()) and not source.strip().startswith(("https://", "http://"))
+    return Transfer(transfer) != Transfer.UPLOAD and not local
 
 
 # ---------------------------------------------------------------------------------------------

@@ -229,10 +229,14 @@ def run_probe(
     settings: Settings,
     staging: str = DEFAULT_STAGING,
     cancel: CancelToken | None = None,
+    reach: bool = True,
 ) -> Facts:
-    """Gather every fact in one round trip, proving first that the output is the probe's own."""
+    """Gather every fact in one round trip, proving first that the output is the probe's own.
+
+    Without ``reach`` the server is not asked to fetch the download URL (its answer could
+    not change the plan), so the probe does not wait for that request."""
     token = secrets.token_hex(8)
-    script = probe_script(staging, settings.download_url, token)
+    script = probe_script(staging, settings.download_url if reach else "", token)
     res = session.run(
         "sh -s",
         stdin=script.encode(),
@@ -344,6 +348,7 @@ def choose_transfer(requested: Transfer, facts: Facts, asset: Asset | None) -> t
     downloader = facts.has("curl")
     can_check = facts.has("sha256sum") or facts.has("openssl")
     reach = bool(facts.reach_v4 or facts.reach_v6)
+    unasked = facts.reach_v4 is None and facts.reach_v6 is None  # never claim what was not seen
     has_digest = asset is not None and asset.digest is not None
     requested = Transfer(requested)
     if requested == Transfer.UPLOAD:
@@ -358,7 +363,7 @@ def choose_transfer(requested: Transfer, facts: Facts, asset: Asset | None) -> t
                     "no sha256 was published for it, so nothing could check it before it boots",
                 ),
                 (downloader, "the server has no curl (needed to stay on https)"),
-                (reach, "the server cannot reach the download server"),
+                (reach or unasked, "the server cannot reach the download server"),
                 (can_check, "the server has neither sha256sum nor openssl to check the file"),
             )
             if not ok
