@@ -80,6 +80,11 @@ SUCCESS_LINE = "machine will boot into nixos"
 KEY_RE = re.compile(r"(?:ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+\s+([A-Za-z0-9+/=]+)")
 DOWN_PROBE_TIMEOUT = 1.0  # seconds a fresh connection may take to send its SSH banner
 BOOT_ID_EVERY = 2.0  # while banners still answer: a login that reads the boot id, this often
+# A port refused (or reset) within QUICK_FAIL cost the server nothing but its kernel's answer:
+# the next attempt comes after QUICK_RETRY, so the installer's sshd is seen soon after it
+# listens. Anything slower (a connection that hangs) waits out the poll interval.
+QUICK_FAIL = 0.05
+QUICK_RETRY = 0.1
 KEPT_LINES = 2000  # lines of `run`'s output kept for the diagnosis (all are shown as they come)
 
 
@@ -1061,7 +1066,8 @@ class Installer:
         return list(dict.fromkeys(p for p in ports if p))
 
     def stage_wait_up(self) -> Session:
-        """Poll with short attempts, at most one per poll interval, until the installer answers."""
+        """Poll with short attempts until the installer answers: at most one per poll interval,
+        or one per QUICK_RETRY while the ports refuse at once."""
         target = self.session.target
         deadline = time.monotonic() + self.settings.up_timeout
         attempts = 0
@@ -1105,7 +1111,9 @@ class Installer:
                 self.emit(AttemptEvent("up", last, attempts=attempts, port=port))
                 if time.monotonic() >= deadline:
                     raise self._never_came_back(attempts, last, refused_auth)
-                rest = self.settings.poll_interval - (time.monotonic() - t0)
+                took = time.monotonic() - t0
+                pace = QUICK_RETRY if took < QUICK_FAIL else self.settings.poll_interval
+                rest = min(pace, self.settings.poll_interval) - took
                 if rest > 0 and self.cancel.wait(rest):
                     raise Cancelled("Stopped waiting; the installer may still come up.")
 
