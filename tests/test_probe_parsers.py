@@ -237,3 +237,30 @@ def test_the_probe_counts_the_cpus_the_login_may_use(tmp_path: Path) -> None:
     assert parse_probe(load("probe-debian12-kvm.txt")).cpus is None
     for said in ("0", "x", "9" * 5000):
         assert parse_probe(f"@@nkw tools\ncpus={said}\n@@nkw end\n").cpus is None
+
+
+@pytest.mark.parametrize("shell", ["dash", "bash", "busybox"])
+def test_the_probe_run_here_finds_its_tools_and_staging_in_each_shell(
+    shell: str, tmp_path: Path
+) -> None:
+    """The script itself, in the shells servers have: a tool it does not find is not one the
+    server has, and the staging folder's nearest existing parent is found without dirname."""
+    import shutil
+    import subprocess
+
+    argv = ["busybox", "sh"] if shell == "busybox" else [shell]
+    if shutil.which(argv[0]) is None:
+        pytest.skip(f"{argv[0]} is not installed here")
+    (tmp_path / "a").mkdir()
+    script = probe_script(str(tmp_path / "a" / "b" / "c"), "")
+    script = script.replace("for t in ", "for t in nkw-no-such-tool ", 1)
+    out = subprocess.run([*argv, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    facts = parse_probe(out.stdout)
+    assert facts.has("tar") and facts.has("sort") and not facts.has("nkw-no-such-tool")
+    assert "nkw-no-such-tool=" in out.stdout  # said, as not found
+    assert facts.staging is not None
+    assert facts.staging.existing == str(tmp_path / "a") and facts.staging.writable
+    assert facts.staging.mount_point and facts.staging.fstype and facts.staging.free_bytes
+    if shell != "busybox":  # GNU sort here; busybox's may lack -V
+        assert facts.sort_v

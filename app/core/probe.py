@@ -58,8 +58,8 @@ grep -q 'envID' /proc/self/status 2>/dev/null && echo marker=envid
 S kexec; cat /proc/sys/kernel/kexec_load_disabled 2>/dev/null
 S lockdown; cat /sys/kernel/security/lockdown 2>/dev/null
 S tools
-for t in __TOOLS__; do p=$(command -v "$t" 2>/dev/null) && echo "$t=$p"; done
-printf '1.10\n1.9\n' | sort -V 2>/dev/null | head -n1 | sed 's/^/sort-v=/'
+for t in __TOOLS__; do printf '%s=' "$t"; command -v "$t" 2>/dev/null || echo; done
+printf '1.10\n1.9\n' | sort -V 2>/dev/null | { read -r v && echo "sort-v=$v"; }
 setsid --wait true >/dev/null 2>&1 && echo setsid-wait=yes
 n=$(nproc 2>/dev/null || grep -c '^processor' /proc/cpuinfo 2>/dev/null) && echo "cpus=$n"
 S priv
@@ -71,13 +71,16 @@ else echo none; fi
 S staging
 d=$STAGING; case "$d" in "~"|"~/"*) d="$HOME${d#\~}";; esac
 echo "path=$d"
-e=$d; while [ ! -d "$e" ] && [ "$e" != / ]; do e=$(dirname "$e"); done
+e=$d
+while [ ! -d "$e" ] && [ "$e" != / ]; do
+  case "$e" in */*) e=${e%/*}; [ -n "$e" ] || e=/;; *) e=.;; esac
+done
 echo "existing=$e"
 [ -w "$e" ] && echo writable=yes || echo writable=no
-df -Pk "$e" 2>/dev/null | tail -n 1
-m=$(df -P "$e" 2>/dev/null | tail -n 1 | awk '{print $NF}')
-[ -n "$m" ] && awk -v m="$m" '$2==m {print "mount=" $2 " " $3 " " $4}' /proc/mounts 2>/dev/null \
-  | tail -n 1
+l=$(df -Pk "$e" 2>/dev/null | tail -n 1); [ -n "$l" ] && echo "$l"
+m=${l##* }
+[ -n "$m" ] && awk -v m="$m" '$2==m {x="mount=" $2 " " $3 " " $4} END {if (x) print x}' \
+  /proc/mounts 2>/dev/null
 S ip-addr; ip -d --json addr 2>/dev/null || ip --json addr 2>/dev/null || ip addr 2>/dev/null
 S ip-route4; ip -4 --json route 2>/dev/null || ip -4 route 2>/dev/null
 S ip-route6; ip -6 --json route 2>/dev/null || ip -6 route 2>/dev/null
@@ -544,6 +547,7 @@ def parse_probe(text: str) -> Facts:
     sort_v = tools.pop("sort-v", "") == "1.9"
     setsid_wait = tools.pop("setsid-wait", "") == "yes"
     cpus_text = tools.pop("cpus", "").strip()
+    tools = {name: path for name, path in tools.items() if path}  # "name=": not found
     cpus = int(cpus_text) if cpus_text.isdigit() and len(cpus_text) < 7 else None
     cpus = cpus or None  # nothing counted says nothing
     fmt, ifaces = parse_ip_addr(sec.get("ip-addr", []))
