@@ -1,5 +1,4 @@
-"""A TCP relay in front of an sshd that holds back the server's first bytes, as a server
-still booting does (its sshd's first banner after boot is slow)."""
+"""A TCP relay in front of an sshd that holds back the server's first bytes, like a slow boot."""
 
 from __future__ import annotations
 
