@@ -544,15 +544,21 @@ def _choose(ctx: Context, facts: Facts | None, arch: str | None = None) -> Image
     return choose_image(request, facts, ctx.settings, catalog)
 
 
-def _fetch_image(ctx: Context, choice: ImageChoice) -> CachedImage:
-    cache = ImageCache(ctx.paths.images_dir_for(ctx.settings.cache_dir))
+def _image_cache(ctx: Context) -> ImageCache:
+    return ImageCache(ctx.paths.images_dir_for(ctx.settings.cache_dir))
+
+
+def _fetch_image(
+    ctx: Context, choice: ImageChoice, early: flow.EarlyCheck | None = None
+) -> CachedImage:
+    cache = _image_cache(ctx)
     asset = choice.asset
     if asset is not None and not asset.digest:
         ctx.report.info(
             f"WARNING: {asset.name} has no published checksum; {asset.checksum_note}.",
             level="warn",
         )
-    return fetch_image(choice, cache, ctx.settings, emit=ctx.report, cancel=ctx.cancel)
+    return fetch_image(choice, cache, ctx.settings, emit=ctx.report, cancel=ctx.cancel, early=early)
 
 
 def cmd_download(ctx: Context) -> int:
@@ -655,6 +661,7 @@ def cmd_install(ctx: Context) -> int:
     profile = _profile_for(ctx)
     target = _target(ctx, profile)
     creds = _credentials(ctx, profile)
+    early = flow.check_early(a.image or "", _image_cache(ctx))  # beside connect and probe
     session = _connect(ctx, target, creds)
     try:
         found = _inspect(ctx, session)
@@ -682,7 +689,7 @@ def cmd_install(ctx: Context) -> int:
         mode, reason = transfer_for(request, facts, choice)
         image = None
         if mode == "upload":
-            image = _fetch_image(ctx, choice)
+            image = _fetch_image(ctx, choice, early)
             ctx.report.info(f"Image: {image.path.name}: {image.verification_note}")
         plan = make_plan(target, facts, choice, mode, image, request)
         if plan.bundle:
@@ -795,7 +802,7 @@ def cmd_install_many(ctx: Context, hosts: list[Host]) -> int:
     env = FleetEnv(
         settings=ctx.settings, known_hosts=ctx.known_hosts, profiles=ctx.profiles,
         secrets=ctx.secrets, keys_dir=ctx.paths.keys_dir,
-        cache=ImageCache(ctx.paths.images_dir_for(ctx.settings.cache_dir)), catalog=catalog,
+        cache=_image_cache(ctx), catalog=catalog,
         image=image, request=request,
         options=ConnectOptions(timeout=ctx.settings.connect_timeout,
                                accept_new_host_key=bool(a.accept_new_host_key), trusted=trusted),
@@ -962,7 +969,7 @@ def _netboot_source(ctx: Context, arch: str) -> NetbootSource:
         return kexec_source(image, ctx.paths.netboot_dir, keys, ctx.cancel)
     cat = CatalogClient(ctx.settings, ctx.paths.catalog_cache).load(offline=a.offline)
     release = release_of(cat, a.channel)
-    cache = ImageCache(ctx.paths.images_dir_for(ctx.settings.cache_dir))
+    cache = _image_cache(ctx)
     return release_source(
         Downloader(ctx.settings, cache), release, arch, emit=ctx.report, cancel=ctx.cancel
     )

@@ -284,3 +284,33 @@ def test_a_local_file_is_checked_and_hashed_in_place(tmp_path: Path) -> None:
     assert img.info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     with pytest.raises(IntegrityError, match="does not exist"):
         local_image(tmp_path / "missing.tar.gz", ImageCache(tmp_path / "images"))
+
+
+def test_a_local_file_checked_early_is_what_the_flow_takes_and_its_error_comes_there(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """The check of a chosen file starts before the server is connected (beside the
+    connection and the probe); the flow takes its result only for that very file."""
+    from app.core import flow
+    from app.core.plan import ImageChoice
+
+    cache = ImageCache(tmp_path / "images")
+    mine = standin_tarball(tmp_path / "mine.tar.gz")
+    early = flow.check_early(f" {mine} ", cache)
+    assert early is not None
+    got = flow.fetch_image(ImageChoice(None, {}, mine), cache, settings, early=early)
+    assert got.path == mine and got.info == local_image(mine, cache).info
+    # Another file than the one checked early is checked on its own.
+    other = tmp_path / "other.tar.gz"
+    other.write_bytes(standin_tarball(tmp_path / "o.tar.gz").read_bytes())
+    got = flow.fetch_image(ImageChoice(None, {}, other), cache, settings, early=early)
+    assert got.path == other
+    # A missing file fails where the image is asked for, as it did before the early start.
+    gone = flow.check_early(str(tmp_path / "gone.tar.gz"), cache)
+    assert gone is not None
+    with pytest.raises(IntegrityError, match="does not exist"):
+        flow.fetch_image(ImageChoice(None, {}, tmp_path / "gone.tar.gz"), cache, settings,
+                         early=gone)  # fmt: skip
+    # Nothing to check early for a release or a URL.
+    assert flow.check_early("", cache) is None
+    assert flow.check_early("https://mirror.example/x.tar.gz", cache) is None

@@ -205,9 +205,12 @@ def pool(items: Sequence[T], work: Callable[[T], R], parallel: int, cancel: Canc
 class SharedImages:
     """Each image fetched and checked once per run, however many hosts need it."""
 
-    def __init__(self, cache: ImageCache, settings: Settings) -> None:
+    def __init__(
+        self, cache: ImageCache, settings: Settings, early: flow.EarlyCheck | None = None
+    ) -> None:
         self.cache = cache
         self.settings = settings
+        self.early = early  # a local file's check, started with the run
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
 
@@ -224,7 +227,7 @@ class SharedImages:
         if first:
             try:
                 entry.image = flow.fetch_image(
-                    choice, self.cache, self.settings, emit=emit, cancel=cancel
+                    choice, self.cache, self.settings, emit=emit, cancel=cancel, early=self.early
                 )
             except WizardError as exc:
                 entry.error = exc
@@ -295,7 +298,8 @@ class Fleet:
         self.env = env
         self.cancel = cancel
         self.parallel = check_parallel(parallel)
-        self.images = SharedImages(env.cache, env.settings)
+        early = flow.check_early(env.image.source, env.cache)  # beside connect and probe
+        self.images = SharedImages(env.cache, env.settings, early)
         self.emit = emit  # where every host's events go (marked with its name)
         self._logs: dict[str, RunLog] = {}
         self._lock = threading.Lock()

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -21,7 +22,7 @@ from app.core.catalog import (
     url_asset,
 )
 from app.core.download import CachedImage, Downloader, ImageCache, local_image
-from app.core.errors import HostKeyUnknown, PreflightStop, WizardError
+from app.core.errors import Cancelled, HostKeyUnknown, PreflightStop, WizardError
 from app.core.events import CancelToken, EventSink, discard
 from app.core.install import (
     Installer,
@@ -137,8 +138,13 @@ def reach_matters(transfer: Transfer, source: str) -> bool:
     """Whether the server reaching the download server can change the plan: not when the
     user chose an upload or a file on this computer (a reachability check would only cost
     the probe its wait). Before the image is chosen (the wizard's Inspect page) it may."""
-    local = bool(source.strip()) and not source.strip().startswith(("https://", "http://"))
-    return Transfer(transfer) != Transfer.UPLOAD and not local
+    return Transfer(transfer) != Transfer.UPLOAD and not is_local_source(source)
+
+
+def is_local_source(source: str) -> bool:
+    """Whether an image source names a file on this computer (not a URL, not empty)."""
+    s = source.strip()
+    return bool(s) and not s.startswith(("https://", "http://"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +185,7 @@ def _resolve(
     request: ImageRequest, arch: str, settings: Settings, catalog: Catalog | None
 ) -> ImageChoice:
     source = request.source.strip()
-    if source and not source.startswith(("https://", "http://")):
+    if is_local_source(source):
         return ImageChoice(None, {"arch": arch}, Path(source).expanduser())
     if source:
         meta = {"channel": "", "arch": arch, "variant": request.variant}
@@ -198,6 +204,42 @@ def transfer_for(
     return choose_transfer(request.transfer, facts, choice.asset)
 
 
+class EarlyCheck:
+    """A local image's check (it reads the whole file: seconds for a real image), started
+    before the server is even connected so that it runs beside the connection and the
+    probe; ``fetch_image`` takes its result when that file is the one chosen."""
+
+    def __init__(self, path: Path, cache: ImageCache) -> None:
+        self.path = path.expanduser().absolute()
+        self._done = threading.Event()
+        self._image: CachedImage | None = None
+        self._error: Exception | None = None
+        threading.Thread(target=self._run, args=(cache,), name="image-check", daemon=True).start()
+
+    def _run(self, cache: ImageCache) -> None:
+        try:
+            self._image = local_image(self.path, cache)
+        except Exception as exc:  # raised where the flow asks for the image, as before
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self, cancel: CancelToken | None = None) -> CachedImage:
+        """The checked image, once the check is done (its error raised here)."""
+        while not self._done.wait(0.2):
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("Stopped while the image file was being checked.")
+        if self._error is not None:
+            raise self._error
+        assert self._image is not None
+        return self._image
+
+
+def check_early(source: str, cache: ImageCache) -> EarlyCheck | None:
+    """Start checking the image now when it is a file on this computer (else None)."""
+    return EarlyCheck(Path(source.strip()), cache) if is_local_source(source) else None
+
+
 def fetch_image(
     choice: ImageChoice,
     cache: ImageCache,
@@ -205,14 +247,19 @@ def fetch_image(
     *,
     emit: EventSink = discard,
     cancel: CancelToken | None = None,
+    early: EarlyCheck | None = None,
 ) -> CachedImage:
-    """The verified image on this computer: a checked local file, or downloaded and cached.
+    """The verified image on this computer: a checked local file (checked ``early`` when that
+    check was started for it), or downloaded and cached.
 
     A local file whose kernel is for another arch than the server's is refused here, before
     anything is sent (a release's file is checked against its name by the Downloader)."""
     if choice.asset is None:
         assert choice.local is not None
-        image = local_image(choice.local, cache)
+        mine = early is not None and early.path == choice.local.expanduser().absolute()
+        image = (
+            early.result(cancel) if early is not None and mine else local_image(choice.local, cache)
+        )
         arch, found = choice.meta.get("arch", ""), image.info.kernel_arch
         if arch and found and found != arch:
             raise PreflightStop(
