@@ -60,6 +60,7 @@ from app.core.probe import (
 )
 from app.core.settings import Settings
 from app.core.ssh import (
+    CommandResult,
     ConnectOptions,
     Credentials,
     KnownHosts,
@@ -689,7 +690,7 @@ class Installer:
         if self.plan.image is not None and size != str(self.plan.image.info.size):
             self.streamed_sha = None  # not the whole file: the checksum stage hashes it again
 
-    def check_staging_owner(self, res: Any) -> None:
+    def check_staging_owner(self, res: CommandResult) -> None:
         """Refuse a staging folder (or a parent) that another user owns or may write to, from
         the ``uid mode path`` lines ``make_folder_and_list_owners`` printed.
 
