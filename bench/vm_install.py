@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,16 @@ from tests.vm.qemu import VM, testbed
 TIMEOUTS = ["--down-timeout", "60", "--timeout", "120", "--connect-timeout", "20"]
 KEXEC_LINE = "Linux version"  # the installer kernel's first console line (the origin's is quiet)
 SSHD_LINE = "nkw: installer ready"  # printed once the installer's sshd listens on port 22
+START = "start"  # the app's start, connection and host-key check, up to the probe
+STEPS = (START, "probe", "key", "transfer", "checksum", "unpack", "run", "down", "up", "verify")
+OWN = {START, "probe", "key", "transfer", "checksum", "unpack", "run", "verify"}
+STEP_NAMES = {
+    START: "the app's start, SSH connection and host-key check (to the probe)",
+    "probe": "the app's probe (one round trip)",
+}
+# nixos-anywhere's kexec phase waits for the machine to go down with `timeout 10 ssh ... exit 0`
+# every second; an installer that is up within those 10 s keeps answering, and it never ends.
+ANYWHERE_DEADLINE = 120.0
 
 
 @dataclass
@@ -36,6 +47,8 @@ class Run:
     sshd: float  # seconds from the start to the installer's sshd listening
     reachable: float | None = None  # the app: seconds from the start to "answers on port"
     stages: dict[str, float] = field(default_factory=dict)
+    finished: bool = True  # False: stopped at its deadline (only a reference may be)
+    said: str = ""  # an unfinished run's last line on stderr
 
     @property
     def own(self) -> float:
@@ -95,15 +108,19 @@ def measure(runs: int = 3, nixos_anywhere: str = "") -> list[Row]:
         for i in range(runs):
             floor.append(_timed(work, bed, ["sh", str(ROOT / "bench" / "vm_floor.sh"), "{port}",
                                             str(key), str(image)]))  # fmt: skip
+            _say(f"round {i + 1} floor", floor[-1])
             home = work / f"home{i}"
             app.append(_timed(work, bed, [
                 sys.executable, "-m", "app", "--home", str(home), "install", "--yes", "--json",
                 "--accept-new-host-key", "root@127.0.0.1:{port}", "-i", str(key),
                 "--image", str(image), "--transfer", "upload", *TIMEOUTS,
             ]))  # fmt: skip
+            _say(f"round {i + 1} app", app[-1])
             if anywhere_script:
                 cmd = _anywhere_cmd(anywhere_script, work, key, image)
-                anywhere.append(_timed(work, bed, cmd, prepare=_give_bash))
+                anywhere.append(_timed(work, bed, cmd, prepare=_give_bash,
+                                       deadline=ANYWHERE_DEADLINE))  # fmt: skip
+                _say(f"round {i + 1} nixos-anywhere", anywhere[-1])
     vm = _accel_name()
     fw, aw = median([r.wall for r in floor]), median([r.wall for r in app])
     fo, ao = median([r.own for r in floor]), median([r.own for r in app])
@@ -136,6 +153,16 @@ def measure(runs: int = 3, nixos_anywhere: str = "") -> list[Row]:
             bool(reach) and median(reach) <= 1.0,
         ),
     ]
+    stuck = [r for r in anywhere if not r.finished]
+    if stuck:
+        rows.append(Row(
+            f"VM ({vm}): nixos-anywhere's kexec phase",
+            f"nixos-anywhere `--phases kexec`: did not finish within {ANYWHERE_DEADLINE:.0f} s "
+            f"in {len(stuck)} of {len(anywhere)} runs (installer up {_every(stuck, 'sshd')} s "
+            f"in; its last line: {stuck[-1].said[:120]!r})",
+            "-", "-", None,
+        ))  # fmt: skip
+    anywhere = [r for r in anywhere if r.finished]
     if anywhere:
         nw, no = median([r.wall for r in anywhere]), median([r.own for r in anywhere])
         rows += [
@@ -154,12 +181,15 @@ def measure(runs: int = 3, nixos_anywhere: str = "") -> list[Row]:
                 ao / no <= 0.8,
             ),
         ]
-    for name in ("key", "transfer", "checksum", "unpack", "run", "down", "up", "verify"):
+    for name in STEPS:
         took = [r.stages[name] for r in app if name in r.stages]
-        if took:
-            rows.append(Row(f"VM ({vm}): the app's `{name}` stage", "-",
-                            f"{median(took):.1f} s median ({', '.join(f'{x:.1f}' for x in took)})",
-                            "-", None))  # fmt: skip
+        if not took:
+            continue
+        result = f"{median(took):.2f} s median ({', '.join(f'{x:.2f}' for x in took)})"
+        if name in OWN:  # wholly inside the own cost: its share of it
+            result += f" = {median(took) / ao:.0%} of the app's own cost"
+        what = STEP_NAMES.get(name, f"the app's `{name}` stage")
+        rows.append(Row(f"VM ({vm}): {what}", "-", result, "-", None))
     return rows
 
 
@@ -177,6 +207,14 @@ def _anywhere_cmd(script: str, work: Path, key: Path, image: Path) -> list[str]:
         "--post-kexec-ssh-port", "{port}", "--ssh-option", "StrictHostKeyChecking=no",
         "--ssh-option", "UserKnownHostsFile=/dev/null", "root@127.0.0.1",
     ]  # fmt: skip
+
+
+def _say(label: str, r: Run) -> None:
+    """Each run as it ends (a bench stopped halfway still leaves what it measured)."""
+    more = f", reachable {r.reachable - r.sshd:.2f} s after sshd" if r.reachable else ""
+    end = "" if r.finished else f", STOPPED at its deadline ({r.said[:80]!r})"
+    line = f"{label}: wall {r.wall:.1f} s, kexec at {r.kexec:.1f}, installer sshd at "
+    print(f"{line}{r.sshd:.1f}, own cost {r.own:.1f} s{more}{end}", file=sys.stderr, flush=True)
 
 
 def _every(runs: list[Run], what: str) -> str:
@@ -202,8 +240,14 @@ def _give_bash(vm: VM, key: Path) -> None:
 
 
 def _timed(
-    work: Path, bed: Path, cmd: list[str], prepare: Callable[[VM, Path], None] | None = None
+    work: Path,
+    bed: Path,
+    cmd: list[str],
+    prepare: Callable[[VM, Path], None] | None = None,
+    deadline: float | None = None,
 ) -> Run:
+    """One run on a fresh VM. Without a ``deadline`` the tool must finish (within 600 s);
+    with one (a reference) a run still going then is stopped and kept as unfinished."""
     vm = VM(bed, work).start()
     try:
         if prepare is not None:
@@ -213,19 +257,36 @@ def _timed(
         with Serial(vm.serial) as serial:
             t0 = time.perf_counter()
             p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True)  # fmt: skip
+                                 text=True, start_new_session=True)  # fmt: skip
             err: list[str] = []
-            reader = threading.Thread(target=lambda: err.extend(p.stderr or []), daemon=True)
-            reader.start()
-            for line in p.stdout or []:
-                stamped.append((time.perf_counter(), line))
-            p.wait(600)
+            readers = [
+                threading.Thread(target=lambda: err.extend(p.stderr or []), daemon=True),
+                threading.Thread(
+                    target=lambda: stamped.extend(
+                        (time.perf_counter(), ln) for ln in p.stdout or []
+                    ),
+                    daemon=True,
+                ),
+            ]
+            for r in readers:
+                r.start()
+            try:
+                p.wait(deadline or 600)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+                if deadline is None:
+                    raise SystemExit(f"{argv[:3]} did not finish in 600 s") from None
             took = time.perf_counter() - t0
-            reader.join(5)
+            for r in readers:
+                r.join(5)
             time.sleep(0.05)  # the last console lines
+        kexec, sshd = serial.first(KEXEC_LINE, t0), serial.first(SSHD_LINE, t0)
+        if p.returncode == -signal.SIGKILL and deadline is not None:
+            last = next((ln.strip() for ln in reversed(err) if ln.strip()), "")
+            return Run(took, (kexec or t0) - t0, (sshd or t0) - t0, finished=False, said=last)
         if p.returncode != 0:
             raise SystemExit(f"{argv[:3]} failed ({p.returncode}):\n{''.join(err)[-3000:]}")
-        kexec, sshd = serial.first(KEXEC_LINE, t0), serial.first(SSHD_LINE, t0)
         if kexec is None or sshd is None:
             raise SystemExit(
                 f"the console never showed the kexec or the installer:\n{vm.console()[-2000:]}"
@@ -237,8 +298,13 @@ def _timed(
             event = json.loads(line)
             if event.get("stage") == "up" and "answers on port" in event.get("message", ""):
                 run.reachable = t - t0
+            if event.get("event") == "stage" and event.get("stage") == "probe":
+                if event.get("state") == "start":  # everything before: Python, connect, key
+                    run.stages[START] = t - t0
+                elif event.get("seconds") is not None:
+                    run.stages["probe"] = float(event["seconds"])
             if event.get("event") == "result":
-                run.stages = dict(event.get("timings") or {})
+                run.stages.update(event.get("timings") or {})
         return run
     finally:
         vm.stop()
