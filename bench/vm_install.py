@@ -187,7 +187,7 @@ def measure(runs: int = 3, nixos_anywhere: str = "") -> list[Row]:
             continue
         result = f"{median(took):.2f} s median ({', '.join(f'{x:.2f}' for x in took)})"
         if name in OWN:  # wholly inside the own cost: its share of it
-            result += f" = {median(took) / ao:.0%} of the app's own cost"
+            result += f" = {median(took) / ao:.1%} of the app's own cost"
         what = STEP_NAMES.get(name, f"the app's `{name}` stage")
         rows.append(Row(f"VM ({vm}): {what}", "-", result, "-", None))
     return rows
