@@ -412,6 +412,47 @@ def test_the_old_system_answering_again_is_told_apart_from_the_installer(
 
 
 @pytest.mark.fault
+def test_the_banner_check_tries_each_address_of_the_host_as_ssh_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A name with an IPv6 address that refuses and an IPv4 one that answers (as a dual-stack
+    host whose sshd listens on IPv4 only) is reached on the second, like OpenSSH reaches it.
+    Only the name's resolution is stood in for: no such name resolves here."""
+    from app.core.ssh.banner import banner_socket
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    answered = threading.Event()
+
+    def answer() -> None:
+        conn, _ = srv.accept()
+        conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+        answered.wait(5)
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    closed = socket.socket(socket.AF_INET6)  # a port nobody listens on, on ::1
+    try:
+        closed.bind(("::1", 0))
+        v6 = closed.getsockname()[1]
+    except OSError:
+        v6 = port  # no IPv6 here: connecting to ::1 fails all the same
+    finally:
+        closed.close()
+    both = [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", v6, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+    ]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *_a, **_k: both)
+    sock, why = banner_socket("dual.example", port, timeout=2.0)
+    answered.set()
+    assert sock is not None, why
+    assert sock.getpeername()[:2] == ("127.0.0.1", port)
+    sock.close()
+    srv.close()
+
+
+@pytest.mark.fault
 def test_a_server_whose_first_banner_takes_over_a_second_is_still_seen(
     ssh_env: SSHEnv,
     own_sshd: SSHServer,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from app.core.events import CancelToken
 
 BANNER = b"SSH-"
-TICK = 0.1  # the longest the race sleeps between looks at its cancel token
+TICK = 0.1  # the longest a wait sleeps between looks at its cancel token
 
 
 def banner_socket(host: str, port: int, timeout: float) -> tuple[socket.socket | None, str]:
@@ -91,20 +91,11 @@ def _attempt(
     """One connection: its socket once a banner came by ``until``, else None and why (""
     when it was cancelled)."""
     started = time.monotonic()
-    try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, kind, proto, _name, addr = found[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        return None, f"port {port}: {exc.strerror or type(exc).__name__}"
-    sock.setblocking(False)
-    err = sock.connect_ex(addr)
+    sock, why = _connect(host, port, until, cancel, started)
+    if sock is None:
+        return None, why
     with selectors.DefaultSelector() as sel:
-        if err not in (0, errno.EINPROGRESS):
-            sock.close()
-            return None, f"port {port}: {os.strerror(err)}"
-        sel.register(sock, selectors.EVENT_WRITE)
-        connected = False
+        sel.register(sock, selectors.EVENT_READ)
         while True:
             left = until - time.monotonic()
             if cancel is not None and cancel.cancelled:
@@ -113,28 +104,59 @@ def _attempt(
             if left <= 0:
                 sock.close()
                 return None, f"port {port}: no SSH banner within {round(until - started, 1):g} s"
-            if not sel.select(min(left, TICK)):
-                continue
-            if not connected:
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    sock.close()
-                    return None, f"port {port}: {os.strerror(err)}"
-                connected = True
-                sel.modify(sock, selectors.EVENT_READ)
-                continue
-            sock.setblocking(True)
-            sock.settimeout(max(0.01, until - time.monotonic()))
-            try:
-                data = sock.recv(64, socket.MSG_PEEK)
-                if data and len(data) < len(BANNER) and BANNER.startswith(data):
-                    data = sock.recv(len(BANNER), socket.MSG_PEEK | socket.MSG_WAITALL)
-            except OSError as exc:
-                sock.close()
-                return None, f"port {port}: {exc.strerror or 'no SSH banner in time'}"
-            if data.startswith(BANNER):
-                sock.settimeout(None)
-                return sock, ""
+            if sel.select(min(left, TICK)):
+                break
+    sock.setblocking(True)
+    sock.settimeout(max(0.01, until - time.monotonic()))
+    try:
+        data = sock.recv(64, socket.MSG_PEEK)
+        if data and len(data) < len(BANNER) and BANNER.startswith(data):
+            data = sock.recv(len(BANNER), socket.MSG_PEEK | socket.MSG_WAITALL)
+    except OSError as exc:
+        sock.close()
+        return None, f"port {port}: {exc.strerror or 'no SSH banner in time'}"
+    if data.startswith(BANNER):
+        sock.settimeout(None)
+        return sock, ""
+    sock.close()
+    return None, f"port {port}: " + ("closed without an SSH banner" if not data else "not SSH")
+
+
+def _connect(
+    host: str, port: int, until: float, cancel: CancelToken | None, started: float
+) -> tuple[socket.socket | None, str]:
+    """A TCP connection to the first of the host's addresses that takes one by ``until`` (as
+    ``socket.create_connection`` tries them in turn), else None and the last reason."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return None, f"port {port}: {exc.strerror or type(exc).__name__}"
+    why = f"port {port}: no address"
+    for family, kind, proto, _name, addr in found:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            why = f"port {port}: {exc.strerror or type(exc).__name__}"
+            continue
+        sock.setblocking(False)
+        err = sock.connect_ex(addr)
+        if err not in (0, errno.EINPROGRESS):
             sock.close()
-            why = "closed without an SSH banner" if not data else "not SSH"
-            return None, f"port {port}: {why}"
+            why = f"port {port}: {os.strerror(err)}"
+            continue
+        with selectors.DefaultSelector() as sel:
+            sel.register(sock, selectors.EVENT_WRITE)
+            while not sel.select(min(max(0.0, until - time.monotonic()), TICK)):
+                if (cancel is not None and cancel.cancelled) or time.monotonic() >= until:
+                    sock.close()
+                    if cancel is not None and cancel.cancelled:
+                        return None, ""
+                    waited = round(until - started, 1)
+                    return None, f"port {port}: no SSH banner within {waited:g} s"
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            sock.close()
+            why = f"port {port}: {os.strerror(err)}"
+            continue
+        return sock, ""
+    return None, why
