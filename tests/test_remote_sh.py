@@ -173,18 +173,25 @@ def test_move_and_size_reports_what_is_in_place(tmp_path: Path) -> None:
     assert run(sh.move_and_size(str(part), str(dest))).returncode != 0  # nothing to move
 
 
-def test_receive_then_hash_stores_the_bytes_and_prints_their_sha256(tmp_path: Path) -> None:
+@pytest.mark.parametrize("receive", [sh.receive_then_hash, sh.receive_hashing])
+def test_each_receive_stores_the_bytes_and_prints_their_sha256(
+    receive: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Hashing after storing (one CPU) and while receiving (more) keep the same bytes."""
     import hashlib
 
     data = os.urandom(3 << 20)
     dest = tmp_path / "image.tar.gz.part"
     res = subprocess.run(
-        ["/bin/sh", "-c", sh.receive_then_hash(str(dest))], input=data, capture_output=True,
-        timeout=30, check=False,
+        ["/bin/sh", "-c", receive(str(dest))], input=data, capture_output=True, timeout=30,
+        check=False,
     )  # fmt: skip
     assert res.returncode == 0 and sh.WRITE_FAILED.encode() not in res.stderr
     assert dest.read_bytes() == data and oct(dest.stat().st_mode & 0o777) == "0o600"
     assert sh.parse_sha256(res.stdout.decode()) == hashlib.sha256(data).hexdigest()
+
+
+def test_receive_then_hash_is_the_exact_command() -> None:
     assert sh.receive_then_hash("/s/i.part") == (
         "umask 077 && cat > /s/i.part || { echo nkw-write-failed >&2; exit 1; }; "
         "{ openssl dgst -sha256 -r /s/i.part || sha256sum /s/i.part; } 2>/dev/null; true"
@@ -224,20 +231,6 @@ def test_unpack_sets_aside_a_folder_it_did_not_make_and_cleanup_removes_only_its
     assert run(sh.clean_staging(str(staging), str(staging / "i.tar.gz"))).returncode == 0
     # The app's unpack, image and marker are gone; the folder it did not make stays.
     assert sorted(p.name for p in staging.iterdir()) == [previous[0].name]
-
-
-def test_receive_hashing_stores_the_bytes_and_prints_their_sha256(tmp_path: Path) -> None:
-    import hashlib
-
-    data = os.urandom(3 << 20)
-    dest = tmp_path / "image.tar.gz.part"
-    res = subprocess.run(
-        ["/bin/sh", "-c", sh.receive_hashing(str(dest))], input=data, capture_output=True,
-        timeout=30, check=False,
-    )  # fmt: skip
-    assert res.returncode == 0 and sh.WRITE_FAILED.encode() not in res.stderr
-    assert dest.read_bytes() == data and oct(dest.stat().st_mode & 0o777) == "0o600"
-    assert sh.parse_sha256(res.stdout.decode()) == hashlib.sha256(data).hexdigest()
 
 
 def test_receive_hashing_says_when_the_file_was_not_written(tmp_path: Path) -> None:
