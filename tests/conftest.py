@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import shutil
 import subprocess
@@ -112,6 +113,10 @@ def ssh_env() -> Iterator[SSHEnv]:
         pytest.fail(
             "The sshd fixture creates users and runs sshd: run the tests as root (CI does)."
         )
+    # The test users and the sudoers file are machine-wide: a second test run at the same time
+    # (two terminals, a benchmark) waits here instead of removing the users under this one.
+    lock = os.open("/var/tmp/nkw-tests.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # held until the session ends
     work = Path(f"/var/tmp/nkw-tests-{os.getpid()}")
     work.mkdir(mode=0o755)
     try:
@@ -141,6 +146,7 @@ def ssh_env() -> Iterator[SSHEnv]:
         for name in ("nkw-nopw", "nkw-pw", "nkw-plain"):
             remove_user(name)
         shutil.rmtree(work, ignore_errors=True)
+        os.close(lock)
 
 
 @pytest.fixture
