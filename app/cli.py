@@ -29,7 +29,7 @@ from app.core.catalog import (
     environ_arch,
     release_of,
 )
-from app.core.download import CachedImage, Downloader, ImageCache, bundle_note
+from app.core.download import CachedImage, Downloader, ImageCache
 from app.core.errors import (
     Cancelled,
     ConfigError,
@@ -78,6 +78,7 @@ from app.core.flow import (
     transfer_for,
 )
 from app.core.handoff import installer_ssh_command, open_terminal, profile_installer
+from app.core.imagecheck import bundle_note
 from app.core.install import Installer, InstallerInfo, leftover_note
 from app.core.kinds import AuthMethod, Transfer
 from app.core.netboot import (

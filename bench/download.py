@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from app.core.catalog import Asset
-from app.core.download import Downloader, ImageCache, check_tarball, sha256_file
+from app.core.download import Downloader, ImageCache, sha256_file
+from app.core.imagecheck import check_tarball
 from app.core.settings import Settings
 from bench.common import ROOT, Row, main_for, mb_s, median, random_file, workdir
 from tests.support.sshd import free_port

@@ -11,10 +11,11 @@ import pytest
 from pytestqt.qtbot import QtBot
 
 from app.core.catalog import Asset
-from app.core.download import Downloader, ImageCache, check_tarball, kernel_arch
+from app.core.download import Downloader, ImageCache
 from app.core.errors import IntegrityError, PreflightStop
 from app.core.events import CancelToken, discard
 from app.core.fleet import SharedImages
+from app.core.imagecheck import check_tarball, kernel_arch
 from app.core.plan import ImageChoice
 from app.core.settings import Settings
 from app.ui.wizard import KexecWizard

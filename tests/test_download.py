@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from app.core.catalog import Asset
-from app.core.download import Downloader, ImageCache, check_tarball, local_image
+from app.core.download import Downloader, ImageCache, local_image
 from app.core.errors import Cancelled, ConfigError, DownloadError, IntegrityError
 from app.core.events import CancelToken, Event, ProgressEvent
+from app.core.imagecheck import check_tarball
 from app.core.settings import Settings
 from tests.conftest import ASSET
 from tests.support.releases import Fault, ReleasesServer

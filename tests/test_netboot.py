@@ -16,8 +16,9 @@ import pytest
 import requests
 
 from app.core.catalog import CatalogClient, netboot_names
-from app.core.download import Downloader, ImageCache, image_kind, local_image
+from app.core.download import Downloader, ImageCache, local_image
 from app.core.errors import ConfigError, IntegrityError, UsageError
+from app.core.imagecheck import image_kind
 from app.core.netboot import (
     KEYS_NAME,
     NetbootServer,

@@ -23,7 +23,7 @@ import pytest
 
 from app.core import keys as appkeys
 from app.core.catalog import Asset
-from app.core.download import Downloader, ImageCache, check_tar_listing, check_tarball
+from app.core.download import Downloader, ImageCache
 from app.core.errors import (
     AuthError,
     Cancelled,
@@ -42,6 +42,7 @@ from app.core.errors import (
 from app.core.events import CancelToken
 from app.core.flow import record
 from app.core.handoff import installer_ssh_command, profile_installer
+from app.core.imagecheck import check_tar_listing, check_tarball
 from app.core.install import (
     InstallerInfo,
     choose_transfer,

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from app.core import keys as keymod
 from app.core import remote_sh as sh
 from app.core.catalog import Asset
-from app.core.download import check_tar_listing
 from app.core.errors import (
     AuthError,
     Cancelled,
@@ -44,6 +43,7 @@ from app.core.events import (
     StageEvent,
     discard,
 )
+from app.core.imagecheck import check_tar_listing
 from app.core.kinds import AuthMethod, PrivilegeKind, ServerHash, Transfer
 from app.core.lazy import LazyModule
 from app.core.netpreview import NetPreview

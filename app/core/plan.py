@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from app.core.catalog import BUNDLE_RE, DEFAULT_VARIANT, Asset
-from app.core.download import CachedImage, image_kind
+from app.core.download import CachedImage
 from app.core.errors import UsageError
+from app.core.imagecheck import image_kind
 from app.core.kinds import ImageKind, Transfer
 from app.core.ssh import Target, jump_spec
 

@@ -15,9 +15,9 @@ from PySide6.QtWidgets import (
     QWizard,
 )
 
-from app.core.download import bundle_note
 from app.core.errors import WizardError
 from app.core.flow import make_plan
+from app.core.imagecheck import bundle_note
 from app.core.kinds import Transfer
 from app.core.plan import DEFAULT_STAGING, InstallRequest, check_kexec_flags
 from app.ui.context import AppContext, Flow

@@ -21,10 +21,11 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.catalog import ARCHES, DEFAULT_VARIANT, Asset, Catalog, CatalogClient
-from app.core.download import CachedImage, bundle_note
+from app.core.download import CachedImage
 from app.core.errors import WizardError
 from app.core.events import CancelToken, Event, EventSink, ProgressEvent
 from app.core.flow import STILL_LOADING, choose_image, fetch_image, transfer_for
+from app.core.imagecheck import bundle_note
 from app.core.kinds import Transfer
 from app.core.plan import ImageChoice, ImageRequest, InstallRequest
 from app.ui.context import AppContext, Flow
