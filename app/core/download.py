@@ -198,7 +198,6 @@ class Downloader:
             unread = kind == ImageKind.TARBALL and hit.kernel_arch is None
             if not hit.tarball_checked or hit.kind != kind or unread:
                 found = check(path)
-                check_release_arch(asset.name, arch, found)
                 hit = ImageInfo(
                     **{**asdict(hit), "tarball_checked": True, "kind": kind, "kernel_arch": found}
                 )
