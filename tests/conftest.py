@@ -6,10 +6,8 @@ import atexit
 import fcntl
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import hypothesis
@@ -20,9 +18,11 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from app.core.settings import Settings
 from tests.support.keyrings import MemoryKeyring
 from tests.support.machine import Machine
-from tests.support.releases import ReleasesServer
+from tests.support.releases import ASSET, ReleasesServer
+from tests.support.secret_checks import GIVEN_SECRETS, PASSPHRASE, assert_no_secret
 from tests.support.sshd import (
     SUDOERS,
+    SSHEnv,
     SSHServer,
     TestUser,
     ensure_user,
@@ -40,21 +40,6 @@ set_hypothesis_home_dir(HYPOTHESIS_HOME)
 atexit.register(shutil.rmtree, HYPOTHESIS_HOME, ignore_errors=True)
 hypothesis.settings.register_profile("nkw", database=None)
 hypothesis.settings.load_profile("nkw")
-ASSET = "nixos-kexec-installer-noninteractive-x86_64-linux.tar.gz"
-PASSPHRASE = "correct horse battery staple"
-
-
-# Every password and passphrase the tests use; they must never reach a file, a log or an output.
-TEST_SECRETS = ["Nopw-pass-4711", "Pw-secret-0815!", "Plain-pass-42", PASSPHRASE]
-# Secrets a test handed to the app (cli() adds the password variables it passes); per test.
-GIVEN_SECRETS: list[str] = []
-
-
-def assert_no_secret(data: str | bytes, where: str) -> None:
-    """Fail if any known test secret appears in ``data``."""
-    raw = data.encode(errors="replace") if isinstance(data, str) else data
-    for secret in (*TEST_SECRETS, *GIVEN_SECRETS):
-        assert secret.encode() not in raw, f"a test secret appears in {where}"
 
 
 @pytest.fixture(autouse=True)
@@ -87,23 +72,6 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for var in ("SSH_AUTH_SOCK", "NIXOS_KEXEC_WIZARD_API_URL", "NIXOS_KEXEC_WIZARD_DOWNLOAD_URL"):
         monkeypatch.delenv(var, raising=False)
     return home
-
-
-@dataclass
-class SSHEnv:
-    """The running sshd, its users and the client keys that log in."""
-
-    server: SSHServer
-    key: Path  # unencrypted ed25519, authorized for every user
-    enc_key: Path  # passphrase-protected ed25519, authorized for every user
-    stranger_key: Path  # authorized nowhere
-    nopw: TestUser  # sudo without password
-    pw: TestUser  # sudo with password
-    plain: TestUser  # no sudo at all
-
-    @property
-    def port(self) -> int:
-        return self.server.port
 
 
 @pytest.fixture(scope="session")
@@ -204,13 +172,6 @@ def settings(releases: ReleasesServer) -> Settings:
     )
 
 
-def sha256sum_remote(path: Path) -> str:
-    """sha256 of a file on this machine (the sshd fixture's server side)."""
-    return subprocess.run(
-        ["sha256sum", str(path)], capture_output=True, text=True, check=True
-    ).stdout.split()[0]
-
-
 @pytest.fixture
 def machine(ssh_env: SSHEnv) -> Iterator[Machine]:
     """A loopback server in its own namespaces whose kexec really 'reboots' into an installer."""
@@ -223,13 +184,3 @@ def machine(ssh_env: SSHEnv) -> Iterator[Machine]:
     finally:
         m.stop()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def trust_machine(known_hosts: Path, machine: Machine) -> Path:
-    """Add the machine's host keys (for its port) to a known_hosts file."""
-    known_hosts.parent.mkdir(parents=True, exist_ok=True)
-    with known_hosts.open("a") as f:
-        for k in machine.host_keys:
-            t, b64 = k.with_suffix(".pub").read_text().split()[:2]
-            f.write(f"[127.0.0.1]:{machine.port} {t} {b64}\n")
-    return known_hosts

@@ -19,9 +19,9 @@ from app.core.imagecheck import check_tarball, kernel_arch
 from app.core.plan import ImageChoice
 from app.core.settings import Settings
 from app.ui.wizard import KexecWizard
-from tests.conftest import ASSET, SSHEnv
 from tests.support.machine import Machine
-from tests.support.releases import ReleasesServer
+from tests.support.releases import ASSET, ReleasesServer
+from tests.support.sshd import SSHEnv
 from tests.support.tarballs import kernel_image, standin_tarball
 from tests.test_cli import cli
 from tests.test_gui import NEXT, ctx, reach_image_page, wizard  # noqa: F401  (fixtures)

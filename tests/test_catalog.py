@@ -10,8 +10,7 @@ import pytest
 from app.core.catalog import CatalogClient, asset_name, machine_to_arch, parse_releases
 from app.core.errors import ConfigError
 from app.core.settings import Settings
-from tests.conftest import ASSET
-from tests.support.releases import ReleasesServer
+from tests.support.releases import ASSET, ReleasesServer
 from tests.support.sshd import free_port
 
 S = Settings(download_url="https://mirror.example/dl")

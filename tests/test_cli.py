@@ -15,8 +15,9 @@ import pytest
 
 from app.core.handoff import terminal_command
 from app.core.profiles import Profile, ProfileStore
-from tests.conftest import ASSET, GIVEN_SECRETS, SSHEnv, assert_no_secret
-from tests.support.releases import ReleasesServer
+from tests.support.releases import ASSET, ReleasesServer
+from tests.support.secret_checks import GIVEN_SECRETS, assert_no_secret
+from tests.support.sshd import SSHEnv
 
 ROOT = Path(__file__).resolve().parent.parent
 

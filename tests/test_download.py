@@ -18,8 +18,7 @@ from app.core.errors import Cancelled, ConfigError, DownloadError, IntegrityErro
 from app.core.events import CancelToken, Event, ProgressEvent
 from app.core.imagecheck import check_tarball
 from app.core.settings import Settings
-from tests.conftest import ASSET
-from tests.support.releases import Fault, ReleasesServer
+from tests.support.releases import ASSET, Fault, ReleasesServer
 from tests.support.tarballs import standin_tarball
 
 TAG = "nixos-26.05"

@@ -25,8 +25,8 @@ from app.core.profiles import ProfileStore
 from app.core.secrets import SecretStore, password_key
 from app.core.settings import Settings
 from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Target, connect, parse_target
-from tests.conftest import ASSET, SSHEnv
-from tests.support.releases import ReleasesServer
+from tests.support.releases import ASSET, ReleasesServer
+from tests.support.sshd import SSHEnv
 from tests.support.tarballs import standin_tarball
 from tests.test_install import _kh, make_rig
 

@@ -16,10 +16,9 @@ import pytest
 from app.core import keys
 from app.core.profiles import Profile, ProfileStore
 from app.core.settings import Settings
-from tests.conftest import ASSET, SSHEnv
 from tests.support.machine import Machine
-from tests.support.releases import ReleasesServer
-from tests.support.sshd import free_port
+from tests.support.releases import ASSET, ReleasesServer
+from tests.support.sshd import SSHEnv, free_port
 from tests.test_cli import cli
 
 

@@ -27,11 +27,10 @@ from app.ui.pages.install import InstallPage
 from app.ui.pages.servers import ServersPage
 from app.ui.wizard import KexecWizard
 from bench.stall import StallProbe
-from tests.conftest import ASSET, SSHEnv
 from tests.support.keyrings import SlowKeyring
 from tests.support.machine import Machine
-from tests.support.releases import ReleasesServer
-from tests.support.sshd import fingerprint
+from tests.support.releases import ASSET, ReleasesServer
+from tests.support.sshd import SSHEnv, fingerprint
 from tests.support.tarballs import standin_tarball
 
 pytestmark = pytest.mark.sshd

@@ -17,9 +17,9 @@ from app.ui.pages.base import PageId
 from app.ui.pages.batch import BatchConfirmPage, BatchDonePage, BatchInspectPage, BatchInstallPage
 from app.ui.pages.servers import ServersPage
 from app.ui.wizard import KexecWizard
-from tests.conftest import SSHEnv
 from tests.support.machine import Machine
 from tests.support.releases import ReleasesServer
+from tests.support.sshd import SSHEnv
 from tests.test_fleet import more_machines
 from tests.test_gui import COMMIT, click, ctx, next_page, wizard  # noqa: F401  (fixtures)
 

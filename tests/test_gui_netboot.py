@@ -17,10 +17,9 @@ from app.core.settings import Settings
 from app.ui.context import AppContext
 from app.ui.netboot import NetbootDialog
 from app.ui.wizard import KexecWizard
-from tests.conftest import SSHEnv
 from tests.support.machine import Machine
 from tests.support.releases import ReleasesServer
-from tests.support.sshd import free_port
+from tests.support.sshd import SSHEnv, free_port
 from tests.test_gui import click, reach_image_page
 from tests.test_netboot import BUNDLE, KEY, KEY_PART, publish_netboot
 

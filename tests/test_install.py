@@ -32,10 +32,9 @@ from app.core.plan import DEFAULT_STAGING, InstallPlan
 from app.core.probe import Facts
 from app.core.settings import Settings
 from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Session, Target, connect
-from tests.conftest import ASSET, SSHEnv
 from tests.support.cpio import read_initrd
-from tests.support.releases import ReleasesServer
-from tests.support.sshd import SSHServer, free_port, keygen
+from tests.support.releases import ASSET, ReleasesServer
+from tests.support.sshd import SSHEnv, SSHServer, free_port, keygen
 from tests.support.tarballs import KEXEC_REFUSE, standin_tarball
 
 pytestmark = pytest.mark.sshd

@@ -18,8 +18,7 @@ from app.ui.pages.base import PageId
 from app.ui.pages.connect import ConnectPage
 from app.ui.pages.inspect import InspectPage
 from app.ui.wizard import KexecWizard
-from tests.conftest import SSHEnv
-from tests.support.sshd import SSHServer, free_port, keygen
+from tests.support.sshd import SSHEnv, SSHServer, free_port, keygen
 from tests.test_cli import cli
 from tests.test_gui import click, connect_and_trust, fill_connect, next_page
 from tests.test_gui import ctx as ctx

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SSHEnv
 from tests.support.machine import Machine
+from tests.support.sshd import SSHEnv
 from tests.test_cli import ROOT, cli
 
 pytestmark = pytest.mark.sshd

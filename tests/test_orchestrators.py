@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SSHEnv
 from tests.support.machine import Machine
-from tests.support.sshd import free_port
+from tests.support.sshd import SSHEnv, free_port
 from tests.test_cli import ROOT
 
 pytestmark = pytest.mark.sshd

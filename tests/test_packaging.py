@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from app import APP_ID, APP_NAME, __version__
-from tests.conftest import SSHEnv
+from tests.support.sshd import SSHEnv
 
 ROOT = Path(__file__).resolve().parent.parent
 RES = ROOT / "resources"

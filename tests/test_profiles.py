@@ -18,7 +18,7 @@ from app.core.events import LogEvent
 from app.core.profiles import Profile, ProfileStore, check_name
 from app.core.runlog import Redactor, RunLog
 from app.core.secrets import SecretStore, password_key
-from tests.conftest import MemoryKeyring
+from tests.support.keyrings import MemoryKeyring
 
 
 def test_profiles_round_trip_with_mode_0600(tmp_path: Path) -> None:

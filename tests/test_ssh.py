@@ -37,8 +37,8 @@ from app.core.ssh import (
     load_ssh_config,
     parse_target,
 )
-from tests.conftest import PASSPHRASE, SSHEnv
-from tests.support.sshd import SSHServer, fingerprint, free_port, keygen
+from tests.support.secret_checks import PASSPHRASE
+from tests.support.sshd import SSHEnv, SSHServer, fingerprint, free_port, keygen
 
 pytestmark = pytest.mark.sshd
 

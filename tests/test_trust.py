@@ -65,10 +65,9 @@ from app.core.ssh import (
     Target,
     connect,
 )
-from tests.conftest import ASSET, SSHEnv
 from tests.support.hostile_ssh import Behaviour, HostileSSH
-from tests.support.releases import ReleasesServer
-from tests.support.sshd import SSHServer, fingerprint, free_port, keygen
+from tests.support.releases import ASSET, ReleasesServer
+from tests.support.sshd import SSHEnv, SSHServer, fingerprint, free_port, keygen
 from tests.support.tarballs import standin_tarball
 from tests.test_cli import cli
 from tests.test_install import make_rig

@@ -11,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 API_PATH = "/repos/nix-community/nixos-images"
+# The x86_64 kexec tarball, as the releases name it (the releases fixture serves it).
+ASSET = "nixos-kexec-installer-noninteractive-x86_64-linux.tar.gz"
 
 
 @dataclass

@@ -167,3 +167,20 @@ def remove_user(name: str) -> None:
     """Delete a test account (its home is removed with the fixture's folder)."""
     kill_processes(name)
     subprocess.run(["userdel", name], capture_output=True)
+
+
+@dataclass
+class SSHEnv:
+    """The running sshd, its users and the client keys that log in."""
+
+    server: SSHServer
+    key: Path  # unencrypted ed25519, authorized for every user
+    enc_key: Path  # passphrase-protected ed25519, authorized for every user
+    stranger_key: Path  # authorized nowhere
+    nopw: TestUser  # sudo without password
+    pw: TestUser  # sudo with password
+    plain: TestUser  # no sudo at all
+
+    @property
+    def port(self) -> int:
+        return self.server.port

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ASSET
-from tests.support.releases import ReleasesServer
+from tests.support.releases import ASSET, ReleasesServer
 from tests.test_cli import cli
 from tests.vm.qemu import STAGE_TIMINGS, VM, debian_origin
 from tests.vm.test_debian import install_as
