@@ -48,7 +48,6 @@ def test_the_tarball_check_reports_its_kernels_arch(tmp_path: Path) -> None:
     assert check_tarball(standin_tarball(tmp_path / "plain.tar.gz")) == ""
 
 
-@pytest.mark.sshd
 @pytest.mark.fault
 def test_a_local_image_for_another_arch_is_refused_before_anything_is_sent(
     ssh_env: SSHEnv, machine: Machine, tmp_path: Path
@@ -123,7 +122,6 @@ def test_one_local_file_in_a_mixed_batch_is_refused_only_for_the_other_arch(
     assert "holds a kernel for x86_64; the server is aarch64" in results["aarch64"].what
 
 
-@pytest.mark.sshd
 def test_the_image_page_refuses_a_local_file_for_another_arch(
     qtbot: QtBot, wizard: KexecWizard, machine: Machine, ssh_env: SSHEnv, tmp_path: Path,  # noqa: F811
 ) -> None:  # fmt: skip

@@ -104,7 +104,6 @@ def _ssh_args(env: SSHEnv, user: str = "nkw-nopw") -> list[str]:
     return [f"{user}@127.0.0.1", "-p", str(env.port), "-i", str(env.key)]
 
 
-@pytest.mark.sshd
 @pytest.mark.fault
 def test_probe_refuses_an_unknown_host_key_until_accepted(
     ssh_env: SSHEnv, urls: dict[str, str]
@@ -133,7 +132,6 @@ def test_probe_refuses_an_unknown_host_key_until_accepted(
     assert again.code == 0
 
 
-@pytest.mark.sshd
 @pytest.mark.fault
 def test_wrong_password_is_an_auth_error_and_never_echoed(
     ssh_env: SSHEnv, urls: dict[str, str], trusted: Path
@@ -155,7 +153,6 @@ def test_wrong_password_is_an_auth_error_and_never_echoed(
     assert "Wrong-Secret-987" not in r.stdout + r.stderr
 
 
-@pytest.mark.sshd
 def test_missing_password_variable_is_a_usage_error(ssh_env: SSHEnv, trusted: Path) -> None:
     r = cli(
         "probe",
@@ -168,7 +165,6 @@ def test_missing_password_variable_is_a_usage_error(ssh_env: SSHEnv, trusted: Pa
     assert r.code == 2 and "NOT_SET_ANYWHERE" in r.stderr
 
 
-@pytest.mark.sshd
 @pytest.mark.fault
 def test_install_refuses_without_confirmation_and_changes_nothing(
     ssh_env: SSHEnv, urls: dict[str, str], trusted: Path
@@ -181,7 +177,6 @@ def test_install_refuses_without_confirmation_and_changes_nothing(
     assert not staging.exists()
 
 
-@pytest.mark.sshd
 def test_install_with_a_password_and_sudo_password_end_to_end(
     ssh_env: SSHEnv, urls: dict[str, str], trusted: Path, tmp_path: Path
 ) -> None:
@@ -228,7 +223,6 @@ def test_install_with_a_password_and_sudo_password_end_to_end(
         assert json.loads(profiles)["profiles"][0]["state"] == "unknown"
 
 
-@pytest.mark.sshd
 def test_save_profile_then_connect_by_profile(
     ssh_env: SSHEnv, urls: dict[str, str], trusted: Path, tmp_path: Path
 ) -> None:

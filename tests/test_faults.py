@@ -81,7 +81,6 @@ def test_a_full_local_disk_stops_the_download_clearly_and_the_cache_stays_intact
 # -- the server -----------------------------------------------------------------------------
 
 
-@pytest.mark.sshd
 def test_a_full_disk_on_the_server_stops_the_transfer_and_leaves_nothing_behind(
     ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
 ) -> None:
@@ -96,7 +95,6 @@ def test_a_full_disk_on_the_server_stops_the_transfer_and_leaves_nothing_behind(
         rig.session.close()
 
 
-@pytest.mark.sshd
 def test_a_link_dropped_mid_upload_then_a_retry_delivers_an_intact_image(
     ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
 ) -> None:
@@ -130,7 +128,6 @@ def test_a_link_dropped_mid_upload_then_a_retry_delivers_an_intact_image(
     again.session.close()
 
 
-@pytest.mark.sshd
 def test_a_wrong_sudo_password_is_refused_and_never_repeated(
     ssh_env: SSHEnv, trusted: Path, settings: Settings
 ) -> None:
@@ -174,7 +171,6 @@ def test_a_jump_host_that_refuses_is_named_as_the_failure(tmp_path: Path) -> Non
 # -- hostile input never reaches a shell unquoted --------------------------------------------
 
 
-@pytest.mark.sshd
 def test_a_hostile_staging_path_is_quoted_and_never_executed(
     ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
 ) -> None:

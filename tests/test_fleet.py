@@ -80,7 +80,6 @@ def more_machines(ssh_env: SSHEnv, *modes: str) -> Iterator[list[Machine]]:
             shutil.rmtree(work, ignore_errors=True)
 
 
-@pytest.mark.sshd
 def test_three_servers_at_once_end_each_with_its_own_result_and_one_summary(
     ssh_env: SSHEnv, machine: Machine, releases: ReleasesServer, urls: dict[str, str],
     tmp_path: Path,
@@ -169,7 +168,6 @@ def _run_in_terminal(args: list[str], env: dict[str, str], answers: list[tuple[s
         os.close(master)
 
 
-@pytest.mark.sshd
 def test_new_host_keys_of_a_batch_are_asked_together_then_one_confirmation(
     ssh_env: SSHEnv, machine: Machine, urls: dict[str, str]
 ) -> None:
@@ -192,7 +190,6 @@ def test_new_host_keys_of_a_batch_are_asked_together_then_one_confirmation(
     assert shown.count("  ok    root@127.0.0.1:") == 2
 
 
-@pytest.mark.sshd
 def test_a_batch_without_a_terminal_never_trusts_a_key_silently(
     ssh_env: SSHEnv, machine: Machine, urls: dict[str, str]
 ) -> None:
@@ -207,7 +204,6 @@ def test_a_batch_without_a_terminal_never_trusts_a_key_silently(
     assert machine.state == "original"
 
 
-@pytest.mark.sshd
 def test_saved_profiles_as_a_batch_each_keep_their_own_record(
     ssh_env: SSHEnv, machine: Machine, urls: dict[str, str], tmp_path: Path
 ) -> None:

@@ -125,7 +125,6 @@ def test_every_dialog_control_has_an_accessible_name(qtbot: QtBot, wizard: Kexec
     assert missing == []
 
 
-@pytest.mark.sshd
 def test_the_legacy_bundle_is_offered_explained_and_refused_where_missing(
     qtbot: QtBot,
     wizard: KexecWizard,

@@ -24,7 +24,7 @@ from tests.test_gui import click, connect_and_trust, fill_connect, next_page
 from tests.test_gui import ctx as ctx
 from tests.test_gui import wizard as wizard
 
-pytestmark = [pytest.mark.fault, pytest.mark.sshd]
+pytestmark = pytest.mark.fault
 
 # What Debian's, Ubuntu's and most cloud images put before root's key (sleep shortened).
 CLOUD = (

@@ -15,8 +15,6 @@ from tests.support.machine import Machine
 from tests.support.sshd import SSHEnv
 from tests.test_cli import ROOT, cli
 
-pytestmark = pytest.mark.sshd
-
 
 def test_cli_install_reaches_the_verified_installer(
     ssh_env: SSHEnv, machine: Machine, releases: object, tmp_path: Path

@@ -11,13 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support.machine import Machine
 from tests.support.sshd import SSHEnv, free_port
 from tests.test_cli import ROOT
-
-pytestmark = pytest.mark.sshd
 
 DOC = (ROOT / "docs" / "orchestrators.md").read_text()
 

@@ -185,7 +185,6 @@ def test_the_bundle_starts_the_wizard(bundle: Path, tmp_path: Path) -> None:
     assert (bundle / "install.sh").exists() and (bundle / "resources" / DESKTOP.name).exists()
 
 
-@pytest.mark.sshd
 def test_the_bundle_probes_a_real_server(bundle: Path, ssh_env: SSHEnv, tmp_path: Path) -> None:
     """paramiko, cryptography and keyring frozen: a headless probe over real SSH."""
     exe = bundle / "app" / APP_NAME

@@ -14,8 +14,6 @@ from tests.vm.qemu import STAGE_TIMINGS, VM, debian_origin
 from tests.vm.test_debian import install_as
 from tests.vm.test_kexec import TIMEOUTS, ssh
 
-pytestmark = pytest.mark.vm
-
 ARM_ASSET = "nixos-kexec-installer-noninteractive-aarch64-linux.tar.gz"
 BOOT_DEADLINE = 480.0  # systemd on an emulated arm64 CPU: about two minutes here
 

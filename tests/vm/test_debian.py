@@ -13,8 +13,6 @@ from tests.test_cli import Run, cli
 from tests.vm.qemu import STAGE_TIMINGS, VM, debian_origin
 from tests.vm.test_kexec import TIMEOUTS, ssh
 
-pytestmark = pytest.mark.vm
-
 # Each release in one VM or two (every VM boot costs about a minute under TCG): bullseye
 # (kernel 5.10: run's branch without --kexec-syscall-auto, ifupdown) by DHCP, bookworm
 # (ifupdown) by DHCP and static, trixie (systemd-networkd) static here and by DHCP through the

@@ -12,8 +12,6 @@ import pytest
 from tests.test_cli import Run, cli
 from tests.vm.qemu import STAGE_TIMINGS, VM
 
-pytestmark = pytest.mark.vm
-
 TIMEOUTS = ["--down-timeout", "60", "--timeout", "120", "--connect-timeout", "20"]
 
 

@@ -24,8 +24,6 @@ from tests.test_cli import ROOT, cli
 from tests.vm.qemu import STAGE_TIMINGS, VM
 from tests.vm.test_kexec import TIMEOUTS
 
-pytestmark = pytest.mark.vm
-
 
 def ssh(vm: VM, key: Path, command: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

@@ -22,8 +22,6 @@ from tests.test_gui import click, confirm_and_install, connect_and_trust, fill_c
 from tests.vm.qemu import STAGE_TIMINGS, VM
 from tests.vm.test_debian import BOOT_DEADLINE, origin_of
 
-pytestmark = pytest.mark.vm
-
 
 @pytest.fixture
 def vm_wizard(qtbot: QtBot, tmp_path: Path) -> Iterator[KexecWizard]:
