@@ -22,8 +22,9 @@ from app.core.errors import (
     UsageError,
 )
 from app.core.events import CancelToken, Event, ProgressEvent
-from app.core.install import establish_privilege, run_probe
+from app.core.inspect import run_probe
 from app.core.kinds import ServerHash
+from app.core.privilege import establish_privilege
 from app.core.settings import Settings
 from app.core.ssh import (
     ConnectOptions,
