@@ -29,7 +29,7 @@ from app.core.catalog import (
     environ_arch,
     release_of,
 )
-from app.core.download import CachedImage, Downloader, ImageCache
+from app.core.download import CachedImage, Downloader, ImageCache, bundle_note
 from app.core.errors import (
     Cancelled,
     ConfigError,
@@ -78,8 +78,7 @@ from app.core.flow import (
     transfer_for,
 )
 from app.core.handoff import installer_ssh_command, open_terminal, profile_installer
-from app.core.imagecheck import bundle_note
-from app.core.install import Installer, InstallerInfo, leftover_note
+from app.core.install import Installer
 from app.core.kinds import AuthMethod, Transfer
 from app.core.netboot import (
     DEFAULT_SERVE_FOR,
@@ -106,6 +105,7 @@ from app.core.plan import (
 from app.core.preflight import Level
 from app.core.probe import Facts
 from app.core.profiles import Profile, ProfileStore, forget_profile
+from app.core.result import InstallerInfo, leftover_note
 from app.core.runlog import Redactor, RunLog
 from app.core.secrets import SecretStore, password_key, sudo_key
 from app.core.settings import Settings
@@ -704,7 +704,6 @@ def cmd_install(ctx: Context) -> int:
         _confirm(ctx, target, summary)
         installer = installer_for(
             plan, session, facts, creds, ctx.known_hosts, ctx.settings, ctx.paths.keys_dir,
-            emit=ctx.report, cancel=ctx.cancel,
         )  # fmt: skip
         try:
             info = _run_installer(ctx, installer)
@@ -902,13 +901,13 @@ def _confirm_many(ctx: Context, ready: list[Prepared]) -> None:
 def _run_installer(ctx: Context, installer: Installer) -> InstallerInfo:
     """Run the install; a bundle's new host key is asked about, then the wait goes on."""
     try:
-        return flow.install(installer)
+        return flow.install(installer, ctx.report, ctx.cancel)
     except NewSystemHostKey as exc:
         question = exc
     for _ in range(3):
         _ask_host_key(ctx, question)
         try:
-            return flow.rewait(installer, question.fingerprint)
+            return flow.rewait(installer, ctx.report, ctx.cancel, question.fingerprint)
         except NewSystemHostKey as exc:
             question = exc
     raise question

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from app.core.catalog import Asset
 from app.core.download import CachedImage, Downloader, ImageCache, sha256_file
-from app.core.events import Event
-from app.core.install import Installer, establish_privilege, run_probe
+from app.core.events import CancelToken, Event
+from app.core.inspect import run_probe
+from app.core.install import Installer
 from app.core.plan import InstallPlan
+from app.core.privilege import establish_privilege
 from app.core.settings import Settings
 from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Target, connect
 from bench.common import Row, main_for, median, need_root, workdir
@@ -93,10 +95,8 @@ def _install(
     probe = time.perf_counter() - t0
     establish_privilege(session, facts, None, settings)
     plan = InstallPlan(target=target, image=image, asset=asset, transfer="upload")
-    inst = Installer(
-        plan, session, facts, creds, known, settings, m.workdir / "keys", emit=on_event
-    )
-    inst.run()
+    inst = Installer(plan, session, facts, creds, known, settings, m.workdir / "keys")
+    inst.run(on_event, CancelToken())
     answered = next(t for t, what in m.events if what == "installer")
     return probe, reachable[0] - answered
 

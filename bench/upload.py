@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 
-from app.core.install import remote_sha256
+from app.core.transfer import remote_sha256
 from bench.common import Row, bench_sshd, main_for, mb_s, median, need_root, random_file, workdir
 
 

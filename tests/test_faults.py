@@ -20,7 +20,9 @@ from app.core.catalog import Asset
 from app.core.download import Downloader, ImageCache
 from app.core.errors import DownloadError, PrivilegeError, RemoteCommandError, SSHConnectError
 from app.core.flow import record
-from app.core.install import establish_privilege, run_probe
+from app.core.inspect import run_probe
+from app.core.install.place import cleanup
+from app.core.privilege import establish_privilege
 from app.core.profiles import ProfileStore
 from app.core.secrets import SecretStore, password_key
 from app.core.settings import Settings
@@ -88,7 +90,7 @@ def test_a_full_disk_on_the_server_stops_the_transfer_and_leaves_nothing_behind(
     with tmpfs(staging, "64k", owner="nkw-nopw"):
         rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
         with pytest.raises(RemoteCommandError) as ei:
-            rig.installer.prepare()
+            rig.installer.prepare(rig.events.append, rig.cancel)
         assert "failed" in ei.value.what and "full disk" in ei.value.why
         assert "Free space" in ei.value.fix
         assert sorted(p.name for p in staging.iterdir()) == []  # the partial upload is gone
@@ -115,16 +117,16 @@ def test_a_link_dropped_mid_upload_then_a_retry_delivers_an_intact_image(
     watcher = threading.Thread(target=cut_when_half_way, daemon=True)
     watcher.start()
     with pytest.raises(RemoteCommandError) as ei:
-        rig.installer.prepare()
+        rig.installer.prepare(rig.events.append, rig.cancel)
     stop.set()
     assert "broke after" in ei.value.what and "nothing is run" in ei.value.fix
     assert not (rig.staging / ASSET).exists()  # only ever a .part, never the real name
     rig.session.close()
     again = make_rig(ssh_env, trusted, settings, releases, tmp_path / "again", asset=asset)
-    again.installer.prepare()
+    again.installer.prepare(again.events.append, again.cancel)
     got = (again.staging / ASSET).read_bytes()
     assert hashlib.sha256(got).hexdigest() == asset.digest
-    again.installer.cleanup()
+    cleanup(again.step())
     again.session.close()
 
 
@@ -177,12 +179,12 @@ def test_a_hostile_staging_path_is_quoted_and_never_executed(
     canary = Path("/tmp") / f"nkw-pwned-{os.getpid()}"
     name = f"st a'ge\";$(touch {canary});`touch {canary}` ü"
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, staging=f"~/{name}")
-    rig.installer.prepare()
+    rig.installer.prepare(rig.events.append, rig.cancel)
     staged = ssh_env.nopw.home / name
     assert (staged / ASSET).read_bytes() == releases.files[f"nixos-26.05/{ASSET}"]
     assert (staged / "kexec" / "run").exists()
     assert not canary.exists()
-    rig.installer.cleanup()
+    cleanup(rig.step())
     assert not (staged / ASSET).exists()
     rig.session.close()
 

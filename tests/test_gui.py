@@ -529,7 +529,7 @@ def test_each_hop_is_asked_about_once_and_its_answer_sticks(
 def test_the_done_page_shows_what_the_server_says_as_text_and_names_the_key_left_behind(
     wizard: KexecWizard,
 ) -> None:
-    from app.core.install import InstallerInfo
+    from app.core.result import InstallerInfo
 
     info = InstallerInfo(
         "192.0.2.9", 22, "root", "ssh-ed25519 AAAA", "SHA256:abc", "boot",

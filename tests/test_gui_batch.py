@@ -111,7 +111,7 @@ def test_three_servers_at_once_in_the_wizard(
 def test_the_copied_ssh_config_is_read_by_openssh_as_meant(tmp_path: Path) -> None:
     """`ssh -G` resolves each Host entry to the installer's address, key, known_hosts, hops."""
     from app.core.handoff import ssh_config_snippet
-    from app.core.install import InstallerInfo
+    from app.core.result import InstallerInfo
     from app.core.ssh import Target
 
     info = InstallerInfo(host="2001:db8::5", port=2222, user="root", host_key="k", fingerprint="f",

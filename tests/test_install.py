@@ -13,25 +13,31 @@ import pytest
 
 from app.core.catalog import Asset, CatalogClient
 from app.core.download import Downloader, ImageCache
-from app.core.errors import Cancelled, ExitCode, TransferError
-from app.core.events import AttemptEvent, CancelToken, Event, ProgressEvent, StageEvent
-from app.core.install import (
-    QUICK_RETRY,
-    Installer,
+from app.core.errors import (
+    Cancelled,
+    ExitCode,
     InstallerKeyChanged,
     KexecRefused,
     NeverCameBack,
     NeverWentDown,
     OldSystemBack,
-    establish_privilege,
-    run_probe,
-    server_hash_for,
+    TransferError,
 )
+from app.core.events import AttemptEvent, CancelToken, Event, ProgressEvent, StageEvent
+from app.core.inspect import run_probe
+from app.core.install import Installer
+from app.core.install.key import ensure_key
+from app.core.install.place import cleanup
+from app.core.install.state import Step
+from app.core.install.verify import verify_installer
+from app.core.install.wait import QUICK_RETRY, ports, wait_up
 from app.core.kinds import ServerHash
 from app.core.plan import DEFAULT_STAGING, InstallPlan
+from app.core.privilege import establish_privilege
 from app.core.probe import Facts
 from app.core.settings import Settings
 from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Session, Target, connect
+from app.core.transfer import server_hash_for
 from tests.support.cpio import read_initrd
 from tests.support.releases import ASSET, ReleasesServer
 from tests.support.sshd import SSHEnv, SSHServer, free_port, keygen
@@ -48,10 +54,15 @@ class Rig:
     session: Session
     events: list[Event]
     home: Path
+    cancel: CancelToken
 
     @property
     def staging(self) -> Path:
         return self.home / "nixos-kexec-wizard"
+
+    def step(self) -> Step:
+        """One call into the installer's stages, its events kept in ``events``."""
+        return Step(self.installer.setup, self.installer.state, self.events.append, self.cancel)
 
 
 def _kh(trusted: Path) -> KnownHosts:
@@ -94,19 +105,9 @@ def make_rig(
         key_name="test box",
     )
     events: list[Event] = []
-    inst = Installer(
-        plan,
-        session,
-        facts,
-        creds,
-        _kh(trusted),
-        settings,
-        tmp_path / "keys",
-        emit=events.append,
-        cancel=cancel,
-    )
+    inst = Installer(plan, session, facts, creds, _kh(trusted), settings, tmp_path / "keys")
     home = next(u.home for u in (env.nopw, env.pw, env.plain) if u.name == user)
-    return Rig(inst, session, events, home)
+    return Rig(inst, session, events, home, cancel or CancelToken())
 
 
 def _kexec_log(rig: Rig) -> str:
@@ -133,15 +134,15 @@ def test_stages_run_kexec_as_root_and_detect_a_server_that_never_goes_down(
 ) -> None:
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
     inst = rig.installer
-    inst.prepare()
+    inst.prepare(rig.events.append, rig.cancel)
     tarball = rig.staging / ASSET
     assert tarball.read_bytes() == releases.files[f"nixos-26.05/{ASSET}"]
     # The server hashed the upload as it arrived: no second read of the file there.
     assert any("hashed as it arrived" in e.message for e in rig.events if e.stage == "checksum")
     assert (rig.staging / "kexec" / "run").stat().st_mode & 0o111
     # The login key is in nkw-nopw's authorized_keys, which `run` carries via $SUDO_USER.
-    assert inst.added_key is None and not (tmp_path / "keys").exists()
-    inst.kexec()
+    assert inst.state.added_key is None and not (tmp_path / "keys").exists()
+    inst.kexec(rig.events.append, rig.cancel)
     assert _kexec_log(rig).startswith("uid=0 --load ")  # `run` ran as root
     carried = _carried(rig)
     assert ssh_env.key.with_suffix(".pub").read_text().split()[1] in carried["ssh/authorized_keys"]
@@ -150,7 +151,7 @@ def test_stages_run_kexec_as_root_and_detect_a_server_that_never_goes_down(
     assert any("machine will boot into nixos" in line for line in output)
     t0 = time.monotonic()
     with pytest.raises(NeverWentDown) as ei:
-        inst.wait()
+        inst.wait(rig.events.append, rig.cancel)
     assert time.monotonic() - t0 < settings.down_timeout + 3
     assert ei.value.exit_code == ExitCode.NEVER_WENT_DOWN
     assert "kernel log" in ei.value.why and "--kexec-extra-flags -c" in ei.value.fix
@@ -164,8 +165,9 @@ def test_a_one_cpu_server_hashes_the_upload_once_stored_in_the_same_command(
 ) -> None:
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
     # What the probe of a one-CPU server says; the sshd here is the same.
-    rig.installer.facts = replace(rig.installer.facts, cpus=1)
-    rig.installer.prepare()
+    setup = rig.installer.setup
+    rig.installer.setup = replace(setup, facts=replace(setup.facts, cpus=1))
+    rig.installer.prepare(rig.events.append, rig.cancel)
     tarball = rig.staging / ASSET
     assert tarball.read_bytes() == releases.files[f"nixos-26.05/{ASSET}"]
     said = [e.message for e in rig.events if e.stage == "checksum"]
@@ -194,17 +196,17 @@ def test_password_login_installs_the_apps_own_key_which_run_carries(
     inst = rig.installer
     auth_file = rig.home / ".ssh" / "authorized_keys"
     before = auth_file.read_text()
-    inst.prepare()
+    inst.prepare(rig.events.append, rig.cancel)
     key_file = tmp_path / "keys" / "test-box_ed25519"
     assert key_file.stat().st_mode & 0o777 == 0o600
     pub = key_file.with_name("test-box_ed25519.pub").read_text().split()[1]
-    assert inst.added_key is not None and pub in auth_file.read_text()
+    assert inst.state.added_key is not None and pub in auth_file.read_text()
     assert auth_file.read_text().startswith(before)  # appended, nothing lost
     assert any("fresh login with the app's key works" in e.message for e in rig.events)
-    inst.kexec()
+    inst.kexec(rig.events.append, rig.cancel)
     assert pub in _carried(rig)["ssh/authorized_keys"]
     assert _kexec_log(rig).startswith("uid=0 --load ")
-    assert inst.identity_file == str(key_file)
+    assert inst.state.identity_file == str(key_file)
     rig.session.close()
     auth_file.write_text(before)
 
@@ -213,13 +215,13 @@ def test_the_server_downloads_the_image_itself_and_checks_its_sha256(
     ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
 ) -> None:
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, transfer="remote")
-    assert rig.installer.plan.image is None
-    rig.installer.prepare()
+    assert rig.installer.setup.plan.image is None
+    rig.installer.prepare(rig.events.append, rig.cancel)
     fetched = releases.downloads(ASSET)
     assert len(fetched) == 1 and fetched[0].headers.get("User-Agent", "").startswith("curl/")
     assert (rig.staging / ASSET).read_bytes() == releases.files[f"nixos-26.05/{ASSET}"]
     assert any("sha256 matches on the server" in e.message for e in rig.events)
-    rig.installer.cleanup()
+    cleanup(rig.step())
     assert not rig.staging.exists()
     rig.session.close()
 
@@ -236,7 +238,7 @@ def test_a_bad_checksum_on_the_server_stops_and_leaves_the_server_as_it_was(
     auth_file = rig.home / ".ssh" / "authorized_keys"
     before = auth_file.read_text()
     with pytest.raises(TransferError) as ei:
-        rig.installer.prepare()
+        rig.installer.prepare(rig.events.append, rig.cancel)
     assert "expected " + "0" * 64 in ei.value.what and "must not be booted" in ei.value.why
     assert not rig.staging.exists()
     assert auth_file.read_text() == before  # the app's key was taken out again
@@ -248,12 +250,13 @@ def test_an_upload_hashed_as_it_arrives_is_still_compared_and_removed_when_wrong
     ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
 ) -> None:
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
-    image = rig.installer.plan.image
+    image = rig.installer.setup.plan.image
     assert image is not None
     wrong = replace(image, info=replace(image.info, sha256="0" * 64))  # what it should have been
-    rig.installer.plan = replace(rig.installer.plan, image=wrong)
+    plan = replace(rig.installer.setup.plan, image=wrong)
+    rig.installer.setup = replace(rig.installer.setup, plan=plan)
     with pytest.raises(TransferError) as ei:
-        rig.installer.prepare()
+        rig.installer.prepare(rig.events.append, rig.cancel)
     assert "expected " + "0" * 64 in ei.value.what and "must not be booted" in ei.value.why
     assert not rig.staging.exists()
     rig.session.close()
@@ -266,9 +269,9 @@ def test_a_refused_kexec_is_its_own_outcome_and_cleans_up(
     data = standin_tarball(tmp_path / "refused.tar.gz", kexec=KEXEC_REFUSE).read_bytes()
     releases.add("nixos-26.05", ASSET, data)
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
-    rig.installer.prepare()
+    rig.installer.prepare(rig.events.append, rig.cancel)
     with pytest.raises(KexecRefused) as ei:
-        rig.installer.kexec()
+        rig.installer.kexec(rig.events.append, rig.cancel)
     assert ei.value.exit_code == ExitCode.KEXEC_REFUSED
     assert "kexec_file_load failed" in ei.value.why and "-c" in ei.value.fix
     assert not rig.installer.point_of_no_return
@@ -290,9 +293,8 @@ def test_cancel_during_the_upload_removes_the_partial_file(
         if isinstance(e, ProgressEvent) and e.stage == "transfer" and e.done > 4 << 20:
             threading.Thread(target=cancel.cancel).start()
 
-    rig.installer.emit = on_event
     with pytest.raises(Cancelled):
-        rig.installer.prepare()
+        rig.installer.prepare(on_event, cancel)
     time.sleep(0.2)
     assert not rig.staging.exists()
     assert ("transfer", "cancelled") in _stage_states(rig.events)
@@ -336,11 +338,11 @@ def test_nothing_answering_ends_in_never_came_back_at_the_deadline(
         pytest.skip("something listens on port 22 here; the wait also tries port 22")
     _trusted_for(trusted, ssh_env, own_sshd.port)
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, port=own_sshd.port)
-    rig.installer.stage_key()
+    ensure_key(rig.step())
     own_sshd.stop()
     t0 = time.monotonic()
     with pytest.raises(NeverCameBack) as ei:
-        rig.installer.stage_wait_up()
+        wait_up(rig.step())
     took = time.monotonic() - t0
     assert settings.up_timeout <= took < settings.up_timeout + 2
     assert ei.value.exit_code == ExitCode.NEVER_CAME_BACK
@@ -365,7 +367,7 @@ def test_another_host_key_after_the_kexec_stops_without_logging_in(
 ) -> None:
     _trusted_for(trusted, ssh_env, own_sshd.port)
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, port=own_sshd.port)
-    rig.installer.stage_key()
+    ensure_key(rig.step())
     own_sshd.stop()
     other = tmp_path / "impostor"
     other.mkdir()
@@ -373,7 +375,7 @@ def test_another_host_key_after_the_kexec_stops_without_logging_in(
     impostor.start()
     try:
         with pytest.raises(InstallerKeyChanged) as ei:
-            rig.installer.stage_wait_up()
+            wait_up(rig.step())
         assert ei.value.exit_code == ExitCode.INSTALLER_KEY_CHANGED
         assert "ANOTHER host key" in ei.value.what and "Nothing was sent" in ei.value.why
         time.sleep(0.3)
@@ -395,18 +397,41 @@ def test_the_old_system_answering_again_is_told_apart_from_the_installer(
 ) -> None:
     _trusted_for(trusted, ssh_env, own_sshd.port)
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, port=own_sshd.port)
-    rig.installer.stage_key()
+    ensure_key(rig.step())
     # Root login with our key is refused here (as on an old system), the login user's works.
-    session = rig.installer.stage_wait_up()
+    session = wait_up(rig.step())
     with pytest.raises(OldSystemBack) as ei:
-        rig.installer.stage_verify(session, rig.installer.facts.boot_id)
+        verify_installer(rig.step(), session, rig.installer.setup.facts.boot_id)
     assert ei.value.exit_code == ExitCode.OLD_SYSTEM_BACK
     assert "never rebooted" in ei.value.what
     # A different boot id but the same OS: it rebooted into the old system.
-    session = rig.installer.stage_wait_up()
+    session = wait_up(rig.step())
     with pytest.raises(OldSystemBack) as ei:
-        rig.installer.stage_verify(session, "another-boot")
+        verify_installer(rig.step(), session, "another-boot")
     assert "rebooted into the old system" in ei.value.what
+    rig.session.close()
+
+
+@pytest.mark.fault
+def test_waiting_again_at_another_address_looks_there_and_leaves_the_login_alone(
+    ssh_env: SSHEnv,
+    own_sshd: SSHServer,
+    trusted: Path,
+    settings: Settings,
+    releases: ReleasesServer,
+    tmp_path: Path,
+) -> None:
+    _trusted_for(trusted, ssh_env, own_sshd.port)
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, port=own_sshd.port)
+    ensure_key(rig.step())
+    # The user gives "localhost": the same sshd answers there, as the old system (root's key
+    # is refused, the login user's works), so the wait ends in the proof that it is not.
+    with pytest.raises(OldSystemBack) as ei:
+        rig.installer.rewait(rig.events.append, rig.cancel, host="localhost")
+    assert ei.value.what.startswith("localhost answers"), ei.value.what
+    assert any(e.message == "Looking for the installer at localhost now." for e in rig.events)
+    assert rig.installer.state.host == "localhost"
+    assert rig.session.target.host == "127.0.0.1"  # the old system's login is left as it was
     rig.session.close()
 
 
@@ -469,12 +494,13 @@ def test_a_server_whose_first_banner_takes_over_a_second_is_still_seen(
     try:
         _trusted_for(trusted, ssh_env, relay.port)
         rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, port=relay.port)
-        rig.installer.stage_key()
-        rig.installer.plan = replace(rig.installer.plan, installer_port=relay.port)
+        ensure_key(rig.step())
+        plan = replace(rig.installer.setup.plan, installer_port=relay.port)
+        rig.installer.setup = replace(rig.installer.setup, plan=plan)
         relay.delay = 1.2  # over the second an attempt used to get, under BANNER_PATIENCE
         before = relay.accepted
         t0 = time.monotonic()
-        session = rig.installer.stage_wait_up()  # the old system (root's key is refused here)
+        session = wait_up(rig.step())  # the old system (root's key is refused here)
         took = time.monotonic() - t0
         assert session.active and took < settings.up_timeout, took
         session.close()
@@ -489,8 +515,9 @@ def test_the_installer_port_is_tried_first(
     ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
 ) -> None:
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
-    rig.installer.plan = replace(rig.installer.plan, installer_port=2222)
-    assert rig.installer._ports() == [2222, ssh_env.port, 22]
+    plan = replace(rig.installer.setup.plan, installer_port=2222)
+    rig.installer.setup = replace(rig.installer.setup, plan=plan)
+    assert ports(rig.step()) == [2222, ssh_env.port, 22]
     rig.session.close()
 
 

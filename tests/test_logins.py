@@ -11,7 +11,7 @@ import pytest
 from pytestqt.qtbot import QtBot
 
 from app.core.errors import LoginRestricted
-from app.core.install import run_probe
+from app.core.inspect import run_probe
 from app.core.settings import Settings
 from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Target, connect
 from app.ui.pages.base import PageId

@@ -91,7 +91,7 @@ def test_the_end_of_the_old_system_is_seen_by_fresh_attempts_not_on_its_dead_con
     """After the kexec the old connection stays open and silent (as a real one does until TCP
     gives up); the down stage must not wait on it, but see at the next fresh attempt that no
     SSH server answers any more."""
-    from app.core.install import DOWN_PROBE_TIMEOUT
+    from app.core.install.wait import DOWN_PROBE_TIMEOUT
     from tests.support.releases import ReleasesServer
 
     assert isinstance(releases, ReleasesServer)

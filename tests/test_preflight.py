@@ -9,10 +9,10 @@ import pytest
 
 from app.core.catalog import Asset
 from app.core.errors import TransferError
-from app.core.install import choose_transfer
 from app.core.netpreview import preview
 from app.core.preflight import GiB, Level, MiB, evaluate, worst
 from app.core.probe import Facts, Staging, parse_probe
+from app.core.transfer import choose_transfer
 
 DATA = Path(__file__).parent / "data"
 

@@ -22,8 +22,9 @@ from app.core.errors import (
     UsageError,
 )
 from app.core.events import CancelToken, Event, ProgressEvent
-from app.core.install import establish_privilege, run_probe
+from app.core.inspect import run_probe
 from app.core.kinds import ServerHash
+from app.core.privilege import establish_privilege
 from app.core.settings import Settings
 from app.core.ssh import (
     ConnectOptions,
@@ -270,7 +271,7 @@ def test_upload_streams_the_file_and_returns_its_sha256(
     events: list[Event] = []
     dest = ssh_env.nopw.home / "upload.bin"
     with _connect(ssh_env, trusted) as s:
-        sha = s.upload(src, str(dest), emit=events.append, digest=True)
+        sha = s.upload(src, str(dest), emit=events.append, server_hash=ServerHash.WHILE_RECEIVING)
         remote = s.run(f"sha256sum {dest}", timeout=10).stdout.split()[0]
     assert sha == hashlib.sha256(src.read_bytes()).hexdigest() == remote
     assert dest.stat().st_mode & 0o777 == 0o600

@@ -43,16 +43,13 @@ from app.core.events import CancelToken
 from app.core.flow import record
 from app.core.handoff import installer_ssh_command, profile_installer
 from app.core.imagecheck import check_tar_listing, check_tarball
-from app.core.install import (
-    InstallerInfo,
-    choose_transfer,
-    leftover_command,
-    leftover_note,
-    run_probe,
-)
+from app.core.inspect import run_probe
+from app.core.install.place import cleanup
+from app.core.install.wait import connect_installer
 from app.core.netboot import NetbootServer, NetbootSource
 from app.core.plan import InstallPlan
 from app.core.profiles import ProfileStore
+from app.core.result import InstallerInfo, leftover_command, leftover_note
 from app.core.secrets import SecretStore
 from app.core.settings import Settings
 from app.core.ssh import (
@@ -65,6 +62,7 @@ from app.core.ssh import (
     Target,
     connect,
 )
+from app.core.transfer import choose_transfer
 from tests.support.hostile_ssh import Behaviour, HostileSSH
 from tests.support.releases import ASSET, ReleasesServer
 from tests.support.sshd import SSHEnv, SSHServer, fingerprint, free_port, keygen
@@ -396,11 +394,13 @@ def test_a_bundles_new_host_key_is_asked_about_and_nothing_is_sent_before(
 ) -> None:
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
     inst = rig.installer
-    inst.plan = dataclasses.replace(inst.plan, kind="bundle")
-    inst.installer_creds = Credentials(method="key")
+    inst.setup = dataclasses.replace(
+        inst.setup, plan=dataclasses.replace(inst.setup.plan, kind="bundle")
+    )
+    inst.state.installer_creds = Credentials(method="key")
     # After the "kexec", something else answers at the address: the other sshd stands in.
     with pytest.raises(NewSystemHostKey) as ei:
-        inst._connect_installer(other_server.port)
+        connect_installer(rig.step(), other_server.port)
     err = ei.value
     assert err.fingerprint == fingerprint(other_server.host_key_pub)
     assert "NOT verified" in err.what and "old key is still the one trusted" in err.why
@@ -410,9 +410,9 @@ def test_a_bundles_new_host_key_is_asked_about_and_nothing_is_sent_before(
     assert "Accepted" not in log and "Failed" not in log and "nkw-" not in log
     assert f"[127.0.0.1]:{other_server.port}" not in trusted.read_text()
     # Only after the user accepts exactly that fingerprint does a login go to it.
-    inst.accept_host_key(err.fingerprint)
+    inst.state.accepted_keys.add(err.fingerprint)
     with pytest.raises(AuthError):  # root has no key there: but the key check passed
-        inst._connect_installer(other_server.port)
+        connect_installer(rig.step(), other_server.port)
     time.sleep(0.3)
     assert "root" in other_server.log.read_text()
 
@@ -453,16 +453,16 @@ def test_cleanup_on_a_full_disk_leaves_authorized_keys_whole(
         auth = ssh_dir / "authorized_keys"
         auth.write_text(users_keys + app_line + "\n")
         shutil.chown(auth, "nkw-nopw")
-        inst.added_key = (str(auth), app_line)
+        inst.state.added_key = (str(auth), app_line)
         filler = _fill(ssh_dir)
         rig.events.clear()
-        inst.cleanup()
+        cleanup(rig.step())
         # The filter could not be written: the file is exactly as it was, the user not locked out.
         assert auth.read_text() == users_keys + app_line + "\n"
         assert any("could not be removed" in e.message for e in rig.events)
         assert sorted(p.name for p in ssh_dir.iterdir()) == ["authorized_keys", "filler"]
         filler.unlink()
-        inst.cleanup()
+        cleanup(rig.step())
         assert auth.read_text() == users_keys
         assert sorted(p.name for p in ssh_dir.iterdir()) == ["authorized_keys"]
     rig.session.close()
@@ -491,7 +491,7 @@ def test_a_staging_folder_someone_else_controls_is_refused(
             staging = str(foreign / "stage")
         rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, staging=staging)
         with pytest.raises(TransferError) as ei:
-            rig.installer.prepare()
+            rig.installer.prepare(rig.events.append, rig.cancel)
         err = ei.value
         assert "is not safe" in err.what and "runs as root" in err.why
         assert ("belongs to user id" in err.what) == (how == "owned by another user")
@@ -521,7 +521,9 @@ def test_an_empty_staging_folder_a_loose_umask_left_is_made_private_and_used(
         shutil.chown(parent, ssh_env.nopw.name)
         for staging in (loose, fresh):
             rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, staging=str(staging))
-            rig.installer.prepare()  # refused as "may be written by others" before
+            rig.installer.prepare(
+                rig.events.append, rig.cancel
+            )  # refused as "may be written by others" before
             assert staging.stat().st_mode & 0o777 == 0o700
             rig.session.close()
         assert (fresh.parent.stat().st_mode & 0o077) == 0  # the parents it made, too
@@ -602,15 +604,15 @@ def test_the_server_never_downloads_an_image_without_a_published_digest(
     ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
 ) -> None:
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, transfer="upload")
-    asset = rig.installer.plan.asset
+    asset = rig.installer.setup.plan.asset
     assert asset is not None and asset.digest
     bare = dataclasses.replace(asset, digest=None)
     with pytest.raises(TransferError) as ei:
-        choose_transfer("remote", rig.installer.facts, bare)
+        choose_transfer("remote", rig.installer.setup.facts, bare)
     assert "no sha256 was published" in ei.value.what and "--transfer upload" in ei.value.fix
-    mode, why = choose_transfer("auto", rig.installer.facts, bare)
+    mode, why = choose_transfer("auto", rig.installer.setup.facts, bare)
     assert mode == "upload" and "only images with a published sha256" in why
-    assert choose_transfer("remote", rig.installer.facts, asset)[0] == "remote"
+    assert choose_transfer("remote", rig.installer.setup.facts, asset)[0] == "remote"
     rig.session.close()
 
 
@@ -620,7 +622,7 @@ def test_the_servers_own_download_gets_the_same_member_check(
     asset = _hostile_asset(releases, tmp_path, links={"kexec/s": ".", "kexec/up": "s/.."})
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, transfer="remote", asset=asset)
     with pytest.raises(IntegrityError) as ei:
-        rig.installer.prepare()
+        rig.installer.prepare(rig.events.append, rig.cancel)
     assert "'kexec/up' links outside the kexec/ folder" in ei.value.what
     assert any("sha256 matches on the server" in e.message for e in rig.events)
     # Nothing of it is left on the server, and nothing was unpacked.
@@ -664,7 +666,7 @@ def test_the_servers_curl_does_not_follow_a_redirect_off_http(
             ssh_env, trusted, settings, releases, tmp_path, transfer="remote", asset=asset
         )
         with pytest.raises(TransferError) as ei:
-            rig.installer.prepare()
+            rig.installer.prepare(rig.events.append, rig.cancel)
         assert "could not download" in ei.value.what
         with pytest.raises(TimeoutError):
             trap.accept()  # curl stayed on http(s): the ftp address was never contacted
@@ -1000,7 +1002,7 @@ def test_a_member_listing_cut_by_the_output_bound_is_refused_not_half_checked(
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, transfer="remote", asset=asset)
     rig.session.output_limit = 16 * 1024  # the listing is about 40 KiB
     with pytest.raises(IntegrityError) as ei:
-        rig.installer.prepare()
+        rig.installer.prepare(rig.events.append, rig.cancel)
     assert "too long to check" in ei.value.what
     assert not rig.staging.exists() or not any(rig.staging.iterdir())
     rig.session.close()

@@ -289,3 +289,42 @@ class Cancelled(WizardError):
 
     def __init__(self, what: str = "Cancelled.", why: str = "", fix: str = "") -> None:
         super().__init__(what, why, fix)
+
+
+# ---------------------------------------------------------------------------------------------
+# The install's failures after the point of no return: each a distinct outcome and exit code
+
+
+class KexecRefused(WizardError):
+    """``run`` did not load the new kernel."""
+
+    exit_code = ExitCode.KEXEC_REFUSED
+    kind = "kexec-refused"
+
+
+class NeverWentDown(WizardError):
+    """``run`` said it would reboot, but the old system kept answering."""
+
+    exit_code = ExitCode.NEVER_WENT_DOWN
+    kind = "never-went-down"
+
+
+class OldSystemBack(WizardError):
+    """The server came back, but as its old system."""
+
+    exit_code = ExitCode.OLD_SYSTEM_BACK
+    kind = "old-system-back"
+
+
+class NeverCameBack(WizardError):
+    """The server went down and nothing answered before the deadline."""
+
+    exit_code = ExitCode.NEVER_CAME_BACK
+    kind = "never-came-back"
+
+
+class InstallerKeyChanged(WizardError):
+    """Something answered after the kexec with another host key: stop, do not log in."""
+
+    exit_code = ExitCode.INSTALLER_KEY_CHANGED
+    kind = "installer-key-changed"

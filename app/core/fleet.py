@@ -36,11 +36,11 @@ from app.core.events import (
     tagged,
 )
 from app.core.handoff import installer_ssh_command
-from app.core.install import InstallerInfo, leftover_command, leftover_note
 from app.core.keys import slug
 from app.core.kinds import AuthMethod, Transfer
 from app.core.plan import DEFAULT_STAGING, ImageChoice, ImageRequest, InstallPlan, InstallRequest
 from app.core.profiles import Profile, ProfileStore
+from app.core.result import InstallerInfo, leftover_command, leftover_note
 from app.core.runlog import Redactor, RunLog
 from app.core.secrets import SecretStore, password_key, sudo_key
 from app.core.settings import Settings
@@ -476,10 +476,9 @@ class Fleet:
         try:
             installer = flow.installer_for(
                 p.plan, p.session, facts, h.creds, env.known_hosts, env.settings, env.keys_dir,
-                emit=emit, cancel=self.token(h),
             )  # fmt: skip
             try:
-                info = flow.install(installer)
+                info = flow.install(installer, emit, self.token(h))
             except WizardError:
                 state = "unknown" if installer.point_of_no_return else "original"
                 self._record(h, p.session, p.found, p.choice.meta, None, state)

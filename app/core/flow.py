@@ -24,15 +24,8 @@ from app.core.catalog import (
 from app.core.download import CachedImage, Downloader, ImageCache, local_image
 from app.core.errors import Cancelled, HostKeyUnknown, PreflightStop, WizardError
 from app.core.events import CancelToken, EventSink, discard
-from app.core.install import (
-    Installer,
-    InstallerInfo,
-    Timings,
-    choose_transfer,
-    establish_privilege,
-    known_sudo_password,
-    run_probe,
-)
+from app.core.inspect import run_probe
+from app.core.install import Installer
 from app.core.kinds import Transfer
 from app.core.netpreview import NetPreview, preview
 from app.core.plan import (
@@ -44,8 +37,10 @@ from app.core.plan import (
     InstallRequest,
 )
 from app.core.preflight import Level, Verdict, evaluate, raise_first_stop, worst
+from app.core.privilege import establish_privilege, known_sudo_password
 from app.core.probe import Facts
 from app.core.profiles import Profile, ProfileStore, check_name
+from app.core.result import InstallerInfo
 from app.core.secrets import SecretStore, password_key, sudo_key
 from app.core.settings import Settings
 from app.core.ssh import (
@@ -58,6 +53,8 @@ from app.core.ssh import (
     Target,
     jump_spec,
 )
+from app.core.timings import Timings
+from app.core.transfer import choose_transfer
 
 STILL_LOADING = "The list of releases is still loading."
 
@@ -317,29 +314,26 @@ def installer_for(
     known_hosts: KnownHosts,
     settings: Settings,
     keys_dir: Path,
-    *,
-    emit: EventSink = discard,
-    cancel: CancelToken | None = None,
 ) -> Installer:
     """The installer that runs the plan's stages in order."""
-    return Installer(
-        plan, session, facts, creds, known_hosts, settings, keys_dir, emit=emit, cancel=cancel
-    )
+    return Installer(plan, session, facts, creds, known_hosts, settings, keys_dir)
 
 
-def install(installer: Installer) -> InstallerInfo:
+def install(installer: Installer, emit: EventSink, cancel: CancelToken) -> InstallerInfo:
     """Run every stage; a legacy bundle's new host key comes back as NewSystemHostKey."""
-    return installer.run()
+    return installer.run(emit, cancel)
 
 
 def rewait(
-    installer: Installer, accepted_fingerprint: str | None = None, host: str | None = None
+    installer: Installer,
+    emit: EventSink,
+    cancel: CancelToken,
+    accepted_fingerprint: str | None = None,
+    host: str | None = None,
 ) -> InstallerInfo:
     """Wait for the installer again: after the user accepted a bundle's new host key, or at a
     new address the user gave."""
-    if accepted_fingerprint:
-        installer.accept_host_key(accepted_fingerprint)
-    return installer.wait_for_installer(host)
+    return installer.rewait(emit, cancel, accepted_fingerprint, host)
 
 
 # ---------------------------------------------------------------------------------------------

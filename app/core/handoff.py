@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from app.core.errors import ConfigError, RemoteCommandError
-from app.core.install import InstallerInfo
 from app.core.keys import slug
 from app.core.profiles import Profile
+from app.core.result import InstallerInfo
 from app.core.settings import Settings
 from app.core.ssh import (
     ConnectOptions,

@@ -1,8 +1,8 @@
 """Every shell command the install runs on the server, built by pure functions (tested exactly)."""
 
 # Each function quotes what it is given with shlex.quote and returns one POSIX sh command
-# (busybox ash, dash and bash all run them). Nothing here talks to a server: install.py runs
-# them, in its stage order, and reads their output.
+# (busybox ash, dash and bash all run them). Nothing here talks to a server: the install
+# package runs them, in its stage order, and reads their output.
 
 from __future__ import annotations
 
@@ -190,6 +190,12 @@ def read_from(path: str, offset: int) -> str:
 
 
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
+# Who answers after the kexec: its os-release, boot id and hostname, split by "@@" lines.
+IDENTITY = (
+    "cat /etc/os-release; echo @@; cat /proc/sys/kernel/random/boot_id; echo @@; "
+    "cat /proc/sys/kernel/hostname"
+)
+KERNEL_LOG_TAIL = "dmesg 2>&1 | tail -n 200"  # where `run` says why a kexec did not start
 
 
 def clean_staging(staging: str, tarball: str) -> str:

@@ -10,13 +10,14 @@ from app.core.download import CachedImage, ImageCache
 from app.core.events import Event, LogEvent
 from app.core.fleet import Fleet, Host, Inspected, Outcome
 from app.core.inhibit import SleepInhibitor
-from app.core.install import Installer, InstallerInfo
+from app.core.install import Installer
 from app.core.kinds import Transfer
 from app.core.paths import AppPaths
 from app.core.plan import ImageChoice, InstallPlan
 from app.core.preflight import Verdict
 from app.core.probe import Facts
 from app.core.profiles import Profile, ProfileStore
+from app.core.result import InstallerInfo
 from app.core.runlog import Redactor, RunLog
 from app.core.secrets import SecretStore
 from app.core.settings import Settings

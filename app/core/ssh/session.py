@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import select
 import socket
@@ -398,13 +397,11 @@ class Session:
         stage: str = "transfer",
         cancel: CancelToken | None = None,
         timeout: float = 3600.0,
-        digest: bool = False,
         server_hash: ServerHash = ServerHash.NONE,
     ) -> str | None:
-        """Stream ``local`` into ``remote`` (mode 0600); with ``digest``, return its sha256 as
-        sent; with ``server_hash``, the sha256 the server computed of the bytes it received,
-        as they arrived or once stored (None when it has no tool for it), so no separate
-        command has to read the file there again."""
+        """Stream ``local`` into ``remote`` (mode 0600); with ``server_hash``, return the sha256
+        the server computed of the bytes it received, as they arrived or once stored (None
+        when it has no tool for it), so no separate command has to read the file there again."""
         size = local.stat().st_size
         cmd = {
             ServerHash.NONE: sh.receive,
@@ -415,7 +412,6 @@ class Session:
         start_by = min(deadline, time.monotonic() + max(self.start_timeout, 1.0))
         chan = self._start(cmd, None, start_by, cancel, "the upload", end_input=False)
         unhook = cancel.on_cancel(chan.close) if cancel is not None else (lambda: None)
-        h = hashlib.sha256()
         meter = ProgressMeter(emit, stage, size)
         try:
             buf = bytearray(UPLOAD_CHUNK)
@@ -431,8 +427,6 @@ class Session:
                             "The link is too slow or stalled.",
                             "Try again, or let the server download the image itself.",
                         )
-                    if digest:
-                        h.update(chunk)
                     _send_all(chan, chunk)
                     meter.advance(n)
             chan.shutdown_write()
@@ -459,7 +453,7 @@ class Session:
             )
         if server_hash is not ServerHash.NONE:
             return sh.parse_sha256(res.stdout)
-        return h.hexdigest() if digest else None
+        return None
 
 
 def _close_quietly(chan: paramiko.Channel) -> None:

@@ -50,10 +50,10 @@ from app.core.fleet import (
     servers,
 )
 from app.core.handoff import installer_ssh_command, open_terminal, ssh_config_snippet
-from app.core.install import InstallerInfo
 from app.core.kinds import Transfer
 from app.core.plan import ImageRequest, InstallRequest, check_kexec_flags
 from app.core.preflight import Level
+from app.core.result import InstallerInfo
 from app.core.ssh import ConnectOptions, Session, load_ssh_config
 from app.ui.context import AppContext, Batch, Flow
 from app.ui.dialogs import HostKeysDialog

@@ -28,8 +28,8 @@ from app.core.handoff import (
     open_terminal,
     reboot_installer,
 )
-from app.core.install import InstallerInfo, leftover_note
 from app.core.kinds import AuthMethod
+from app.core.result import InstallerInfo, leftover_note
 from app.core.ssh import Credentials
 from app.ui.context import AppContext, Flow
 from app.ui.pages.base import BasePage

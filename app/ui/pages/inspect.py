@@ -23,9 +23,9 @@ from PySide6.QtWidgets import (
 from app.core.errors import LoginRestricted, PrivilegeError, WizardError
 from app.core.events import CancelToken, EventSink
 from app.core.flow import Inspection, already_installer, become_root, inspect, record
-from app.core.install import InstallerInfo
 from app.core.preflight import GiB, Level
 from app.core.probe import Facts
+from app.core.result import InstallerInfo
 from app.ui.context import AppContext, Flow
 from app.ui.pages.base import BasePage, PageId
 from app.ui.pages.connect import ConnectPage

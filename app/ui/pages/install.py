@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.errors import NewSystemHostKey, WizardError
+from app.core.errors import NeverCameBack, NewSystemHostKey, WizardError
 from app.core.events import (
     AttemptEvent,
     CancelToken,
@@ -29,8 +29,9 @@ from app.core.events import (
     StageEvent,
 )
 from app.core.flow import install, installer_for, record, rewait
-from app.core.install import Installer, InstallerInfo, NeverCameBack
+from app.core.install import Installer
 from app.core.netpreview import preview
+from app.core.result import InstallerInfo
 from app.ui.context import AppContext, Flow
 from app.ui.dialogs import HostKeyDialog
 from app.ui.jobs import JobFn
@@ -106,10 +107,9 @@ class InstallPage(BasePage):
         def work(emit: EventSink, cancel: CancelToken) -> InstallerInfo:
             inst = installer_for(
                 plan, session, facts, creds, ctx.known_hosts, ctx.settings, ctx.paths.keys_dir,
-                emit=emit, cancel=cancel,
             )  # fmt: skip
             holder["installer"] = inst
-            return save(inst, lambda: install(inst), emit)
+            return save(inst, lambda: install(inst, emit, cancel), emit)
 
         self._run(work)
 
@@ -304,9 +304,7 @@ class InstallPage(BasePage):
         save = self._saver()
 
         def work(emit: EventSink, cancel: CancelToken) -> InstallerInfo:
-            inst.emit = emit
-            inst.cancel = cancel
-            return save(inst, lambda: rewait(inst, accepted_fingerprint, host), emit)
+            return save(inst, lambda: rewait(inst, emit, cancel, accepted_fingerprint, host), emit)
 
         self._holder = {"installer": inst}
         self.safe_to_cancel = False

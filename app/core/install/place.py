@@ -1,0 +1,286 @@
+"""Placing the image: staging owners, transfer, checksum, member check, unpack, cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+from app.core import remote_sh as sh
+from app.core.errors import IntegrityError, TransferError, WizardError
+from app.core.events import ProgressMeter
+from app.core.imagecheck import check_tar_listing
+from app.core.install.state import Step
+from app.core.kinds import PrivilegeKind, Transfer
+from app.core.ssh import CommandResult
+from app.core.transfer import HASHED, remote_sha256, server_hash_for
+
+
+def transfer_image(step: Step) -> None:
+    """Put the tarball on the server (skipped when an identical one is already there).
+
+    Round trips cost (about 80 ms each on a small emulated server): the folder is made
+    and its owners listed in one, the marker made and an earlier copy hashed in one, the
+    upload stored and hashed in one, and the move reports the size it put in place."""
+    setup, state = step.setup, step.state
+    staging, tarball = setup.staging, setup.remote_tarball
+    res = step.run(sh.make_folder_and_list_owners(staging), what="making the staging folder")
+    if res.status == 3:
+        raise TransferError(
+            f"Cannot create {staging} on the server: {res.stderr.strip()[:200]}",
+            "The image needs a writable staging folder.",
+            "Choose another staging folder.",
+        )
+    _check_staging_owner(step, res)
+    res = step.run(
+        sh.mark_and_hash(f"{staging}/{sh.MARKER}", tarball),
+        timeout=max(setup.settings.command_timeout, 300),
+        what="the staging marker and an earlier copy's sha256",
+    )
+    want = setup.plan.sha256
+    if want and sh.parse_sha256(res.stdout) == want:
+        step.log("transfer", "The same image is already on the server; not sending it again.")
+        return
+    part = tarball + ".part"
+    image = setup.plan.image
+    if state.mode == Transfer.REMOTE:
+        _remote_download(step, part)
+    else:
+        if image is None:
+            raise TransferError("No local image to upload.", "", "Download the image first.")
+        # The server hashes what it received in the upload's own command (when it has a
+        # tool for it), and the checksum stage compares; else it reads the file again.
+        state.server_hash = server_hash_for(setup.facts)
+        state.streamed_sha = setup.session.upload(
+            image.path, part, emit=step.emit, cancel=step.cancel, server_hash=state.server_hash
+        )
+    res = step.run(sh.move_and_size(part, tarball), what="mv")
+    if not res.ok:
+        raise TransferError(f"Cannot move the image into place: {res.stderr.strip()[:200]}")
+    size = res.stdout.strip()
+    if image is not None and size != str(image.info.size):
+        state.streamed_sha = None  # not the whole file: the checksum stage hashes it again
+
+
+def _check_staging_owner(step: Step, res: CommandResult) -> None:
+    """Refuse a staging folder (or a parent) that another user owns or may write to, from
+    the ``uid mode path`` lines ``make_folder_and_list_owners`` printed.
+
+    ``run`` executes as root from there: whoever can change the folder could change what
+    root runs. A parent writable by others is fine only with the sticky bit (as ``/tmp``).
+    """
+    staging, uid = step.setup.staging, step.setup.facts.uid
+    lines = [ln.split(" ", 2) for ln in res.stdout.splitlines() if ln.strip()]
+    if not res.ok or not lines or any(len(x) != 3 for x in lines):
+        raise TransferError(
+            f"Cannot check who owns {staging} on the server.",
+            f"stat said: {res.stderr.strip()[:200] or '(nothing)'}",
+            "Choose a staging folder you own (--staging-dir).",
+        )
+    for i, (owner, mode_text, path) in enumerate(lines):
+        mode = int(mode_text, 8)
+        owned = int(owner) in (0, uid)
+        others_write = bool(mode & 0o022)
+        allowed = not others_write or (i > 0 and int(owner) == 0 and bool(mode & 0o1000))
+        if not owned or not allowed:
+            whose = f"user id {owner}" if not owned else "others too"
+            raise TransferError(
+                f"The staging folder {staging} is not safe: {path} "
+                + (f"belongs to {whose}." if not owned else "may be written by others.")
+                + f" (owner {owner}, mode {mode_text})",
+                "kexec/run runs as root from the staging folder; whoever can change it "
+                "could make root run something else. Nothing was put there.",
+                "Choose a staging folder that you (or root) own and only you can write "
+                "(--staging-dir), for example ~/nixos-kexec-wizard.",
+            )
+    step.state.staging_checked = True
+
+
+def _remote_download(step: Step, part: str) -> None:
+    """The server downloads the image itself; its progress is the size of the file so far."""
+    session = step.setup.session
+    asset = step.setup.plan.asset
+    assert asset is not None
+    cmd = sh.download(asset.url, part, allow_http=step.setup.settings.allow_http)
+    result: dict[str, Any] = {}
+
+    def worker() -> None:
+        try:
+            result["res"] = session.run(
+                cmd, timeout=3600, cancel=step.cancel, what="the server's download"
+            )
+        except BaseException as exc:
+            result["exc"] = exc
+
+    th = threading.Thread(target=worker, name="remote-download", daemon=True)
+    th.start()
+    meter = ProgressMeter(step.emit, "transfer", asset.size)
+    while th.is_alive():
+        th.join(1.0)
+        if step.cancel.cancelled:
+            break
+        with contextlib.suppress(WizardError):
+            res = session.run(sh.file_size(part), timeout=5, what="stat")
+            if res.ok and res.stdout.strip().isdigit():
+                n = int(res.stdout.strip())
+                meter.advance(n - meter.done)
+    th.join()
+    if "exc" in result:
+        raise result["exc"]
+    res = result["res"]
+    if not res.ok:
+        raise TransferError(
+            f"The server could not download {asset.url}: {res.stderr.strip()[:300]}",
+            "The server's own download failed.",
+            "Try again with --transfer upload to send the image from this computer.",
+        )
+    meter.finish()
+
+
+def compare_sha256(step: Step) -> None:
+    """Compare the server's sha256 of the tarball with the verified one."""
+    setup, state = step.setup, step.state
+    tarball, remote = setup.remote_tarball, state.mode == Transfer.REMOTE
+    want = setup.plan.sha256
+    streamed = state.streamed_sha
+    got = streamed or remote_sha256(
+        setup.session,
+        tarball,
+        timeout=max(setup.settings.command_timeout, 300),
+        cancel=step.cancel,
+    )
+    if want is None and remote:
+        raise TransferError(
+            "The image the server downloaded has no published sha256 to check it against.",
+            "Nothing may boot that was not checked.",
+            "Use --transfer upload: the image is then checked on this computer first.",
+        )
+    if want is None:
+        step.log(
+            "checksum", f"No checksum to compare against (server computed {got}).", level="warn"
+        )
+        return
+    if got is None:
+        if not remote:
+            step.log(
+                "checksum",
+                "The server has neither sha256sum nor openssl: the image was sent from the "
+                "verified copy on this computer over SSH, whose integrity checks protect it.",
+                level="warn",
+            )
+            return
+        raise TransferError(
+            "The server cannot compute a sha256 of the image.", "", "Install coreutils."
+        )
+    if got != want:
+        step.run(sh.remove(tarball), what="rm")
+        raise TransferError(
+            f"The image on the server has sha256 {got}, expected {want}.",
+            "It was damaged on the way and must not be booted. It was deleted.",
+            "Try the install again.",
+        )
+    how = (
+        f" ({HASHED[state.server_hash]}, and its size matches)"
+        if streamed and state.server_hash in HASHED
+        else ""
+    )
+    step.log("checksum", f"sha256 matches on the server{how}: {got}")
+    if remote and not setup.plan.bundle:
+        _check_remote_members(step)
+
+
+def _check_remote_members(step: Step) -> None:
+    """The tarball member check, on the server's copy that this computer never saw."""
+    setup = step.setup
+    tarball, name = setup.remote_tarball, setup.plan.file_name
+    res = step.run(
+        sh.list_tarball(tarball),
+        timeout=max(setup.settings.command_timeout, 300),
+        what="listing the image",
+    )
+    try:
+        if not res.ok:
+            raise TransferError(
+                f"The server cannot list the image: {res.stderr.strip()[:200]}",
+                "An image whose members cannot be checked is not unpacked.",
+                "Use --transfer upload.",
+            )
+        if res.stdout_dropped:
+            # Only the tail was kept: members before it would go unchecked.
+            raise IntegrityError(
+                f"The member list of {name} is too long to check "
+                f"({res.stdout_dropped + len(res.stdout)} bytes).",
+                "The upstream tarball has a handful of members; this one does not look like "
+                "it, and a member that was not checked must not be unpacked. It was deleted.",
+                "Use an image from the nixos-images releases, or --transfer upload.",
+            )
+        check_tar_listing(name, res.stdout)
+    except WizardError:
+        step.run(sh.remove(tarball), what="rm")
+        raise
+    step.log("checksum", "The image's members have the upstream layout.")
+
+
+def unpack(step: Step) -> None:
+    """Unpack into <staging>/kexec as the login user, setting aside a folder we did not make."""
+    setup = step.setup
+    staging = setup.staging
+    if setup.plan.bundle:
+        res = step.run(sh.make_executable(setup.remote_tarball), what="chmod")
+        if not res.ok:
+            raise TransferError(
+                f"The kexec-bundle cannot be made executable: {res.stderr.strip()[:300]}",
+                "It runs as a program on the server.",
+                "Choose a staging folder you own (--staging-dir).",
+            )
+        return
+    # A previous run of `run` (as root) leaves root-owned files in our kexec/ folder: a
+    # login that is not root removes them as root first; root does both in one command.
+    cmd = sh.unpack(staging, setup.plan.file_name)
+    privilege = setup.session.privilege
+    if privilege is not None and privilege.kind != PrivilegeKind.ROOT:
+        step.run(
+            sh.remove_own_unpack(staging), privileged=True, what="removing the previous unpack"
+        )
+    else:
+        cmd = f"{sh.remove_own_unpack(staging)}; {cmd}"
+    res = step.run(cmd, timeout=max(setup.settings.command_timeout, 300), what="tar")
+    if not res.ok:
+        raise TransferError(
+            f"Unpacking the image on the server failed: {res.stderr.strip()[:300]}",
+            "The staging folder may be full, or the image is damaged.",
+            "Free space on the server and try again.",
+        )
+
+
+def cleanup(step: Step) -> None:
+    """Leave the server as it was: remove what we put there, and the key we added."""
+    setup, state = step.setup, step.state
+    session, staging, added = setup.session, setup.staging, state.added_key
+    steps = []
+    if state.staging_checked:
+        clean = sh.clean_staging(staging, setup.remote_tarball)
+        steps.append((clean, session.privilege is not None))
+    else:
+        # Not checked (yet): only an empty folder the mkdir made goes, as the login user.
+        steps.append((sh.remove_empty_folder(staging), False))
+    if added is not None:
+        steps.append((sh.remove_line(*added), False))
+    try:
+        for cmd, privileged in steps:
+            # `run` leaves root-owned files in kexec/: remove them as root.
+            res = session.run(cmd, privileged=privileged, timeout=30, what="cleanup")
+            if sh.KEY_KEPT in res.stdout:
+                f, _line = added or ("", "")
+                step.log(
+                    "cleanup",
+                    f"The app's key line could not be removed from {f} (the server's disk "
+                    "may be full); the file was left as it was, with your keys in it.",
+                    level="warn",
+                )
+                return
+    except WizardError as exc:
+        step.log("cleanup", f"Could not clean up on the server: {exc.what}", level="warn")
+        return
+    extra = " and removed the app's key" if added else ""
+    step.log("cleanup", f"Removed the image from the server{extra}; it is as it was.")

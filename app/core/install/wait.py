@@ -1,0 +1,284 @@
+"""The waits: the old system going down, the installer coming up and logging us in."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from dataclasses import dataclass, replace
+from typing import NoReturn
+
+from app.core import remote_sh as sh
+from app.core.errors import (
+    AuthError,
+    Cancelled,
+    HostKeyChanged,
+    InstallerKeyChanged,
+    NeverCameBack,
+    NeverWentDown,
+    RemoteCommandError,
+    SSHConnectError,
+    WizardError,
+)
+from app.core.events import AttemptEvent
+from app.core.install.kexec import NOTABLE
+from app.core.install.state import Step
+from app.core.netpreview import preview as net_preview
+from app.core.ssh import ConnectOptions, Session, connect
+from app.core.ssh.banner import BannerPoll, has_banner
+
+DOWN_PROBE_TIMEOUT = 1.0  # seconds a fresh connection may take to send its SSH banner
+BOOT_ID_EVERY = 2.0  # while banners still answer: a login that reads the boot id, this often
+# A port refused (or reset) within QUICK_FAIL cost the server nothing but its kernel's answer:
+# the next attempt comes after QUICK_RETRY, so the installer's sshd is seen soon after it
+# listens. After one that hung, the next starts at once (it has waited long enough).
+QUICK_FAIL = 0.05
+QUICK_RETRY = 0.1
+# How long one connection to the rebooting server may wait for its banner: the installer's
+# banners came 0.88-0.95 s after the connection on the TCG test bed, so one second (as the
+# wait had, and OpenSSH's ConnectTimeout=1) leaves no margin for a slower server.
+BANNER_PATIENCE = 1.4
+
+
+# ---------------------------------------------------------------------------------------------
+# Down
+
+
+def wait_down(step: Step) -> None:
+    """Wait until the old system is gone, by fresh short attempts.
+
+    Never on the old connection: after the kexec it is dead, and a command on it fails
+    only at its own deadline (or when TCP gives up). A banner on a new TCP connection
+    says in a second whether an SSH server still answers; as both systems have the same
+    host key, a login's boot id tells them apart now and then. Through a jump host only
+    the old connection can be asked.
+    """
+    setup = step.setup
+    session, settings, old_boot = setup.session, setup.settings, setup.facts.boot_id
+    target = session.target
+    if target.jump is not None:
+        _wait_down_on_session(step)
+        return
+    deadline = time.monotonic() + settings.down_timeout
+    next_login = time.monotonic() + BOOT_ID_EVERY
+    while time.monotonic() < deadline:
+        if step.cancel.wait(settings.poll_interval):
+            raise Cancelled("Stopped waiting; the kexec may still happen.")
+        up, why = has_banner(target.host, target.port, timeout=DOWN_PROBE_TIMEOUT)
+        if not up:
+            step.log("down", f"The old system went down ({why}).")
+            session.close()
+            return
+        if time.monotonic() >= next_login:
+            boot = _fresh_boot_id(step)
+            next_login = time.monotonic() + BOOT_ID_EVERY
+            if boot is not None and boot != old_boot:
+                step.log("down", "The server already rebooted.")
+                session.close()
+                return
+    _never_went_down(step)
+
+
+def _fresh_boot_id(step: Step) -> str | None:
+    """The boot id a new login as the old user reads (None: no answer, so no verdict)."""
+    setup = step.setup
+    opts = ConnectOptions(
+        timeout=5.0, expect_key=setup.session.host_key_line, update_known_hosts=False
+    )
+    try:
+        with connect(
+            setup.session.target, setup.creds, setup.known_hosts, opts, cancel=step.cancel
+        ) as s:
+            res = s.run(sh.BOOT_ID, timeout=3, cancel=step.cancel, what="liveness check")
+            return res.stdout.strip()
+    except WizardError:
+        return None
+
+
+def _wait_down_on_session(step: Step) -> None:
+    """Through a jump host: until the open connection stops answering."""
+    setup = step.setup
+    session, settings, old_boot = setup.session, setup.settings, setup.facts.boot_id
+    deadline = time.monotonic() + settings.down_timeout
+    while time.monotonic() < deadline:
+        if step.cancel.wait(settings.poll_interval):
+            raise Cancelled("Stopped waiting; the kexec may still happen.")
+        if not session.active:
+            step.log("down", "The old system went down.")
+            return
+        try:
+            res = session.run(sh.BOOT_ID, timeout=3, what="liveness check")
+        except WizardError:
+            step.log("down", "The old system went down.")
+            session.close()
+            return
+        if res.stdout.strip() and res.stdout.strip() != old_boot:
+            step.log("down", "The server already rebooted.")
+            return
+    _never_went_down(step)
+
+
+def _never_went_down(step: Step) -> NoReturn:
+    """The old system still answers: say so, with the tail of its kernel log."""
+    session = step.setup.session
+    dmesg = ""
+    with contextlib.suppress(WizardError):
+        r = session.run(sh.KERNEL_LOG_TAIL, privileged=True, timeout=10, what="dmesg")
+        lines = r.stdout.strip().splitlines()
+        telling = [ln for ln in lines[:-8] if NOTABLE.search(ln)][-8:]
+        dmesg = "\n".join([*telling, *(["..."] if telling else []), *lines[-8:]])
+    raise NeverWentDown(
+        f"{session.target.host} did not go down within {step.setup.settings.down_timeout:g} s "
+        "after kexec/run reported success.",
+        "The kexec did not start. `run` sends its later messages to the kernel log; "
+        f"its tail:\n{dmesg or '(empty)'}",
+        "Read the log above. A common cause is a kernel that cannot kexec this way: retry "
+        "with --kexec-extra-flags -c. The old system is still running.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Up
+
+
+@dataclass
+class _Waited:
+    """How the wait for the installer went so far (for its events and its failure)."""
+
+    attempts: int = 0
+    last: str = "no answer yet"
+    refused_auth: bool = False
+
+
+def ports(step: Step) -> list[int]:
+    """The ports the installer is looked for on, in order: its own, the old login's, 22."""
+    candidates = [step.setup.plan.installer_port, step.setup.session.target.port, 22]
+    return list(dict.fromkeys(p for p in candidates if p))
+
+
+def wait_up(step: Step) -> Session:
+    """Poll with fresh short attempts until the installer answers and logs us in.
+
+    Directly, a BannerPoll: one connection at a time, a new one each poll interval (or
+    QUICK_RETRY while the ports refuse at once), each waiting BANNER_PATIENCE for its
+    banner; the login goes on over the first to send one. Through a jump host, one login
+    attempt per port and poll interval.
+    """
+    settings, cancel = step.setup.settings, step.cancel
+    deadline = time.monotonic() + settings.up_timeout
+    w = _Waited()
+
+    def failed(port: int, why: str) -> None:
+        w.attempts += 1
+        w.last = why
+        step.emit(AttemptEvent("up", why, attempts=w.attempts, port=port))
+
+    if step.setup.session.target.jump is not None:
+        while True:
+            for port in ports(step):
+                if cancel.cancelled:
+                    raise Cancelled("Stopped waiting; the installer may still come up.")
+                t0 = time.monotonic()
+                w.attempts += 1
+                sess = _login(step, port, None, w)
+                if sess is not None:
+                    return sess
+                step.emit(AttemptEvent("up", w.last, attempts=w.attempts, port=port))
+                if time.monotonic() >= deadline:
+                    raise _never_came_back(step, w)
+                rest = settings.poll_interval - (time.monotonic() - t0)
+                if rest > 0 and cancel.wait(rest):
+                    raise Cancelled("Stopped waiting; the installer may still come up.")
+    poll = BannerPoll(
+        step.state.host, ports(step), pace=settings.poll_interval,
+        patience=BANNER_PATIENCE, quick_retry=QUICK_RETRY, quick_fail=QUICK_FAIL,
+    )  # fmt: skip
+    while True:
+        got = poll.wait(deadline, cancel, failed)
+        if cancel.cancelled:
+            raise Cancelled("Stopped waiting; the installer may still come up.")
+        if got is None:
+            raise _never_came_back(step, w)
+        sock, port = got
+        w.attempts += 1
+        sess = _login(step, port, sock, w)
+        if sess is not None:
+            return sess
+        step.emit(AttemptEvent("up", w.last, attempts=w.attempts, port=port))
+
+
+def _login(step: Step, port: int, sock: socket.socket | None, w: _Waited) -> Session | None:
+    """Log in to what answers on ``port``: the installer, or (our key refused) the old
+    system come back; None, with ``w`` updated, when neither."""
+    try:
+        sess = connect_installer(step, port, sock)
+    except HostKeyChanged as exc:
+        raise InstallerKeyChanged(
+            f"Something answered at {step.state.host} port {port} with ANOTHER "
+            f"host key ({exc.fingerprint}; expected {exc.known}).",
+            "The installer keeps the old host keys, so this is either an installer that "
+            "lost them or someone intercepting the connection. Nothing was sent to it.",
+            "Check on the provider's console what runs there before trusting it.",
+        ) from exc
+    except AuthError as exc:
+        w.refused_auth = True
+        w.last = f"the SSH server refused our key ({exc.what})"
+        return _try_old_login(step, port)
+    except (SSHConnectError, RemoteCommandError) as exc:
+        w.last = exc.what
+        return None
+    step.log("up", f"The server answers on port {port} after {w.attempts} attempts.",
+             attempts=w.attempts)  # fmt: skip
+    return sess
+
+
+def connect_installer(step: Step, port: int, sock: socket.socket | None = None) -> Session:
+    """Log in as root to what answers at the installer's host on ``port``, with our key."""
+    setup, state = step.setup, step.state
+    target = replace(setup.session.target, host=state.host, port=port, user="root")
+    opts = ConnectOptions(
+        timeout=5.0,
+        expect_key=setup.session.host_key_line,
+        update_known_hosts=False,
+        # A bundle's system has new host keys: one passes only when the user accepted
+        # exactly it (NewSystemHostKey asks); nothing is sent to it before.
+        replaced_system=setup.plan.bundle,
+        trusted=tuple((target.host, port, fp) for fp in sorted(state.accepted_keys)),
+    )
+    assert state.installer_creds is not None
+    return connect(
+        target, state.installer_creds, setup.known_hosts, opts, cancel=step.cancel, sock=sock
+    )
+
+
+def _try_old_login(step: Step, port: int) -> Session | None:
+    """Our installer key was refused: see whether the old system came back."""
+    setup = step.setup
+    target = replace(setup.session.target, host=step.state.host, port=port)
+    opts = ConnectOptions(
+        timeout=5.0, expect_key=setup.session.host_key_line, update_known_hosts=False
+    )
+    try:
+        return connect(target, setup.creds, setup.known_hosts, opts, cancel=step.cancel)
+    except WizardError:
+        return None
+
+
+def _never_came_back(step: Step, w: _Waited) -> NeverCameBack:
+    """Nothing we could log in to answered before the deadline: where to look instead."""
+    pv = net_preview(step.setup.facts)
+    addrs = ", ".join(pv.expected_addresses) or "unknown"
+    moved = " Its address came from DHCP and may have changed." if pv.may_move else ""
+    net = "\n".join(f"- {s}" for s in (*pv.keeps, *pv.loses))
+    hint = (
+        "It answers SSH but refuses our key: the key may not have been carried."
+        if w.refused_auth
+        else "Nothing answered SSH."
+    )
+    return NeverCameBack(
+        f"{step.state.host} did not come back within {step.setup.settings.up_timeout:g} s "
+        f"({w.attempts} attempts on ports {', '.join(map(str, ports(step)))}; last: {w.last}).",
+        f"{hint} The installer should be at {addrs}.{moved} Expected network:\n{net}",
+        "Look at the server's console in your provider's panel. If the address changed, "
+        "reconnect to the new one; a power cycle brings the old system back.",
+    )
