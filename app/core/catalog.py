@@ -24,6 +24,7 @@ else:
 ARCHES = ("x86_64", "aarch64")
 VARIANTS = ("noninteractive", "full")
 DEFAULT_VARIANT = "noninteractive"
+STILL_LOADING = "The list of releases is still loading."
 # Sizes above this are not a kexec tarball but a broken or hostile API answer.
 MAX_ASSET_SIZE = 8 * 1024**3
 CHANNEL_RE = re.compile(r"^nixos-(unstable|(\d{2})\.(\d{2}))$")

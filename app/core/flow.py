@@ -1,20 +1,16 @@
-"""The install flow both faces call, top to bottom: connect, inspect, root, image, plan, install."""
+"""The steps a run calls: inspect, choose and fetch the image, plan, record the profile."""
 
-# Each step is one function; the CLI calls them in this order, the wizard one page per step.
-# Questions the engine cannot answer (an unknown host key, a passphrase, a password, a sudo
-# password) come back as errors or a False, the face asks, puts the answer in with
-# ``answer_question`` (or ``creds.sudo_password``) and calls the step again. Neither face builds
-# an InstallPlan nor runs a stage itself (tests/test_structure.py checks it).
+# The library of steps; app.core.run calls them in order and holds the policy between them.
+# Neither face calls them (tests/test_structure.py checks it).
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
 
-from app.core import ssh
 from app.core.catalog import (
+    STILL_LOADING,
     Catalog,
     bundle_asset,
     channel_asset,
@@ -22,10 +18,9 @@ from app.core.catalog import (
     url_asset,
 )
 from app.core.download import CachedImage, Downloader, ImageCache, local_image
-from app.core.errors import Cancelled, HostKeyUnknown, PreflightStop, WizardError
+from app.core.errors import Cancelled, PreflightStop, WizardError
 from app.core.events import CancelToken, EventSink, discard
 from app.core.inspect import run_probe
-from app.core.install import Installer
 from app.core.kinds import Transfer
 from app.core.netpreview import NetPreview, preview
 from app.core.plan import (
@@ -37,64 +32,21 @@ from app.core.plan import (
     InstallRequest,
 )
 from app.core.preflight import Level, Verdict, evaluate, raise_first_stop, worst
-from app.core.privilege import establish_privilege, known_sudo_password
 from app.core.probe import Facts
 from app.core.profiles import Profile, ProfileStore, check_name
 from app.core.result import InstallerInfo
 from app.core.secrets import SecretStore, password_key, sudo_key
 from app.core.settings import Settings
 from app.core.ssh import (
-    ConnectOptions,
     Credentials,
-    KnownHosts,
-    PassphraseRequired,
-    PasswordRequired,
     Session,
     Target,
     jump_spec,
 )
 from app.core.timings import Timings
-from app.core.transfer import choose_transfer
-
-STILL_LOADING = "The list of releases is still loading."
-
-Question: TypeAlias = HostKeyUnknown | PassphraseRequired | PasswordRequired
-
 
 # ---------------------------------------------------------------------------------------------
-# 1. Connect: the host key is checked before any credential is sent
-
-
-def connect(
-    target: Target,
-    creds: Credentials,
-    known_hosts: KnownHosts,
-    options: ConnectOptions,
-    *,
-    cancel: CancelToken | None = None,
-) -> Session:
-    """Log in; a question for the user comes back as a :data:`Question` error."""
-    return ssh.connect(target, creds, known_hosts, options, cancel=cancel)
-
-
-def answer_question(
-    question: Question, answer: str, target: Target, creds: Credentials, options: ConnectOptions
-) -> ConnectOptions:
-    """Put the user's answer where the next :func:`connect` finds it (an answer sticks for its
-    own host only); ``answer`` is the secret, or the fingerprint the user accepted."""
-    if isinstance(question, HostKeyUnknown):
-        return options.trusting(question.host, question.port, answer or question.fingerprint)
-    if isinstance(question, PassphraseRequired):
-        creds.passphrases[question.path] = answer
-    elif question.label == target.label:
-        creds.password = answer
-    else:
-        creds.jump_passwords[question.label] = answer
-    return options
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. Inspect: the facts in one round trip, the verdicts, the network preview
+# Inspect: the facts in one round trip, the verdicts, the network preview
 
 
 @dataclass(frozen=True)
@@ -145,24 +97,7 @@ def is_local_source(source: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Become root
-
-
-def become_root(
-    session: Session, facts: Facts, creds: Credentials, settings: Settings, *, can_ask: bool = True
-) -> bool:
-    """True once the session acts as root; False when sudo needs a password nobody has given
-    yet and the face ``can_ask`` (it asks, sets ``creds.sudo_password`` and calls again). A
-    refused or missing password, or a user who cannot become root, raises PrivilegeError."""
-    password = known_sudo_password(facts, creds)
-    if facts.privilege == "sudo-password" and password is None and can_ask:
-        return False
-    establish_privilege(session, facts, password, settings)
-    return True
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. Choose and fetch the image
+# Choose and fetch the image
 
 
 def choose_image(
@@ -192,13 +127,6 @@ def _resolve(
     if request.variant == BUNDLE_VARIANT:
         return ImageChoice(*bundle_asset(catalog, request.channel, arch))
     return ImageChoice(*channel_asset(catalog, request.channel, request.variant, arch))
-
-
-def transfer_for(
-    request: InstallRequest, facts: Facts, choice: ImageChoice
-) -> tuple[Transfer, str]:
-    """``upload`` or ``remote`` for this image on this server, with the reason in words."""
-    return choose_transfer(request.transfer, facts, choice.asset)
 
 
 class EarlyCheck:
@@ -277,7 +205,7 @@ def fetch_image(
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Plan: the one place an InstallPlan is built
+# Plan: the one place an InstallPlan is built
 
 
 def make_plan(
@@ -303,41 +231,7 @@ def make_plan(
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Install: key, transfer, checksum, unpack, run, wait down, wait up, verify
-
-
-def installer_for(
-    plan: InstallPlan,
-    session: Session,
-    facts: Facts,
-    creds: Credentials,
-    known_hosts: KnownHosts,
-    settings: Settings,
-    keys_dir: Path,
-) -> Installer:
-    """The installer that runs the plan's stages in order."""
-    return Installer(plan, session, facts, creds, known_hosts, settings, keys_dir)
-
-
-def install(installer: Installer, emit: EventSink, cancel: CancelToken) -> InstallerInfo:
-    """Run every stage; a legacy bundle's new host key comes back as NewSystemHostKey."""
-    return installer.run(emit, cancel)
-
-
-def rewait(
-    installer: Installer,
-    emit: EventSink,
-    cancel: CancelToken,
-    accepted_fingerprint: str | None = None,
-    host: str | None = None,
-) -> InstallerInfo:
-    """Wait for the installer again: after the user accepted a bundle's new host key, or at a
-    new address the user gave."""
-    return installer.rewait(emit, cancel, accepted_fingerprint, host)
-
-
-# ---------------------------------------------------------------------------------------------
-# 7. Record the outcome in the profile
+# Record the server in its profile
 
 
 def already_installer(session: Session, facts: Facts) -> InstallerInfo:

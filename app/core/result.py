@@ -1,12 +1,12 @@
-"""The typed outcome of an install: the verified installer and what was left on the old system."""
+"""The typed outcome of a run: the verified installer, what was left behind, how it ended."""
 
 from __future__ import annotations
 
 import shlex
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from app.core.errors import ConfigError
+from app.core.errors import ConfigError, WizardError
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,39 @@ def leftover_note(info: InstallerInfo) -> str | None:
         "Installing NixOS replaces that system; if you boot the old system again instead, "
         f"remove the line there with: {cmd}"
     )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one server's run ended: its ``result`` line, the same alone or in a batch."""
+
+    host: str
+    ok: bool
+    outcome: str
+    exit_code: int
+    payload: dict[str, Any] = field(default_factory=dict)
+    error: WizardError | None = None
+
+    @classmethod
+    def failed(cls, host: str, exc: WizardError) -> Outcome:
+        """The outcome of a run that ended with ``exc``."""
+        return cls(host, False, exc.kind, int(exc.exit_code), error=exc)
+
+    def body(self) -> dict[str, Any]:
+        """The ``result`` line's fields (without the server's name)."""
+        body: dict[str, Any] = {"ok": self.ok, "outcome": self.outcome, **self.payload}
+        if self.error is not None:
+            body.update(error=self.error.as_dict(), exit_code=self.exit_code)
+        return body
+
+    def row(self) -> dict[str, Any]:
+        """The server's entry in a batch's summary line."""
+        out: dict[str, Any] = {
+            "host": self.host,
+            "ok": self.ok,
+            "outcome": self.outcome,
+            "exit_code": self.exit_code,
+        }
+        if self.error is not None:
+            out["error"] = self.error.what
+        return out
