@@ -1,69 +1,56 @@
-"""Many servers at once: the same flow per host in a bounded pool, one image per arch."""
+"""Many servers at once: a bounded pool of runs, one question for several, one image each."""
 
-# A fleet run has four rounds, each over every host in a bounded pool (DEFAULT_PARALLEL):
-#   connect  - host-key questions of every new host come back together, for one answer;
-#   inspect  - probe, judge and record (a stop ends the host there; warnings: the face asks);
-#   plan     - root, image (fetched once per source, shared), plan;
-#   boot     - the install itself, then the outcome recorded in the host's profile.
-# Before boot the face asks for one confirmation (the CLI after plan, with the plans shown;
-# the wizard before it, on the Confirm page that also takes the image choice). A host that
-# fails leaves the run with its own result; it never stops the others. Every host keeps its own
-# deadlines (its Installer's), run log and host-key pinning (the one KnownHosts is locked).
+# A fleet holds what is about many: the pool (DEFAULT_PARALLEL runs at a time), each run's
+# events marked with its name and kept in its own log, the questions of several runs asked
+# together, each image downloaded once (and cancelled only when no run waits for it any more),
+# and the outcomes in the order the servers were given. Everything about one server is in
+# app.core.run. `install X` is a fleet of one: its events carry no server name.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from app.core import flow
-from app.core.catalog import Catalog
 from app.core.download import CachedImage, ImageCache
-from app.core.errors import Cancelled, HostKeyUnknown, UsageError, WizardError
+from app.core.errors import Cancelled, UsageError, WizardError
 from app.core.events import (
     WAKE_SLICE,
     CancelToken,
     Event,
     EventSink,
-    InfoEvent,
-    PlanEvent,
     ResultEvent,
     SummaryEvent,
-    TimingsEvent,
     tagged,
 )
-from app.core.handoff import installer_ssh_command
 from app.core.keys import slug
-from app.core.kinds import AuthMethod, Transfer
-from app.core.plan import DEFAULT_STAGING, ImageChoice, ImageRequest, InstallPlan, InstallRequest
-from app.core.profiles import Profile, ProfileStore
-from app.core.result import InstallerInfo, leftover_command, leftover_note
+from app.core.kinds import AuthMethod
+from app.core.plan import ImageChoice
+from app.core.profiles import Profile
+from app.core.questions import QUESTIONS, Answers, Question, unanswered
+from app.core.result import Outcome
+from app.core.run import Host, HostRun, RunEnv, RunRequest, Step, internal_error
 from app.core.runlog import Redactor, RunLog
 from app.core.secrets import SecretStore, password_key, sudo_key
 from app.core.settings import Settings
-from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Session, Target, parse_target
+from app.core.ssh import Credentials, Target, parse_target
 
 if TYPE_CHECKING:
     import paramiko
 
 DEFAULT_PARALLEL = 4
 MAX_PARALLEL = 64
+RESOLVE_TIMEOUT = 5.0  # seconds to find the addresses of every server before connecting
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@dataclass
-class Host:
-    """One server of the run: how it is named in events, reached and remembered."""
-
-    label: str  # the profile's name, or the target as given
-    target: Target
-    creds: Credentials
-    profile: str | None = None  # the profile updated after each step (None: not saved)
+Asked = tuple[HostRun, Question]
 
 
 def servers(n: int) -> str:
@@ -72,8 +59,8 @@ def servers(n: int) -> str:
 
 
 def host_of_profile(profile: Profile, secrets: SecretStore, config: paramiko.SSHConfig) -> Host:
-    """A saved server as a host of the run, with its remembered passwords (the keyring may be
-    slow: call this off the GUI thread)."""
+    """A saved server, with its remembered passwords (the keyring may be slow: call this off
+    the GUI thread)."""
     target = parse_target(
         profile.host, port=profile.port, user=profile.user,
         identity=[profile.key_path] if profile.key_path else [], jump=profile.jump or None,
@@ -83,7 +70,7 @@ def host_of_profile(profile: Profile, secrets: SecretStore, config: paramiko.SSH
     if profile.remember_password:
         creds.password = secrets.get(password_key(profile.name))
         creds.sudo_password = secrets.get(sudo_key(profile.name))
-    return Host(profile.name, target, creds, profile.name)
+    return Host(profile.name, target, creds, profile.name, profile.remember_password)
 
 
 def host_of_spec(spec: str, config: paramiko.SSHConfig) -> Host:
@@ -96,57 +83,8 @@ def targets_of_text(text: str) -> list[str]:
     return [t for t in (line.split("#", 1)[0].strip() for line in text.splitlines()) if t]
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How one host's run ended: its ``result`` line, exactly as a single install writes it."""
-
-    host: str
-    ok: bool
-    outcome: str
-    exit_code: int
-    payload: dict[str, Any] = field(default_factory=dict)
-    error: WizardError | None = None
-
-    def event(self) -> ResultEvent:
-        """The host's own ``result`` line (with ``"host"``)."""
-        body: dict[str, Any] = {"ok": self.ok, "outcome": self.outcome, **self.payload}
-        if self.error is not None:
-            body.update(error=self.error.as_dict(), exit_code=self.exit_code)
-        return ResultEvent(payload=body, host=self.host)
-
-    def row(self) -> dict[str, Any]:
-        """The host's entry in the summary line."""
-        out: dict[str, Any] = {
-            "host": self.host,
-            "ok": self.ok,
-            "outcome": self.outcome,
-            "exit_code": self.exit_code,
-        }
-        if self.error is not None:
-            out["error"] = self.error.what
-        return out
-
-
-def failed(host: str, exc: WizardError) -> Outcome:
-    """The outcome of a host whose run raised ``exc``."""
-    return Outcome(host, False, exc.kind, int(exc.exit_code), error=exc)
-
-
-def installed(host: str, info: InstallerInfo, timings: dict[str, float], jump: Target | None,
-              app_known_hosts: Path) -> Outcome:  # fmt: skip
-    """The outcome of a host whose installer answered and proved itself."""
-    note = leftover_note(info)
-    payload = {
-        "leftovers": [{"file": info.key_left_in, "remove": leftover_command(info)}] if note else [],
-        "installer": info.to_json(),
-        "timings": timings,
-        "ssh_command": installer_ssh_command(info, jump, app_known_hosts),
-    }
-    return Outcome(host, True, "installer-ready", 0, payload)
-
-
 def summary(outcomes: Sequence[Outcome]) -> SummaryEvent:
-    """The run's last line: every host's outcome and the run's exit code."""
+    """The batch's last line: every server's outcome and the run's exit code."""
     return SummaryEvent(
         ok=all(o.ok for o in outcomes),
         exit_code=exit_code(outcomes),
@@ -155,8 +93,8 @@ def summary(outcomes: Sequence[Outcome]) -> SummaryEvent:
 
 
 def exit_code(outcomes: Iterable[Outcome]) -> int:
-    """0 when every host succeeded, else the highest of the failed hosts' codes (the codes grow
-    with how far an install got, so that is the host that most needs a look)."""
+    """0 when every server succeeded, else the highest of the failed ones' codes (the codes
+    grow with how far an install got, so that is the server that most needs a look)."""
     return max((o.exit_code for o in outcomes if not o.ok), default=0)
 
 
@@ -171,18 +109,53 @@ def check_parallel(n: int) -> int:
     return n
 
 
-def check_labels(hosts: Sequence[Host]) -> None:
-    """Refuse a run that names one server twice (two installs would race on it)."""
-    seen: dict[tuple[str, int], str] = {}
+def _where(target: Target, timeout: float) -> set[str]:
+    """Where a target really is: its jump hosts and the addresses its name resolves to (the
+    name itself when it does not resolve: the connection will say why)."""
+    via = f"{_where_text(target.jump)} -> " if target.jump is not None else ""
+    if target.jump is not None:  # the name is resolved on the jump host: compare it as given
+        return {f"{via}{target.host.lower()}:{target.port}"}
+    found: list[set[str]] = []
+
+    def resolve() -> None:
+        with contextlib.suppress(OSError, UnicodeError):
+            infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+            found.append({f"{info[4][0]}:{target.port}" for info in infos})
+
+    worker = threading.Thread(target=resolve, name="resolve", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return found[0] if found else {f"{target.host.lower()}:{target.port}"}
+
+
+def _where_text(target: Target) -> str:
+    via = f"{_where_text(target.jump)} -> " if target.jump is not None else ""
+    return f"{via}{target.user}@{target.host.lower()}:{target.port}"
+
+
+def check_hosts(hosts: Sequence[Host], timeout: float = RESOLVE_TIMEOUT) -> None:
+    """Refuse a batch that names one server twice (two installs on it would race, and one
+    would clean up the other's files), or two servers by one name, before anything connects."""
+    labels: dict[str, Host] = {}
     for h in hosts:
-        key = (h.target.host, h.target.port)
-        if key in seen:
+        other = labels.setdefault(h.label, h)
+        if other is not h:
             raise UsageError(
-                f"{h.label} and {seen[key]} are the same server ({h.target.label}).",
-                "Two installs on one server at once would race each other.",
-                "Name each server once.",
+                f"Two entries of this batch are both called {h.label!r} ({other.target.label} "
+                f"and {h.target.label}).",
+                "Each server's events, result and profile are kept under its name.",
+                "Name each server once; save one under another profile name.",
             )
-        seen[key] = h.label
+    seen: dict[str, Host] = {}
+    for h in hosts:
+        for place in _where(h.target, timeout):
+            other = seen.setdefault(place, h)
+            if other is not h:
+                raise UsageError(
+                    f"{other.label} and {h.label} are the same server ({place}).",
+                    "Two installs on one server at once would race each other.",
+                    "Name each server once.",
+                )
 
 
 def pool(items: Sequence[T], work: Callable[[T], R], parallel: int, cancel: CancelToken
@@ -203,152 +176,120 @@ def pool(items: Sequence[T], work: Callable[[T], R], parallel: int, cancel: Canc
 
 
 class SharedImages:
-    """Each image fetched and checked once per run, however many hosts need it."""
+    """Each image fetched and checked once, however many runs need it; a download stops only
+    when every run that waits for it was cancelled."""
 
-    def __init__(
-        self, cache: ImageCache, settings: Settings, early: flow.EarlyCheck | None = None
-    ) -> None:
+    def __init__(self, cache: ImageCache, settings: Settings) -> None:
         self.cache = cache
         self.settings = settings
-        self.early = early  # a local file's check, started with the run
+        self.early: flow.EarlyCheck | None = None  # a local file's check, started early
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
 
+    def check_early(self, source: str) -> None:
+        """Start checking ``source`` now when it is a file on this computer (it is read whole:
+        seconds for a real image), so that it runs beside the connections and the probes."""
+        self.early = flow.check_early(source, self.cache)
+
     def get(self, choice: ImageChoice, emit: EventSink, cancel: CancelToken) -> CachedImage:
-        """The verified image for ``choice``: the first host downloads, the others wait."""
+        """The verified image for ``choice``; its download's events go to every run waiting."""
         # Per arch too: one local file is fine for one arch's servers and refused for another's.
         where = choice.asset.url if choice.asset is not None else str(choice.local)
         key = f"{choice.meta.get('arch', '')} {where}"
         with self._lock:
             entry = self._entries.get(key)
-            first = entry is None
-            if entry is None:
+            if entry is None or entry.abandoned:
                 entry = self._entries[key] = _Entry()
-        if first:
-            try:
-                entry.image = flow.fetch_image(
-                    choice, self.cache, self.settings, emit=emit, cancel=cancel, early=self.early
-                )
-            except WizardError as exc:
-                entry.error = exc
-            finally:
-                entry.ready.set()
-        while not entry.ready.wait(0.2):
-            if cancel.cancelled:
-                raise Cancelled("Cancelled while another server's download of the image ran.")
+                threading.Thread(
+                    target=self._fetch, args=(entry, choice), name="image", daemon=True
+                ).start()
+            entry.sinks.append(emit)
+        try:
+            while not entry.ready.wait(WAKE_SLICE):
+                if cancel.cancelled:
+                    raise Cancelled("Cancelled while the image was being downloaded.")
+        finally:
+            with self._lock:
+                entry.sinks.remove(emit)
+                if not entry.sinks and not entry.ready.is_set():
+                    entry.cancel.cancel()  # nobody waits for it any more
         if entry.error is not None:
             raise entry.error
         assert entry.image is not None
         return entry.image
 
+    def _fetch(self, entry: _Entry, choice: ImageChoice) -> None:
+        def every_waiter(event: Event) -> None:
+            with self._lock:
+                sinks = list(entry.sinks)
+            for sink in sinks:
+                sink(event)
+
+        try:
+            entry.image = flow.fetch_image(
+                choice, self.cache, self.settings, emit=every_waiter, cancel=entry.cancel,
+                early=self.early,
+            )  # fmt: skip
+        except WizardError as exc:
+            entry.error = exc
+        except Exception as exc:  # reported to every run that waits, as a bug
+            entry.error = internal_error(exc)
+        finally:
+            entry.ready.set()
+
 
 @dataclass
 class _Entry:
     ready: threading.Event = field(default_factory=threading.Event)
+    cancel: CancelToken = field(default_factory=CancelToken)
+    sinks: list[EventSink] = field(default_factory=list)
     image: CachedImage | None = None
     error: WizardError | None = None
 
-
-@dataclass
-class Inspected:
-    """A host that was inspected and may go on: no stop, perhaps warnings (the face decides)."""
-
-    host: Host
-    session: Session
-    found: flow.Inspection
-
-
-@dataclass
-class Prepared:
-    """A host ready to boot: its session, facts and plan (nothing changed on it yet)."""
-
-    host: Host
-    session: Session
-    found: flow.Inspection
-    choice: ImageChoice
-    plan: InstallPlan
-    reason: str
-
-
-@dataclass
-class FleetEnv:
-    """What every host's flow shares: settings, stores, the cache, the catalog, the request."""
-
-    settings: Settings
-    known_hosts: KnownHosts
-    profiles: ProfileStore
-    secrets: SecretStore
-    keys_dir: Path
-    cache: ImageCache
-    catalog: Catalog | None
-    image: ImageRequest
-    request: InstallRequest
-    options: ConnectOptions
-    staging: str = DEFAULT_STAGING
-    remember: bool = False
-    logs: Path | None = None  # a run log per host here (None: none)
-    redact: Redactor = field(default_factory=Redactor)
+    @property
+    def abandoned(self) -> bool:
+        """Ended because every run waiting for it was cancelled: a new request starts anew."""
+        return self.ready.is_set() and isinstance(self.error, Cancelled)
 
 
 class Fleet:
-    """One run over many hosts; the face calls connect, inspect, plan and boot in turn."""
+    """The runs of one invocation: advanced together in a bounded pool, outcomes in order."""
 
-    def __init__(self, env: FleetEnv, emit: EventSink, cancel: CancelToken,
-                 parallel: int = DEFAULT_PARALLEL) -> None:  # fmt: skip
-        self.env = env
-        self.cancel = cancel
+    def __init__(
+        self,
+        hosts: Sequence[Host],
+        env: RunEnv,
+        cancel: CancelToken,
+        parallel: int = DEFAULT_PARALLEL,
+        *,
+        named: bool | None = None,
+        logs: Path | None = None,
+        redact: Redactor | None = None,
+    ) -> None:
         self.parallel = check_parallel(parallel)
-        early = flow.check_early(env.image.source, env.cache)  # beside connect and probe
-        self.images = SharedImages(env.cache, env.settings, early)
-        self.emit = emit  # where every host's events go (marked with its name)
-        self._logs: dict[str, RunLog] = {}
-        self._lock = threading.Lock()
-        self._hosts: list[Host] = []
+        check_hosts(hosts, min(RESOLVE_TIMEOUT, env.settings.connect_timeout))
+        self.runs = [HostRun(h, env) for h in hosts]
+        self.cancel = cancel
+        # A fleet of one writes as a single install does: no server name in its events.
+        self.named = len(self.runs) > 1 if named is None else named
+        self._log: dict[str, RunLog] = {}
+        if logs is not None:
+            for run in self.runs:
+                name = f"install-{slug(run.label)}"
+                self._log[run.label] = RunLog(logs, redact or Redactor(), name)
         self._tokens: dict[str, CancelToken] = {}
-        self.outcomes: dict[str, Outcome] = {}  # in the order the hosts ended
+        self._reported: set[str] = set()
+        self._lock = threading.Lock()
+        for run in self.runs:
+            self._tokens[run.label] = token = CancelToken()
+            cancel.on_cancel(token.cancel)
 
-    def end(self, outcome: Outcome) -> Outcome:
-        """A host's run is over: its ``result`` line goes out now, the others go on."""
-        with self._lock:
-            self.outcomes[outcome.host] = outcome
-        host = next((h for h in self._hosts if h.label == outcome.host), None)
-        (self.sink(host) if host is not None else self.emit)(outcome.event())
-        return outcome
-
-    def ordered(self, hosts: Sequence[Host]) -> list[Outcome]:
-        """Every host's outcome in the order the hosts were given (a host without one, which
-        would be a bug, is reported as such rather than left out)."""
-        lost = WizardError(
-            "The run ended without an outcome for this server.",
-            "This is a bug in the app; the server may or may not have been changed.",
-            "Check the server, and report the bug with the run's log files.",
-        )
-        return [self.outcomes.get(h.label) or failed(h.label, lost) for h in hosts]
-
-    def token(self, host: Host) -> CancelToken:
-        """The host's own cancel: set by :meth:`cancel_host`, or when the whole run is."""
-        with self._lock:
-            tok = self._tokens.get(host.label)
-            if tok is None:
-                tok = self._tokens[host.label] = CancelToken()
-                self.cancel.on_cancel(tok.cancel)
-            return tok
-
-    def cancel_host(self, label: str) -> None:
-        """Cancel one host's run; the others go on."""
-        host = next((h for h in self._hosts if h.label == label), None)
-        if host is not None:
-            self.token(host).cancel()
-
-    def sink(self, host: Host) -> EventSink:
-        """The host's events: marked with its label, and kept in its own run log."""
-        out = tagged(self.emit, host.label)
-        if self.env.logs is None:
-            return out
-        log = self._logs.get(host.label)
+    def sink(self, run: HostRun, emit: EventSink) -> EventSink:
+        """The run's events to ``emit``: marked with its name in a batch, and kept in its log."""
+        out = tagged(emit, run.label) if self.named else emit
+        log = self._log.get(run.label)
         if log is None:
-            name = f"install-{slug(host.label)}"
-            log = self._logs[host.label] = RunLog(self.env.logs, self.env.redact, name)
+            return out
 
         def both(event: Event) -> None:
             log.write(event)
@@ -356,151 +297,95 @@ class Fleet:
 
         return both
 
-    def log_of(self, host: Host) -> Path | None:
-        """Where the host's run log is, once it has one."""
-        log = self._logs.get(host.label)
+    def token(self, run: HostRun) -> CancelToken:
+        """The run's own cancel: set by :meth:`cancel_run`, or when the whole fleet is."""
+        return self._tokens[run.label]
+
+    def log_of(self, run: HostRun) -> Path | None:
+        """Where the run's log is, if it has one."""
+        log = self._log.get(run.label)
         return log.path if log is not None else None
 
-    # -- 1. connect -------------------------------------------------------------------------
+    def cancel_run(self, label: str) -> None:
+        """Cancel one server's run; the others go on."""
+        token = self._tokens.get(label)
+        if token is not None:
+            token.cancel()
 
-    def connect(
-        self, hosts: Sequence[Host], options: ConnectOptions | None = None
-    ) -> tuple[dict[str, Session], list[tuple[Host, HostKeyUnknown]], list[Outcome]]:
-        """Log in to every host: the sessions, the host-key questions (asked together by the
-        face, then this is called again for those hosts with the answers), the failures."""
-        opts = options or self.env.options
-        for h in hosts:  # the sinks (and run logs) are made here, on one thread
-            if h not in self._hosts:
-                self._hosts.append(h)
-            self.sink(h)
+    @property
+    def going(self) -> list[HostRun]:
+        """The runs that have not ended."""
+        return [r for r in self.runs if r.outcome is None]
 
-        def one(h: Host) -> Session | WizardError:
+    # -- advancing ----------------------------------------------------------------------------
+
+    def advance(
+        self, answers: Answers, until: Step, emit: EventSink, request: RunRequest | None = None
+    ) -> list[Asked]:
+        """Take every run that has not ended as far as ``until`` (at most ``parallel`` at a
+        time), its events to ``emit``; the questions they raised come back together, for the
+        face to ask at once."""
+
+        def one(run: HostRun) -> Question | None:
+            sink = self.sink(run, emit)
             try:
-                return flow.connect(h.target, h.creds, self.env.known_hosts, opts,
-                                    cancel=self.token(h))  # fmt: skip
-            except WizardError as exc:
-                return exc
+                run.go(answers, sink, self.token(run), request=request, until=until)
+            except QUESTIONS as question:
+                return question
+            self._report(run, sink)
+            return None
 
-        sessions: dict[str, Session] = {}
-        questions: list[tuple[Host, HostKeyUnknown]] = []
-        failures: list[Outcome] = []
-        for h, got in zip(hosts, pool(hosts, one, self.parallel, self.cancel), strict=True):
-            if isinstance(got, Session):
-                sessions[h.label] = got
-            elif isinstance(got, HostKeyUnknown):
-                questions.append((h, got))
-            else:
-                failures.append(self.end(failed(h.label, got)))
-        return sessions, questions, failures
+        going = self.going
+        got = pool(going, one, self.parallel, self.cancel)
+        return [(run, q) for run, q in zip(going, got, strict=True) if q is not None]
 
-    # -- 2. inspect, then plan ----------------------------------------------------------------
+    def end(self, run: HostRun, exc: WizardError, emit: EventSink) -> None:
+        """End one run without going on (a question it asked was declined or cannot be asked)."""
+        run.end(exc)
+        self._report(run, self.sink(run, emit))
 
-    def inspect(self, hosts: Sequence[Host], sessions: dict[str, Session]
-                ) -> tuple[list[Inspected], list[Outcome]]:  # fmt: skip
-        """Probe and judge every connected host, and remember it in its profile; a host that
-        already runs the installer, or that a check stops, ends here (its session closed)."""
+    def _report(self, run: HostRun, sink: EventSink) -> None:
+        """A run that ended writes its result line now; the others go on."""
+        with self._lock:
+            if run.outcome is None or run.label in self._reported:
+                return
+            self._reported.add(run.label)
+        sink(ResultEvent(payload=run.outcome.body()))
 
-        def one(h: Host) -> Inspected | Outcome:
-            session = sessions[h.label]
-            try:
-                reach = flow.reach_matters(self.env.request.transfer, self.env.image.source)
-                found = flow.inspect(session, self.env.settings, self.env.staging,
-                                     emit=self.sink(h), cancel=self.token(h),
-                                     reach=reach)  # fmt: skip
-                facts = found.facts
-                if facts.is_installer:
-                    info = flow.already_installer(session, facts)
-                    self._record(h, session, found, None, info)
-                    session.close()
-                    payload = {"installer": info.to_json()}
-                    return self.end(Outcome(h.label, True, "already-installer", 0, payload))
-                self._record(h, session, found, None, None)  # a stop still leaves a profile
-                found.raise_first_stop()
-            except WizardError as exc:
-                session.close()
-                return self.end(failed(h.label, exc))
-            return Inspected(h, session, found)
+    def outcomes(self) -> list[Outcome]:
+        """Every run's outcome in the order the servers were given (a run without one, which
+        would be a bug, is reported as such rather than left out)."""
+        lost = WizardError(
+            "The run ended without an outcome for this server.",
+            "This is a bug in the app; the server may or may not have been changed.",
+            "Check the server, and report the bug with the run's log files.",
+        )
+        return [r.outcome or Outcome.failed(r.label, lost) for r in self.runs]
 
-        todo = [h for h in hosts if h.label in sessions]
-        got = pool(todo, one, self.parallel, self.cancel)
-        return [g for g in got if isinstance(g, Inspected)], [
-            g for g in got if isinstance(g, Outcome)
-        ]
-
-    def plan(self, inspected: Sequence[Inspected]) -> tuple[list[Prepared], list[Outcome]]:
-        """Root, image (each fetched once and shared) and plan for every inspected host."""
-
-        def one(i: Inspected) -> Prepared | Outcome:
-            try:
-                return self._plan(i)
-            except WizardError as exc:
-                i.session.close()
-                return self.end(failed(i.host.label, exc))
-
-        got = pool(inspected, one, self.parallel, self.cancel)
-        return [g for g in got if isinstance(g, Prepared)], [
-            g for g in got if isinstance(g, Outcome)
-        ]
-
-    def _plan(self, i: Inspected) -> Prepared:
-        env, h, session, facts = self.env, i.host, i.session, i.found.facts
-        emit, cancel = self.sink(h), self.token(h)
-        cancel.check()
-        choice = flow.choose_image(env.image, facts, env.settings, env.catalog)
-        flow.become_root(session, facts, h.creds, env.settings, can_ask=False)
-        request = replace(env.request, key_name=h.profile or h.target.host)
-        mode, reason = flow.transfer_for(request, facts, choice)
-        image = self.images.get(choice, emit, cancel) if mode == Transfer.UPLOAD else None
-        plan = flow.make_plan(h.target, facts, choice, mode, image, request)
-        emit(PlanEvent(plan=plan.summary()))
-        return Prepared(h, session, i.found, choice, plan, reason)
-
-    # -- 3. boot ------------------------------------------------------------------------------
-
-    def boot(self, ready: Sequence[Prepared]) -> list[Outcome]:
-        """Install on every prepared host at once (bounded); each ends with its outcome."""
-        return pool(ready, self._boot, self.parallel, self.cancel)
-
-    def drop(self, ready: Sequence[Prepared], why: WizardError) -> list[Outcome]:
-        """End prepared hosts without touching them (not confirmed, or cancelled)."""
-        for p in ready:
-            p.session.close()
-        return [self.end(failed(p.host.label, why)) for p in ready]
-
-    def _boot(self, p: Prepared) -> Outcome:
-        return self.end(self._install(p))
-
-    def _install(self, p: Prepared) -> Outcome:
-        env, h, emit = self.env, p.host, self.sink(p.host)
-        facts = p.found.facts
-        try:
-            installer = flow.installer_for(
-                p.plan, p.session, facts, h.creds, env.known_hosts, env.settings, env.keys_dir,
-            )  # fmt: skip
-            try:
-                info = flow.install(installer, emit, self.token(h))
-            except WizardError:
-                state = "unknown" if installer.point_of_no_return else "original"
-                self._record(h, p.session, p.found, p.choice.meta, None, state)
-                emit(TimingsEvent(timings=installer.timings.stages))
-                raise
-            self._record(h, p.session, p.found, p.choice.meta, info)
-            return installed(h.label, info, installer.timings.stages, h.target.jump,
-                             env.known_hosts.app_file)  # fmt: skip
-        except WizardError as exc:
-            return failed(h.label, exc)
-        finally:
-            p.session.close()
-
-    def _record(self, h: Host, session: Session, found: flow.Inspection,
-                meta: dict[str, str] | None, info: InstallerInfo | None,
-                state: str | None = None) -> None:  # fmt: skip
-        if not h.profile:
-            return
-        _profile, warning = flow.record(
-            self.env.profiles, self.env.secrets, h.profile, target=h.target, creds=h.creds,
-            host_key=session.host_key_line, facts=found.facts, image=meta, installer=info,
-            state=state, remember=self.env.remember,
-        )  # fmt: skip
-        if warning:
-            self.sink(h)(InfoEvent("", warning, level="warn"))
+    def drive(
+        self,
+        answers: Answers,
+        ask: Callable[[list[Asked]], None],
+        request: RunRequest | None,
+        emit: EventSink,
+        *,
+        inspected: Callable[[Sequence[HostRun]], None] | None = None,
+        steps: Sequence[Step] = (Step.INSPECTED, Step.CHECKED, Step.PREPARED, Step.DONE),
+        rounds: int = 12,
+    ) -> list[Outcome]:
+        """Every server as far as the last of ``steps``, in rounds (for an install: connect
+        and inspect all, then ``inspected`` shows them; end those a check stops; prepare all;
+        then the one confirmation and the installs). After each round ``ask`` answers the
+        questions raised (in ``answers``, or by ending the runs it cannot go on with)."""
+        for until in steps:
+            asked = self.advance(answers, until, emit, request)
+            for _ in range(rounds):
+                if not asked:
+                    break
+                ask(asked)
+                asked = self.advance(answers, until, emit, request)
+            for run, question in asked:  # still asking after every round: it stays unanswered
+                self.end(run, unanswered(question), emit)
+            if until is Step.INSPECTED and inspected is not None:
+                inspected(self.runs)
+        return self.outcomes()
