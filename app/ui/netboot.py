@@ -31,14 +31,12 @@ from app.core.catalog import (
     DEFAULT_VARIANT,
     Catalog,
     CatalogClient,
-    channel_asset,
     environ_arch,
     release_of,
 )
 from app.core.download import Downloader
 from app.core.errors import WizardError
 from app.core.events import CancelToken, Event, EventSink, ProgressEvent
-from app.core.flow import fetch_image
 from app.core.netboot import (
     DEFAULT_BIND,
     NetbootServer,
@@ -51,7 +49,8 @@ from app.core.netboot import (
     read_public_keys,
     release_source,
 )
-from app.core.plan import ImageChoice
+from app.core.plan import ImageRequest
+from app.core.run import image_alone
 from app.ui.context import AppContext
 from app.ui.jobs import Job, JobFn, JobResult
 from app.ui.widgets import ErrorPanel, show_progress, wrap_label
@@ -339,11 +338,11 @@ class NetbootDialog(QDialog):
             return from_release
         files = [Path(p.strip()).expanduser() for p in self.keys.text().split(";") if p.strip()]
         keys = read_public_keys(files)
-        asset, meta = channel_asset(catalog, channel, DEFAULT_VARIANT, arch)
-        choice = ImageChoice(asset, meta)
+        request = ImageRequest(channel=channel, arch=arch, variant=DEFAULT_VARIANT)
+        images = self.ctx.images
 
         def from_kexec(emit: EventSink, cancel: CancelToken) -> NetbootSource:
-            image = fetch_image(choice, cache, settings, emit=emit, cancel=cancel)
+            image = image_alone(request, catalog, settings, images, emit, cancel)
             return kexec_source(image, work_dir, keys, cancel)
 
         return from_kexec

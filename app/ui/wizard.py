@@ -1,4 +1,4 @@
-"""The wizard window: seven pages over one flow, settings and log buttons, a careful close."""
+"""The wizard window: seven pages over one run, settings and log buttons, a careful close."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from PySide6.QtGui import QCloseEvent, QDesktopServices, QIcon
 from PySide6.QtWidgets import QMessageBox, QWidget, QWizard
 
 from app.core.settings import save_user_settings
-from app.ui.context import AppContext, Flow
+from app.ui.context import AppContext, WizardState
 from app.ui.dialogs import SettingsDialog
 from app.ui.pages.base import BasePage, PageId
 from app.ui.pages.batch import (
@@ -41,7 +41,7 @@ class KexecWizard(QWizard):
     ) -> None:
         super().__init__(parent)
         self.ctx = ctx
-        self.flow = Flow()
+        self.state = WizardState()
         self.setWindowTitle("NixOS Kexec Wizard")
         if icon is not None:
             self.setWindowIcon(icon)
@@ -74,17 +74,17 @@ class KexecWizard(QWizard):
         )
         self.customButtonClicked.connect(self._custom_button)
         self.pages: dict[PageId, BasePage] = {
-            PageId.SERVERS: ServersPage(ctx, self.flow),
-            PageId.CONNECT: ConnectPage(ctx, self.flow),
-            PageId.INSPECT: InspectPage(ctx, self.flow),
-            PageId.IMAGE: ImagePage(ctx, self.flow),
-            PageId.CONFIRM: ConfirmPage(ctx, self.flow),
-            PageId.INSTALL: InstallPage(ctx, self.flow),
-            PageId.DONE: DonePage(ctx, self.flow),
-            PageId.BATCH_INSPECT: BatchInspectPage(ctx, self.flow),
-            PageId.BATCH_CONFIRM: BatchConfirmPage(ctx, self.flow),
-            PageId.BATCH_INSTALL: BatchInstallPage(ctx, self.flow),
-            PageId.BATCH_DONE: BatchDonePage(ctx, self.flow),
+            PageId.SERVERS: ServersPage(ctx, self.state),
+            PageId.CONNECT: ConnectPage(ctx, self.state),
+            PageId.INSPECT: InspectPage(ctx, self.state),
+            PageId.IMAGE: ImagePage(ctx, self.state),
+            PageId.CONFIRM: ConfirmPage(ctx, self.state),
+            PageId.INSTALL: InstallPage(ctx, self.state),
+            PageId.DONE: DonePage(ctx, self.state),
+            PageId.BATCH_INSPECT: BatchInspectPage(ctx, self.state),
+            PageId.BATCH_CONFIRM: BatchConfirmPage(ctx, self.state),
+            PageId.BATCH_INSTALL: BatchInstallPage(ctx, self.state),
+            PageId.BATCH_DONE: BatchDonePage(ctx, self.state),
         }
         for pid, page in self.pages.items():
             self.setPage(int(pid), page)
@@ -114,7 +114,7 @@ class KexecWizard(QWizard):
             self.open_netboot()
 
     def open_netboot(self) -> NetbootDialog:
-        """Show the "Other ways to boot" dialog for the flow's channel and server arch."""
+        """Show the "Other ways to boot" dialog for the chosen channel and server arch."""
         if self.netboot_dialog is not None:
             self.netboot_dialog.raise_()
             return self.netboot_dialog
@@ -122,8 +122,8 @@ class KexecWizard(QWizard):
 
         image = self.pages[PageId.IMAGE]
         channel = image.channel.currentData() if isinstance(image, ImagePage) else None
-        arch = self.flow.facts.arch if self.flow.facts else None
-        dialog = NetbootDialog(self.ctx, self.flow.catalog, channel, arch, self)
+        arch = self.state.facts.arch if self.state.facts else None
+        dialog = NetbootDialog(self.ctx, self.state.catalog, channel, arch, self)
         dialog.finished.connect(self._netboot_closed)
         self.netboot_dialog = dialog
         dialog.open()
@@ -151,7 +151,7 @@ class KexecWizard(QWizard):
             return
         save_user_settings(self.ctx.paths.settings_file, dialog.settings)
         self.ctx.reload_settings()
-        self.flow.catalog = None  # the releases URL may have changed
+        self.state.catalog = None  # the releases URL may have changed
         self.settings_dialog = None
 
     # -- closing --------------------------------------------------------------------------
@@ -211,9 +211,9 @@ class KexecWizard(QWizard):
         busy = self.busy_pages()
         for page in busy:
             page.cancel_job()
-        self.flow.drop_session()
-        if self.flow.batch is not None:
-            self.flow.batch.close()
+        self.state.drop_session()
+        if self.state.batch is not None:
+            self.state.batch.close()
         if not busy:
             self.reject()
             return
@@ -238,6 +238,6 @@ class KexecWizard(QWizard):
         if self.netboot_dialog is not None:
             self.netboot_dialog.stop()
         self.ctx.inhibitor.release()
-        self.flow.drop_session()
-        if self.flow.batch is not None:
-            self.flow.batch.close()
+        self.state.drop_session()
+        if self.state.batch is not None:
+            self.state.batch.close()

@@ -1,4 +1,4 @@
-"""What every page has: the shared context, the flow, and at most one running job."""
+"""What every page has: the shared context, the wizard state, and at most one running job."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QWizardPage
 
 from app.core.errors import WizardError
 from app.core.events import Event
-from app.ui.context import AppContext, Flow
+from app.ui.context import AppContext, WizardState
 from app.ui.jobs import Job, JobFn, JobResult
 from app.ui.widgets import ErrorPanel
 
@@ -33,12 +33,12 @@ class PageId(IntEnum):
 
 
 class BasePage(QWizardPage):
-    """A wizard page with the app context, the flow, and one background job at a time."""
+    """A wizard page with the app context, the wizard state, and one background job at a time."""
 
-    def __init__(self, ctx: AppContext, flow: Flow) -> None:
+    def __init__(self, ctx: AppContext, state: WizardState) -> None:
         super().__init__()
         self.ctx = ctx
-        self.flow = flow
+        self.state = state
         self.job: Job | None = None
 
     def start_job(self, name: str, fn: JobFn) -> Job:

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.catalog import DEFAULT_VARIANT, Catalog, CatalogClient, channel_asset
-from app.core.errors import Cancelled, HostKeyUnknown, WizardError
+from app.core.errors import WizardError
 from app.core.events import (
     AttemptEvent,
     CancelToken,
@@ -37,26 +37,17 @@ from app.core.events import (
     ResultEvent,
     StageEvent,
 )
-from app.core.fleet import (
-    DEFAULT_PARALLEL,
-    Fleet,
-    FleetEnv,
-    Host,
-    Inspected,
-    Outcome,
-    failed,
-    host_of_profile,
-    host_of_spec,
-    servers,
-)
+from app.core.fleet import DEFAULT_PARALLEL, Asked, Fleet, host_of_profile, host_of_spec, servers
 from app.core.handoff import installer_ssh_command, open_terminal, ssh_config_snippet
 from app.core.kinds import Transfer
 from app.core.plan import ImageRequest, InstallRequest, check_kexec_flags
 from app.core.preflight import Level
-from app.core.result import InstallerInfo
-from app.core.ssh import ConnectOptions, Session, load_ssh_config
-from app.ui.context import AppContext, Batch, Flow
+from app.core.result import InstallerInfo, Outcome
+from app.core.run import Host, HostRun, RunRequest, Step
+from app.core.ssh import load_ssh_config
+from app.ui.context import AppContext, Batch, WizardState
 from app.ui.dialogs import HostKeysDialog
+from app.ui.pages.asking import BatchQuestions
 from app.ui.pages.base import BasePage, PageId
 from app.ui.widgets import STAGE_NAMES, Checklist, ErrorPanel, fill_channels, std_icon, wrap_label
 
@@ -76,17 +67,17 @@ def _table(parent: QWidget, columns: list[str], name: str) -> QTreeWidget:
 
 
 @dataclass
-class _Connected:
-    hosts: list[Host]
-    sessions: dict[str, Session]
-    questions: list[tuple[Host, HostKeyUnknown]]
+class _Started:
+    fleet: Fleet
+    refused: dict[str, WizardError]  # pasted targets that name no server
+    asked: list[Asked]
 
 
 class BatchInspectPage(BasePage):
     """Connects to and inspects every server at once; a row each with its verdict."""
 
-    def __init__(self, ctx: AppContext, flow: Flow) -> None:
-        super().__init__(ctx, flow)
+    def __init__(self, ctx: AppContext, state: WizardState) -> None:
+        super().__init__(ctx, state)
         self.setTitle("Inspect the servers")
         self.setSubTitle(
             "Every server is inspected at the same time. A stopped server is left out; "
@@ -114,21 +105,26 @@ class BatchInspectPage(BasePage):
         layout.addWidget(scroll, 3)
         layout.addWidget(self.override)
         layout.addWidget(self.error)
-        self.keys_dialog: HostKeysDialog | None = None
-        self.options: ConnectOptions | None = None
+        self.asker: BatchQuestions | None = None
         self.rows: dict[str, QTreeWidgetItem] = {}
-        self.found: dict[str, Inspected] = {}
+        self.found: dict[str, HostRun] = {}
         self.ended: dict[str, Outcome] = {}
         self.needs_go_ahead = False  # some server has warnings: the checkbox must be ticked
 
     @property
     def batch(self) -> Batch:
         """The run's state (the Servers page made it)."""
-        assert self.flow.batch is not None
-        return self.flow.batch
+        assert self.state.batch is not None
+        return self.state.batch
+
+    @property
+    def keys_dialog(self) -> HostKeysDialog | None:
+        """The list of new host keys, while it is open."""
+        dialog = self.asker.dialog if self.asker is not None else None
+        return dialog if isinstance(dialog, HostKeysDialog) else None
 
     def initializePage(self) -> None:
-        if self.flow.batch is None or self.batch.fleet is not None:
+        if self.state.batch is None or self.batch.fleet is not None:
             return
         self.table.clear()
         self.rows, self.found, self.ended = {}, {}, {}
@@ -136,113 +132,85 @@ class BatchInspectPage(BasePage):
         self.override.hide()
         self.needs_go_ahead = False
         batch, ctx = self.batch, self.ctx
-        env = FleetEnv(
-            settings=ctx.settings, known_hosts=ctx.known_hosts, profiles=ctx.profiles,
-            secrets=ctx.secrets, keys_dir=ctx.paths.keys_dir, cache=ctx.image_cache,
-            catalog=None, image=ImageRequest(), request=InstallRequest(),
-            options=ConnectOptions(timeout=ctx.settings.connect_timeout), logs=ctx.paths.logs,
-            redact=ctx.redact,
-        )  # fmt: skip
-        fleet = batch.fleet = Fleet(env, ctx.record, CancelToken(), DEFAULT_PARALLEL)
-        self.options = env.options
         profiles, specs, secrets = list(batch.profiles), list(batch.specs), ctx.secrets
+        answers, env = batch.answers, ctx.run_env()
         for label in [p.name for p in profiles] + specs:
             item = QTreeWidgetItem([label, "connecting…", ""])
             item.setIcon(2, std_icon(self, "running"))
             self.table.addTopLevelItem(item)
             self.rows[label] = item
 
-        def work(emit: EventSink, _cancel: CancelToken) -> _Connected:
-            fleet.emit = emit
+        def work(emit: EventSink, cancel: CancelToken) -> _Started:
             config = load_ssh_config()  # and the keyring: both off the GUI thread
             hosts = [host_of_profile(p, secrets, config) for p in profiles]
             for h in hosts:  # remembered passwords never reach a log
                 ctx.redact.add(h.creds.password)
                 ctx.redact.add(h.creds.sudo_password)
+            refused: dict[str, WizardError] = {}
             for spec in specs:
                 try:
                     hosts.append(host_of_spec(spec, config))
                 except WizardError as exc:
-                    fleet.end(failed(spec, exc))
-            sessions, questions, _failed = fleet.connect(hosts)
-            return _Connected(hosts, sessions, questions)
+                    refused[spec] = exc
+            fleet = Fleet(hosts, env, CancelToken(), DEFAULT_PARALLEL, named=True,
+                          logs=ctx.paths.logs, redact=ctx.redact)  # fmt: skip
+            cancel.on_cancel(fleet.cancel.cancel)
+            return _Started(fleet, refused, fleet.advance(answers, Step.CHECKED, emit))
 
         self.status.setText(f"Connecting to {batch.size} servers…")
-        self.run("batch-connect", work, self._connected, ended=self._show_ended)
+        self.run("batch-connect", work, self._started, failed=self._not_started)
 
     def cleanupPage(self) -> None:
         self.cancel_job()
-        if self.flow.batch is not None:
+        if self.state.batch is not None:
             self.batch.close()
             self.batch.fleet = None
 
-    def _connected(self, got: _Connected) -> None:
-        batch = self.batch
-        if not batch.hosts:
-            batch.hosts = got.hosts
-        batch.sessions.update(got.sessions)
-        if got.questions:
-            self._ask_keys(got.questions)
+    def _not_started(self, err: WizardError) -> None:
+        self.status.setText("The servers cannot be installed together.")
+        self.error.show_error(err)
+
+    def _started(self, got: _Started) -> None:
+        self.batch.fleet = got.fleet
+        for spec, exc in got.refused.items():
+            self._left_out(spec, Outcome.failed(spec, exc))
+        self._round(got.asked)
+
+    def _round(self, asked: list[Asked]) -> None:
+        """After a round: ask what it asked, then go on; or show the servers inspected."""
+        self._show_ended()
+        if asked:
+            self.asker = BatchQuestions(self, self.batch, asked, self._advance)
+            self.asker.start()
         else:
-            self._inspect()
+            self.asker = None
+            self._inspected()
 
-    def _ask_keys(self, questions: list[tuple[Host, HostKeyUnknown]]) -> None:
-        dialog = HostKeysDialog([(h.label, q) for h, q in questions], self)
-        dialog.finished.connect(lambda code: self._keys_answered(questions, code))
-        self.keys_dialog = dialog
-        dialog.open()
-
-    def _keys_answered(self, questions: list[tuple[Host, HostKeyUnknown]], code: int) -> None:
-        self.keys_dialog = None
-        fleet, options = self.batch.fleet, self.options
-        if fleet is None or options is None:
-            return
-        if code != HostKeysDialog.DialogCode.Accepted:
-            for h, q in questions:
-                fleet.end(failed(h.label, Cancelled(f"Host key not trusted; nothing was sent to "
-                                                    f"{q.host}.")))  # fmt: skip
-            self._show_ended()
-            self._inspect()
-            return
-        for _h, q in questions:
-            options = options.trusting(q.host, q.port, q.fingerprint)
-        self.options = options
-        hosts = [h for h, _ in questions]
-
-        def work(emit: EventSink, _cancel: CancelToken) -> _Connected:
-            fleet.emit = emit
-            sessions, more, _failed = fleet.connect(hosts, options)
-            return _Connected([], sessions, more)
-
-        self.run("batch-connect", work, self._connected, ended=self._show_ended)
-
-    def _inspect(self) -> None:
-        batch, fleet = self.batch, self.batch.fleet
+    def _advance(self) -> None:
+        fleet, answers = self.batch.fleet, self.batch.answers
         if fleet is None:
             return
-        hosts, sessions = list(batch.hosts), dict(batch.sessions)
 
-        def work(emit: EventSink, _cancel: CancelToken) -> list[Inspected]:
-            fleet.emit = emit
-            inspected, _ended = fleet.inspect(hosts, sessions)
-            return inspected
+        def work(emit: EventSink, _cancel: CancelToken) -> list[Asked]:
+            return fleet.advance(answers, Step.CHECKED, emit)
 
-        self.status.setText(f"Inspecting {len(sessions)} servers…")
-        self.run("batch-inspect", work, self._inspected, ended=self._show_ended)
+        self.status.setText(f"Inspecting {servers(len(fleet.going))}…")
+        self.run("batch-inspect", work, self._round)
 
-    def _inspected(self, inspected: list[Inspected]) -> None:
-        self.batch.inspected = inspected
-        for i in inspected:
-            self.found[i.host.label] = i
-            f, level = i.found.facts, i.found.level
-            row = self.rows[i.host.label]
+    def _inspected(self) -> None:
+        inspected = self.batch.inspected
+        for run in inspected:
+            assert run.inspection is not None
+            self.found[run.label] = run
+            f, level = run.inspection.facts, run.inspection.level
+            row = self.rows[run.label]
             row.setText(1, f"{f.os_name}, {f.machine}")
             row.setText(2, "ok" if level is Level.OK else "warnings: " + ", ".join(
-                v.title for v in i.found.verdicts if v.level is Level.WARN))  # fmt: skip
+                v.title for v in run.inspection.verdicts if v.level is Level.WARN))  # fmt: skip
             row.setIcon(2, std_icon(self, LEVEL_ICON[level]))
-            row.setToolTip(2, "\n".join(f"{v.title}: {v.reason}" for v in i.found.verdicts
+            row.setToolTip(2, "\n".join(f"{v.title}: {v.reason}" for v in run.inspection.verdicts
                                         if v.level is not Level.OK))  # fmt: skip
-        warned = [i for i in inspected if i.found.level is Level.WARN]
+        warned = [r for r in inspected if r.inspection and r.inspection.level is Level.WARN]
         self.override.setText(
             f"I have read the warnings for {servers(len(warned))} and want to go on anyway"
         )
@@ -260,29 +228,34 @@ class BatchInspectPage(BasePage):
         self.completeChanged.emit()
 
     def _show_ended(self) -> None:
-        fleet = self.batch.fleet if self.flow.batch is not None else None
+        fleet = self.batch.fleet if self.state.batch is not None else None
         if fleet is None:
             return
-        for label, outcome in fleet.outcomes.items():
-            row = self.rows.get(label)
-            if row is None or label in self.ended:
-                continue
-            self.ended[label] = outcome
-            err = outcome.error
-            row.setText(1, "left out" if not outcome.ok else "already the installer")
-            row.setText(2, err.what if err is not None else outcome.outcome)
-            row.setIcon(2, std_icon(self, "stop" if not outcome.ok else "ok"))
-            if err is not None:
-                row.setToolTip(2, f"{err.what}\n{err.why}\nWhat to do: {err.fix}")
+        for run in fleet.runs:
+            if run.outcome is not None:
+                self._left_out(run.label, run.outcome)
         self._show_details()
+
+    def _left_out(self, label: str, outcome: Outcome) -> None:
+        row = self.rows.get(label)
+        if row is None or label in self.ended:
+            return
+        self.ended[label] = outcome
+        err = outcome.error
+        row.setText(1, "left out" if not outcome.ok else "already the installer")
+        row.setText(2, err.what if err is not None else outcome.outcome)
+        row.setIcon(2, std_icon(self, "stop" if not outcome.ok else "ok"))
+        if err is not None:
+            row.setToolTip(2, f"{err.what}\n{err.why}\nWhat to do: {err.fix}")
 
     @Slot()
     def _show_details(self) -> None:
         item = self.table.currentItem()
         label = item.text(0) if item is not None else ""
-        if label in self.found:
+        found = self.found[label].inspection if label in self.found else None
+        if found is not None:
             self.details_title.setText(f"{label}:")
-            self.details.set_verdicts(self.found[label].found.verdicts)
+            self.details.set_verdicts(found.verdicts)
         elif label in self.ended and self.ended[label].error is not None:
             err = self.ended[label].error
             assert err is not None
@@ -293,9 +266,15 @@ class BatchInspectPage(BasePage):
             self.details.set_verdicts([])
 
     def isComplete(self) -> bool:
-        if self.busy or self.flow.batch is None or not self.batch.inspected:
+        if self.busy or self.asker is not None or self.state.batch is None:
+            return False
+        if not self.batch.inspected:
             return False
         return not self.needs_go_ahead or self.override.isChecked()
+
+    def validatePage(self) -> bool:
+        self.batch.answers.go_ahead = self.override.isChecked()  # the warnings' go-ahead
+        return True
 
     def nextId(self) -> int:
         return int(PageId.BATCH_CONFIRM)
@@ -304,8 +283,8 @@ class BatchInspectPage(BasePage):
 class BatchConfirmPage(BasePage):
     """One image choice (the right tarball per arch), what will happen; type the count."""
 
-    def __init__(self, ctx: AppContext, flow: Flow) -> None:
-        super().__init__(ctx, flow)
+    def __init__(self, ctx: AppContext, state: WizardState) -> None:
+        super().__init__(ctx, state)
         self.setTitle("Confirm")
         self.setSubTitle("Read what will happen. This is the step that changes the servers.")
         self.setCommitPage(True)
@@ -353,7 +332,7 @@ class BatchConfirmPage(BasePage):
     @property
     def count(self) -> int:
         """How many servers go on: the number to type."""
-        return len(self.flow.batch.inspected) if self.flow.batch is not None else 0
+        return len(self.state.batch.inspected) if self.state.batch is not None else 0
 
     def initializePage(self) -> None:
         self.typed.clear()
@@ -368,7 +347,7 @@ class BatchConfirmPage(BasePage):
             "<p><b>What will not happen</b>: the disks are not touched, a power cycle brings "
             "each old system back, and one server's failure does not stop the others.</p>"
         )
-        if self.flow.catalog is None:
+        if self.state.catalog is None:
             settings, cache = self.ctx.settings, self.ctx.paths.catalog_cache
 
             def work(_emit: EventSink, _cancel: CancelToken) -> Catalog:
@@ -377,10 +356,10 @@ class BatchConfirmPage(BasePage):
             self.images.setText("Reading the list of releases…")
             self.run("catalog", work, self._catalog_loaded, failed=self.error.show_error)
         else:
-            self._catalog_loaded(self.flow.catalog)
+            self._catalog_loaded(self.state.catalog)
 
     def _catalog_loaded(self, catalog: Catalog) -> None:
-        self.flow.catalog = catalog
+        self.state.catalog = catalog
         fill_channels(self.channel, catalog)
         self._show_images()
         self.completeChanged.emit()
@@ -388,12 +367,13 @@ class BatchConfirmPage(BasePage):
     @Slot()
     def _show_images(self) -> None:
         """Per arch, the tarball its servers get."""
-        catalog, batch = self.flow.catalog, self.flow.batch
+        catalog, batch = self.state.catalog, self.state.batch
         if catalog is None or batch is None:
             return
         by_arch: dict[str, list[str]] = {}
-        for i in batch.inspected:
-            by_arch.setdefault(i.found.facts.arch or "?", []).append(i.host.label)
+        for run in batch.inspected:
+            arch = run.inspection.facts.arch if run.inspection else None
+            by_arch.setdefault(arch or "?", []).append(run.label)
         lines = []
         for arch, labels in sorted(by_arch.items()):
             try:
@@ -418,24 +398,25 @@ class BatchConfirmPage(BasePage):
         self.flags_error.setVisible(bool(problem))
         return (
             self.count > 0
-            and self.flow.catalog is not None
+            and self.state.catalog is not None
             and self.typed.text().strip() == str(self.count)
             and not problem
         )
 
     def validatePage(self) -> bool:
-        batch = self.flow.batch
+        batch = self.state.batch
         if batch is None or batch.fleet is None:
             return False
-        env = batch.fleet.env
-        env.catalog = self.flow.catalog
-        env.image = ImageRequest(channel=self.channel.currentData(), variant=DEFAULT_VARIANT)
-        env.request = InstallRequest(
-            transfer=Transfer(self.transfer.currentData()),
-            installer_port=self.installer_port.value() or None,
-            kexec_extra_flags=self.kexec_flags.text().strip(),
+        batch.request = RunRequest(
+            ImageRequest(channel=self.channel.currentData(), variant=DEFAULT_VARIANT),
+            InstallRequest(
+                transfer=Transfer(self.transfer.currentData()),
+                installer_port=self.installer_port.value() or None,
+                kexec_extra_flags=self.kexec_flags.text().strip(),
+            ),
+            self.state.catalog,
         )
-        env.settings = self.ctx.settings
+        batch.answers.confirmed = True
         self.ctx.note("confirm", f"confirmed the install on {self.count} servers")
         return True
 
@@ -457,8 +438,8 @@ class _Row:
 class BatchInstallPage(BasePage):
     """One row per server: its stage, progress, timer and outcome; cancel one or all."""
 
-    def __init__(self, ctx: AppContext, flow: Flow) -> None:
-        super().__init__(ctx, flow)
+    def __init__(self, ctx: AppContext, state: WizardState) -> None:
+        super().__init__(ctx, state)
         self.setTitle("Install")
         self.setSubTitle("Booting the NixOS installer on every server. Every wait has a deadline.")
         self.table = _table(self, COLUMNS_INSTALL, "Servers being installed")
@@ -478,41 +459,59 @@ class BatchInstallPage(BasePage):
         layout.addWidget(self.table, 1)
         layout.addLayout(bottom)
         self.rows: dict[str, _Row] = {}
+        self.asker: BatchQuestions | None = None
         self.timer = QTimer(self)
         self.timer.setInterval(1000)
         self.timer.timeout.connect(self._tick)
 
     def initializePage(self) -> None:
-        batch = self.flow.batch
+        batch = self.state.batch
         if batch is None or batch.fleet is None:
             return
-        fleet, going = batch.fleet, list(batch.inspected)
+        going = list(batch.inspected)
         self.table.clear()
         self.rows = {}
-        for i in going:
-            item = QTreeWidgetItem([i.host.label, "waiting", "", "", ""])
+        for run in going:
+            item = QTreeWidgetItem([run.label, "waiting", "", "", ""])
             item.setIcon(1, std_icon(self, "pending"))
             self.table.addTopLevelItem(item)
             button = QPushButton("Cancel", self.table)
             button.setToolTip("Safe: this server has not been changed yet")
-            button.clicked.connect(lambda _c=False, label=i.host.label: self._cancel(label))
+            button.clicked.connect(lambda _c=False, label=run.label: self._cancel(label))
             self.table.setItemWidget(item, 5, button)
-            self.rows[i.host.label] = _Row(item, button)
+            self.rows[run.label] = _Row(item, button)
         self.table.resizeColumnToContents(0)
-
-        def work(emit: EventSink, cancel: CancelToken) -> list[Outcome]:
-            fleet.emit = emit  # each server's events, marked with its name, to this page
-            cancel.on_cancel(fleet.cancel.cancel)
-            ready, ended = fleet.plan(going)
-            return [*ended, *fleet.boot(ready)]
-
-        job = self.run("batch-install", work, self._finished, ended=self._ended)
-        job.message.connect(self._event)
         self.ctx.inhibitor.acquire(f"Booting the NixOS installer on {len(going)} servers")
         self.status.setText(f"Installing on {len(going)} servers…")
         self.cancel_all.setEnabled(True)
         self.timer.start()
+        self._advance()
+
+    def _advance(self) -> None:
+        """Every server as far as it goes: root, image, plan, install; then its questions."""
+        batch = self.state.batch
+        if batch is None or batch.fleet is None or batch.request is None:
+            return
+        fleet, answers, request = batch.fleet, batch.answers, batch.request
+
+        def work(emit: EventSink, cancel: CancelToken) -> list[Asked]:
+            cancel.on_cancel(fleet.cancel.cancel)  # closing the window cancels every server
+            return fleet.advance(answers, Step.DONE, emit, request)
+
+        job = self.run("batch-install", work, self._round, ended=self.completeChanged.emit)
+        job.message.connect(self._event)
         self.completeChanged.emit()
+
+    def _round(self, asked: list[Asked]) -> None:
+        batch = self.state.batch
+        if batch is None:
+            return
+        if asked:
+            self.asker = BatchQuestions(self, batch, asked, self._advance)
+            self.asker.start()
+            return
+        self.asker = None
+        self._finished()
 
     @Slot(object)
     def _event(self, e: Event) -> None:
@@ -561,7 +560,7 @@ class BatchInstallPage(BasePage):
                 row.timed = row.done  # the time stays as it was when the server ended
 
     def _cancel(self, label: str) -> None:
-        batch = self.flow.batch
+        batch = self.state.batch
         row = self.rows.get(label)
         if batch is None or batch.fleet is None or row is None:
             return
@@ -569,7 +568,7 @@ class BatchInstallPage(BasePage):
             return
         row.cancel.setEnabled(False)
         row.cancel.setText("Cancelling…" if row.safe else "Stopping…")
-        batch.fleet.cancel_host(label)
+        batch.fleet.cancel_run(label)
 
     @Slot()
     def _cancel_all(self) -> None:
@@ -579,24 +578,22 @@ class BatchInstallPage(BasePage):
                 self._cancel(label)
         self.cancel_job()
 
-    def _ended(self) -> None:
+    def _finished(self) -> None:
         self.timer.stop()
         self._tick()
         self.ctx.inhibitor.release()
         self.cancel_all.setEnabled(False)
-        self.completeChanged.emit()
-
-    def _finished(self, outcomes: list[Outcome]) -> None:
-        batch = self.flow.batch
+        batch = self.state.batch
         if batch is None or batch.fleet is None:
             return
-        batch.outcomes = batch.fleet.ordered(batch.hosts)
-        ok = sum(1 for o in outcomes if o.ok)
-        self.status.setText(f"The NixOS installer runs on {ok} of {servers(len(outcomes))}.")
+        batch.outcomes = batch.fleet.outcomes()
+        here = [o for o in batch.outcomes if o.host in self.rows]  # the servers installed here
+        ok = sum(1 for o in here if o.ok)
+        self.status.setText(f"The NixOS installer runs on {ok} of {servers(len(here))}.")
         self.completeChanged.emit()
 
     def isComplete(self) -> bool:
-        return not self.busy and bool(self.flow.batch and self.flow.batch.outcomes)
+        return not self.busy and bool(self.state.batch and self.state.batch.outcomes)
 
     def nextId(self) -> int:
         return int(PageId.BATCH_DONE)
@@ -605,8 +602,8 @@ class BatchInstallPage(BasePage):
 class BatchDonePage(BasePage):
     """Every server's outcome; each installer with Open terminal / Copy SSH command; Copy all."""
 
-    def __init__(self, ctx: AppContext, flow: Flow) -> None:
-        super().__init__(ctx, flow)
+    def __init__(self, ctx: AppContext, state: WizardState) -> None:
+        super().__init__(ctx, state)
         self.setTitle("Done")
         self.setSubTitle("The installers that run, and what happened on the other servers.")
         self.table = _table(self, ["Server", "Outcome", ""], "Outcome per server")
@@ -623,12 +620,12 @@ class BatchDonePage(BasePage):
         self.installers: list[tuple[str, InstallerInfo, Host]] = []
 
     def initializePage(self) -> None:
-        batch = self.flow.batch
+        batch = self.state.batch
         self.table.clear()
         self.installers = []
-        if batch is None:
+        if batch is None or batch.fleet is None:
             return
-        hosts = {h.label: h for h in batch.hosts}
+        hosts = {run.label: run.host for run in batch.fleet.runs}
         for o in batch.outcomes:
             item = QTreeWidgetItem([o.host, ""])
             self.table.addTopLevelItem(item)

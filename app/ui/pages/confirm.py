@@ -16,11 +16,12 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.errors import WizardError
-from app.core.flow import make_plan
+from app.core.events import CancelToken
 from app.core.imagecheck import bundle_note
-from app.core.kinds import Transfer
+from app.core.kinds import ImageKind, Transfer
 from app.core.plan import DEFAULT_STAGING, InstallRequest, check_kexec_flags
-from app.ui.context import AppContext, Flow
+from app.core.run import RunRequest
+from app.ui.context import AppContext, WizardState
 from app.ui.pages.base import BasePage, PageId
 from app.ui.widgets import wrap_label
 
@@ -28,8 +29,8 @@ from app.ui.widgets import wrap_label
 class ConfirmPage(BasePage):
     """Sums up the plan; Install is enabled only when the host name is typed."""
 
-    def __init__(self, ctx: AppContext, flow: Flow) -> None:
-        super().__init__(ctx, flow)
+    def __init__(self, ctx: AppContext, state: WizardState) -> None:
+        super().__init__(ctx, state)
         self.setTitle("Confirm")
         self.setSubTitle("Read what will happen. This is the step that changes the server.")
         self.setCommitPage(True)
@@ -77,24 +78,21 @@ class ConfirmPage(BasePage):
     @property
     def host(self) -> str:
         """The name the user must type."""
-        return self.flow.target.host if self.flow.target else ""
+        return self.state.target.host if self.state.target else ""
 
     def initializePage(self) -> None:
-        f, t = self.flow.facts, self.flow.target
+        f, t = self.state.facts, self.state.target
         if f is None or t is None:
             return
-        image = (
-            self.flow.asset.name
-            if self.flow.asset
-            else (self.flow.image.info.name if self.flow.image else "?")
-        )
+        asset = self.state.choice.asset if self.state.choice else None
+        image = asset.name if asset else (self.state.image.info.name if self.state.image else "?")
         how = (
             "the server downloads it and checks its sha256"
-            if self.flow.transfer == Transfer.REMOTE
+            if self.state.transfer == Transfer.REMOTE
             else "this computer uploads it; the server checks its sha256"
         )
         esc = html.escape
-        bundle = self.flow.image_kind == "bundle"
+        bundle = self.state.image_kind == ImageKind.BUNDLE
         steps = (
             "<li>The bundle is placed in the staging folder and its checksum checked.</li>"
             "<li>It runs as root: it unpacks itself and replaces the running system with NixOS "
@@ -146,24 +144,26 @@ class ConfirmPage(BasePage):
 
     def request(self) -> InstallRequest:
         """The install's choices on this page, as the engine takes them."""
-        t = self.flow.target
         return InstallRequest(
-            transfer=self.flow.transfer,
+            transfer=self.state.transfer,
             installer_port=self.installer_port.value() or None,
             kexec_extra_flags=self.kexec_flags.text().strip(),
-            key_name=self.flow.profile_name or (t.host if t else "default"),
         )
 
     def validatePage(self) -> bool:
-        f, t = self.flow.facts, self.flow.target
-        if f is None or t is None:
+        """The run's one plan, from the choices of every page (its image is already here, so
+        nothing waits); then the Install page boots it."""
+        run, image = self.state.run, self.state.image_request
+        if run is None or image is None:
             return False
-        choice = self.flow.choice
-        if choice is None:
+        request = RunRequest(image, self.request(), self.state.catalog)
+        try:
+            run.prepare(request, self.state.answers, self.ctx.record, CancelToken())
+        except WizardError as exc:
+            self.prompt.setText(f"{exc.what} {exc.fix}")
             return False
-        plan = make_plan(t, f, choice, self.flow.transfer, self.flow.image, self.request())
-        self.flow.plan = plan
-        self.ctx.note("confirm", f"confirmed the install on {t.label}")
+        self.state.answers.confirmed = True
+        self.ctx.note("confirm", f"confirmed the install on {run.host.target.label}")
         return True
 
     def nextId(self) -> int:

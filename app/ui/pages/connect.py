@@ -21,22 +21,20 @@ from PySide6.QtWidgets import (
 
 from app.core.errors import ConfigError, HostKeyUnknown, WizardError
 from app.core.events import CancelToken, EventSink
-from app.core.flow import Question, answer_question, connect
 from app.core.kinds import AuthMethod
-from app.core.profiles import check_name
+from app.core.questions import Answers, Question
+from app.core.run import Host, HostRun
 from app.core.secrets import password_key, sudo_key
 from app.core.ssh import (
-    ConnectOptions,
     Credentials,
     PassphraseRequired,
     PasswordRequired,
-    Session,
     Target,
     load_ssh_config,
     parse_target,
     ssh_config_hosts,
 )
-from app.ui.context import AppContext, Flow
+from app.ui.context import AppContext, WizardState
 from app.ui.dialogs import HostKeyDialog, SecretDialog
 from app.ui.jobs import Job
 from app.ui.pages.base import BasePage, PageId
@@ -84,17 +82,14 @@ class _LookedAround:
 class ConnectPage(BasePage):
     """Collects how to reach the server and proves it by connecting off the GUI thread."""
 
-    def __init__(self, ctx: AppContext, flow: Flow) -> None:
-        super().__init__(ctx, flow)
+    def __init__(self, ctx: AppContext, state: WizardState) -> None:
+        super().__init__(ctx, state)
         self.setTitle("Connect")
         self.setSubTitle("How do you reach the server over SSH? The app connects to check.")
-        self.passphrases: dict[str, str] = {}
         self.host_key_dialog: HostKeyDialog | None = None
-        self.accepted_keys: tuple[tuple[str, int, str], ...] = ()
         self.remembered_sudo: str | None = None
         self.secret_dialog: SecretDialog | None = None
         self._loaded_profile: str | None = None
-        self.attempt: tuple[Target, Credentials, ConnectOptions] | None = None
         self._connect_queued = False
         self._look_job: Job | None = None
 
@@ -178,13 +173,14 @@ class ConnectPage(BasePage):
     # -- filling in ---------------------------------------------------------------------
 
     def initializePage(self) -> None:
-        p = self.flow.profile
+        p = self.state.profile
         name = p.name if p else None
         if name == self._loaded_profile and (p is None or self.address.text()):
             if not self._looked_around:
                 self._look_around(None)
             return
         self._loaded_profile = name
+        self.state.answers = Answers()  # another server: nothing answered for it yet
         self._changed()
         self.remembered_sudo = None
         self.password.clear()
@@ -289,8 +285,8 @@ class ConnectPage(BasePage):
         """Any edit invalidates the connection: Next waits for a new one."""
         if self.busy and self.job is not None and self.job.name == "connect":
             self.cancel_job()  # the keyring look-around goes on: it fills only empty fields
-        if self.flow.session is not None:
-            self.flow.drop_session()
+        if self.state.run is not None:
+            self.state.drop_session()
             self.status.setText("")
         self.error.clear()
         self.completeChanged.emit()
@@ -321,11 +317,9 @@ class ConnectPage(BasePage):
         creds = Credentials(
             method=AuthMethod(self.auth.currentData()),
             password=password,
-            passphrases=dict(self.passphrases),
             sudo_password=self.remembered_sudo,
         )
-        opts = ConnectOptions(timeout=self.ctx.settings.connect_timeout, trusted=self.accepted_keys)
-        known = self.ctx.known_hosts
+        env, answers = self.ctx.run_env(), self.state.answers
         spec = _TargetSpec(
             self.address.text().strip(),
             self.port.value() if self.port.value() != 22 else None,
@@ -334,10 +328,11 @@ class ConnectPage(BasePage):
             self.jump.text().strip(),
         )
 
-        def work(_emit: EventSink, cancel: CancelToken) -> tuple[Session, Target, Credentials]:
+        def work(_emit: EventSink, cancel: CancelToken) -> HostRun:
             target = spec.parse()  # reads ~/.ssh/config, so not on the GUI thread
-            self.attempt = (target, creds, opts)
-            return connect(target, creds, known, opts, cancel=cancel), target, creds
+            run = HostRun(Host(target.label, target, creds), env)
+            run.connect(answers, cancel)
+            return run
 
         self.run("connect", work, self._connected, failed=self._not_connected, ended=self._ended)
         self.status.setText(f"Connecting to {spec.address}…")
@@ -347,12 +342,11 @@ class ConnectPage(BasePage):
         self.connect_button.setEnabled(True)
         self.status.setText("")
 
-    def _connected(self, value: tuple[Session, Target, Credentials]) -> None:
-        session, target, creds = value
-        self.flow.session, self.flow.target, self.flow.creds = session, target, creds
-        self.status.setText(
-            f"Connected as {target.label}. Host key {session.host_key_fingerprint}."
-        )
+    def _connected(self, run: HostRun) -> None:
+        self.state.run = run
+        target = run.host.target
+        fingerprint = run.session.host_key_fingerprint if run.session is not None else "?"
+        self.status.setText(f"Connected as {target.label}. Host key {fingerprint}.")
         if not self.profile_name.text().strip():
             self.profile_name.setText(target.alias or target.host)
         self.completeChanged.emit()
@@ -387,14 +381,9 @@ class ConnectPage(BasePage):
         self.error.show_error(err)
 
     def _answered(self, question: Question, answer: str) -> None:
-        """Put the answer where the next attempt finds it (the engine's rule), then retry."""
-        if self.attempt is None:
-            return
-        target, creds, opts = self.attempt
-        opts = answer_question(question, answer, target, creds, opts)
+        """Keep the answer where the next attempt finds it, then connect again."""
         # Each accepted key sticks for its own host: a jump hop is not asked again.
-        self.accepted_keys = opts.trusted
-        self.passphrases = dict(creds.passphrases)
+        self.state.answers.give(question, answer)
         self.start_connect()
 
     @Slot()
@@ -415,18 +404,18 @@ class ConnectPage(BasePage):
     # -- leaving ------------------------------------------------------------------------
 
     def isComplete(self) -> bool:
-        return self.flow.session is not None and self.flow.session.active
+        run = self.state.run
+        return run is not None and run.session is not None and run.session.active
 
     def validatePage(self) -> bool:
+        run = self.state.run
+        if run is None:
+            return False
         try:
-            name = check_name(
-                self.profile_name.text() or (self.flow.target.host if self.flow.target else "")
-            )
+            run.keep_as(self.profile_name.text() or run.host.target.host, self.remember.isChecked())
         except ConfigError as exc:
             self.error.show_error(exc)
             return False
-        self.flow.profile_name = name
-        self.flow.remember_password = self.remember.isChecked()
         return True
 
     def nextId(self) -> int:

@@ -28,10 +28,9 @@ from app.core.handoff import (
     open_terminal,
     reboot_installer,
 )
-from app.core.kinds import AuthMethod
 from app.core.result import InstallerInfo, leftover_note
 from app.core.ssh import Credentials
-from app.ui.context import AppContext, Flow
+from app.ui.context import AppContext, WizardState
 from app.ui.pages.base import BasePage
 from app.ui.widgets import ErrorPanel, ask, wrap_label
 
@@ -39,8 +38,8 @@ from app.ui.widgets import ErrorPanel, ask, wrap_label
 class DonePage(BasePage):
     """The verified installer, one click away."""
 
-    def __init__(self, ctx: AppContext, flow: Flow) -> None:
-        super().__init__(ctx, flow)
+    def __init__(self, ctx: AppContext, state: WizardState) -> None:
+        super().__init__(ctx, state)
         self.setTitle("Done")
         self.setSubTitle("The installer runs from RAM. Connect to it and install NixOS.")
         self.setFinalPage(True)
@@ -82,12 +81,12 @@ class DonePage(BasePage):
     @property
     def info(self) -> InstallerInfo | None:
         """The verified installer."""
-        return self.flow.info
+        return self.state.info
 
     def ssh_command(self) -> list[str]:
         """The exact OpenSSH command for the installer."""
         assert self.info is not None
-        jump = self.flow.target.jump if self.flow.target else None
+        jump = self.state.target.jump if self.state.target else None
         return installer_ssh_command(self.info, jump, self.ctx.known_hosts.app_file)
 
     def initializePage(self) -> None:
@@ -132,21 +131,19 @@ class DonePage(BasePage):
         if self.info is None:
             return
         QGuiApplication.clipboard().setText(
-            nixos_anywhere_command(self.info, self.flow.profile_name or "my-host")
+            nixos_anywhere_command(self.info, self.state.profile_name or "my-host")
         )
         self.status.setText("nixos-anywhere command copied: run it in your flake's folder.")
 
     def _installer_creds(self) -> Credentials:
-        inst = self.flow.installer
-        if inst is not None and inst.installer_creds is not None:
-            return inst.installer_creds
-        return Credentials(method=AuthMethod.AUTO, passphrases=dict(self.flow.creds.passphrases))
+        run = self.state.run
+        return run.installer_credentials(self.state.answers) if run else Credentials()
 
     @Slot()
     def _ask_report_path(self) -> None:
         if self.info is None:
             return
-        suggested = str(Path.home() / f"facter-{self.flow.profile_name or self.info.host}.json")
+        suggested = str(Path.home() / f"facter-{self.state.profile_name or self.info.host}.json")
         path, _ = QFileDialog.getSaveFileName(
             self, "Save hardware report", suggested, "JSON (*.json)"
         )
@@ -157,7 +154,7 @@ class DonePage(BasePage):
         """Run nixos-facter on the installer and save its report at ``path``."""
         info, creds, ctx = self.info, self._installer_creds(), self.ctx
         assert info is not None
-        jump = self.flow.target.jump if self.flow.target else None
+        jump = self.state.target.jump if self.state.target else None
 
         def work(_emit: EventSink, _cancel: CancelToken) -> Path:
             with connect_installer(info, jump, ctx.known_hosts, creds, ctx.settings) as s:
@@ -195,7 +192,7 @@ class DonePage(BasePage):
         if answer != QMessageBox.StandardButton.Yes or self.info is None:
             return
         info, creds, ctx = self.info, self._installer_creds(), self.ctx
-        jump = self.flow.target.jump if self.flow.target else None
+        jump = self.state.target.jump if self.state.target else None
 
         def work(_emit: EventSink, _cancel: CancelToken) -> None:
             with connect_installer(info, jump, ctx.known_hosts, creds, ctx.settings) as s:

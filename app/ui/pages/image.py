@@ -20,15 +20,22 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.catalog import ARCHES, DEFAULT_VARIANT, Asset, Catalog, CatalogClient
+from app.core.catalog import (
+    ARCHES,
+    DEFAULT_VARIANT,
+    STILL_LOADING,
+    Asset,
+    Catalog,
+    CatalogClient,
+)
 from app.core.download import CachedImage
 from app.core.errors import WizardError
 from app.core.events import CancelToken, Event, EventSink, ProgressEvent
-from app.core.flow import STILL_LOADING, choose_image, fetch_image, transfer_for
 from app.core.imagecheck import bundle_note
-from app.core.kinds import Transfer
+from app.core.kinds import ImageKind, Transfer
 from app.core.plan import ImageChoice, ImageRequest, InstallRequest
-from app.ui.context import AppContext, Flow
+from app.core.run import RunRequest
+from app.ui.context import AppContext, WizardState
 from app.ui.jobs import Job, JobResult
 from app.ui.pages.base import BasePage, PageId
 from app.ui.widgets import ErrorPanel, fill_channels, show_progress, wrap_label
@@ -52,8 +59,8 @@ def _mb(n: int | None) -> str:
 class ImagePage(BasePage):
     """Chooses the image and how it reaches the server; Next waits for what upload needs."""
 
-    def __init__(self, ctx: AppContext, flow: Flow) -> None:
-        super().__init__(ctx, flow)
+    def __init__(self, ctx: AppContext, state: WizardState) -> None:
+        super().__init__(ctx, state)
         self.setTitle("Image")
         self.setSubTitle("Which NixOS installer to boot, and how it gets to the server.")
         self.download_job: Job | None = None
@@ -149,10 +156,10 @@ class ImagePage(BasePage):
     # -- catalog --------------------------------------------------------------------------
 
     def initializePage(self) -> None:
-        facts = self.flow.facts
+        facts = self.state.facts
         if facts is not None and facts.arch:
             self.arch.setCurrentIndex(max(0, self.arch.findData(facts.arch)))
-        if self.flow.catalog is None:
+        if self.state.catalog is None:
             settings, cache = self.ctx.settings, self.ctx.paths.catalog_cache
 
             def work(_emit: EventSink, _cancel: CancelToken) -> Catalog:
@@ -164,7 +171,7 @@ class ImagePage(BasePage):
             self.update_choice()
 
     def _catalog_loaded(self, catalog: Catalog) -> None:
-        self.flow.catalog = catalog
+        self.state.catalog = catalog
         source = {
             "api": "the GitHub releases API",
             "cache": "the list saved from the releases API",
@@ -217,17 +224,19 @@ class ImagePage(BasePage):
     def update_choice(self) -> None:
         """Work out the image and transfer; start the download when an upload needs one."""
         self.error.clear()
-        self.flow.image = None
-        self.flow.asset = None
-        facts = self.flow.facts
+        self.state.image = None
+        self.state.choice = self.state.image_request = None
+        run = self.state.run
         try:
             if self.source.checkedId() == 1 and not self.file.text().strip():
                 raise WizardError("Choose the tarball (or kexec-bundle) file.")
             if self.source.checkedId() == 2 and not self.url.text().strip():
                 raise WizardError("Enter the image's URL.")
-            choice = choose_image(self._request(), facts, self.ctx.settings, self.flow.catalog)
-            request = InstallRequest(transfer=Transfer(self.transfer.currentData()))
-            mode, reason = transfer_for(request, facts, choice) if facts else (Transfer.UPLOAD, "")
+            if run is None:
+                raise WizardError("Connect to the server first.")
+            request = self._request()
+            install = InstallRequest(transfer=Transfer(self.transfer.currentData()))
+            choice, mode, reason = run.choose(RunRequest(request, install, self.state.catalog))
         except WizardError as exc:
             self._stop_download()
             self.details.setText("")
@@ -237,20 +246,18 @@ class ImagePage(BasePage):
             self.completeChanged.emit()
             return
         asset = choice.asset
-        self.flow.choice = choice
-        self.flow.asset = asset
-        self.flow.image_meta = choice.meta
-        self.flow.transfer = mode
+        self.state.choice, self.state.image_request = choice, request
+        self.state.transfer = mode
         self.transfer_reason.setText(
             (
                 "→ The server will download it"
-                if mode == "remote"
+                if mode == Transfer.REMOTE
                 else "→ This computer will upload it"
             )
             + f": {reason}."
         )
         self._show_details(asset)
-        if mode == "upload":
+        if mode == Transfer.UPLOAD:
             self._ensure_local(choice)
         else:
             self._stop_download()
@@ -258,9 +265,9 @@ class ImagePage(BasePage):
 
     def _show_details(self, asset: Asset | None) -> None:
         legacy = ""
-        image = self.flow.image
-        kind = image.info.kind if image else ImageChoice(asset, self.flow.image_meta).kind
-        if kind == "bundle":
+        image = self.state.image
+        kind = image.info.kind if image else self.state.image_kind
+        if kind == ImageKind.BUNDLE:
             legacy = f"<br><br><b>Legacy image.</b> {html.escape(bundle_note())}"
         if asset is None:
             # The one place the page says what checking a local file can and cannot prove.
@@ -275,7 +282,7 @@ class ImagePage(BasePage):
             parts.append(f"built {asset.updated_at[:10]}")
         check = asset.checksum_note
         parts.append(check if asset.digest else f"<b>{html.escape(check)}</b>")
-        if self.flow.transfer == Transfer.UPLOAD:
+        if self.state.transfer == Transfer.UPLOAD:
             parts.append("on this computer" if image else "being fetched")
         self.details.setText(" · ".join(parts) + legacy)
 
@@ -292,10 +299,11 @@ class ImagePage(BasePage):
             return
         self._stop_download()
         self._download_key = key
-        cache, settings = self.ctx.image_cache, self.ctx.settings
+        run = self.state.run
+        assert run is not None
 
         def work(emit: EventSink, cancel: CancelToken) -> CachedImage:
-            return fetch_image(choice, cache, settings, emit=emit, cancel=cancel)
+            return run.fetch(choice, emit, cancel)
 
         job = Job(work, "download", self)
         job.message.connect(self._download_event)
@@ -327,13 +335,13 @@ class ImagePage(BasePage):
         self.progress.hide()
         if result.ok:
             image: CachedImage = result.value
-            self.flow.image = image
+            self.state.image = image
             # What the check proved is said once, above; a digest match is worth naming here.
             verified = image.info.verification == "digest"
             self.progress_text.setText(
                 f"Ready: {image.verification_note}." if verified else "Ready: checked as above."
             )
-            self._show_details(self.flow.asset)
+            self._show_details(self.state.choice.asset if self.state.choice else None)
         elif result.cancelled:
             self.progress_text.setText("Download stopped; it resumes where it stopped.")
         elif result.wizard_error:
@@ -364,9 +372,9 @@ class ImagePage(BasePage):
     def isComplete(self) -> bool:
         if self.error.error is not None:
             return False
-        if self.flow.transfer == Transfer.REMOTE:
-            return self.flow.asset is not None
-        return self.flow.image is not None
+        if self.state.transfer == Transfer.REMOTE:
+            return self.state.choice is not None and self.state.choice.asset is not None
+        return self.state.image is not None
 
     def nextId(self) -> int:
         return int(PageId.CONFIRM)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from PySide6.QtCore import Slot
 from PySide6.QtWidgets import (
@@ -20,13 +19,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.errors import LoginRestricted, PrivilegeError, WizardError
+from app.core.errors import LoginRestricted, WizardError
 from app.core.events import CancelToken, EventSink
-from app.core.flow import Inspection, already_installer, become_root, inspect, record
+from app.core.kinds import PrivilegeKind
 from app.core.preflight import GiB, Level
 from app.core.probe import Facts
-from app.core.result import InstallerInfo
-from app.ui.context import AppContext, Flow
+from app.core.questions import Answers, SudoPasswordRequired
+from app.core.run import HostRun, Inspection, Step
+from app.ui.context import AppContext, WizardState
 from app.ui.pages.base import BasePage, PageId
 from app.ui.pages.connect import ConnectPage
 from app.ui.widgets import Checklist, ErrorPanel, wrap_label
@@ -34,20 +34,17 @@ from app.ui.widgets import Checklist, ErrorPanel, wrap_label
 
 @dataclass(frozen=True)
 class _Inspected:
-    """What the inspect job found: the inspection, whether root works, the saved profile."""
+    """What the inspect job found: the inspection, and the sudo question if one came up."""
 
     found: Inspection
-    privileged: bool
-    installer: InstallerInfo | None
-    profile_note: str | None
-    sudo_refused: WizardError | None = None
+    sudo: SudoPasswordRequired | None = None
 
 
 class InspectPage(BasePage):
     """Probes the server in one round trip and judges whether kexec will work."""
 
-    def __init__(self, ctx: AppContext, flow: Flow) -> None:
-        super().__init__(ctx, flow)
+    def __init__(self, ctx: AppContext, state: WizardState) -> None:
+        super().__init__(ctx, state)
         self.setTitle("Inspect")
         self.setSubTitle("What the server is, and whether the kexec installer will work there.")
         self.status = wrap_label("")
@@ -122,7 +119,8 @@ class InspectPage(BasePage):
         layout.addWidget(scroll, 1)
 
     def initializePage(self) -> None:
-        if self.flow.facts is None:
+        run = self.state.run
+        if run is not None and run.inspection is None:
             self.start_probe()
 
     def cleanupPage(self) -> None:
@@ -133,34 +131,23 @@ class InspectPage(BasePage):
     @Slot()
     def start_probe(self) -> None:
         """Inspect, and (when no password has to be asked) become root, in the background;
-        the server is remembered in its profile there too (a keyring may be slow)."""
-        session = self.flow.session
-        if session is None:
+        the run remembers the server in its profile there too (a keyring may be slow)."""
+        run = self.state.run
+        if run is None:
             return
-        self.flow.facts = None
-        self.flow.privileged = False
+        if run.outcome is not None:  # checking again after a stop: a fresh run connects anew
+            run = self.state.run = run.again()
         self.banner.clear()
         self.switch_user.hide()
         self.checklist.set_verdicts([])
         self.override.setChecked(False)
-        settings, creds, save = self.ctx.settings, self.flow.creds, self._saver()
+        answers = self.state.answers
 
         def work(emit: EventSink, cancel: CancelToken) -> _Inspected:
-            found = inspect(session, settings, emit=emit, cancel=cancel)
-            facts = found.facts
-            info = already_installer(session, facts) if facts.is_installer else None
-            note = save(facts, info)
-            if facts.is_installer or facts.privilege == "none":
-                return _Inspected(found, False, info, note, None)
-            try:
-                return _Inspected(found, become_root(session, facts, creds, settings), info, note)
-            except PrivilegeError as exc:
-                if facts.privilege != "sudo-password":
-                    raise
-                return _Inspected(found, False, info, note, exc)  # ask for the right one
+            return _inspect(run, answers, emit, cancel)
 
         self.run("probe", work, self._probed, failed=self._probe_failed, ended=self._ended)
-        self.status.setText(f"Inspecting {session.target.label}…")
+        self.status.setText(f"Inspecting {run.host.target.label}…")
         self.again.setEnabled(False)
         self.completeChanged.emit()
 
@@ -177,38 +164,12 @@ class InspectPage(BasePage):
             self.switch_user.show()
 
     def _probed(self, done: _Inspected) -> None:
-        facts = done.found.facts
-        self.flow.facts = facts
-        self.flow.privileged = done.privileged
-        self.flow.verdicts = done.found.verdicts
-        if done.installer is not None:
-            self.flow.info = done.installer
-        if done.profile_note:
-            self.ctx.note("profile", done.profile_note)
+        if done.found.facts.is_installer and self.state.run is not None:
+            self.state.info = self.state.run.info  # nothing to install: on to Done
         self._show(done.found)
-        if done.sudo_refused is not None:
-            self.banner.show_error(done.sudo_refused, "warn")
+        if done.sudo is not None and done.sudo.wrong:
+            self.banner.show_error(done.sudo, "warn")
         self.completeChanged.emit()
-
-    def _saver(self) -> Callable[[Facts, InstallerInfo | None], str | None]:
-        """Remember the server in its profile (from the job): the choices copied now."""
-        session, target, name = self.flow.session, self.flow.target, self.flow.profile_name
-        ctx, creds, remember = self.ctx, self.flow.creds, self.flow.remember_password
-
-        def save(facts: Facts, info: InstallerInfo | None) -> str | None:
-            if session is None or target is None or not name:
-                return None
-            try:
-                _profile, warning = record(
-                    ctx.profiles, ctx.secrets, name, target=target, creds=creds,
-                    host_key=session.host_key_line, facts=facts, installer=info,
-                    remember=remember,
-                )  # fmt: skip
-            except (WizardError, ValueError) as exc:
-                return f"not saved: {exc}"
-            return warning
-
-        return save
 
     @Slot()
     def _switch_user(self) -> None:
@@ -217,7 +178,7 @@ class InspectPage(BasePage):
         if not user:
             return
         self.switch_user.hide()
-        self.flow.drop_session()
+        self.state.drop_session()
         connect_page = self.wizard().page(int(PageId.CONNECT))
         assert isinstance(connect_page, ConnectPage)
         self.wizard().back()
@@ -247,7 +208,8 @@ class InspectPage(BasePage):
         else:
             self.status.setText("Everything the kexec needs is in place.")
         self.override.setVisible(bool(warns) and not stops and not facts.is_installer)
-        need_sudo = facts.privilege == "sudo-password" and not self.flow.privileged
+        rooted = self.state.run is not None and self.state.run.rooted
+        need_sudo = facts.privilege == PrivilegeKind.SUDO_PASSWORD and not rooted
         self.sudo_row.setVisible(need_sudo and not stops)
         self._fill_facts(facts)
         pv = found.network
@@ -280,19 +242,19 @@ class InspectPage(BasePage):
 
     @Slot()
     def _use_sudo(self) -> None:
-        session, facts = self.flow.session, self.flow.facts
-        if session is None or facts is None:
+        run = self.state.run
+        if run is None or run.inspection is None:
             return
         secret = self.sudo_password.text()
         self.ctx.redact.add(secret)
-        settings, creds = self.ctx.settings, replace(self.flow.creds, sudo_password=secret)
+        answers = self.state.answers
+        answers.sudo_passwords[run.label] = secret
 
-        def work(_emit: EventSink, _cancel: CancelToken) -> str:
-            become_root(session, facts, creds, settings)
-            return secret
+        def work(emit: EventSink, cancel: CancelToken) -> _Inspected:
+            return _inspect(run, answers, emit, cancel)
 
         self.run(
-            "sudo", work, self._sudo_works, failed=self.banner.show_error, ended=self._sudo_ended
+            "sudo", work, self._sudo_tried, failed=self.banner.show_error, ended=self._sudo_ended
         )
         self.sudo_button.setEnabled(False)
 
@@ -300,9 +262,10 @@ class InspectPage(BasePage):
         self.sudo_button.setEnabled(True)
         self.completeChanged.emit()
 
-    def _sudo_works(self, secret: str) -> None:
-        self.flow.privileged = True
-        self.flow.creds.sudo_password = secret
+    def _sudo_tried(self, done: _Inspected) -> None:
+        if done.sudo is not None:
+            self.banner.show_error(done.sudo)
+            return
         self.sudo_row.hide()
         self.banner.clear()
         self.status.setText("sudo works with that password.")
@@ -310,17 +273,36 @@ class InspectPage(BasePage):
     # -- leaving ------------------------------------------------------------------------
 
     def isComplete(self) -> bool:
-        facts = self.flow.facts
-        if facts is None or self.busy:
+        run = self.state.run
+        found = run.inspection if run is not None else None
+        if run is None or found is None or self.busy:
             return False
-        if facts.is_installer:
+        if found.facts.is_installer:
             return True
-        levels = {v.level for v in self.flow.verdicts}
-        if Level.STOP in levels or not self.flow.privileged:
+        levels = {v.level for v in found.verdicts}
+        if Level.STOP in levels or not run.rooted:
             return False
         return Level.WARN not in levels or self.override.isChecked()
 
+    def validatePage(self) -> bool:
+        self.state.answers.go_ahead = self.override.isChecked()  # the warnings' go-ahead
+        return True
+
     def nextId(self) -> int:
-        if self.flow.facts is not None and self.flow.facts.is_installer:
+        if self.state.facts is not None and self.state.facts.is_installer:
             return int(PageId.DONE)
         return int(PageId.IMAGE)
+
+
+def _inspect(run: HostRun, answers: Answers, emit: EventSink, cancel: CancelToken) -> _Inspected:
+    """Take the run as far as root; a stop shows as verdicts, any other failure as an error."""
+    try:
+        outcome = run.go(answers, emit, cancel, until=Step.ROOT)
+    except SudoPasswordRequired as question:
+        assert run.inspection is not None
+        return _Inspected(run.inspection, question)
+    if run.inspection is None or (outcome is not None and outcome.error is not None
+                                  and outcome.outcome != "preflight"):  # fmt: skip
+        assert outcome is not None and outcome.error is not None
+        raise outcome.error
+    return _Inspected(run.inspection)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from PySide6.QtCore import QTimer, Slot
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
@@ -28,11 +26,8 @@ from app.core.events import (
     ProgressEvent,
     StageEvent,
 )
-from app.core.flow import install, installer_for, record, rewait
-from app.core.install import Installer
-from app.core.netpreview import preview
-from app.core.result import InstallerInfo
-from app.ui.context import AppContext, Flow
+from app.core.result import Outcome
+from app.ui.context import AppContext, WizardState
 from app.ui.dialogs import HostKeyDialog
 from app.ui.jobs import JobFn
 from app.ui.pages.base import BasePage, PageId
@@ -45,8 +40,8 @@ LATE = "Stop waiting (too late to cancel: the server is rebooting into the insta
 class InstallPage(BasePage):
     """Runs the engine's stages in the background and shows every step."""
 
-    def __init__(self, ctx: AppContext, flow: Flow) -> None:
-        super().__init__(ctx, flow)
+    def __init__(self, ctx: AppContext, state: WizardState) -> None:
+        super().__init__(ctx, state)
         self.setTitle("Install")
         self.setSubTitle("Booting the NixOS installer. Every wait has a deadline.")
         self.stages = StageList(self)
@@ -97,54 +92,14 @@ class InstallPage(BasePage):
         self.host_key_dialog: HostKeyDialog | None = None
 
     def initializePage(self) -> None:
-        plan, session, facts = self.flow.plan, self.flow.session, self.flow.facts
-        if plan is None or session is None or facts is None:
+        run, answers = self.state.run, self.state.answers
+        if run is None or run.plan is None:
             return
-        ctx, creds, save = self.ctx, self.flow.creds, self._saver()
-        holder: dict[str, Installer] = {}
-        self._holder = holder
 
-        def work(emit: EventSink, cancel: CancelToken) -> InstallerInfo:
-            inst = installer_for(
-                plan, session, facts, creds, ctx.known_hosts, ctx.settings, ctx.paths.keys_dir,
-            )  # fmt: skip
-            holder["installer"] = inst
-            return save(inst, lambda: install(inst, emit, cancel), emit)
+        def work(emit: EventSink, cancel: CancelToken) -> Outcome:
+            return run.install(answers, emit, cancel)
 
         self._run(work)
-
-    def _saver(
-        self,
-    ) -> Callable[[Installer, Callable[[], InstallerInfo], EventSink], InstallerInfo]:
-        """Run a step of the install and record its outcome in the profile, in the job."""
-        t, s, f, name = self.flow.target, self.flow.session, self.flow.facts, self.flow.profile_name
-        ctx, creds, image = self.ctx, self.flow.creds, self.flow.image_meta or None
-        remember = self.flow.remember_password
-
-        def record_as(state: str, info: InstallerInfo | None, emit: EventSink) -> None:
-            if t is None or s is None or not name:
-                return
-            try:
-                record(
-                    ctx.profiles, ctx.secrets, name, target=t, creds=creds,
-                    host_key=s.host_key_line, facts=f, image=image, installer=info, state=state,
-                    remember=remember,
-                )  # fmt: skip
-            except (WizardError, ValueError) as exc:
-                emit(LogEvent("profile", f"The profile was not saved: {exc}", level="warn"))
-
-        def run(
-            inst: Installer, step: Callable[[], InstallerInfo], emit: EventSink
-        ) -> InstallerInfo:
-            try:
-                info = step()
-            except BaseException:
-                record_as("unknown" if inst.point_of_no_return else "original", None, emit)
-                raise
-            record_as("installer", info, emit)
-            return info
-
-        return run
 
     def _run(self, work: JobFn) -> None:
         job = self.run(
@@ -212,12 +167,11 @@ class InstallPage(BasePage):
         self.timer.stop()
         self.stages.tick()
         self.ctx.inhibitor.release()
-        self.flow.installer = self._holder.get("installer")
         self.overall.setRange(0, 100)
         self.completeChanged.emit()
 
-    def _succeeded(self, info: InstallerInfo) -> None:
-        self.flow.info = info
+    def _succeeded(self, _outcome: Outcome) -> None:
+        self.state.info = self.state.run.info if self.state.run is not None else None
         self.overall.setValue(100)
         self.now.setText("The NixOS installer is running and proved it.")
         self.cancel_button.hide()
@@ -228,9 +182,8 @@ class InstallPage(BasePage):
         self.overall.setValue(0)
         self.now.setText("The install stopped.")
         self.cancel_button.setEnabled(False)
-        inst = self.flow.installer
         self.error.show_error(err)
-        if isinstance(err, NewSystemHostKey) and inst is not None:
+        if isinstance(err, NewSystemHostKey):
             self._ask_new_key(err)
         if isinstance(err, NeverCameBack):
             self._offer_retry()
@@ -239,8 +192,8 @@ class InstallPage(BasePage):
         """Cancel or "stop waiting" ended the job: say what that left behind."""
         self.overall.setValue(0)
         self.cancel_button.setEnabled(False)
-        inst = self.flow.installer
-        late = inst is not None and inst.point_of_no_return
+        run = self.state.run
+        late = run is not None and run.installer is not None and run.installer.point_of_no_return
         if late:
             self.now.setText("Stopped waiting; the server may already run the installer.")
             self.error.show_error(
@@ -276,13 +229,14 @@ class InstallPage(BasePage):
         dialog = self.host_key_dialog
         self.host_key_dialog = None
         if dialog is not None:
-            self._wait_again(dialog.error.fingerprint)
+            self.state.answers.give(dialog.error, dialog.error.fingerprint)
+            self._wait_again(answered=True)
 
     def _offer_retry(self) -> None:
-        facts, target = self.flow.facts, self.flow.target
-        if facts is None or target is None:
+        run = self.state.run
+        if run is None or run.inspection is None:
             return
-        pv = preview(facts)
+        target, pv = run.host.target, run.inspection.network
         self.retry_address.setText(target.host)
         lines = list(pv.keeps) + list(pv.loses)
         if lines:
@@ -296,22 +250,24 @@ class InstallPage(BasePage):
     def _retry_clicked(self) -> None:
         self._wait_again()
 
-    def _wait_again(self, accepted_fingerprint: str | None = None) -> None:
-        inst = self.flow.installer
-        if inst is None:
+    def _wait_again(self, *, answered: bool = False) -> None:
+        """Wait for the installer again: after a bundle's new key was accepted (the run goes
+        on), or at the address typed below."""
+        run, answers = self.state.run, self.state.answers
+        if run is None or run.installer is None:
             return
-        host = self.retry_address.text().strip() or None
-        save = self._saver()
+        host = self.retry_address.text().strip() or run.host.target.host
 
-        def work(emit: EventSink, cancel: CancelToken) -> InstallerInfo:
-            return save(inst, lambda: rewait(inst, emit, cancel, accepted_fingerprint, host), emit)
+        def work(emit: EventSink, cancel: CancelToken) -> Outcome:
+            if answered:
+                return run.install(answers, emit, cancel)
+            return run.rewait(emit, cancel, host)
 
-        self._holder = {"installer": inst}
         self.safe_to_cancel = False
         self._run(work)
 
     def isComplete(self) -> bool:
-        return self.flow.info is not None and not self.busy
+        return self.state.info is not None and not self.busy
 
     def nextId(self) -> int:
         return int(PageId.DONE)

@@ -20,7 +20,7 @@ from app.core.events import CancelToken, EventSink
 from app.core.handoff import installer_ssh_command, open_terminal, profile_installer
 from app.core.profiles import Profile, forget_profile
 from app.core.ssh import load_ssh_config, ssh_config_hosts
-from app.ui.context import AppContext, Batch, Flow
+from app.ui.context import AppContext, Batch, WizardState
 from app.ui.dialogs import SeveralServersDialog
 from app.ui.pages.base import BasePage, PageId
 from app.ui.widgets import ErrorPanel, ask, wrap_label
@@ -31,8 +31,8 @@ STATE_TEXT = {"original": "Original OS", "installer": "NixOS installer", "unknow
 class ServersPage(BasePage):
     """Lists profiles; Next (or a double-click) continues with the selected one."""
 
-    def __init__(self, ctx: AppContext, flow: Flow) -> None:
-        super().__init__(ctx, flow)
+    def __init__(self, ctx: AppContext, state: WizardState) -> None:
+        super().__init__(ctx, state)
         self.setTitle("Servers")
         self.setSubTitle(
             "Boot the NixOS installer into RAM on a Linux server you reach over SSH. "
@@ -133,8 +133,8 @@ class ServersPage(BasePage):
         self.edit_button.setEnabled(p is not None)
         self.forget_button.setEnabled(p is not None)
         self.reconnect_button.setEnabled(p is not None and bool(p.installer))
-        self.flow.profile = p
-        self.flow.batch = Batch(profiles=picked) if len(picked) > 1 else None
+        self.state.profile = p
+        self.state.batch = Batch(profiles=picked) if len(picked) > 1 else None
         self.batch_note.setText(
             f"{len(picked)} servers selected: Next inspects them all at once."
             if len(picked) > 1
@@ -163,15 +163,15 @@ class ServersPage(BasePage):
         specs = dialog.targets()
         if not specs:
             return
-        self.flow.profile = None
-        self.flow.batch = Batch(profiles=self.selected_profiles(), specs=specs)
+        self.state.profile = None
+        self.state.batch = Batch(profiles=self.selected_profiles(), specs=specs)
         self.wizard().next()
 
     @Slot()
     def _new(self) -> None:
         self.tree.clearSelection()
-        self.flow.profile = None
-        self.flow.batch = None
+        self.state.profile = None
+        self.state.batch = None
         self.wizard().next()
 
     @Slot()
@@ -233,4 +233,4 @@ class ServersPage(BasePage):
         self.run("forget", work, lambda _gone: self.reload(), failed=self.notice.show_error)
 
     def nextId(self) -> int:
-        return int(PageId.BATCH_INSPECT if self.flow.batch is not None else PageId.CONNECT)
+        return int(PageId.BATCH_INSPECT if self.state.batch is not None else PageId.CONNECT)
