@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from app.core.errors import PreflightStop
+from app.core.kinds import PrivilegeKind
 from app.core.probe import Facts
 
 GiB = 1024**3
@@ -215,7 +216,7 @@ def _tools(f: Facts) -> Verdict:
 
 
 def _privilege(f: Facts) -> Verdict:
-    if f.privilege == "none":
+    if f.privilege == PrivilegeKind.NONE:
         return Verdict(
             "privilege",
             Level.STOP,
@@ -223,7 +224,7 @@ def _privilege(f: Facts) -> Verdict:
             "You are not root and neither sudo nor doas is available.",
             "Log in as root, or install sudo and give your user the right to use it.",
         )
-    if f.privilege == "sudo-password":
+    if f.privilege == PrivilegeKind.SUDO_PASSWORD:
         return Verdict(
             "privilege",
             Level.WARN,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.core.errors import PrivilegeError
+from app.core.kinds import PrivilegeKind
 from app.core.probe import Facts
 from app.core.settings import Settings
 from app.core.ssh import Credentials, Privilege, Session
@@ -14,7 +15,7 @@ def known_sudo_password(facts: Facts, creds: Credentials) -> str | None:
     The one given or remembered first, else the login password (sudo asks for the login
     user's own password); None when sudo needs none, or none is known and the face must ask.
     """
-    if facts.privilege != "sudo-password":
+    if facts.privilege != PrivilegeKind.SUDO_PASSWORD:
         return None
     return creds.sudo_password if creds.sudo_password is not None else creds.password
 
@@ -23,9 +24,9 @@ def establish_privilege(
     session: Session, facts: Facts, sudo_password: str | None, settings: Settings
 ) -> Privilege:
     """Decide how to become root, checking a sudo password on the server when one is needed."""
-    if facts.privilege in ("root", "sudo", "doas"):
+    if facts.privilege in (PrivilegeKind.ROOT, PrivilegeKind.SUDO, PrivilegeKind.DOAS):
         priv = Privilege(facts.privilege)
-    elif facts.privilege == "sudo-password":
+    elif facts.privilege == PrivilegeKind.SUDO_PASSWORD:
         if sudo_password is None:
             raise PrivilegeError(
                 f"sudo on {session.target.host} needs {facts.user or 'your'}'s password.",
@@ -33,7 +34,7 @@ def establish_privilege(
                 "Give the sudo password (--sudo-password-env VAR, or at the prompt).",
             )
         session.sudo_password = sudo_password
-        priv = Privilege("sudo-password")
+        priv = Privilege(PrivilegeKind.SUDO_PASSWORD)
     else:
         raise PrivilegeError(
             f"{facts.user or 'This user'} cannot become root on {session.target.host}.",
@@ -41,7 +42,7 @@ def establish_privilege(
             "Log in as root, or allow this user to use sudo.",
         )
     session.privilege = priv
-    if priv.kind == "root":
+    if priv.kind == PrivilegeKind.ROOT:
         return priv  # the probe's own `id -u` in this login said 0: nothing is wrapped
     res = session.run(
         "id -u", privileged=True, timeout=settings.command_timeout, what="the root check"

@@ -12,7 +12,7 @@ from app.core.errors import (
     SSHConnectError,
 )
 from app.core.events import CancelToken
-from app.core.kinds import AuthMethod
+from app.core.kinds import AuthMethod, PrivilegeKind
 from app.core.lazy import LazyModule
 
 if TYPE_CHECKING:
@@ -92,19 +92,19 @@ class PasswordRequired(AuthError):
 class Privilege:
     """How commands become root on the server."""
 
-    kind: str  # root | sudo | sudo-password | doas
+    kind: PrivilegeKind
 
     def wrap(self, command: str) -> str:
         """``command`` run as root through this privilege."""
         inner = shlex.quote(command)
-        if self.kind == "root":
+        if self.kind == PrivilegeKind.ROOT:
             return command
-        if self.kind == "sudo":
+        if self.kind == PrivilegeKind.SUDO:
             return f"sudo -n -- sh -c {inner}"
-        if self.kind == "sudo-password":
+        if self.kind == PrivilegeKind.SUDO_PASSWORD:
             # -k: always read the password, so it never lands in the command's stdin.
             return f"sudo -k -S -p '' -- sh -c {inner}"
-        if self.kind == "doas":
+        if self.kind == PrivilegeKind.DOAS:
             return f"doas -n -- sh -c {inner}"
         raise ValueError(self.kind)
 
@@ -112,10 +112,10 @@ class Privilege:
     def description(self) -> str:
         """In words, for the checklist."""
         return {
-            "root": "logged in as root",
-            "sudo": "sudo without a password",
-            "sudo-password": "sudo with your password",
-            "doas": "doas without a password",
+            PrivilegeKind.ROOT: "logged in as root",
+            PrivilegeKind.SUDO: "sudo without a password",
+            PrivilegeKind.SUDO_PASSWORD: "sudo with your password",
+            PrivilegeKind.DOAS: "doas without a password",
         }[self.kind]
 
 
@@ -228,7 +228,9 @@ def authenticate(
                 "The password is wrong, or password login is disabled for this user.",
                 "Check the password (and the user name), or log in with a key.",
             )
-        if method == "password" or (method == "auto" and not allowed and encrypted is None):
+        if method == AuthMethod.PASSWORD or (
+            method == AuthMethod.AUTO and not allowed and encrypted is None
+        ):
             raise PasswordRequired(target.label)
     if encrypted is not None:
         raise PassphraseRequired(encrypted)

@@ -27,7 +27,7 @@ from app.core.errors import (
     SSHConnectError,
 )
 from app.core.events import CancelToken, EventSink, ProgressMeter, discard
-from app.core.kinds import ServerHash
+from app.core.kinds import PrivilegeKind, ServerHash
 from app.core.lazy import LazyModule
 
 if TYPE_CHECKING:
@@ -232,7 +232,7 @@ class Session:
                     "Run the inspection step first.",
                 )
             command = self.privilege.wrap(command)
-            if self.privilege.kind == "sudo-password":
+            if self.privilege.kind == PrivilegeKind.SUDO_PASSWORD:
                 secret = (self.sudo_password or "").encode() + b"\n"
                 stdin = secret + (stdin or b"")
         label = what or command
