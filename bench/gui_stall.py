@@ -108,7 +108,7 @@ def measure_keyring(delay_ms: int = 2000, runs: int = 3) -> list[Row]:
                 wizard.show()
                 page = wizard.page_of(PageId.CONNECT)
                 assert isinstance(page, ConnectPage)
-                wizard.flow.profile = ctx.profiles.get("slow")
+                wizard.state.profile = ctx.profiles.get("slow")
                 probe.start()
                 QTimer.singleShot(0, page.initializePage)
                 deadline = time.monotonic() + 3 * delay_ms / 1000 + 5

@@ -142,7 +142,7 @@ def drive(work: Path, settings: Settings, machine: Machine, key: Path) -> int:
     shot(app, w, "3-connect")
 
     w.next()
-    wait(app, lambda: w.flow.facts is not None)
+    wait(app, lambda: w.state.facts is not None and not w.currentPage().busy)
     inspect = w.page_of(PageId.INSPECT)
     if inspect.override.isVisible():  # type: ignore[attr-defined]
         inspect.override.setChecked(True)  # type: ignore[attr-defined]
@@ -222,7 +222,7 @@ def drive_batch(work: Path, settings: Settings, host: list[Path], key: Path) -> 
         shot(app, w, "12-batch-inspect")
         w.next()
         confirm = w.page_of(PageId.BATCH_CONFIRM)
-        wait(app, lambda: w.flow.catalog is not None)
+        wait(app, lambda: w.state.catalog is not None)
         confirm.transfer.setCurrentIndex(confirm.transfer.findData("upload"))  # type: ignore[attr-defined]
         confirm.typed.setText("3")  # type: ignore[attr-defined]
         shot(app, w, "13-batch-confirm")

@@ -132,4 +132,4 @@ def test_the_image_page_refuses_a_local_file_for_another_arch(
     image.update_choice()
     qtbot.waitUntil(lambda: "holds a kernel for" in image.error.text.text(), timeout=20_000)
     assert f"the server is {HERE}" in image.error.text.text()
-    assert wizard.flow.image is None and not wizard.button(NEXT).isEnabled()
+    assert wizard.state.image is None and not wizard.button(NEXT).isEnabled()

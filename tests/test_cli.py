@@ -316,7 +316,7 @@ def test_the_wizard_without_a_display_says_so_and_names_the_command_line(
 
 
 def test_a_real_x_server_passes_the_display_check(tmp_path: Path) -> None:
-    from app.cli import display_problem
+    from app.ui.launch import display_problem
 
     xvfb = subprocess.Popen(["Xvfb", ":96", "-nolisten", "tcp"], stderr=subprocess.DEVNULL)
     try:

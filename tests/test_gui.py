@@ -13,6 +13,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QMessageBox, QWidget, QWizard
 from pytestqt.qtbot import QtBot
 
+from app.core.events import CancelToken, discard
 from app.core.paths import AppPaths
 from app.core.profiles import Profile
 from app.core.settings import Settings
@@ -57,7 +58,7 @@ def wizard(qtbot: QtBot, ctx: AppContext) -> Iterator[KexecWizard]:
     yield w
     for page in w.busy_pages():
         page.cancel_job(wait_ms=20_000)
-    w.flow.drop_session()
+    w.state.drop_session()
 
 
 def click(qtbot: QtBot, widget: object) -> None:
@@ -131,8 +132,8 @@ def test_the_whole_wizard_boots_the_installer(
 
     inspect = w.page_of(PageId.INSPECT)
     assert isinstance(inspect, InspectPage) and w.currentId() == PageId.INSPECT
-    qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=20_000)
-    facts = w.flow.facts
+    qtbot.waitUntil(lambda: w.state.facts is not None and not w.currentPage().busy, timeout=20_000)
+    facts = w.state.facts
     assert facts is not None and facts.hostname == "web-1" and facts.container in ("", "none")
     titles = [r.objectName() for r in inspect.checklist.rows]
     assert "verdict-memory" in titles and "verdict-kexec" in titles
@@ -146,7 +147,7 @@ def test_the_whole_wizard_boots_the_installer(
     assert isinstance(image, ImagePage) and w.currentId() == PageId.IMAGE
     qtbot.waitUntil(lambda: image.isComplete(), timeout=20_000)
     assert image.channel.currentData() == "nixos-26.05" and image.arch.currentData() == "x86_64"
-    assert w.flow.transfer == "remote"  # the server reaches the (local) download server
+    assert w.state.transfer == "remote"  # the server reaches the (local) download server
     assert "sha256 from the releases API" in image.details.text()
     next_page(qtbot, w)
 
@@ -213,9 +214,9 @@ def test_a_stop_verdict_blocks_next_without_override(
     next_page(qtbot, w)
     inspect = w.page_of(PageId.INSPECT)
     assert isinstance(inspect, InspectPage)
-    qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=20_000)
-    assert w.flow.facts is not None and w.flow.facts.container == "podman"
-    assert [v.check for v in w.flow.verdicts if v.level.value == "stop"] == ["container"]
+    qtbot.waitUntil(lambda: w.state.facts is not None and not w.currentPage().busy, timeout=20_000)
+    assert w.state.facts is not None and w.state.facts.container == "podman"
+    assert [v.check for v in w.state.verdicts if v.level.value == "stop"] == ["container"]
     assert not w.button(NEXT).isEnabled() and not inspect.override.isVisible()
     assert "stop the kexec" in inspect.status.text()
     assert inspect.checklist.rows[0].objectName() == "verdict-container"  # the stop comes first
@@ -257,7 +258,7 @@ def test_cancel_during_the_upload_leaves_the_server_as_it_was(
     w = wizard
     image = reach_image_page(qtbot, w, machine, ssh_env)
     image.transfer.setCurrentIndex(image.transfer.findData("upload"))
-    qtbot.waitUntil(lambda: w.flow.image is not None, timeout=30_000)  # downloaded for the upload
+    qtbot.waitUntil(lambda: w.state.image is not None, timeout=30_000)  # downloaded for the upload
     install = confirm_and_install(qtbot, w)
     qtbot.waitUntil(
         lambda: (
@@ -286,14 +287,14 @@ def reach_image_page(qtbot: QtBot, w: KexecWizard, machine: Machine, ssh_env: SS
     fill_connect(qtbot, w.page_of(PageId.CONNECT), machine.port, "root", key=ssh_env.key)  # type: ignore[arg-type]
     connect_and_trust(qtbot, w, machine_fingerprint(machine))
     next_page(qtbot, w)
-    qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=20_000)
+    qtbot.waitUntil(lambda: w.state.facts is not None and not w.currentPage().busy, timeout=20_000)
     inspect = w.page_of(PageId.INSPECT)
     if inspect.override.isVisible():  # type: ignore[attr-defined]
         inspect.override.setChecked(True)  # type: ignore[attr-defined]
     next_page(qtbot, w)
     image = w.page_of(PageId.IMAGE)
     assert isinstance(image, ImagePage)
-    qtbot.waitUntil(lambda: w.flow.catalog is not None, timeout=20_000)
+    qtbot.waitUntil(lambda: w.state.catalog is not None, timeout=20_000)
     return image
 
 
@@ -331,7 +332,7 @@ def test_stop_waiting_after_the_kexec_then_wait_again(
     machine.boot_installer()  # it comes up late
     click(qtbot, install.retry_button)
     qtbot.waitUntil(lambda: w.currentId() == PageId.DONE, timeout=30_000)
-    assert w.flow.info is not None and w.flow.info.hostname == "nixos-installer"
+    assert w.state.info is not None and w.state.info.hostname == "nixos-installer"
     assert w.ctx.profiles.load()["127.0.0.1"].state == "installer"
 
 
@@ -357,7 +358,7 @@ def test_stopping_a_download_on_the_image_page(
     assert not w.button(NEXT).isEnabled()
     click(qtbot, image.cancel_download)
     qtbot.waitUntil(lambda: "stopped" in image.progress_text.text(), timeout=10_000)
-    assert not w.button(NEXT).isEnabled() and w.flow.image is None
+    assert not w.button(NEXT).isEnabled() and w.state.image is None
     # Choosing the server download instead needs no local copy.
     image.transfer.setCurrentIndex(image.transfer.findData("remote"))
     assert w.button(NEXT).isEnabled()
@@ -537,7 +538,7 @@ def test_the_done_page_shows_what_the_server_says_as_text_and_names_the_key_left
         host_key_verified=False,
         key_left_in="/home/deploy/.ssh/authorized_keys", key_comment="nixos-kexec-wizard:web",
     )  # fmt: skip
-    wizard.flow.info = info
+    wizard.state.info = info
     page = wizard.page_of(PageId.DONE)
     assert isinstance(page, DonePage)
     page.initializePage()
@@ -643,12 +644,16 @@ def test_a_remembered_sudo_password_is_used_as_the_command_line_uses_it(
     assert page.busy  # not done until it has reported
     click(qtbot, page.connect_button)
     qtbot.waitUntil(lambda: page.isComplete(), timeout=10_000)
-    next_page(qtbot, wizard)
-    qtbot.waitUntil(lambda: wizard.flow.facts is not None, timeout=20_000)
-    inspect = wizard.page_of(PageId.INSPECT)
-    assert isinstance(inspect, InspectPage)
-    # Root through sudo with the remembered password: nothing asked on the page.
-    assert wizard.flow.privileged and not inspect.sudo_row.isVisible()
+    # The run the page connected becomes root with the remembered password, asking nothing
+    # (its steps called one by one: this test machine is a container, which preflight stops,
+    # and a stop ends the run before root, on the Inspect page as on the command line).
+    run = wizard.state.run
+    assert run is not None
+    run.inspect(discard, CancelToken())
+    run.become_root(wizard.state.answers)
+    assert run.rooted and run.session is not None and run.session.privilege is not None
+    assert run.session.privilege.kind == "sudo-password"
+    run.close()
 
 
 def test_the_wizard_and_the_command_line_build_the_same_plan(
@@ -663,7 +668,7 @@ def test_the_wizard_and_the_command_line_build_the_same_plan(
 
     image = reach_image_page(qtbot, wizard, machine, ssh_env)
     image.transfer.setCurrentIndex(image.transfer.findData("upload"))
-    qtbot.waitUntil(lambda: wizard.flow.image is not None, timeout=30_000)
+    qtbot.waitUntil(lambda: wizard.state.image is not None, timeout=30_000)
     next_page(qtbot, wizard)  # -> Confirm
     confirm = wizard.currentPage()
     assert isinstance(confirm, ConfirmPage)
@@ -679,9 +684,10 @@ def test_the_wizard_and_the_command_line_build_the_same_plan(
     confirm.kexec_flags.setText("-c")
     assert confirm.isComplete() and not confirm.flags_error.isVisible()
     assert confirm.validatePage()  # what the Install button does first; nothing runs yet
-    assert wizard.flow.plan is not None
-    gui_plan = wizard.flow.plan.summary()
-    wizard.flow.drop_session()
+    run = wizard.state.run
+    assert run is not None and run.plan is not None
+    gui_plan = run.plan.summary()
+    wizard.state.drop_session()
     # The same answers on the command line: without --yes it stops after planning.
     r = cli(
         "install", "--json", f"root@127.0.0.1:{machine.port}", "-i", str(ssh_env.key),
@@ -750,7 +756,7 @@ def test_the_image_page_says_once_what_a_local_file_check_proves(
     image.use_file.setChecked(True)
     image.file.setText(str(local))
     image.update_choice()
-    qtbot.waitUntil(lambda: w.flow.image is not None, timeout=20_000)
+    qtbot.waitUntil(lambda: w.state.image is not None, timeout=20_000)
     said = " ".join(
         label.text() for label in image.findChildren(QLabel) if label.isVisible()
     ).lower()
@@ -769,7 +775,7 @@ def test_the_image_page_says_once_that_a_release_has_no_checksum(
     )
     w = wizard
     image = reach_image_page(qtbot, w, machine, ssh_env)
-    qtbot.waitUntil(lambda: w.flow.image is not None, timeout=20_000)
+    qtbot.waitUntil(lambda: w.state.image is not None, timeout=20_000)
     said = " ".join(
         label.text() for label in image.findChildren(QLabel) if label.isVisible()
     ).lower()

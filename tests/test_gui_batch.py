@@ -58,11 +58,11 @@ def test_three_servers_at_once_in_the_wizard(
         assert {r.text(0) for r in rows if r} == {"web-ok", "web-stop", "web-silent"}
         assert f"127.0.0.1:{machine.port}" in {r.text(1) for r in rows if r}
         click(qtbot, dialog.trust)
-        qtbot.waitUntil(lambda: bool(w.flow.batch and w.flow.batch.inspected), timeout=30_000)
+        qtbot.waitUntil(lambda: bool(w.state.batch and w.state.batch.inspected), timeout=30_000)
         qtbot.waitUntil(lambda: not inspect.busy, timeout=30_000)
         stopped = inspect.rows["web-stop"]
         assert stopped.text(1) == "left out" and "Preflight stop" in stopped.text(2)
-        assert {i.host.label for i in w.flow.batch.inspected} == {"web-ok", "web-silent"}  # type: ignore[union-attr]
+        assert {i.host.label for i in w.state.batch.inspected} == {"web-ok", "web-silent"}  # type: ignore[union-attr]
         if inspect.override.isVisible():  # warnings need the same go-ahead as for one server
             assert not w.button(w.WizardButton.NextButton).isEnabled(), (
                 inspect.isComplete(),
@@ -73,7 +73,7 @@ def test_three_servers_at_once_in_the_wizard(
         next_page(qtbot, w)
         confirm = w.currentPage()
         assert isinstance(confirm, BatchConfirmPage)
-        qtbot.waitUntil(lambda: w.flow.catalog is not None, timeout=20_000)
+        qtbot.waitUntil(lambda: w.state.catalog is not None, timeout=20_000)
         assert "x86_64</b> (2 servers)" in confirm.images.text()
         confirm.transfer.setCurrentIndex(confirm.transfer.findData("upload"))
         qtbot.keyClicks(confirm.typed, "3")
@@ -153,7 +153,7 @@ def test_one_row_is_cancelled_while_the_other_server_goes_on(
         next_page(qtbot, w)
         confirm = w.currentPage()
         assert isinstance(confirm, BatchConfirmPage)
-        qtbot.waitUntil(lambda: w.flow.catalog is not None, timeout=20_000)
+        qtbot.waitUntil(lambda: w.state.catalog is not None, timeout=20_000)
         confirm.transfer.setCurrentIndex(confirm.transfer.findData("upload"))
         confirm.typed.setText("2")
         click(qtbot, w.button(COMMIT))
@@ -206,3 +206,49 @@ def test_several_new_servers_pasted_and_picked_from_ssh_config(
     # check stops it (this sshd runs in a container), never a failed login.
     assert "sudo-box" in inspect.found or inspect.ended["sudo-box"].outcome == "preflight"
     assert f"root@127.0.0.1:{machine.port}" in inspect.found
+
+
+def test_the_wizards_batch_and_the_command_line_build_the_same_plans(
+    qtbot: QtBot, wizard: KexecWizard, ctx: AppContext, ssh_env: SSHEnv, machine: Machine,  # noqa: F811
+    releases: ReleasesServer, urls: dict[str, str],
+) -> None:  # fmt: skip
+    """The same servers and choices in both faces' batches give the same plan per server."""
+    from tests.test_cli import cli
+
+    w, key = wizard, str(ssh_env.key)
+    with more_machines(ssh_env, "ok") as (second,):
+        for name, m in (("web-1", machine), ("web-2", second)):
+            ctx.profiles.put(Profile(name, "127.0.0.1", port=m.port, auth="key", key_path=key))
+        # The command line first: without --yes it stops at the confirmation, nothing changed.
+        r = cli("install", "--json", "--accept-new-host-key", "--from-profiles", "web-1",
+                "web-2", "--transfer", "upload", env=urls)  # fmt: skip
+        assert r.code == 2, r.stdout[-3000:]
+        cli_plans = {e["host"]: e["plan"] for e in r.events if e["event"] == "plan"}
+        assert set(cli_plans) == {"web-1", "web-2"}
+        servers = w.page_of(PageId.SERVERS)
+        assert isinstance(servers, ServersPage)
+        servers.reload()
+        servers.tree.selectAll()
+        next_page(qtbot, w)
+        inspect = w.currentPage()
+        assert isinstance(inspect, BatchInspectPage)  # the keys are known now: nothing asked
+        qtbot.waitUntil(
+            lambda: inspect.isComplete() or inspect.override.isVisible(), timeout=30_000
+        )
+        if inspect.override.isVisible():
+            inspect.override.setChecked(True)
+        next_page(qtbot, w)
+        confirm = w.currentPage()
+        assert isinstance(confirm, BatchConfirmPage)
+        qtbot.waitUntil(lambda: w.state.catalog is not None, timeout=20_000)
+        confirm.transfer.setCurrentIndex(confirm.transfer.findData("upload"))
+        confirm.typed.setText("2")
+        click(qtbot, w.button(COMMIT))
+        install = w.currentPage()
+        assert isinstance(install, BatchInstallPage)
+        qtbot.waitUntil(lambda: install.isComplete(), timeout=120_000)
+        fleet = w.state.batch.fleet if w.state.batch else None
+        assert fleet is not None
+        gui_plans = {r.label: r.plan.summary() for r in fleet.runs if r.plan is not None}
+        assert machine.state == second.state == "installer"
+    assert gui_plans == cli_plans

@@ -37,7 +37,7 @@ def wizard(qtbot: QtBot, tmp_path: Path, settings: Settings) -> Iterator[KexecWi
         w.netboot_dialog.reject()
     for page in w.busy_pages():
         page.cancel_job(wait_ms=20_000)
-    w.flow.drop_session()
+    w.state.drop_session()
 
 
 def open_dialog(qtbot: QtBot, w: KexecWizard) -> NetbootDialog:
@@ -140,7 +140,7 @@ def test_the_legacy_bundle_is_offered_explained_and_refused_where_missing(
     assert "nixos-22.05" in image.error.text.text() and not image.isComplete()
     image.channel.setCurrentIndex(image.channel.findData("nixos-22.05"))
     qtbot.waitUntil(image.isComplete, timeout=20_000)
-    assert wizard.flow.image is not None and wizard.flow.image.info.kind == "bundle"
+    assert wizard.state.image is not None and wizard.state.image.info.kind == "bundle"
     assert "Legacy image." in image.details.text() and "new host key" in image.details.text()
     click(qtbot, wizard.button(QWizard.WizardButton.NextButton))
     summary = wizard.currentPage().summary.text()  # type: ignore[attr-defined]

@@ -159,8 +159,10 @@ def test_the_wizard_offers_the_user_the_server_asks_for_and_goes_on_with_it(
     assert page.user.text() == "nkw-nopw"
     qtbot.waitUntil(lambda: page.isComplete(), timeout=10_000)
     next_page(qtbot, wizard)
-    qtbot.waitUntil(lambda: wizard.flow.facts is not None, timeout=20_000)
-    assert wizard.flow.facts is not None and wizard.flow.facts.user == "nkw-nopw"
+    qtbot.waitUntil(
+        lambda: wizard.state.facts is not None and not wizard.currentPage().busy, timeout=20_000
+    )
+    assert wizard.state.facts is not None and wizard.state.facts.user == "nkw-nopw"
 
 
 def _fp(forced: ForcedSSHD) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import tarfile
@@ -100,4 +101,29 @@ def standin_tarball(
             link.linkname = target
             tar.addfile(link)
     path.write_bytes(buf.getvalue())
+    return path
+
+
+# A legacy kexec-bundle for the loopback machine: like nixos-generators' it is one shell script
+# that unpacks its initrd and kexecs into it at once; its "kexec" is the machine's stub (the
+# requests it leaves in /run/nkw-machine). Its initrd carries only the keys it was built with,
+# so the system it boots makes a host key of its own, as a real bundle's does.
+MACHINE_BUNDLE = r"""#!/bin/sh
+# kexec-bundle stand-in (self-extracting): unpack, then kexec -e
+set -e
+d=$(mktemp -d /root/kexec-bundle.XXXXXX)
+sed '1,/^__INITRD__$/d' "$0" | base64 -d > "$d/initrd"
+: > "$d/bzImage"
+printf '%s\n' --load "$d/bzImage" "--initrd=$d/initrd" > /run/nkw-machine/loaded
+: > /run/nkw-machine/exec
+exit 0
+__INITRD__
+"""
+
+
+def machine_bundle(path: Path, authorized_keys: bytes) -> Path:
+    """Write a kexec-bundle for the loopback machine whose system accepts these keys."""
+    initrd = gzip_newc({"ssh/authorized_keys": (0o600, authorized_keys)})
+    path.write_bytes(MACHINE_BUNDLE.encode() + base64.b64encode(initrd) + b"\n")
+    path.chmod(0o755)
     return path

@@ -35,7 +35,7 @@ def vm_wizard(qtbot: QtBot, tmp_path: Path) -> Iterator[KexecWizard]:
     yield w
     for page in w.busy_pages():
         page.cancel_job(wait_ms=20_000)
-    w.flow.drop_session()
+    w.state.drop_session()
 
 
 def connect_as_root(qtbot: QtBot, w: KexecWizard, vm: VM, bed: Path, host_key: Path) -> ConnectPage:
@@ -56,7 +56,7 @@ def choose_local_file(qtbot: QtBot, w: KexecWizard, tarball: Path) -> None:
     image.use_file.setChecked(True)
     image.file.setText(str(tarball))
     image.update_choice()
-    qtbot.waitUntil(lambda: w.flow.image is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: w.state.image is not None, timeout=60_000)
 
 
 # Longer than the waits inside (so those fail first, with their message): pytest-timeout's
@@ -68,19 +68,19 @@ def test_the_wizard_kexecs_the_vm_into_the_installer(
     vm = make_vm()
     w = vm_wizard
     connect_as_root(qtbot, w, vm, bed, bed / "ssh_host_ed25519_key.pub")
-    qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=60_000)
-    facts = w.flow.facts
+    qtbot.waitUntil(lambda: w.state.facts is not None and not w.currentPage().busy, timeout=60_000)
+    facts = w.state.facts
     assert facts is not None and facts.hostname == "origin" and facts.virt in ("qemu", "kvm", "")
     inspect = w.page_of(PageId.INSPECT)
     if inspect.override.isVisible():  # type: ignore[attr-defined]
         inspect.override.setChecked(True)  # type: ignore[attr-defined]
     next_page(qtbot, w)
     choose_local_file(qtbot, w, bed / "installer-ok.tar.gz")
-    assert w.flow.image is not None and w.flow.image.info.verification == "local"
+    assert w.state.image is not None and w.state.image.info.verification == "local"
     install = confirm_and_install(qtbot, w)
     qtbot.waitUntil(lambda: w.currentId() == PageId.DONE, timeout=240_000)
     assert all(s == "done" for s in install.stages.stage_state.values())
-    info = w.flow.info
+    info = w.state.info
     assert info is not None and info.hostname == "nixos-installer"
     assert info.os_release["VARIANT_ID"] == "installer"
     t, b64 = (bed / "ssh_host_ed25519_key.pub").read_text().split()[:2]
@@ -109,10 +109,10 @@ def test_the_wizard_logs_in_as_the_user_a_debian_cloud_image_names_and_installs(
     assert connect.user.text() == "deploy"
     qtbot.waitUntil(lambda: connect.isComplete(), timeout=30_000)
     next_page(qtbot, w, timeout=30_000)
-    qtbot.waitUntil(lambda: w.flow.facts is not None, timeout=60_000)
-    facts = w.flow.facts
+    qtbot.waitUntil(lambda: w.state.facts is not None and not w.currentPage().busy, timeout=60_000)
+    facts = w.state.facts
     assert facts is not None and facts.user == "deploy" and facts.hostname == "origin-trixie"
-    qtbot.waitUntil(lambda: w.flow.privileged, timeout=30_000)  # sudo without a password
+    qtbot.waitUntil(lambda: w.state.privileged, timeout=30_000)  # sudo without a password
     if inspect.override.isVisible():
         inspect.override.setChecked(True)
     next_page(qtbot, w)
@@ -123,7 +123,7 @@ def test_the_wizard_logs_in_as_the_user_a_debian_cloud_image_names_and_installs(
     STAGE_TIMINGS.append(f"[{vm.accel}] debian trixie (dhcp, wizard): Install to Done in "
                          f"{time.monotonic() - t1:.1f} s")  # fmt: skip
     assert all(s == "done" for s in install.stages.stage_state.values())
-    info = w.flow.info
+    info = w.state.info
     assert info is not None and info.os_release["VARIANT_ID"] == "installer"
     t, b64 = (origin / "ssh_host_ed25519_key.pub").read_text().split()[:2]
     assert info.host_key == f"{t} {b64}"  # Debian's own key, pinned across the kexec
