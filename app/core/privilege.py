@@ -5,6 +5,7 @@ from __future__ import annotations
 from app.core.errors import PrivilegeError
 from app.core.kinds import PrivilegeKind
 from app.core.probe import Facts
+from app.core.questions import SudoPasswordRequired
 from app.core.settings import Settings
 from app.core.ssh import Credentials, Privilege, Session
 
@@ -51,12 +52,7 @@ def establish_privilege(
         session.privilege = None
         err = res.stderr.lower()
         if "incorrect password" in err or "try again" in err or "no password was provided" in err:
-            raise PrivilegeError(
-                "sudo refused the password.",
-                "Without root the kexec cannot run.",
-                "Check the sudo password (it is the login password of "
-                f"{facts.user or 'this user'}, not root's).",
-            )
+            raise SudoPasswordRequired(session.target.host, facts.user, wrong=True)
         raise PrivilegeError(
             f"Becoming root with {priv.description} failed: {res.stderr.strip()[:200]}",
             "This user may not be allowed to use sudo/doas on the server.",

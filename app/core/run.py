@@ -25,7 +25,7 @@ from typing import Protocol
 from app.core import flow
 from app.core.catalog import Catalog
 from app.core.download import CachedImage
-from app.core.errors import Cancelled, NewSystemHostKey, PrivilegeError, WizardError
+from app.core.errors import Cancelled, NewSystemHostKey, WizardError
 from app.core.events import CancelToken, EventSink, InfoEvent, LogEvent, PlanEvent, TimingsEvent
 from app.core.flow import Inspection as Inspection  # the faces show it
 from app.core.handoff import installer_ssh_command
@@ -80,7 +80,7 @@ class Host:
 
 @dataclass(frozen=True)
 class RunRequest:
-    """What the user chose for the install: the image, the install's options, where to stage."""
+    """What the user chose for the install: the image and the install's options."""
 
     image: ImageRequest
     install: InstallRequest
@@ -272,12 +272,7 @@ class HostRun:
         needs = facts.privilege == PrivilegeKind.SUDO_PASSWORD
         if needs and password is None:
             raise SudoPasswordRequired(session.target.host, facts.user)
-        try:
-            establish_privilege(session, facts, password, self.env.settings)
-        except PrivilegeError as exc:
-            if needs and exc.what.startswith("sudo refused"):
-                raise SudoPasswordRequired(session.target.host, facts.user, wrong=True) from exc
-            raise
+        establish_privilege(session, facts, password, self.env.settings)  # refused: asked again
         self.rooted = True
 
     # -- 4. prepare -------------------------------------------------------------------------
