@@ -112,7 +112,9 @@ def test_the_wizard_logs_in_as_the_user_a_debian_cloud_image_names_and_installs(
     qtbot.waitUntil(lambda: w.state.facts is not None and not w.currentPage().busy, timeout=60_000)
     facts = w.state.facts
     assert facts is not None and facts.user == "deploy" and facts.hostname == "origin-trixie"
-    qtbot.waitUntil(lambda: bool(w.state.run and w.state.run.rooted), timeout=30_000)  # sudo, no password
+    qtbot.waitUntil(
+        lambda: bool(w.state.run and w.state.run.rooted), timeout=30_000
+    )  # sudo, no password
     if inspect.override.isVisible():
         inspect.override.setChecked(True)
     next_page(qtbot, w)
