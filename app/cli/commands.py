@@ -309,6 +309,8 @@ def cmd_profiles(ctx: Context) -> int:
     if a.action == "delete":
         if not forget_profile(ctx.profiles, ctx.secrets, a.name):
             raise ConfigError(f"There is no profile named {a.name!r}.", "", "Check the name.")
+        if ctx.secrets.kept:  # a failing keyring: the profile is gone, its passwords may not be
+            ctx.report.info(ctx.secrets.kept_note(), level="warn")
         ctx.report.result(True, "deleted", name=a.name)
         if not a.json:
             print(f"Deleted profile {a.name!r}.")

@@ -296,8 +296,9 @@ class ProfileStore:
 
 
 def forget_profile(store: ProfileStore, secrets: SecretStore, name: str) -> bool:
-    """Delete a profile and its keyring entries."""
+    """Delete a profile and its keyring entries. The profile goes whatever the keyring does; an
+    entry a failing keyring may still hold is in ``secrets.kept`` (``secrets.kept_note()``)."""
     gone = store.delete(name)
-    secrets.delete(password_key(name))
-    secrets.delete(sudo_key(name))
+    for key in (password_key(name), sudo_key(name)):
+        secrets.delete(key)  # never raises: a failing keyring is no keyring
     return gone
