@@ -34,6 +34,7 @@ from app.core.run import Host, HostRun, Step, image_alone
 
 from .context import Context
 from .prompts import Prompts
+from .report import terminal_writer
 
 
 def cmd_images(ctx: Context) -> int:
@@ -100,7 +101,7 @@ def _print_facts(ctx: Context, runs: Sequence[HostRun]) -> None:
     if ctx.args.json or found is None:
         return
     facts, verdicts, pv = found.facts, found.verdicts, found.network
-    w = sys.stdout.write
+    w = terminal_writer(sys.stdout)  # the facts are what the server said: escaped
     mem = f"{facts.mem_total / 1024**3:.1f} GiB" if facts.mem_total else "unknown"
     w(f"{facts.os_name}, kernel {facts.kernel} ({facts.machine}), {mem} RAM, ")
     w(f"virt {facts.virt or 'unknown'}, user {facts.user} ({facts.privilege})\n\n")
