@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import keyring
 import keyring.backends.fail
 import pytest
 
+import app.core.profiles as profiles_module
 from app.core.errors import ConfigError
 from app.core.events import LogEvent
 from app.core.profiles import Profile, ProfileStore, check_name
@@ -139,3 +141,57 @@ def test_run_logs_redact_secrets(tmp_path: Path) -> None:
     text = log.path.read_text()
     assert "Pw-secret-0815!" not in text and text.count("[redacted]") == 2
     assert log.path.stat().st_mode & 0o777 == 0o600
+
+
+SAVER = r"""
+import sys, time
+from pathlib import Path
+from app.core.profiles import Profile, ProfileStore
+path, who, count, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+store = ProfileStore(path)
+go.with_name(f"ready-{who}").touch()
+while not go.exists():  # every saver starts at the same moment
+    time.sleep(0.001)
+for i in range(count):
+    store.put(Profile(f"{who}-{i}", f"host-{who}-{i}", facts={"pad": "x" * 4000}))
+"""
+
+
+@pytest.mark.fault
+def test_two_processes_saving_at_once_lose_no_profile(tmp_path: Path) -> None:
+    path = tmp_path / "cfg" / "profiles.json"
+    go = tmp_path / "go"
+    root = Path(__file__).resolve().parent.parent
+    savers = [
+        subprocess.Popen([sys.executable, "-c", SAVER, str(path), who, "25", str(go)], cwd=root)
+        for who in ("cli", "wizard")
+    ]
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.glob("ready-*"))) < 2:  # both have imported the app
+        assert time.monotonic() < deadline, "the savers did not start"
+        time.sleep(0.01)
+    go.touch()
+    assert [p.wait(timeout=60) for p in savers] == [0, 0]
+    store = ProfileStore(path)
+    profiles = store.load()
+    assert store.notice == ""
+    assert len(profiles) == 50, f"{50 - len(profiles)} of 50 saved profiles were lost"
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.fault
+def test_a_save_waits_for_the_lock_only_until_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ProfileStore(tmp_path / "profiles.json")
+    store.put(Profile("a", "h"))
+    monkeypatch.setattr(profiles_module, "LOCK_WAIT", 0.3)
+    with store.lock_path.open("r+") as other:  # another process's lock, as the kernel sees it
+        fcntl.flock(other, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match="stayed locked") as caught:
+            store.put(Profile("b", "h"))
+        assert 0.3 <= time.monotonic() - started < 3
+        assert str(store.lock_path) in caught.value.fix
+    store.put(Profile("b", "h"))  # the lock is free again once its holder lets go
+    assert set(store.load()) == {"a", "b"}

@@ -34,6 +34,7 @@ from app.core.run import Host, HostRun, Step, image_alone
 
 from .context import Context
 from .prompts import Prompts
+from .report import terminal_writer
 
 
 def cmd_images(ctx: Context) -> int:
@@ -100,7 +101,7 @@ def _print_facts(ctx: Context, runs: Sequence[HostRun]) -> None:
     if ctx.args.json or found is None:
         return
     facts, verdicts, pv = found.facts, found.verdicts, found.network
-    w = sys.stdout.write
+    w = terminal_writer(sys.stdout)  # the facts are what the server said: escaped
     mem = f"{facts.mem_total / 1024**3:.1f} GiB" if facts.mem_total else "unknown"
     w(f"{facts.os_name}, kernel {facts.kernel} ({facts.machine}), {mem} RAM, ")
     w(f"virt {facts.virt or 'unknown'}, user {facts.user} ({facts.privilege})\n\n")
@@ -309,6 +310,8 @@ def cmd_profiles(ctx: Context) -> int:
     if a.action == "delete":
         if not forget_profile(ctx.profiles, ctx.secrets, a.name):
             raise ConfigError(f"There is no profile named {a.name!r}.", "", "Check the name.")
+        if ctx.secrets.kept:  # a failing keyring: the profile is gone, its passwords may not be
+            ctx.report.info(ctx.secrets.kept_note(), level="warn")
         ctx.report.result(True, "deleted", name=a.name)
         if not a.json:
             print(f"Deleted profile {a.name!r}.")

@@ -18,6 +18,7 @@ from app.core.questions import (
 )
 from app.core.run import HostRun
 from app.core.ssh import PassphraseRequired, PasswordRequired
+from app.core.text import printable, printable_lines
 
 from .context import Context
 
@@ -59,20 +60,20 @@ class Prompts:
     def _host_keys(self, asked: list[Asked]) -> None:
         if len(self.fleet.runs) == 1:
             q = asked[0][1]
-            sys.stderr.write(f"{q.what}\n{q.why}\n")
+            _say(f"{q.what}\n{q.why}\n")
             answer = input("Trust this key and continue? [y/N] ")
         else:
             n = len(asked)
             have = "has" if n == 1 else "have"
-            sys.stderr.write(f"\n{servers(n)} {have} a host key this app does not know:\n")
-            width = max(len(run.label) for run, _ in asked)
+            _say(f"\n{servers(n)} {have} a host key this app does not know:\n")
+            width = max(len(printable(run.label)) for run, _ in asked)
             for run, q in asked:
                 assert isinstance(q, HostKeyUnknown)
                 t = run.host.target
                 via = f"  (its jump host {q.host}:{q.port})" if (t.host, t.port) != (
                     q.host, q.port) else ""  # fmt: skip
-                sys.stderr.write(f"  {run.label:<{width}}  {q.fingerprint}{via}\n")
-            sys.stderr.write("Compare them with the servers' consoles or your provider's panel.\n")
+                _say(f"  {printable(run.label):<{width}}  {q.fingerprint}{via}\n")
+            _say("Compare them with the servers' consoles or your provider's panel.\n")
             answer = input(f"Trust these {n} key(s) and go on? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             for run, q in asked:
@@ -91,7 +92,7 @@ class Prompts:
             if key in done:
                 continue  # one key file's passphrase serves every server that uses it
             done.add(key)
-            secret = getpass.getpass(_secret_prompt(run, q, len(self.fleet.runs) > 1))
+            secret = getpass.getpass(printable(_secret_prompt(run, q, len(self.fleet.runs) > 1)))
             self.ctx.report.redact.add(secret)
             self.answers.give(q, secret, run=run.label)
 
@@ -104,31 +105,40 @@ class Prompts:
             run, q = asked[0]
             assert isinstance(q, ConfirmationRequired)
             t = run.host.target
-            sys.stderr.write(
-                f"\nAbout to boot the NixOS installer on {t.label} ({q.system}).\n"
-                f"Image: {q.file_name}; transfer: {q.transfer} ({q.reason}).\n"
+            os_name, image = printable(q.system), printable(q.file_name)  # one line each
+            _say(
+                f"\nAbout to boot the NixOS installer on {printable(t.label)} ({os_name}).\n"
+                f"Image: {image}; transfer: {q.transfer} ({printable(q.reason)}).\n"
                 "The disks are not touched; a power cycle brings the old system back.\n"
             )
-            answer = input(f"Type the host name ({t.host}) to boot the installer: ").strip()
+            answer = input(printable(f"Type the host name ({t.host}) to boot the installer: "))
+            answer = answer.strip()
             if answer != t.host:
                 self._end(asked, Cancelled("Not confirmed; nothing was changed on the server."))
                 return
         else:
             n = len(asked)
-            sys.stderr.write(f"\nAbout to boot the NixOS installer on {servers(n)}:\n")
-            width = max(len(run.label) for run, _ in asked)
-            system = max(len(q.system) for _, q in asked if isinstance(q, ConfirmationRequired))
+            _say(f"\nAbout to boot the NixOS installer on {servers(n)}:\n")
+            width = max(len(printable(run.label)) for run, _ in asked)
+            system = max(
+                len(printable(q.system)) for _, q in asked if isinstance(q, ConfirmationRequired)
+            )
             for run, q in asked:
                 assert isinstance(q, ConfirmationRequired)
-                sys.stderr.write(f"  {run.label:<{width}}  {q.system:<{system}}  {q.file_name}\n")
-            sys.stderr.write(
-                "The disks are not touched; a power cycle brings each old system back.\n"
-            )
+                label, shown = printable(run.label), printable(q.system)
+                _say(f"  {label:<{width}}  {shown:<{system}}  {printable(q.file_name)}\n")
+            _say("The disks are not touched; a power cycle brings each old system back.\n")
             answer = input(f"Type the number of servers ({n}) to boot the installer: ").strip()
             if answer != str(n):
                 self._end(asked, Cancelled("Not confirmed; nothing was changed on the servers."))
                 return
         self.answers.give(asked[0][1])
+
+
+def _say(text: str) -> None:
+    """Show ``text`` above a prompt. What servers said (os-release, a host name, an error's
+    words) is in it, so every control character but the line breaks is escaped."""
+    sys.stderr.write(printable_lines(text))
 
 
 def _secret_key(run: HostRun, q: Question) -> str:

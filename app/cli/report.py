@@ -7,7 +7,7 @@ import json
 import shlex
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,10 +25,15 @@ from app.core.events import (
 from app.core.fleet import servers, summary
 from app.core.result import Outcome
 from app.core.runlog import Redactor, RunLog
+from app.core.text import printable, printable_lines
 
 
 class Reporter:
-    """Renders events: JSON lines on stdout, or readable lines and progress bars on stderr."""
+    """Renders events: JSON lines on stdout, or readable lines and progress bars on stderr.
+
+    Every text reaches the terminal through :func:`printable_lines` (JSON escapes control
+    characters by itself), so nothing a server says can move the cursor or rewrite a line.
+    """
 
     def __init__(self, json_mode: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
         self.json = json_mode
@@ -65,7 +70,9 @@ class Reporter:
             if board:  # above the live lines, which are drawn again below it
                 self.err.write(f"\033[{board}A\r")
                 self._drawn = 0
-            self.err.write(self.redact(text) + ("\033[K\n" if board else "\n"))
+            # Server text (os-release, run's output, what an error quotes) is escaped here, where
+            # it reaches the terminal: only the app's own sequences move the cursor.
+            self.err.write(printable_lines(self.redact(text)) + ("\033[K\n" if board else "\n"))
             if board:
                 self._draw()
             self.err.flush()
@@ -101,9 +108,10 @@ class Reporter:
             return
         if self._drawn:
             self.err.write(f"\033[{self._drawn}A")
-        width = max(len(h) for h in self._board)
+        width = max(len(printable(h)) for h in self._board)
         for host, status in self._board.items():
-            self.err.write(f"\r  {self.redact(host):<{width}}  {self.redact(status)}\033[K\n")
+            shown = printable(self.redact(status))
+            self.err.write(f"\r  {printable(self.redact(host)):<{width}}  {shown}\033[K\n")
         self._drawn = len(self._board)
         self.err.flush()
 
@@ -241,6 +249,11 @@ def _host_status(e: Event) -> tuple[str | None, bool]:
     if isinstance(e, LogEvent) and e.level == "warn":
         return f"! {e.message}", True
     return None, False
+
+
+def terminal_writer(stream: TextIO) -> Callable[[str], int]:
+    """A ``write`` for ``stream`` that escapes what could move the cursor (line breaks stay)."""
+    return lambda text: stream.write(printable_lines(text))
 
 
 def _mb(n: int | float | None) -> str:

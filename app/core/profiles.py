@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,8 @@ STATES = ("original", "installer", "unknown")
 NAME_RE = re.compile(r"^[^\x00-\x1f/\\]{1,64}$")
 # Keys that must never appear in a profile file, whatever a caller passes in.
 SECRET_KEYS = frozenset({"password", "passphrase", "sudo_password", "secret", "private_key"})
+# How long a save waits for another process (the wizard, a second terminal) to finish its own.
+LOCK_WAIT = 30.0
 
 
 def _secret_key(value: Any) -> str | None:
@@ -133,6 +138,68 @@ class ProfileStore:
         self.path = path
         self.notice = ""  # set when a corrupt file was put aside
         self._lock = threading.RLock()  # many servers at once update the one file
+        self._held = 0  # how deep this process is inside the file lock
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock file beside the profiles file that every app process takes to save."""
+        return self.path.with_name(self.path.name + ".lock")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """This thread alone in this process, and this process alone among the app's (an
+        fcntl lock on :attr:`lock_path`), from the load to the save."""
+        with self._lock:
+            if self._held:  # a put inside a put: the file lock is ours already
+                self._held += 1
+                try:
+                    yield
+                finally:
+                    self._held -= 1
+                return
+            fd = self._take_file_lock()
+            self._held = 1
+            try:
+                yield
+            finally:
+                self._held = 0
+                os.close(fd)  # closing the descriptor releases the lock
+
+    def _take_file_lock(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot open the profiles lock file {self.lock_path}: {exc.strerror}.",
+                "Without it two copies of the app could save at once and lose saved servers.",
+                f"Check the permissions of {self.path.parent}.",
+            ) from exc
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+                os.close(fd)
+                raise ConfigError(
+                    f"The profiles file {self.path} stayed locked for {LOCK_WAIT:.0f} s.",
+                    "Another copy of the app is saving to it and has not finished; saving now "
+                    "could lose what it saves.",
+                    f"Close the other copy of the app (or whatever holds {self.lock_path}), "
+                    "then try again.",
+                ) from None
+            except OSError as exc:
+                os.close(fd)
+                raise ConfigError(
+                    f"Cannot lock the profiles file {self.path}: {exc.strerror}.",
+                    "Without the lock two copies of the app could save at once and lose saved "
+                    "servers.",
+                    "Keep the app's configuration folder on a local file system.",
+                ) from exc
 
     def load(self) -> dict[str, Profile]:
         """All profiles; a corrupt file is renamed aside (never deleted) and noted."""
@@ -186,6 +253,10 @@ class ProfileStore:
 
     def save_all(self, profiles: dict[str, Profile]) -> None:
         """Write every profile atomically (temp file, fsync, rename), mode 0600."""
+        with self._locked():
+            self._write(profiles)
+
+    def _write(self, profiles: dict[str, Profile]) -> None:
         payload = {
             "version": SCHEMA_VERSION,
             "profiles": [p.to_json() for p in sorted(profiles.values(), key=lambda p: p.name)],
@@ -208,15 +279,15 @@ class ProfileStore:
         return profiles[name]
 
     def put(self, profile: Profile) -> None:
-        """Add or replace one profile."""
-        with self._lock:
+        """Add or replace one profile (no other thread or app process saves in between)."""
+        with self._locked():
             profiles = self.load()
             profiles[check_name(profile.name)] = profile
             self.save_all(profiles)
 
     def delete(self, name: str) -> bool:
         """Remove a profile; False when it did not exist."""
-        with self._lock:
+        with self._locked():
             profiles = self.load()
             if profiles.pop(name, None) is None:
                 return False
@@ -225,8 +296,9 @@ class ProfileStore:
 
 
 def forget_profile(store: ProfileStore, secrets: SecretStore, name: str) -> bool:
-    """Delete a profile and its keyring entries."""
+    """Delete a profile and its keyring entries. The profile goes whatever the keyring does; an
+    entry a failing keyring may still hold is in ``secrets.kept`` (``secrets.kept_note()``)."""
     gone = store.delete(name)
-    secrets.delete(password_key(name))
-    secrets.delete(sudo_key(name))
+    for key in (password_key(name), sudo_key(name)):
+        secrets.delete(key)  # never raises: a failing keyring is no keyring
     return gone

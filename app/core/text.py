@@ -8,3 +8,9 @@ def printable(text: str) -> str:
     return "".join(
         c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
     )
+
+
+def printable_lines(text: str) -> str:
+    """``text`` made :func:`printable` line by line: its line breaks stay, every other control
+    or format character (a carriage return, an escape sequence) is escaped."""
+    return "\n".join(printable(line) for line in text.split("\n"))
