@@ -83,6 +83,7 @@ class TarLayout:
     """Checks a tarball's members, one at a time in archive order, against upstream's layout.
 
     Every member must live under ``kexec/``, with no absolute path, no ``..``, no device, no
+    hard link, only plain characters in its name, link target and owner (``PLAIN``), no
     member beneath a link, and no link that leads out of the folder once the links before it
     are followed (``kexec/s -> .`` then ``kexec/up -> s/..`` is refused); the five files
     ``run``, ``bzImage``, ``initrd``, ``kexec`` and ``ip`` must be present as regular files.
@@ -99,8 +100,8 @@ class TarLayout:
         return _bad_tar_named(self.name, reason)
 
     def add(self, name: str, kind: str, linkname: str = "", owner: str = "") -> None:
-        """One member: ``kind`` is file, dir, symlink, hardlink or other (device, pipe...);
-        ``owner`` its ``user/group`` names, as the listing shows them."""
+        """One member: ``kind`` is file, dir, symlink, hardlink (refused) or other (device,
+        pipe...); ``owner`` its ``user/group`` names, as the listing shows them."""
         for what, text in (("name", name), ("link target", linkname), ("owner", owner)):
             if not PLAIN.fullmatch(text):
                 raise self._bad(
@@ -126,9 +127,12 @@ class TarLayout:
             resolved = self._resolve([*base, *linkname.split("/")])
             if resolved is None or resolved[:1] != ["kexec"]:
                 raise self._bad(f"{name!r} links outside the kexec/ folder")
-            if kind == "symlink":
-                self.links[parts] = linkname
-                return
+            if kind == "hardlink":
+                # Busybox lists one as a file "name -> target": a listing could not tell it
+                # from a file named so, and the upstream tarball has none.
+                raise self._bad(f"it contains a hard link ({name!r})")
+            self.links[parts] = linkname
+            return
         else:
             self.links.pop(parts, None)
         if kind == "file":
@@ -205,7 +209,8 @@ def check_tar_listing(name: str, listing: str) -> None:
     """The same check on ``LC_ALL=C tar -tvzf`` output (GNU tar or busybox) from the server.
 
     Each line is ``mode owner size date time member``, then `` -> target`` for a link
-    (busybox shows a hard link so, as a file) or `` link to target`` for GNU tar's hard link.
+    (busybox shows a hard link so, as a file) or `` link to target`` for GNU tar's hard link
+    (both refused, as the local check refuses every hard link).
     Names, targets and owners hold no spaces (see ``PLAIN``), so a line that splits any other
     way is refused, never guessed at: both checks judge the same members."""
     layout = TarLayout(name)
