@@ -15,6 +15,7 @@ from app.core.events import ProgressMeter
 from app.core.imagecheck import check_tar_listing
 from app.core.install.state import Step
 from app.core.kinds import PrivilegeKind, Transfer
+from app.core.preflight import another_folder
 from app.core.ssh import CommandResult
 from app.core.text import printable
 from app.core.transfer import HASHED, remote_sha256, server_hash_for
@@ -66,7 +67,7 @@ def transfer_image(step: Step) -> None:
         raise TransferError(
             f"Cannot create {staging} on the server: {res.stderr.strip()[:200]}",
             "The image needs a writable staging folder.",
-            "Choose another staging folder (--staging-dir DIR).",
+            "C" + another_folder(staging)[1:] + ".",
         )
     _check_staging_owner(step, res, own)
     # From here on every command names the real path the check judged (setup.staging).
@@ -315,7 +316,7 @@ def unpack(step: Step) -> None:
         raise TransferError(
             f"Unpacking the image on the server failed: {res.stderr.strip()[:300]}",
             "The staging folder may be full, or the image is damaged.",
-            "Free space on the server and try again.",
+            f"Free space in {staging} and try again, or {another_folder(staging)}.",
         )
 
 
