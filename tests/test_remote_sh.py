@@ -30,7 +30,13 @@ def test_the_commands_are_exactly_these() -> None:
     assert sh.move("/a b.part", "/a b") == "mv -f '/a b.part' '/a b'"
     assert sh.remove("/s/i.tar.gz", "/s/i.tar.gz.part") == "rm -f /s/i.tar.gz /s/i.tar.gz.part"
     assert sh.file_size("/s/p") == "stat -c %s /s/p 2>/dev/null"
-    assert sh.sha256("/s/i") == "{ openssl dgst -sha256 -r /s/i || sha256sum /s/i; } 2>/dev/null"
+    assert sh.sha256("/s/i") == sh.framed(
+        "{ openssl dgst -sha256 -r /s/i || sha256sum /s/i; } 2>/dev/null", "sha256"
+    )
+    assert sh.framed("cd /s && exit 3", "ab12") == (
+        "printf '\\n@@nkw begin %s\\n' ab12; ( cd /s && exit 3 ); s=$?; "
+        "printf '\\n@@nkw end %s\\n' ab12; exit $s"
+    )
     assert sh.list_tarball("/s/i") == "LC_ALL=C tar -tvzf /s/i"
     assert sh.make_executable("/s/b") == "chmod 755 /s/b"
     assert sh.read_from("/s/log", 10) == "tail -c +11 /s/log 2>/dev/null; true"
@@ -136,7 +142,7 @@ def test_the_batched_transfer_commands_are_exactly_these() -> None:
     assert sh.make_folder_and_list_owners("/s") == (
         f"{sh.make_folder('/s')} || exit 3; {sh.owners_up_to_root('/s')}"
     )
-    assert sh.mark_and_hash("/s/.m", "/s/i") == f"touch /s/.m; {sh.sha256('/s/i')}"
+    assert sh.mark_and_hash("/s/.m", "/s/i", "t0") == f"touch /s/.m; {sh.sha256('/s/i', 't0')}"
     assert sh.move_and_size("/s/i.part", "/s/i") == "mv -f /s/i.part /s/i && stat -c %s /s/i"
 
 
@@ -192,9 +198,10 @@ def test_each_receive_stores_the_bytes_and_prints_their_sha256(
 
 
 def test_receive_then_hash_is_the_exact_command() -> None:
-    assert sh.receive_then_hash("/s/i.part") == (
+    assert sh.receive_then_hash("/s/i.part") == sh.framed(
         "umask 077 && cat > /s/i.part || { echo nkw-write-failed >&2; exit 1; }; "
-        "{ openssl dgst -sha256 -r /s/i.part || sha256sum /s/i.part; } 2>/dev/null; true"
+        "{ openssl dgst -sha256 -r /s/i.part || sha256sum /s/i.part; } 2>/dev/null; true",
+        "sha256",
     )
 
 
@@ -244,9 +251,34 @@ def test_receive_hashing_says_when_the_file_was_not_written(tmp_path: Path) -> N
 
 def test_the_receive_commands_are_exactly_these() -> None:
     assert sh.receive("/s/i.part") == "umask 077 && cat > /s/i.part"
-    assert sh.receive_hashing("/s/i.part") == (
+    assert sh.receive_hashing("/s/i.part") == sh.framed(
         "umask 077 && { tee -- /s/i.part || echo nkw-write-failed >&2; } | "
-        "{ openssl dgst -sha256 -r 2>/dev/null || sha256sum; }"
+        "{ openssl dgst -sha256 -r 2>/dev/null || sha256sum; }",
+        "sha256",
     )
-    assert sh.parse_sha256("ab" * 32 + " *stdin\n") == "ab" * 32
+    frame = "\n@@nkw begin sha256\n{}\n@@nkw end sha256\n"
+    assert sh.parse_sha256(frame.format("ab" * 32 + " *stdin\n")) == "ab" * 32
+    assert sh.parse_sha256("Welcome\n" + frame.format("ab" * 32 + "  -\n") + "Bye\n") == "ab" * 32
+    assert sh.parse_sha256("ab" * 32 + " *stdin\n") is None  # not framed: not its own
+    assert sh.parse_sha256(frame.format("Welcome\n" + "ab" * 32)) is None  # one line only
     assert sh.parse_sha256("") is None
+
+
+@pytest.mark.parametrize("token", ["", "c0ffee"])
+def test_a_digest_is_read_through_whatever_the_login_prints_around_it(
+    token: str, tmp_path: Path
+) -> None:
+    import hashlib
+
+    image = tmp_path / "i.tar.gz"
+    image.write_bytes(b"earlier copy")
+    cmd = (
+        sh.mark_and_hash(str(tmp_path / sh.MARKER), str(image), token)
+        if token
+        else (sh.sha256(str(image)))
+    )
+    chatty = "echo Welcome; echo to the server; echo; trap 'echo Bye; echo see you soon' EXIT; "
+    res = run(chatty + cmd)
+    assert "Welcome" in res.stdout and "see you soon" in res.stdout
+    got = sh.parse_sha256(res.stdout, token) if token else sh.parse_sha256(res.stdout)
+    assert got == hashlib.sha256(b"earlier copy").hexdigest()

@@ -13,9 +13,11 @@ from app.core.probe import Facts
 
 GiB = 1024**3
 MiB = 1024**2
-# The initrd is unpacked into RAM by the new kernel; the tarball plus its unpacked copy live on
-# disk in the staging folder while `run` works.
-DEFAULT_IMAGE_SIZE = 500 * MiB
+# The image in the staging folder needs room for the tarball and its unpacked copy while `run`
+# works (the kernel and initrd inside are compressed already, so the copy is about as large as
+# the tarball), and a margin for the file system and the logs (the initrd is unpacked into RAM
+# by the new kernel, not on disk).
+MARGIN = 16 * MiB
 # What kexec/run and the app's own steps cannot do without (busybox often lacks nohup).
 REQUIRED_TOOLS = ("cpio", "tar", "gzip", "find", "nohup", "mktemp")
 
@@ -68,7 +70,7 @@ def evaluate(
         _lockdown(facts),
         _tools(facts),
         _privilege(facts),
-        _staging(facts, image_size or DEFAULT_IMAGE_SIZE),
+        _staging(facts, image_size),
         _host_keys(facts),
     ]
     return [v for v in out if v is not None]
@@ -241,9 +243,22 @@ def _privilege(f: Facts) -> Verdict:
     return _ok("privilege", names[f.privilege])
 
 
-def _staging(f: Facts, image_size: int) -> Verdict:
+def staging_need(image_size: int) -> int:
+    """The room the staging folder needs for an image of ``image_size`` bytes: the tarball,
+    its unpacked copy, and a margin (a tenth, at least ``MARGIN``)."""
+    return 2 * image_size + max(image_size // 10, MARGIN)
+
+
+def another_folder(where: str) -> str:
+    """How to choose another staging folder, in each face's words."""
+    return (
+        f"choose another staging folder than {where} with --staging-dir DIR on the command "
+        "line (the wizard always uses the default, ~/nixos-kexec-wizard of the login user)"
+    )
+
+
+def _staging(f: Facts, image_size: int | None) -> Verdict:
     s = f.staging
-    need = int(image_size * 2.2)
     where = s.path or "the staging folder"
     if s.existing and not s.writable:
         return Verdict(
@@ -251,7 +266,7 @@ def _staging(f: Facts, image_size: int) -> Verdict:
             Level.STOP,
             f"Cannot write to {where}",
             f"{s.existing} is not writable by {f.user or 'this user'}.",
-            "Choose another staging folder on the server.",
+            f"Make it writable for {f.user or 'this user'}, or {another_folder(where)}.",
         )
     if s.noexec:
         return Verdict(
@@ -259,15 +274,19 @@ def _staging(f: Facts, image_size: int) -> Verdict:
             Level.STOP,
             f"{s.mount_point} is mounted noexec",
             f"The `run` script and kexec binary cannot be executed from {where}.",
-            "Choose a staging folder on a filesystem without noexec (e.g. under /root).",
+            f"Pick a folder on a file system without noexec (e.g. under /root): "
+            f"{another_folder(where)}.",
         )
-    if s.free_bytes is not None and s.free_bytes < need:
+    need = staging_need(image_size) if image_size else None
+    if need is not None and s.free_bytes is not None and s.free_bytes < need:
         return Verdict(
             "staging",
             Level.STOP,
             f"Only {_size(s.free_bytes)} free for {where}",
-            f"The image and its unpacked copy need about {need // MiB} MiB.",
-            "Free some space or choose another staging folder.",
+            f"The image ({_size(image_size or 0)}) and its unpacked copy need about "
+            f"{_mib(need)} MiB there, with a margin.",
+            f"Free {_mib(need - s.free_bytes)} MiB more in {s.mount_point or where}, or "
+            f"{another_folder(where)} on a file system with {_mib(need)} MiB free.",
         )
     if s.fstype in ("tmpfs", "ramfs"):
         return Verdict(
@@ -275,7 +294,7 @@ def _staging(f: Facts, image_size: int) -> Verdict:
             Level.WARN,
             f"{where} is in RAM ({s.fstype})",
             "The image then takes RAM that kexec needs while it loads the installer.",
-            "Prefer a folder on disk (e.g. under /root) on a server with little RAM.",
+            f"On a server with little RAM, {another_folder(where)} on disk (e.g. under /root).",
         )
     if s.free_bytes is None:
         return Verdict(
@@ -283,9 +302,22 @@ def _staging(f: Facts, image_size: int) -> Verdict:
             Level.WARN,
             f"Free space of {where} unknown",
             "df did not answer.",
-            f"Make sure about {need // MiB} MiB are free.",
+            f"Make sure about {_mib(need)} MiB are free there."
+            if need
+            else "Make sure there is room for twice the image's size there.",
+        )
+    if need is None:
+        return _ok(
+            "staging",
+            f"{_size(s.free_bytes)} free in {where}",
+            "Judged against the image once it is chosen, before anything is sent.",
         )
     return _ok("staging", f"{_size(s.free_bytes)} free in {where}")
+
+
+def _mib(n: int) -> int:
+    """Whole MiB, rounded up (room asked for is never less than needed)."""
+    return -(-n // MiB)
 
 
 def _host_keys(f: Facts) -> Verdict:

@@ -14,7 +14,39 @@ MARKER = ".nixos-kexec-wizard"  # marks a folder (or file) the app made, so only
 BUNDLE_EXIT = "nkw-exit"  # the kexec-bundle wrapper's last line: its exit status
 KEY_KEPT = "nkw-key-kept"  # printed when the app's key line was left in place
 WRITE_FAILED = "nkw-write-failed"  # printed (on stderr) when a received file was not written
-SHA256_RE = re.compile(r"^([0-9a-f]{64})\b")
+# One line of openssl's ``-r`` or sha256sum's output (sha256sum puts a backslash first when
+# the file's name needs escaping).
+SHA256_LINE = re.compile(r"\\?([0-9a-f]{64})(?: [ *][^\n]*)?\n?")
+FRAME = "@@nkw"  # the probe's marker, too: a framed command's output lies between two lines
+DIGEST = "sha256"  # the frame of a digest whose caller passes no token of its own
+TOKEN_RE = re.compile(r"[0-9A-Za-z]{1,64}")
+
+
+def framed(cmd: str, token: str) -> str:
+    """``cmd`` (in a subshell, so its ``exit`` ends only it) between two lines naming
+    ``token``, with its exit status kept: whatever the login shell prints before or after it
+    (a ``.bashrc`` welcome, an EXIT trap) is never read as its output (see ``unframe``)."""
+    if not TOKEN_RE.fullmatch(token):
+        raise ValueError(f"a frame token is letters and digits only: {token!r}")
+    return (
+        f"printf '\\n{FRAME} begin %s\\n' {token}; ( {cmd} ); s=$?; "
+        f"printf '\\n{FRAME} end %s\\n' {token}; exit $s"
+    )
+
+
+def unframe(stdout: str, token: str) -> str | None:
+    """Exactly what a ``framed`` command printed, or None when its frame is not whole (the
+    command never started, or it was cut short)."""
+    text = "\n" + stdout
+    begin, end = f"\n{FRAME} begin {token}\n", f"\n{FRAME} end {token}\n"
+    start = text.find(begin)
+    if start < 0:
+        return None
+    start += len(begin)
+    stop = text.find(end, start)
+    if stop < 0 and text.endswith(end[:-1]):  # nothing at all after it, not even the newline
+        stop = len(text) - len(end) + 1
+    return None if stop < 0 else text[start:stop]
 
 
 def read_files(files: Sequence[str]) -> str:
@@ -55,9 +87,10 @@ def make_folder_and_list_owners(path: str) -> str:
     return f"{make_folder(path)} || exit 3; {owners_up_to_root(path)}"
 
 
-def mark_and_hash(marker: str, path: str) -> str:
-    """Create the staging marker, then print the sha256 of ``path`` (nothing when missing)."""
-    return f"touch {q(marker)}; {sha256(path)}"
+def mark_and_hash(marker: str, path: str, token: str = DIGEST) -> str:
+    """Create the staging marker, then print the sha256 of ``path`` (nothing when missing),
+    framed by ``token``."""
+    return f"touch {q(marker)}; {sha256(path, token)}"
 
 
 def move_and_size(src: str, dest: str) -> str:
@@ -108,10 +141,12 @@ def receive(path: str) -> str:
 def receive_hashing(path: str) -> str:
     """Store stdin at ``path`` (mode 600) and print the sha256 of the bytes as they pass:
     OpenSSL first, else coreutils (the one that is missing reads nothing); a failed write
-    says ``nkw-write-failed`` on stderr, so a short file is never taken for the whole."""
-    return (
+    says ``nkw-write-failed`` on stderr, so a short file is never taken for the whole. The
+    digest is framed (``DIGEST``), so what the login prints is never read as it."""
+    return framed(
         f"umask 077 && {{ tee -- {q(path)} || echo {WRITE_FAILED} >&2; }} | "
-        "{ openssl dgst -sha256 -r 2>/dev/null || sha256sum; }"
+        "{ openssl dgst -sha256 -r 2>/dev/null || sha256sum; }",
+        DIGEST,
     )
 
 
@@ -120,23 +155,27 @@ def receive_then_hash(path: str) -> str:
     server with one CPU a second read from the page cache costs less than a pipe beside the
     transfer. A failed write says ``nkw-write-failed`` on stderr; no tool prints no digest."""
     f = q(path)
-    return (
+    return framed(
         f"umask 077 && cat > {f} || {{ echo {WRITE_FAILED} >&2; exit 1; }}; "
-        f"{{ openssl dgst -sha256 -r {f} || sha256sum {f}; }} 2>/dev/null; true"
+        f"{{ openssl dgst -sha256 -r {f} || sha256sum {f}; }} 2>/dev/null; true",
+        DIGEST,
     )
 
 
-def parse_sha256(output: str) -> str | None:
-    """The digest from what ``sha256``, ``receive_hashing`` or ``receive_then_hash`` printed."""
-    m = SHA256_RE.match(output.strip())
+def parse_sha256(output: str, token: str = DIGEST) -> str | None:
+    """The digest from what ``sha256``, ``mark_and_hash``, ``receive_hashing`` or
+    ``receive_then_hash`` printed within their frame: one digest line and nothing else, or
+    None (no tool, no file, or output that is not a digest)."""
+    own = unframe(output, token)
+    m = SHA256_LINE.fullmatch(own) if own else None
     return m.group(1) if m else None
 
 
-def sha256(path: str) -> str:
+def sha256(path: str, token: str = DIGEST) -> str:
     """The sha256 of ``path``: OpenSSL first (it uses the CPU's SHA instructions), else
-    coreutils; nothing when it is missing."""
+    coreutils; nothing when it is missing; framed by ``token``."""
     f = q(path)
-    return f"{{ openssl dgst -sha256 -r {f} || sha256sum {f}; }} 2>/dev/null"
+    return framed(f"{{ openssl dgst -sha256 -r {f} || sha256sum {f}; }} 2>/dev/null", token)
 
 
 def list_tarball(path: str) -> str:

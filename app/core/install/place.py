@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import posixpath
+import re
+import secrets
 import threading
 from typing import Any
 
@@ -12,8 +15,41 @@ from app.core.events import ProgressMeter
 from app.core.imagecheck import check_tar_listing
 from app.core.install.state import Step
 from app.core.kinds import PrivilegeKind, Transfer
+from app.core.preflight import another_folder
 from app.core.ssh import CommandResult
+from app.core.text import printable
 from app.core.transfer import HASHED, remote_sha256, server_hash_for
+
+OWNER_LINE = re.compile(r"(\d+) ([0-7]{1,4}) (/[^\n]*)")  # ``uid mode path`` from stat
+
+
+def login_noise(what: str, said: str) -> TransferError:
+    """A command's output that never came between its frame lines: the login prints text of
+    its own (or runs something else), and how to quiet it."""
+    lines = [ln.strip() for ln in said.splitlines() if ln.strip()]
+    quoted = printable(" / ".join(lines)[:300]) or "nothing"
+    return TransferError(
+        f"Cannot read the server's answer to {what}.",
+        "Its output never came whole between the marker lines the app frames it with: the "
+        "login prints text of its own around every command, or runs something else (all "
+        f"it said: {quoted}). Nothing was read from it.",
+        "Make the login quiet for commands: in the login user's (and root's) ~/.bashrc, and "
+        "what it reads, print only in interactive shells (put the lines that print inside "
+        "`case $- in *i*) ... ;; esac`), and show a welcome in /etc/motd instead. Then try "
+        "again.",
+    )
+
+
+def own_output(step: Step, cmd: str, what: str, **kw: Any) -> tuple[CommandResult, str]:
+    """Run ``cmd`` framed by a random token; its result and exactly what it printed."""
+    token = secrets.token_hex(8)
+    res = step.run(sh.framed(cmd, token), what=what, **kw)
+    if res.stdout_dropped:
+        return res, ""  # its start is gone; the caller says why that is refused
+    own = sh.unframe(res.stdout, token)
+    if own is None:
+        raise login_noise(what, res.stdout)
+    return res, own
 
 
 def transfer_image(step: Step) -> None:
@@ -23,22 +59,27 @@ def transfer_image(step: Step) -> None:
     and its owners listed in one, the marker made and an earlier copy hashed in one, the
     upload stored and hashed in one, and the move reports the size it put in place."""
     setup, state = step.setup, step.state
-    staging, tarball = setup.staging, setup.remote_tarball
-    res = step.run(sh.make_folder_and_list_owners(staging), what="making the staging folder")
+    staging = setup.staging
+    res, own = own_output(
+        step, sh.make_folder_and_list_owners(staging), "making the staging folder"
+    )
     if res.status == 3:
         raise TransferError(
             f"Cannot create {staging} on the server: {res.stderr.strip()[:200]}",
             "The image needs a writable staging folder.",
-            "Choose another staging folder.",
+            "C" + another_folder(staging)[1:] + ".",
         )
-    _check_staging_owner(step, res)
+    _check_staging_owner(step, res, own)
+    # From here on every command names the real path the check judged (setup.staging).
+    staging, tarball = setup.staging, setup.remote_tarball
+    token = secrets.token_hex(8)
     res = step.run(
-        sh.mark_and_hash(f"{staging}/{sh.MARKER}", tarball),
+        sh.mark_and_hash(f"{staging}/{sh.MARKER}", tarball, token),
         timeout=max(setup.settings.command_timeout, 300),
         what="the staging marker and an earlier copy's sha256",
     )
     want = setup.plan.sha256
-    if want and sh.parse_sha256(res.stdout) == want:
+    if want and sh.parse_sha256(res.stdout, token) == want:
         step.log("transfer", "The same image is already on the server; not sending it again.")
         return
     part = tarball + ".part"
@@ -54,28 +95,48 @@ def transfer_image(step: Step) -> None:
         state.streamed_sha = setup.session.upload(
             image.path, part, emit=step.emit, cancel=step.cancel, server_hash=state.server_hash
         )
-    res = step.run(sh.move_and_size(part, tarball), what="mv")
+    res, own = own_output(step, sh.move_and_size(part, tarball), "moving the image into place")
     if not res.ok:
         raise TransferError(f"Cannot move the image into place: {res.stderr.strip()[:200]}")
-    size = res.stdout.strip()
+    size = own.strip()
     if image is not None and size != str(image.info.size):
         state.streamed_sha = None  # not the whole file: the checksum stage hashes it again
 
 
-def _check_staging_owner(step: Step, res: CommandResult) -> None:
+def owner_lines(own: str) -> list[tuple[str, str, str]] | None:
+    """The ``uid mode path`` lines of ``owners_up_to_root``, strictly: one for the folder's
+    real path and one for each parent up to ``/``, in order; None for anything else."""
+    lines = own.splitlines()
+    matches = [OWNER_LINE.fullmatch(ln) for ln in lines]
+    if not lines or any(m is None for m in matches):
+        return None
+    out = [(m.group(1), m.group(2), m.group(3)) for m in matches if m is not None]
+    paths = [p for _o, _m, p in out]
+    chain = [paths[0]]
+    while chain[-1] != "/":
+        chain.append(posixpath.dirname(chain[-1]))
+    return out if paths == chain and posixpath.normpath(paths[0]) == paths[0] else None
+
+
+def _check_staging_owner(step: Step, res: CommandResult, own: str) -> None:
     """Refuse a staging folder (or a parent) that another user owns or may write to, from
-    the ``uid mode path`` lines ``make_folder_and_list_owners`` printed.
+    the ``uid mode path`` lines ``make_folder_and_list_owners`` printed; once it passes,
+    every later command names the real path judged here (``Setup.staging``).
 
     ``run`` executes as root from there: whoever can change the folder could change what
     root runs. A parent writable by others is fine only with the sticky bit (as ``/tmp``).
+    A link on the way (given in the path) is not followed again after the check: whoever
+    may re-point it changes nothing that runs.
     """
-    staging, uid = step.setup.staging, step.setup.facts.uid
-    lines = [ln.split(" ", 2) for ln in res.stdout.splitlines() if ln.strip()]
-    if not res.ok or not lines or any(len(x) != 3 for x in lines):
+    setup = step.setup
+    staging, uid = setup.staging, setup.facts.uid
+    lines = owner_lines(own) if res.ok else None
+    if lines is None:
+        said = printable((res.stderr.strip() or own.strip())[:200]) or "(nothing)"
         raise TransferError(
             f"Cannot check who owns {staging} on the server.",
-            f"stat said: {res.stderr.strip()[:200] or '(nothing)'}",
-            "Choose a staging folder you own (--staging-dir).",
+            f"stat said: {said}",
+            "Choose a staging folder you own (--staging-dir DIR).",
         )
     for i, (owner, mode_text, path) in enumerate(lines):
         mode = int(mode_text, 8)
@@ -91,8 +152,12 @@ def _check_staging_owner(step: Step, res: CommandResult) -> None:
                 "kexec/run runs as root from the staging folder; whoever can change it "
                 "could make root run something else. Nothing was put there.",
                 "Choose a staging folder that you (or root) own and only you can write "
-                "(--staging-dir), for example ~/nixos-kexec-wizard.",
+                "(--staging-dir DIR), for example ~/nixos-kexec-wizard.",
             )
+    real = lines[0][2]
+    if real != staging:
+        step.log("transfer", f"The staging folder {staging} is {real}; the app uses that path.")
+    setup.checked.path = real
     step.state.staging_checked = True
 
 
@@ -120,10 +185,11 @@ def _remote_download(step: Step, part: str) -> None:
         if step.cancel.cancelled:
             break
         with contextlib.suppress(WizardError):
-            res = session.run(sh.file_size(part), timeout=5, what="stat")
-            if res.ok and res.stdout.strip().isdigit():
-                n = int(res.stdout.strip())
-                meter.advance(n - meter.done)
+            token = secrets.token_hex(8)
+            res = session.run(sh.framed(sh.file_size(part), token), timeout=5, what="stat")
+            own = (sh.unframe(res.stdout, token) or "").strip()
+            if res.ok and own.isdigit():
+                meter.advance(int(own) - meter.done)
     th.join()
     if "exc" in result:
         raise result["exc"]
@@ -193,12 +259,13 @@ def _check_remote_members(step: Step) -> None:
     """The tarball member check, on the server's copy that this computer never saw."""
     setup = step.setup
     tarball, name = setup.remote_tarball, setup.plan.file_name
-    res = step.run(
-        sh.list_tarball(tarball),
-        timeout=max(setup.settings.command_timeout, 300),
-        what="listing the image",
-    )
     try:
+        res, own = own_output(
+            step,
+            sh.list_tarball(tarball),
+            "listing the image",
+            timeout=max(setup.settings.command_timeout, 300),
+        )
         if not res.ok:
             raise TransferError(
                 f"The server cannot list the image: {res.stderr.strip()[:200]}",
@@ -214,7 +281,7 @@ def _check_remote_members(step: Step) -> None:
                 "it, and a member that was not checked must not be unpacked. It was deleted.",
                 "Use an image from the nixos-images releases, or --transfer upload.",
             )
-        check_tar_listing(name, res.stdout)
+        check_tar_listing(name, own)
     except WizardError:
         step.run(sh.remove(tarball), what="rm")
         raise
@@ -249,7 +316,7 @@ def unpack(step: Step) -> None:
         raise TransferError(
             f"Unpacking the image on the server failed: {res.stderr.strip()[:300]}",
             "The staging folder may be full, or the image is damaged.",
-            "Free space on the server and try again.",
+            f"Free space in {staging} and try again, or {another_folder(staging)}.",
         )
 
 

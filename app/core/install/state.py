@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,13 @@ from app.core.plan import DEFAULT_STAGING, InstallPlan
 from app.core.probe import Facts
 from app.core.settings import Settings
 from app.core.ssh import CommandResult, Credentials, KnownHosts, Session
+
+
+@dataclass
+class CheckedStaging:
+    """The staging folder's real path (every link resolved), once its owners were checked."""
+
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -25,11 +32,14 @@ class Setup:
     known_hosts: KnownHosts
     settings: Settings
     keys_dir: Path  # where the app's own keys are kept
+    checked: CheckedStaging = field(default_factory=CheckedStaging, compare=False)
 
     @property
     def staging(self) -> str:
-        """The staging folder on the server, as the probe resolved it."""
-        return self.facts.staging.path or DEFAULT_STAGING
+        """The staging folder on the server: the real path its owner check judged, once it
+        has (so a link re-pointed after the check changes nothing that runs); before, the
+        path the probe expanded."""
+        return self.checked.path or self.facts.staging.path or DEFAULT_STAGING
 
     @property
     def remote_tarball(self) -> str:
