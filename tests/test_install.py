@@ -83,12 +83,14 @@ def make_rig(
     port: int | None = None,
     cancel: CancelToken | None = None,
     staging: str = DEFAULT_STAGING,
+    host: str = "127.0.0.1",
+    home: Path | None = None,
 ) -> Rig:
     creds = (
         Credentials(method="password", password=password) if password else Credentials(method="key")
     )
     ids = () if password else (str(env.key),)
-    target = Target("127.0.0.1", port or env.port, user, identity_files=ids)
+    target = Target(host, port or env.port, user, identity_files=ids)
     session = connect(target, creds, _kh(trusted), ConnectOptions(timeout=5))
     facts = run_probe(session, settings, staging)
     establish_privilege(session, facts, password, settings)
@@ -106,7 +108,7 @@ def make_rig(
     )
     events: list[Event] = []
     inst = Installer(plan, session, facts, creds, _kh(trusted), settings, tmp_path / "keys")
-    home = next(u.home for u in (env.nopw, env.pw, env.plain) if u.name == user)
+    home = home or next(u.home for u in (env.nopw, env.pw, env.plain) if u.name == user)
     return Rig(inst, session, events, home, cancel or CancelToken())
 
 
@@ -558,3 +560,28 @@ def test_the_banner_probe_hands_over_only_an_ssh_server_and_never_waits_past_its
             assert sock is None
         th.join(3)
         srv.close()
+
+
+@pytest.mark.fault
+def test_a_bundle_printing_a_byte_that_is_not_utf8_is_still_refused_at_once(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    """The bundle's log is read on from the byte it ended at: a byte that is not UTF-8 (one
+    byte, decoded as three) must not make the next read skip the exit line."""
+    rig = make_rig(ssh_env, trusted, replace(settings, run_timeout=12), releases, tmp_path)
+    inst = rig.installer
+    inst.prepare(rig.events.append, rig.cancel)
+    inst.setup = replace(inst.setup, plan=replace(inst.setup.plan, kind="bundle"))
+    bundle = Path(inst.setup.remote_tarball)
+    bundle.write_bytes(
+        b"#!/bin/sh\nprintf 'kexec: not enough memory for the initrd \\377\\n'\nsleep 1\nexit 1\n"
+    )
+    bundle.chmod(0o755)
+    t0 = time.monotonic()
+    with pytest.raises(KexecRefused) as ei:
+        inst.kexec(rig.events.append, rig.cancel)
+    assert time.monotonic() - t0 < 6
+    assert "exit status 1" in ei.value.what and "not enough memory" in ei.value.why
+    assert not inst.point_of_no_return
+    assert not rig.staging.exists()  # cleaned up: the old system is as it was
+    rig.session.close()

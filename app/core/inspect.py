@@ -8,6 +8,7 @@ from dataclasses import replace
 from app.core.errors import LoginRestricted, RemoteCommandError
 from app.core.events import CancelToken
 from app.core.plan import DEFAULT_STAGING
+from app.core.privilege import recheck_sudo
 from app.core.probe import Facts, asked_user, own_output, parse_probe, probe_script
 from app.core.settings import Settings
 from app.core.ssh import Session, Target
@@ -46,7 +47,7 @@ def run_probe(
     own = own_output(res.stdout, token)
     if own is None:
         raise login_restricted(session.target, res.status, res.stdout + "\n" + res.stderr)
-    return parse_probe(own)
+    return recheck_sudo(session, parse_probe(own), settings, cancel)
 
 
 def login_restricted(target: Target, status: int, said: str) -> LoginRestricted:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from app.core.errors import PrivilegeError
+from app.core.events import CancelToken
 from app.core.kinds import PrivilegeKind
 from app.core.probe import Facts
 from app.core.questions import SudoPasswordRequired
@@ -19,6 +22,26 @@ def known_sudo_password(facts: Facts, creds: Credentials) -> str | None:
     if facts.privilege != PrivilegeKind.SUDO_PASSWORD:
         return None
     return creds.sudo_password if creds.sudo_password is not None else creds.password
+
+
+def recheck_sudo(
+    session: Session, facts: Facts, settings: Settings, cancel: CancelToken | None = None
+) -> Facts:
+    """The probe's ``sudo -n true`` runs without a terminal: where sudo requires one
+    (``Defaults requiretty``) it fails although no password is needed. Asked again through
+    the session, which gives sudo a terminal where it requires one; the session keeps that."""
+    if facts.privilege != PrivilegeKind.SUDO_PASSWORD:
+        return facts
+    before = session.privilege
+    session.privilege = Privilege(PrivilegeKind.SUDO)
+    try:
+        res = session.run(
+            "true", privileged=True, timeout=settings.command_timeout, cancel=cancel,
+            what="sudo without a password",
+        )  # fmt: skip
+    finally:
+        session.privilege = before
+    return replace(facts, privilege=PrivilegeKind.SUDO) if res.ok else facts
 
 
 def establish_privilege(
@@ -50,11 +73,12 @@ def establish_privilege(
     )
     if res.stdout.strip() != "0":
         session.privilege = None
-        err = res.stderr.lower()
+        err = (res.stderr + res.stdout).lower()  # through a terminal stderr comes on stdout
         if "incorrect password" in err or "try again" in err or "no password was provided" in err:
             raise SudoPasswordRequired(session.target.host, facts.user, wrong=True)
         raise PrivilegeError(
-            f"Becoming root with {priv.description} failed: {res.stderr.strip()[:200]}",
+            f"Becoming root with {priv.description} failed: "
+            f"{(res.stderr.strip() or res.stdout.strip())[:200]}",
             "This user may not be allowed to use sudo/doas on the server.",
             "Check /etc/sudoers (or doas.conf) for this user, or log in as root.",
         )

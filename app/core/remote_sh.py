@@ -244,7 +244,7 @@ def clean_staging(staging: str, tarball: str) -> str:
     return (
         "; ".join(
             [
-                remove(tarball, tarball + ".part"),
+                remove(tarball, tarball + ".part", bundle_log(d)),
                 f"if [ -e {q(d + '/kexec/' + MARKER)} ]; then rm -rf {q(d + '/kexec')}; fi",
                 remove(d + "/" + MARKER),
                 f"rmdir {q(d)} 2>/dev/null",

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SUDOERS = Path("/etc/sudoers.d/nkw-test")
+
+
+@contextlib.contextmanager
+def sudoers_line(line: str) -> Iterator[None]:
+    """The fixture's sudoers file with ``line`` added (say ``Defaults:nkw-nopw requiretty``),
+    restored afterwards."""
+    before = SUDOERS.read_text()
+    SUDOERS.write_text(before + line + "\n")
+    try:
+        yield
+    finally:
+        SUDOERS.write_text(before)
 
 
 def free_port() -> int:
@@ -22,7 +36,10 @@ def free_port() -> int:
 
 
 def sshd_config(port: int, host_keys: list[str], pid_file: str, extra: str = "") -> str:
-    """An sshd_config for a test server on 127.0.0.1 (keys by path; password login allowed)."""
+    """An sshd_config for a test server on 127.0.0.1 (keys by path; password login allowed).
+
+    sshd takes the first value of each keyword, so a keyword in ``extra`` replaces the default
+    line here (``MaxSessions 1`` is one)."""
     lines = [
         f"Port {port}",
         "ListenAddress 127.0.0.1",
@@ -38,9 +55,10 @@ def sshd_config(port: int, host_keys: list[str], pid_file: str, extra: str = "")
         "MaxSessions 100",
         "MaxAuthTries 20",
         "Subsystem sftp internal-sftp",
-        extra,
     ]
-    return "\n".join(lines) + "\n"
+    given = {ln.split()[0].lower() for ln in extra.splitlines() if ln.strip()}
+    kept = [ln for ln in lines if ln.split()[0].lower() not in given]
+    return "\n".join([*kept, extra]) + "\n"
 
 
 def keygen(path: Path, kind: str = "ed25519", passphrase: str = "") -> Path:

@@ -10,8 +10,11 @@ from app.core import remote_sh as sh
 from app.core.errors import KexecRefused, NeverWentDown, RemoteCommandError, WizardError
 from app.core.events import LogEvent, OutputEvent
 from app.core.install.state import Step
+from app.core.ssh import LINE_LIMIT
 
 SUCCESS_LINE = "machine will boot into nixos"
+# The bundle wrapper's last line (its exit status), maybe after output without a newline.
+EXIT_LINE = re.compile(rf"^(.*){re.escape(sh.BUNDLE_EXIT)} (\d+)$")
 KEPT_LINES = 2000  # lines of `run`'s output kept for the diagnosis (all are shown as they come)
 # Kernel log lines that tell why a kexec failed.
 NOTABLE = re.compile(r"kexec|lockdown|secure boot|\bIMA\b|not permitted|denied|error|failed", re.I)
@@ -40,10 +43,14 @@ def run_kexec(step: Step) -> None:
             stderr.append(line)
         step.emit(OutputEvent("run", line, stream=stream))
 
-    state.point_of_no_return = True  # `run` starts a detached kexec; cancel is too late now
-    step.emit(
-        LogEvent("run", "Running kexec/run: cancelling is no longer safe.", safe_to_cancel=False)
-    )
+    def started() -> None:
+        state.point_of_no_return = True  # `run` starts a detached kexec; cancel is too late now
+        step.emit(
+            LogEvent(
+                "run", "Running kexec/run: cancelling is no longer safe.", safe_to_cancel=False
+            )
+        )
+
     try:
         res = setup.session.run(
             cmd,
@@ -52,6 +59,7 @@ def run_kexec(step: Step) -> None:
             on_line=on_line,
             cancel=None,
             what="kexec/run",
+            on_start=started,  # only once the server started it (a channel may be refused)
         )
     except RemoteCommandError as exc:
         # The connection may drop because the kexec already happened: let the wait decide.
@@ -94,15 +102,23 @@ def run_bundle(step: Step) -> None:
     session, run_timeout = setup.session, setup.settings.run_timeout
     log = sh.bundle_log(setup.staging)
     start = sh.start_bundle(setup.staging, setup.remote_tarball, setsid=setup.facts.has("setsid"))
-    state.point_of_no_return = True
-    step.emit(
-        LogEvent(
-            "run", "Running the kexec-bundle: cancelling is no longer safe.", safe_to_cancel=False
-        )
-    )
-    step.run(start, privileged=True, what="starting the kexec-bundle")
+
+    def started() -> None:
+        state.point_of_no_return = True
+        step.emit(
+            LogEvent(
+                "run", "Running the kexec-bundle: cancelling is no longer safe.",
+                safe_to_cancel=False,
+            )
+        )  # fmt: skip
+
+    session.run(
+        start, privileged=True, timeout=setup.settings.command_timeout, cancel=step.cancel,
+        what="starting the kexec-bundle", on_start=started,
+    )  # fmt: skip
     lines: deque[str] = deque(maxlen=KEPT_LINES)
-    offset = 0
+    offset = 0  # bytes of the log read so far: whole lines only
+    status: str | None = None
     deadline = time.monotonic() + run_timeout
     while time.monotonic() < deadline:
         try:
@@ -112,13 +128,16 @@ def run_bundle(step: Step) -> None:
         except WizardError:
             step.log("run", "The connection closed: the kexec is under way.")
             return
-        offset += len(res.stdout.encode()) + res.stdout_dropped
-        for line in res.stdout.splitlines():
-            lines.append(line)
-            if not line.startswith(f"{sh.BUNDLE_EXIT} "):
+        got, used = whole_lines(res.raw_stdout)
+        offset += res.stdout_dropped + used
+        for line in got:
+            m = EXIT_LINE.search(line)
+            if m is not None:
+                status = m.group(2)
+                line = m.group(1)  # what the bundle printed without a newline before it
+            if line:
+                lines.append(line)
                 step.emit(OutputEvent("run", line))
-        exits = (ln.split()[1] for ln in lines if ln.startswith(f"{sh.BUNDLE_EXIT} "))
-        status = next(exits, None)
         if status == "0":
             step.log("run", "The bundle handed over to the new kernel (systemctl kexec).")
             return
@@ -126,7 +145,7 @@ def run_bundle(step: Step) -> None:
             state.point_of_no_return = False
             raise KexecRefused(
                 f"The kexec-bundle failed (exit status {status}).",
-                "Its last output:\n" + diagnosis(list(lines)[:-1], []),
+                "Its last output:\n" + diagnosis([], list(lines)),
                 "Read the output above; the server was not rebooted. A bundle needs kexec "
                 "support in the kernel and space in /tmp to unpack itself.",
             )
@@ -137,6 +156,17 @@ def run_bundle(step: Step) -> None:
         "It should unpack itself and reboot within a minute.",
         f"Look at {log} on the server; the old system is still running.",
     )
+
+
+def whole_lines(data: bytes) -> tuple[list[str], int]:
+    """The complete lines in ``data`` (decoded for people) and how many bytes they take: a
+    line still being written is read again whole next time. A line longer than LINE_LIMIT
+    without its end is taken as it is."""
+    end = data.rfind(b"\n") + 1
+    if end == 0 and len(data) >= LINE_LIMIT:
+        end = len(data)
+    text = data[:end].decode("utf-8", "replace")
+    return text.splitlines(), end
 
 
 def diagnosis(lines: list[str], stderr: list[str], keep: int = 8) -> str:

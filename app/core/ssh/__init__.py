@@ -22,19 +22,15 @@ from app.core.ssh.known_hosts import (
     read_known_hosts,
 )
 from app.core.ssh.session import (
-    LINE_LIMIT,
     MAX_PACKET,
-    OUTPUT_LIMIT,
     PREFERRED_CIPHERS,
     UPLOAD_CHUNK,
     WINDOW_SIZE,
-    CommandResult,
     ConnectOptions,
-    LineSplitter,
     Session,
-    TailBuffer,
     connect,
 )
+from app.core.ssh.streams import LINE_LIMIT, OUTPUT_LIMIT, CommandResult, LineSplitter, TailBuffer
 from app.core.ssh.target import (
     HOST_RE,
     USER_RE,

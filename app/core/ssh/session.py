@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import select
 import socket
 import threading
@@ -43,16 +44,31 @@ from app.core.ssh.known_hosts import (
     key_line,
     preferred_types,
 )
+from app.core.ssh.streams import (
+    END_OF_INPUT,
+    OUTPUT_LIMIT,
+    CommandResult,
+    LineSink,
+    LineSplitter,
+    TailBuffer,
+    close_quietly,
+    request_pty,
+    send_all,
+    tty_refused,
+)
 from app.core.ssh.target import Target
 
 # Channel windows larger than the default 2 MiB keep a fast link busy during uploads.
 WINDOW_SIZE = 64 * 1024 * 1024
 MAX_PACKET = 32768
 UPLOAD_CHUNK = 256 * 1024
-# Remote output kept per stream and command: enough for the probe of a host with hundreds of
-# interfaces; a server that floods is cut to its tail, never allowed to fill this computer.
-OUTPUT_LIMIT = 4 * 1024 * 1024
-LINE_LIMIT = 64 * 1024
+# A refused channel open is tried again this long: sshd frees a finished session only once the
+# client's close of it is processed, and refuses (MaxSessions) an open that arrives in the same
+# read as that close. A refusal that lasts is the server's limit, and is named as one.
+REFUSED_RETRY_FOR = 3.0
+# sudo's answer under `Defaults requiretty` to a command without a terminal; it ran nothing.
+NEEDS_TTY = re.compile(r"must have a tty|requiretty", re.I)
+SUDO_KINDS = (PrivilegeKind.SUDO, PrivilegeKind.SUDO_PASSWORD)
 # AES-GCM is the fastest cipher paramiko offers (AES-NI through cryptography).
 PREFERRED_CIPHERS = (
     "aes128-gcm@openssh.com",
@@ -67,73 +83,6 @@ logging.getLogger("paramiko").propagate = False
 
 # ---------------------------------------------------------------------------------------------
 # The session
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """Exit status and output of one remote command (each stream's tail, within a bound)."""
-
-    status: int
-    stdout: str
-    stderr: str
-    stdout_dropped: int = 0  # bytes of stdout beyond the bound, counted and not kept
-    stderr_dropped: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """True for exit status 0."""
-        return self.status == 0
-
-
-LineSink = Callable[[str, str], None]  # (stream name, line)
-
-
-class TailBuffer:
-    """The last ``limit`` bytes of a stream, and how many bytes before them were dropped."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.dropped = 0
-        self._buf = bytearray()
-
-    def add(self, data: bytes) -> None:
-        """Append ``data``, dropping the oldest bytes past the bound."""
-        self._buf += data
-        extra = len(self._buf) - self.limit
-        if extra > 0:
-            del self._buf[:extra]
-            self.dropped += extra
-
-    def text(self) -> str:
-        """What is kept, decoded (a cut multibyte character becomes U+FFFD)."""
-        return self._buf.decode("utf-8", "replace")
-
-
-class LineSplitter:
-    """Feeds a stream's lines to a sink; a line longer than the bound is passed on in pieces."""
-
-    def __init__(self, sink: LineSink | None, name: str, limit: int = LINE_LIMIT) -> None:
-        self.sink = sink
-        self.name = name
-        self.limit = limit
-        self._pending = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        """Take more bytes and pass every complete line on."""
-        if self.sink is None:
-            return
-        buf = self._pending
-        buf += data
-        while (nl := buf.find(b"\n")) >= 0 or len(buf) >= self.limit:
-            cut = nl if 0 <= nl < self.limit else self.limit
-            self.sink(self.name, buf[:cut].decode("utf-8", "replace").rstrip("\r"))
-            del buf[: cut + 1 if cut == nl else cut]
-
-    def flush(self) -> None:
-        """Pass on a last line that had no newline."""
-        if self.sink is not None and self._pending:
-            self.sink(self.name, self._pending.decode("utf-8", "replace"))
-            self._pending.clear()
 
 
 @dataclass(frozen=True)
@@ -175,6 +124,8 @@ class Session:
         self._jump = jump
         self.privilege: Privilege | None = None
         self.sudo_password: str | None = None
+        # sudo here runs only with a terminal (`Defaults requiretty`): its commands get a pty.
+        self.sudo_tty = False
         # Output kept per stream and command (the tail; the rest is counted, not kept).
         self.output_limit = OUTPUT_LIMIT
         # How long opening a channel may take for a transfer, whose own deadline is long.
@@ -222,32 +173,97 @@ class Session:
         on_line: LineSink | None = None,
         cancel: CancelToken | None = None,
         what: str = "",
+        on_start: Callable[[], None] | None = None,
     ) -> CommandResult:
-        """Run ``command`` with a deadline, streaming its output lines to ``on_line``."""
-        if privileged:
-            if self.privilege is None:
-                raise PrivilegeError(
-                    "No way to become root on the server is known yet.",
-                    "The app must probe the server before it runs privileged commands.",
-                    "Run the inspection step first.",
-                )
-            command = self.privilege.wrap(command)
-            if self.privilege.kind == PrivilegeKind.SUDO_PASSWORD:
-                secret = (self.sudo_password or "").encode() + b"\n"
-                stdin = secret + (stdin or b"")
+        """Run ``command`` with a deadline, streaming its output lines to ``on_line``;
+        ``on_start`` hears when the server has started it (its channel open, exec accepted).
+
+        A privileged command goes through sudo with a terminal where sudo requires one
+        (``Defaults requiretty``): found out from sudo's refusal, which ran nothing, so the
+        command is then sent again that way. Through a terminal a command reads no input and
+        its stderr comes on stdout."""
         label = what or command
         deadline = time.monotonic() + timeout
-        chan = self._start(command, stdin, deadline, cancel, label, budget=timeout)
+        if not privileged:
+            return self._run(command, stdin, deadline, timeout, on_line, cancel, label, on_start)
+        priv = self._root()
+        secret = b""
+        if priv.kind == PrivilegeKind.SUDO_PASSWORD:
+            secret = (self.sudo_password or "").encode() + b"\n"
+        if priv.kind in SUDO_KINDS and self.sudo_tty:
+            return self._run_sudo_tty(priv, command, stdin, secret, deadline, timeout,
+                                      on_line, cancel, label, on_start)  # fmt: skip
+        res = self._run(priv.wrap(command), secret + (stdin or b"") or None, deadline, timeout,
+                        on_line, cancel, label, on_start)  # fmt: skip
+        if priv.kind in SUDO_KINDS and not res.ok and NEEDS_TTY.search(res.stderr):
+            self.sudo_tty = True
+            return self._run_sudo_tty(priv, command, stdin, secret, deadline, timeout,
+                                      on_line, cancel, label, on_start)  # fmt: skip
+        return res
+
+    def _root(self) -> Privilege:
+        if self.privilege is None:
+            raise PrivilegeError(
+                "No way to become root on the server is known yet.",
+                "The app must probe the server before it runs privileged commands.",
+                "Run the inspection step first.",
+            )
+        return self.privilege
+
+    def _run_sudo_tty(
+        self,
+        priv: Privilege,
+        command: str,
+        stdin: bytes | None,
+        secret: bytes,
+        deadline: float,
+        timeout: float,
+        on_line: LineSink | None,
+        cancel: CancelToken | None,
+        label: str,
+        on_start: Callable[[], None] | None,
+    ) -> CommandResult:
+        """Through sudo with a terminal: the password (if any), then end of input, so a
+        wrong one ends sudo at its second prompt instead of at the deadline. sudo discards
+        what was typed ahead before it asks again, so the end of input is sent again when it
+        speaks (harmless later: the command's input is /dev/null)."""
+        if stdin:
+            raise ValueError("a command run through a terminal takes no input")
+        wrapped = priv.wrap("exec </dev/null\n" + command)
+        poke = END_OF_INPUT if secret else b""
+        return self._run(wrapped, secret + END_OF_INPUT, deadline, timeout, on_line, cancel,
+                         label, on_start, tty=True, poke=poke)  # fmt: skip
+
+    def _run(
+        self,
+        command: str,
+        stdin: bytes | None,
+        deadline: float,
+        timeout: float,
+        on_line: LineSink | None,
+        cancel: CancelToken | None,
+        label: str,
+        on_start: Callable[[], None] | None,
+        *,
+        tty: bool = False,
+        poke: bytes = b"",
+    ) -> CommandResult:
+        """One command on one channel, by ``deadline`` (see ``_collect`` for ``poke``)."""
+        chan = self._start(
+            command, stdin, deadline, cancel, label, budget=timeout, tty=tty, end_input=not tty
+        )
         unhook = cancel.on_cancel(chan.close) if cancel is not None else (lambda: None)
         try:
-            return self._collect(chan, deadline, timeout, on_line, cancel, label)
+            if on_start is not None:
+                on_start()
+            return self._collect(chan, deadline, timeout, on_line, cancel, label, poke)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             if cancel is not None and cancel.cancelled:
                 raise Cancelled() from exc
             raise self._broke(label, exc) from exc
         finally:
             unhook()
-            _close_quietly(chan)
+            close_quietly(chan)
 
     def _broke(self, what: str, exc: BaseException) -> RemoteCommandError:
         return RemoteCommandError(
@@ -274,6 +290,7 @@ class Session:
         *,
         end_input: bool = True,
         budget: float | None = None,
+        tty: bool = False,
     ) -> paramiko.Channel:
         """Open a channel, start ``command`` and send its stdin, all within the deadline.
 
@@ -289,14 +306,18 @@ class Session:
         def starter() -> None:
             chan = None
             try:
-                chan = self.transport.open_session(
-                    window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET, timeout=timeout
-                )
+                chan = self._open_channel(deadline, lambda: bool(state.get("abandoned")))
                 with lock:
                     state["chan"] = chan
                     if state.get("abandoned"):
                         raise EOFError("abandoned")
                 chan.settimeout(timeout)
+                if tty:
+                    try:
+                        request_pty(chan)
+                    except paramiko.SSHException:
+                        state["no_tty"] = True
+                        raise
                 chan.exec_command(command)
                 if stdin:
                     chan.sendall(stdin)
@@ -309,7 +330,7 @@ class Session:
                 with lock:
                     late = state.get("abandoned", False)
                 if late and chan is not None:
-                    _close_quietly(chan)  # nobody waits for it any more
+                    close_quietly(chan)  # nobody waits for it any more
                 done.set()
 
         threading.Thread(target=starter, name="ssh-start", daemon=True).start()
@@ -322,12 +343,24 @@ class Session:
                 state["abandoned"] = True
         if not done.is_set() or "exc" in state:
             if chan is not None:
-                _close_quietly(chan)
+                close_quietly(chan)
             if cancel is not None and cancel.cancelled:
                 raise Cancelled()
             if not done.is_set() or time.monotonic() >= deadline:
                 raise self._late(what, budget or timeout)
             exc = state["exc"]
+            if state.get("no_tty"):
+                raise tty_refused(self.target.user, self.target.host) from exc
+            if isinstance(exc, paramiko.ChannelException):
+                raise RemoteCommandError(
+                    f"The server refused to open a session for {_short(what)} on "
+                    f"{self.target.label} ({exc.text or 'open failed'}, code {exc.code}).",
+                    "The connection is up, but sshd would not start another session on it "
+                    f"for {REFUSED_RETRY_FOR:g} s: its MaxSessions limit (sshd_config) is taken, "
+                    "or it allows no sessions for this login. Nothing was started.",
+                    "The app needs one session at a time: allow at least that (MaxSessions 1 "
+                    "or more in the server's sshd_config), then try again.",
+                ) from exc
             if chan is None:
                 raise RemoteCommandError(
                     f"Cannot start {_short(what)} on {self.target.label}: "
@@ -338,6 +371,24 @@ class Session:
             raise self._broke(what, exc) from exc
         return state["chan"]  # type: ignore[no-any-return]
 
+    def _open_channel(self, deadline: float, abandoned: Callable[[], bool]) -> paramiko.Channel:
+        """A session channel by ``deadline``; a refusal is tried again for a moment (see
+        REFUSED_RETRY_FOR), since it may only mean the last session is not freed yet."""
+        give_up = min(deadline, time.monotonic() + REFUSED_RETRY_FOR)
+        pause = 0.02
+        while True:
+            try:
+                return self.transport.open_session(
+                    window_size=WINDOW_SIZE,
+                    max_packet_size=MAX_PACKET,
+                    timeout=max(deadline - time.monotonic(), 0.1),
+                )
+            except paramiko.ChannelException:
+                if abandoned() or time.monotonic() + pause >= give_up:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.4)
+
     def _collect(
         self,
         chan: paramiko.Channel,
@@ -346,8 +397,12 @@ class Session:
         on_line: LineSink | None,
         cancel: CancelToken | None,
         what: str,
+        poke: bytes = b"",
     ) -> CommandResult:
+        """The command's output and exit status by the deadline; ``poke`` is sent again
+        (a few times at most) whenever output comes, for a prompt that flushed the input."""
         out, err = TailBuffer(self.output_limit), TailBuffer(self.output_limit)
+        pokes = 3 if poke else 0
         lines = {
             "stdout": LineSplitter(on_line, "stdout"),
             "stderr": LineSplitter(on_line, "stderr"),
@@ -366,6 +421,9 @@ class Session:
                 out.add(data)
                 lines["stdout"].feed(data)
                 got = True
+                if pokes:
+                    pokes -= 1
+                    chan.sendall(poke)
             while chan.recv_stderr_ready():
                 data = chan.recv_stderr(65536)
                 err.add(data)
@@ -386,7 +444,9 @@ class Session:
                 raise EOFError("the connection closed")
         for splitter in lines.values():
             splitter.flush()
-        return CommandResult(status, out.text(), err.text(), out.dropped, err.dropped)
+        return CommandResult(
+            status, out.text(), err.text(), out.dropped, err.dropped, raw_stdout=out.data()
+        )
 
     def upload(
         self,
@@ -427,7 +487,7 @@ class Session:
                             "The link is too slow or stalled.",
                             "Try again, or let the server download the image itself.",
                         )
-                    _send_all(chan, chunk)
+                    send_all(chan, chunk)
                     meter.advance(n)
             chan.shutdown_write()
             left = max(deadline - time.monotonic(), 30)
@@ -442,7 +502,7 @@ class Session:
             ) from exc
         finally:
             unhook()
-            _close_quietly(chan)
+            close_quietly(chan)
         meter.finish()
         if not res.ok or sh.WRITE_FAILED in res.stderr:
             said = res.stderr.replace(sh.WRITE_FAILED, "").strip()[:300]
@@ -454,21 +514,6 @@ class Session:
         if server_hash is not ServerHash.NONE:
             return sh.parse_sha256(res.stdout)
         return None
-
-
-def _close_quietly(chan: paramiko.Channel) -> None:
-    """Close a channel; on a dead link that raises, and must not hide the error being raised."""
-    with contextlib.suppress(Exception):
-        chan.close()
-
-
-def _send_all(chan: paramiko.Channel, view: memoryview) -> None:
-    """``Channel.sendall`` without its copy of the unsent rest after every packet."""
-    while view:
-        sent = chan.send(view)  # type: ignore[arg-type]  # any buffer works
-        if sent == 0:
-            raise EOFError("the channel closed")
-        view = view[sent:]
 
 
 def _short(command: str) -> str:
