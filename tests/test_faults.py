@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import keyring.backend
@@ -22,8 +23,10 @@ from app.core.errors import DownloadError, PrivilegeError, RemoteCommandError, S
 from app.core.flow import record
 from app.core.inspect import run_probe
 from app.core.install.place import cleanup
+from app.core.kinds import ServerHash
 from app.core.privilege import establish_privilege
 from app.core.profiles import ProfileStore
+from app.core.remote_sh import UNPACKING
 from app.core.secrets import SecretStore, password_key
 from app.core.settings import Settings
 from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Target, connect, parse_target
@@ -97,12 +100,20 @@ def test_a_full_disk_on_the_server_stops_the_transfer_and_leaves_nothing_behind(
         rig.session.close()
 
 
+@pytest.mark.parametrize("cpus", [1, 2])
 def test_a_link_dropped_mid_upload_then_a_retry_delivers_an_intact_image(
-    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
-) -> None:
+    cpus: int,
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path,
+) -> None:  # fmt: skip
+    """Stored then unpacked (one CPU) or unpacked as it arrives (two): a cut upload leaves
+    nothing where run starts, and a second try places the image whole."""
     asset = _publish(releases, tmp_path, ASSET, 64 << 20)
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, asset=asset)
-    part = rig.staging / f"{ASSET}.part"
+    setup = rig.installer.setup
+    rig.installer.setup = replace(setup, facts=replace(setup.facts, cpus=cpus))
+    part = (
+        rig.staging / f"{ASSET}.part" if cpus == 1 else rig.staging / UNPACKING / "kexec" / "initrd"
+    )
     stop = threading.Event()
 
     def cut_when_half_way() -> None:
@@ -121,11 +132,19 @@ def test_a_link_dropped_mid_upload_then_a_retry_delivers_an_intact_image(
     stop.set()
     assert "broke after" in ei.value.what and "nothing is run" in ei.value.fix
     assert not (rig.staging / ASSET).exists()  # only ever a .part, never the real name
+    assert not (rig.staging / "kexec").exists()  # nothing where run starts
     rig.session.close()
     again = make_rig(ssh_env, trusted, settings, releases, tmp_path / "again", asset=asset)
+    setup = again.installer.setup
+    again.installer.setup = replace(setup, facts=replace(setup.facts, cpus=cpus))
     again.installer.prepare(again.events.append, again.cancel)
-    got = (again.staging / ASSET).read_bytes()
-    assert hashlib.sha256(got).hexdigest() == asset.digest
+    if cpus == 1:
+        got = (again.staging / ASSET).read_bytes()
+        assert hashlib.sha256(got).hexdigest() == asset.digest
+    else:
+        said = [e.message for e in again.events if e.stage == "checksum"]
+        assert any(asset.digest in m and "unpacked" in m for m in said), said  # type: ignore[operator]
+    assert (again.staging / "kexec" / "run").exists()
     cleanup(again.step())
     again.session.close()
 
@@ -181,11 +200,12 @@ def test_a_hostile_staging_path_is_quoted_and_never_executed(
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, staging=f"~/{name}")
     rig.installer.prepare(rig.events.append, rig.cancel)
     staged = ssh_env.nopw.home / name
-    assert (staged / ASSET).read_bytes() == releases.files[f"nixos-26.05/{ASSET}"]
-    assert (staged / "kexec" / "run").exists()
+    # Two CPUs here: unpacked as it arrived, under the hostile name too; no tarball stored.
+    assert rig.installer.state.server_hash is ServerHash.WHILE_UNPACKING
+    assert (staged / "kexec" / "run").exists() and not (staged / ASSET).exists()
     assert not canary.exists()
     cleanup(rig.step())
-    assert not (staged / ASSET).exists()
+    assert not staged.exists()
     rig.session.close()
 
 

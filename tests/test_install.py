@@ -35,6 +35,7 @@ from app.core.kinds import ServerHash
 from app.core.plan import DEFAULT_STAGING, InstallPlan
 from app.core.privilege import establish_privilege
 from app.core.probe import Facts
+from app.core.remote_sh import UNPACKING
 from app.core.settings import Settings
 from app.core.ssh import ConnectOptions, Credentials, KnownHosts, Session, Target, connect
 from app.core.transfer import server_hash_for
@@ -137,10 +138,12 @@ def test_stages_run_kexec_as_root_and_detect_a_server_that_never_goes_down(
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
     inst = rig.installer
     inst.prepare(rig.events.append, rig.cancel)
-    tarball = rig.staging / ASSET
-    assert tarball.read_bytes() == releases.files[f"nixos-26.05/{ASSET}"]
-    # The server hashed the upload as it arrived: no second read of the file there.
-    assert any("hashed as it arrived" in e.message for e in rig.events if e.stage == "checksum")
+    # Two CPUs here: the upload was unpacked as it arrived into a private folder, hashed beside
+    # it, and moved where run starts only once the digest matched; no tarball was stored.
+    assert inst.state.server_hash is ServerHash.WHILE_UNPACKING
+    assert not (rig.staging / ASSET).exists() and not (rig.staging / UNPACKING).exists()
+    said = [e.message for e in rig.events if e.stage == "checksum"]
+    assert any("hashed as it was unpacked" in m for m in said), said
     assert (rig.staging / "kexec" / "run").stat().st_mode & 0o111
     # The login key is in nkw-nopw's authorized_keys, which `run` carries via $SUDO_USER.
     assert inst.state.added_key is None and not (tmp_path / "keys").exists()
@@ -159,6 +162,40 @@ def test_stages_run_kexec_as_root_and_detect_a_server_that_never_goes_down(
     assert "kernel log" in ei.value.why and "--kexec-extra-flags -c" in ei.value.fix
     assert _stage_states(rig.events)[-2:] == [("down", "start"), ("down", "failed")]
     assert set(inst.timings.stages) == {"key", "transfer", "checksum", "unpack", "run", "down"}
+    rig.session.close()
+
+
+def test_a_server_that_does_not_say_how_many_cpus_it_has_hashes_the_upload_as_it_arrives(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
+    setup = rig.installer.setup
+    rig.installer.setup = replace(setup, facts=replace(setup.facts, cpus=None))
+    rig.installer.prepare(rig.events.append, rig.cancel)
+    tarball = rig.staging / ASSET
+    assert tarball.read_bytes() == releases.files[f"nixos-26.05/{ASSET}"]
+    # The server hashed the upload as it arrived: no second read of the file there.
+    assert any("hashed as it arrived" in e.message for e in rig.events if e.stage == "checksum")
+    assert (rig.staging / "kexec" / "run").stat().st_mode & 0o111
+    rig.session.close()
+
+
+@pytest.mark.fault
+def test_an_upload_unpacked_as_it_arrived_whose_digest_does_not_match_is_removed_unused(
+    ssh_env: SSHEnv, trusted: Path, settings: Settings, releases: ReleasesServer, tmp_path: Path
+) -> None:
+    rig = make_rig(ssh_env, trusted, settings, releases, tmp_path)
+    setup = rig.installer.setup
+    image = setup.plan.image
+    assert image is not None
+    wrong = replace(image, info=replace(image.info, sha256="0" * 64))
+    rig.installer.setup = replace(setup, plan=replace(setup.plan, image=wrong))
+    with pytest.raises(TransferError) as ei:
+        rig.installer.prepare(rig.events.append, rig.cancel)
+    assert "expected " + "0" * 64 in ei.value.what and "removed, unused" in ei.value.why
+    # Nothing of it is where run starts, nor anywhere else: the staging folder is gone.
+    assert not (rig.staging / "kexec").exists() and not (rig.staging / UNPACKING).exists()
+    assert not rig.staging.exists()
     rig.session.close()
 
 

@@ -282,3 +282,74 @@ def test_a_digest_is_read_through_whatever_the_login_prints_around_it(
     assert "Welcome" in res.stdout and "see you soon" in res.stdout
     got = sh.parse_sha256(res.stdout, token) if token else sh.parse_sha256(res.stdout)
     assert got == hashlib.sha256(b"earlier copy").hexdigest()
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "dash", "busybox sh"])
+def test_an_upload_unpacked_as_it_arrives_is_hashed_whole_and_placed_only_when_told(
+    shell: str, tmp_path: Path
+) -> None:
+    """The tarball on stdin lands unpacked in the private folder, its digest printed; only
+    ``place_unpacked`` puts it where ``run`` starts, and a hostile folder name stays inert."""
+    import hashlib
+
+    staging = tmp_path / NASTY
+    staging.mkdir()
+    (staging / "kexec").mkdir()
+    (staging / "kexec" / "theirs").write_text("not ours")
+    src = tmp_path / "src" / "kexec"
+    src.mkdir(parents=True)
+    (src / "run").write_text("#!/bin/sh\n" + "echo pad\n" * 50_000)
+    (src / "run").chmod(0o755)
+    data = subprocess.run(
+        ["tar", "-czf", "-", "-C", str(src.parent), "kexec"], check=True, capture_output=True
+    ).stdout
+    res = subprocess.run(
+        [*shell.split(), "-c", sh.receive_unpacking(str(staging))], input=data,
+        capture_output=True, timeout=30, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0 and sh.WRITE_FAILED.encode() not in res.stderr, res.stderr
+    assert sh.parse_sha256(res.stdout.decode()) == hashlib.sha256(data).hexdigest()
+    unpacked = staging / sh.UNPACKING
+    assert (unpacked / "kexec" / "run").read_bytes() == (src / "run").read_bytes()
+    assert oct(unpacked.stat().st_mode & 0o777) == "0o700"
+    assert (staging / "kexec" / "theirs").exists()  # nothing placed before the digest matched
+    assert run(sh.place_unpacked(str(staging))).returncode == 0
+    assert (staging / "kexec" / "run").stat().st_mode & 0o111
+    assert not unpacked.exists() and (staging / "kexec" / sh.MARKER).exists()
+    assert [p for p in staging.iterdir() if p.name.startswith("kexec.previous-")]
+    assert not list(tmp_path.glob("pwned*"))
+
+
+def test_a_broken_upload_unpacked_as_it_arrives_says_so_and_is_dropped(tmp_path: Path) -> None:
+    """A cut or damaged stream: tar fails, the rest of stdin is still read (the sender never
+    waits on a full pipe), the failure is said, and drop_unpacked leaves nothing behind."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    res = subprocess.run(
+        ["/bin/sh", "-c", sh.receive_unpacking(str(staging))], input=b"\x1f\x8b" + os.urandom(1 << 20),
+        capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert sh.WRITE_FAILED.encode() in res.stderr
+    assert run(sh.drop_unpacked(str(staging))).returncode == 0
+    assert list(staging.iterdir()) == []
+
+
+def test_the_unpacking_commands_are_exactly_these() -> None:
+    assert sh.place_unpacked("/s t") == (
+        "cd '/s t' && if [ -e kexec ]; then mv kexec \"kexec.previous-$(date +%Y%m%d%H%M%S)\"; "
+        "fi && mv .nixos-kexec-wizard.unpack/kexec kexec && rmdir .nixos-kexec-wizard.unpack && "
+        "touch kexec/.nixos-kexec-wizard && test -x kexec/run"
+    )
+    assert sh.drop_unpacked("/s t/") == (
+        "rm -rf '/s t/.nixos-kexec-wizard.unpack' '/s t/.nixos-kexec-wizard.unpack.fifo'"
+    )
+    assert sh.receive_unpacking("/s") == sh.framed(
+        "umask 077 && rm -rf /s/.nixos-kexec-wizard.unpack /s/.nixos-kexec-wizard.unpack.fifo "
+        "&& mkdir /s/.nixos-kexec-wizard.unpack && mkfifo /s/.nixos-kexec-wizard.unpack.fifo || "
+        "{ echo nkw-write-failed >&2; cat > /dev/null; exit 1; }; "
+        "{ openssl dgst -sha256 -r 2>/dev/null || sha256sum; } < /s/.nixos-kexec-wizard.unpack.fifo & "
+        "{ tee -- /s/.nixos-kexec-wizard.unpack.fifo || echo nkw-write-failed >&2; } | "
+        "tar -xzf - -C /s/.nixos-kexec-wizard.unpack || echo nkw-write-failed >&2; "
+        "cat > /dev/null; wait; rm -f /s/.nixos-kexec-wizard.unpack.fifo",
+        sh.DIGEST,
+    )

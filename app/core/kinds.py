@@ -22,6 +22,9 @@ class ServerHash(StrEnum):
     NONE = "none"  # the server has no tool for it: the checksum stage decides
     WHILE_RECEIVING = "while-receiving"  # beside the transfer: overlaps it where CPUs are spare
     AFTER_STORING = "after-storing"  # in the same command, once stored: cheaper on one CPU
+    # Unpacked into a private folder as it arrives, the same bytes hashed beside it (two or
+    # more CPUs): nothing of the unpack is used until the digest matched.
+    WHILE_UNPACKING = "while-unpacking"
 
 
 class PrivilegeKind(StrEnum):

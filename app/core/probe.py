@@ -15,6 +15,7 @@ MARK = "@@nkw "
 TOOLS = (
     "cpio", "gzip", "tar", "find", "sort", "setsid", "curl", "wget", "sha256sum",
     "openssl", "sudo", "doas", "ip", "nohup", "mktemp", "dmesg", "systemd-detect-virt",
+    "mkfifo", "tee",
 )  # fmt: skip
 
 # One round trip. Every section starts with a marker line; a failing command leaves its section

@@ -14,6 +14,7 @@ MARKER = ".nixos-kexec-wizard"  # marks a folder (or file) the app made, so only
 BUNDLE_EXIT = "nkw-exit"  # the kexec-bundle wrapper's last line: its exit status
 KEY_KEPT = "nkw-key-kept"  # printed when the app's key line was left in place
 WRITE_FAILED = "nkw-write-failed"  # printed (on stderr) when a received file was not written
+UNPACKING = f"{MARKER}.unpack"  # an upload unpacked as it arrives, unused until its hash matched
 # One line of openssl's ``-r`` or sha256sum's output (sha256sum puts a backslash first when
 # the file's name needs escaping).
 SHA256_LINE = re.compile(r"\\?([0-9a-f]{64})(?: [ *][^\n]*)?\n?")
@@ -162,6 +163,42 @@ def receive_then_hash(path: str) -> str:
     )
 
 
+def receive_unpacking(staging: str) -> str:
+    """Unpack stdin (the gzip tarball) into ``<staging>/.nixos-kexec-wizard.unpack``, private,
+    while the same bytes are hashed beside it (OpenSSL first, else coreutils), and print that
+    digest, framed (``DIGEST``): where the server has CPUs to spare the unpack costs no time of
+    its own. Nothing in that folder is used until the digest matched (``place_unpacked``); a
+    failed unpack says ``nkw-write-failed`` on stderr, and what is left of the upload is read
+    to its end so the sender never waits on a full pipe."""
+    d = staging.rstrip("/") + "/" + UNPACKING
+    u, f = q(d), q(d + ".fifo")
+    return framed(
+        f"umask 077 && rm -rf {u} {f} && mkdir {u} && mkfifo {f} || "
+        f"{{ echo {WRITE_FAILED} >&2; cat > /dev/null; exit 1; }}; "
+        f"{{ openssl dgst -sha256 -r 2>/dev/null || sha256sum; }} < {f} & "
+        f"{{ tee -- {f} || echo {WRITE_FAILED} >&2; }} | tar -xzf - -C {u} "
+        f"|| echo {WRITE_FAILED} >&2; cat > /dev/null; wait; rm -f {f}",
+        DIGEST,
+    )
+
+
+def place_unpacked(staging: str) -> str:
+    """Put the unpack whose digest matched where ``kexec/run`` is started from (setting aside
+    a kexec/ folder the app did not make), mark it as the app's and check ``run`` is there."""
+    return (
+        f"cd {q(staging)} && if [ -e kexec ]; then "
+        f'mv kexec "kexec.previous-$(date +%Y%m%d%H%M%S)"; fi && '
+        f"mv {q(UNPACKING)}/kexec kexec && rmdir {q(UNPACKING)} && touch kexec/{MARKER} && "
+        "test -x kexec/run"
+    )
+
+
+def drop_unpacked(staging: str) -> str:
+    """Remove an unpack whose digest did not match (or whose upload broke), unused."""
+    d = staging.rstrip("/") + "/" + UNPACKING
+    return f"rm -rf {q(d)} {q(d + '.fifo')}"
+
+
 def parse_sha256(output: str, token: str = DIGEST) -> str | None:
     """The digest from what ``sha256``, ``mark_and_hash``, ``receive_hashing`` or
     ``receive_then_hash`` printed within their frame: one digest line and nothing else, or
@@ -245,6 +282,7 @@ def clean_staging(staging: str, tarball: str) -> str:
         "; ".join(
             [
                 remove(tarball, tarball + ".part", bundle_log(d)),
+                drop_unpacked(d),
                 f"if [ -e {q(d + '/kexec/' + MARKER)} ]; then rm -rf {q(d + '/kexec')}; fi",
                 remove(d + "/" + MARKER),
                 f"rmdir {q(d)} 2>/dev/null",

@@ -7,6 +7,7 @@ from app.core.catalog import Asset
 from app.core.errors import TransferError
 from app.core.events import CancelToken
 from app.core.kinds import ServerHash, Transfer
+from app.core.plan import InstallPlan
 from app.core.probe import Facts
 from app.core.ssh import Session
 
@@ -14,6 +15,8 @@ from app.core.ssh import Session
 HASHED = {
     ServerHash.WHILE_RECEIVING: "hashed as it arrived",
     ServerHash.AFTER_STORING: "hashed once stored, in the upload's own command",
+    ServerHash.WHILE_UNPACKING: "hashed as it was unpacked into a private folder, none of "
+    "which was used before this",
 }
 
 
@@ -75,6 +78,23 @@ def server_hash_for(facts: Facts) -> ServerHash:
     if not (facts.has("openssl") or facts.has("sha256sum")):
         return ServerHash.NONE
     return ServerHash.AFTER_STORING if facts.cpus == 1 else ServerHash.WHILE_RECEIVING
+
+
+def streams_into_tar(facts: Facts, plan: InstallPlan) -> bool:
+    """Whether an upload is unpacked as it arrives (hashed beside it, used only once the
+    digest matched) instead of stored, then unpacked: on two or more CPUs, where tar and the
+    hash run beside the transfer (on one CPU storing first was measured faster), for a
+    tarball whose sha256 is known, on a server with the tools for it."""
+    return (
+        facts.cpus is not None
+        and facts.cpus >= 2
+        and not plan.bundle
+        and plan.image is not None
+        and plan.sha256 is not None
+        and server_hash_for(facts) is not ServerHash.NONE
+        and facts.has("mkfifo")
+        and facts.has("tee")
+    )
 
 
 def remote_sha256(

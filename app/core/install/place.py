@@ -14,11 +14,11 @@ from app.core.errors import IntegrityError, TransferError, WizardError
 from app.core.events import ProgressMeter
 from app.core.imagecheck import check_tar_listing
 from app.core.install.state import Step
-from app.core.kinds import PrivilegeKind, Transfer
+from app.core.kinds import PrivilegeKind, ServerHash, Transfer
 from app.core.preflight import another_folder
 from app.core.ssh import CommandResult
 from app.core.text import printable
-from app.core.transfer import HASHED, remote_sha256, server_hash_for
+from app.core.transfer import HASHED, remote_sha256, server_hash_for, streams_into_tar
 
 OWNER_LINE = re.compile(r"(\d+) ([0-7]{1,4}) (/[^\n]*)")  # ``uid mode path`` from stat
 
@@ -89,6 +89,15 @@ def transfer_image(step: Step) -> None:
     else:
         if image is None:
             raise TransferError("No local image to upload.", "", "Download the image first.")
+        if streams_into_tar(setup.facts, setup.plan):
+            # Unpacked as it arrives, hashed beside it; the checksum stage compares before
+            # anything of it is used, and the unpack stage only moves it into place.
+            state.server_hash = ServerHash.WHILE_UNPACKING
+            state.streamed_sha = setup.session.upload(
+                image.path, staging, emit=step.emit, cancel=step.cancel,
+                server_hash=state.server_hash,
+            )  # fmt: skip
+            return
         # The server hashes what it received in the upload's own command (when it has a
         # tool for it), and the checksum stage compares; else it reads the file again.
         state.server_hash = server_hash_for(setup.facts)
@@ -209,6 +218,9 @@ def compare_sha256(step: Step) -> None:
     tarball, remote = setup.remote_tarball, state.mode == Transfer.REMOTE
     want = setup.plan.sha256
     streamed = state.streamed_sha
+    if state.server_hash is ServerHash.WHILE_UNPACKING:
+        _compare_unpacked(step, streamed, want)
+        return
     got = streamed or remote_sha256(
         setup.session,
         tarball,
@@ -253,6 +265,30 @@ def compare_sha256(step: Step) -> None:
     step.log("checksum", f"sha256 matches on the server{how}: {got}")
     if remote and not setup.plan.bundle:
         _check_remote_members(step)
+
+
+def _compare_unpacked(step: Step, got: str | None, want: str | None) -> None:
+    """The digest of an upload unpacked as it arrived: anything but a match removes the
+    unpack, unused."""
+    if got is not None and got == want:
+        step.log(
+            "checksum",
+            f"sha256 matches on the server ({HASHED[ServerHash.WHILE_UNPACKING]}): {got}",
+        )
+        return
+    step.run(sh.drop_unpacked(step.setup.staging), what="removing the unpack")
+    if got is None:
+        raise TransferError(
+            "The server printed no sha256 of the image it unpacked.",
+            "The upload or its unpack broke off, so what arrived cannot be proven whole. "
+            "It was removed, unused.",
+            "Try the install again.",
+        )
+    raise TransferError(
+        f"The image the server unpacked has sha256 {got}, expected {want}.",
+        "It was damaged on the way and must not be booted. It was removed, unused.",
+        "Try the install again.",
+    )
 
 
 def _check_remote_members(step: Step) -> None:
@@ -303,7 +339,8 @@ def unpack(step: Step) -> None:
         return
     # A previous run of `run` (as root) leaves root-owned files in our kexec/ folder: a
     # login that is not root removes them as root first; root does both in one command.
-    cmd = sh.unpack(staging, setup.plan.file_name)
+    streamed = step.state.server_hash is ServerHash.WHILE_UNPACKING
+    cmd = sh.place_unpacked(staging) if streamed else sh.unpack(staging, setup.plan.file_name)
     privilege = setup.session.privilege
     if privilege is not None and privilege.kind != PrivilegeKind.ROOT:
         step.run(

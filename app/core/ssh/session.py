@@ -467,6 +467,7 @@ class Session:
             ServerHash.NONE: sh.receive,
             ServerHash.WHILE_RECEIVING: sh.receive_hashing,
             ServerHash.AFTER_STORING: sh.receive_then_hash,
+            ServerHash.WHILE_UNPACKING: sh.receive_unpacking,  # ``remote``: the staging folder
         }[server_hash](remote)
         deadline = time.monotonic() + timeout
         start_by = min(deadline, time.monotonic() + max(self.start_timeout, 1.0))
