@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test check lint typecheck pytest e2e host-deps bench screenshots icons bundle \
-        install-desktop lock clean
+        install-desktop lock clean appimage appimage-wrap glibc-floor
 
 run: $(STAMP)
 	$(BIN)/nixos-kexec-wizard $(ARGS)
@@ -50,6 +50,18 @@ icons: $(STAMP)
 # A one-dir PyInstaller bundle in dist/ and a Linux tarball with the launcher and install.sh.
 bundle: $(STAMP)
 	PYTHON=$(BIN)/python bash packaging/build-bundle.sh
+
+# A type-2 AppImage of the bundle: dist/NixOS_Kexec_Wizard-VERSION-ARCH.AppImage (our runtime,
+# packaging/appimage/runtime.c, in front of a zstd squashfs of the AppDir).
+appimage: bundle appimage-wrap
+
+# The AppImage of the bundle already in dist/ (the tests build the bundle once for both).
+appimage-wrap: $(STAMP)
+	PYTHON=$(BIN)/python bash packaging/appimage/build-appimage.sh
+
+# The highest GLIBC_ symbol version any ELF in the bundle needs (objdump -T), against MAX.
+glibc-floor:
+	@bash packaging/glibc-floor.sh dist/nixos-kexec-wizard $(MAX)
 
 # The menu entry and icons for a pip/pipx install (the command must be on PATH).
 install-desktop:
