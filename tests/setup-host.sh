@@ -43,6 +43,8 @@ for lib in libsquashfuse_ll.a:libsquashfuse-dev libfuse3.a:libfuse3-dev libzstd.
            liblzma.a:liblzma-dev libz.a:zlib1g-dev liblz4.a:liblz4-dev liblzo2.a:liblzo2-dev; do
   [ -e "/usr/lib/$(uname -m)-linux-gnu/${lib%%:*}" ] || need+=("${lib##*:}")
 done
+# The Flatpak manifest, checked offline (--show-manifest): its runtimes are not reachable.
+check flatpak-builder /usr/bin/flatpak-builder flatpak-builder
 ldconfig -p | grep -q libfontconfig.so.1 || need+=(libfontconfig1)
 ldconfig -p | grep -q libxkbcommon.so.0 || need+=(libxkbcommon0)
 ldconfig -p | grep -q libglib-2.0.so.0 || need+=(libglib2.0-0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import shutil
@@ -349,6 +350,50 @@ def test_without_fuse_the_appimage_extracts_and_runs_by_itself(
                              "sh", appimage]  # fmt: skip
     stderr = _smoke(cmd, xvfb, tmp_path)
     assert FALLBACK in stderr and "/dev/fuse is not a device" in stderr, stderr
+
+
+# -- Flatpak: the manifest, checked offline (its runtimes come only from Flathub) ------------
+
+FLATPAK = ROOT / "packaging" / "flatpak" / f"{APP_ID}.yml"
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_the_flatpak_manifest_parses_without_a_warning() -> None:
+    """flatpak-builder reads it (an unknown key or a typo is a warning, made fatal here)."""
+    env = {**os.environ, "G_DEBUG": "fatal-warnings"}
+    r = _run("flatpak-builder", "--show-manifest", FLATPAK, env=env)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+    m = json.loads(r.stdout)
+    assert m["id"] == APP_ID and m["command"] == APP_NAME
+    # The PySide base app of the Qt the lock pins, on the KDE runtime of the same Qt.
+    qt = ".".join(_lock()["pyside6-essentials"].split(".")[:2])
+    assert (m["runtime"], m["runtime-version"]) == ("org.kde.Platform", qt)
+    assert (m["base"], m["base-version"]) == ("io.qt.PySide.BaseApp", qt)
+    assert {"--share=network", "--socket=ssh-auth", "--filesystem=~/.ssh:ro",
+            "--talk-name=org.freedesktop.secrets"} <= set(m["finish-args"])  # fmt: skip
+    assert not any("home" in a or "host" in a or "Flatpak" in a for a in m["finish-args"])
+
+
+def test_the_flatpaks_python_wheels_are_the_locked_versions_with_hashes() -> None:
+    deps = json.loads((FLATPAK.parent / "python-deps.json").read_text())
+    pins, seen = _lock(), set()
+    for src in deps["sources"]:
+        wheel = src["url"].rsplit("/", 1)[1]
+        name, version = wheel.split("-")[:2]
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        assert pins.get(key) == version, f"{wheel}: requirements.lock pins {pins.get(key)}"
+        assert re.fullmatch(r"[0-9a-f]{64}", src["sha256"]) and wheel.endswith(".whl")
+        seen.add(key)
+    assert {"paramiko", "cryptography", "keyring", "secretstorage", "platformdirs"} <= seen
+    assert not seen & {"pyside6-essentials", "shiboken6"}  # the base app brings PySide6
 
 
 # -- Nix: parse and evaluate what needs no nixpkgs -------------------------------------------
