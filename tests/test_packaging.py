@@ -366,10 +366,11 @@ def _lock() -> dict[str, str]:
     return pins
 
 
-def test_the_flatpak_manifest_parses_without_a_warning() -> None:
+def test_the_flatpak_manifest_parses_without_a_warning(tmp_path: Path) -> None:
     """flatpak-builder reads it (an unknown key or a typo is a warning, made fatal here)."""
     env = {**os.environ, "G_DEBUG": "fatal-warnings"}
-    r = _run("flatpak-builder", "--show-manifest", FLATPAK, env=env)
+    # (in tmp_path: flatpak-builder leaves its state directory in the working directory)
+    r = _run("flatpak-builder", "--show-manifest", FLATPAK, env=env, cwd=tmp_path)
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
     m = json.loads(r.stdout)
     assert m["id"] == APP_ID and m["command"] == APP_NAME
