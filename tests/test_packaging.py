@@ -352,6 +352,35 @@ def test_without_fuse_the_appimage_extracts_and_runs_by_itself(
     assert FALLBACK in stderr and "/dev/fuse is not a device" in stderr, stderr
 
 
+# -- Debian 11: the bundle and AppImage built in a bullseye root start there ------------------
+
+
+@pytest.mark.skipif(
+    os.environ.get("NKW_BULLSEYE") != "1" or os.geteuid() != 0,
+    reason="set NKW_BULLSEYE=1, as root: debootstrap, CPython and PyInstaller take ~5 minutes",
+)
+def test_the_bullseye_appimage_starts_inside_debian_11() -> None:
+    """make appimage-bullseye, then the AppImage mounted and extracted in the Debian 11 root."""
+    r = _run("make", "-s", "appimage-bullseye", cwd=ROOT, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    bull = ROOT / "build" / "bullseye"
+    r = _run("bash", ROOT / "packaging" / "glibc-floor.sh", bull / "dist" / APP_NAME, "2.31")
+    assert r.returncode == 0, r.stdout + r.stderr
+    root = bull / "root"
+    assert (root / "etc" / "debian_version").read_text().startswith("11.")
+    image = next(bull.glob("NixOS_Kexec_Wizard-*.AppImage"))
+    shutil.copy(image, root / "tmp" / "nkw.AppImage")
+    for extra in ("", "APPIMAGE_EXTRACT_AND_RUN=1"):
+        # /proc and /dev for the chroot, in a mount namespace that takes them away afterwards.
+        script = (
+            f"mount -t proc proc {root}/proc && mount --bind /dev {root}/dev && "
+            f"chroot {root} env -i PATH=/usr/bin:/bin HOME=/tmp LANG=C.UTF-8 "
+            f"QT_QPA_PLATFORM=offscreen {extra} /tmp/nkw.AppImage --smoke-test --home /tmp/h"
+        )
+        r = _run("unshare", "--mount", "--propagation", "private", "sh", "-c", script, timeout=120)
+        assert r.returncode == 0 and "wizard shown" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
 # -- Flatpak: the manifest, checked offline (its runtimes come only from Flathub) ------------
 
 FLATPAK = ROOT / "packaging" / "flatpak" / f"{APP_ID}.yml"

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Wraps the one-dir bundle (dist/nixos-kexec-wizard/, from `make bundle`) as a type-2 AppImage:
 # dist/NixOS_Kexec_Wizard-VERSION-ARCH.AppImage = our runtime (runtime.c) + a squashfs of the
-# AppDir. `make appimage` builds the bundle first; COMP=xz|zstd picks the squashfs compression.
+# AppDir. `make appimage` builds the bundle first; COMP=xz|zstd picks the squashfs compression,
+# BUNDLE another one-dir bundle (make appimage-bullseye), OUT another output file.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 py=${PYTHON:-.venv/bin/python}
 comp=${COMP:-zstd}
-bundle=dist/nixos-kexec-wizard
+bundle=${BUNDLE:-dist/nixos-kexec-wizard}
 [ -x "$bundle/nixos-kexec-wizard" ] || { echo "no $bundle/: run make bundle first" >&2; exit 1; }
 read -r version app_id < <("$py" -c 'import app; print(app.__version__, app.APP_ID)')
 arch=$(uname -m)
-out="dist/NixOS_Kexec_Wizard-$version-$arch.AppImage"
+out=${OUT:-dist/NixOS_Kexec_Wizard-$version-$arch.AppImage}
+mkdir -p "$(dirname "$out")"
 
 make -s -C packaging/appimage OUT="$PWD/build/appimage" VERSION="$version"
 
