@@ -7,7 +7,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test check lint typecheck pytest e2e host-deps bench screenshots icons bundle \
-        install-desktop lock clean
+        install-desktop lock clean appimage appimage-wrap glibc-floor \
+        bundle-bullseye appimage-bullseye
 
 run: $(STAMP)
 	$(BIN)/nixos-kexec-wizard $(ARGS)
@@ -50,6 +51,28 @@ icons: $(STAMP)
 # A one-dir PyInstaller bundle in dist/ and a Linux tarball with the launcher and install.sh.
 bundle: $(STAMP)
 	PYTHON=$(BIN)/python bash packaging/build-bundle.sh
+
+# A type-2 AppImage of the bundle: dist/NixOS_Kexec_Wizard-VERSION-ARCH.AppImage (our runtime,
+# packaging/appimage/runtime.c, in front of a zstd squashfs of the AppDir).
+appimage: bundle appimage-wrap
+
+# The AppImage of the bundle already in dist/ (the tests build the bundle once for both).
+appimage-wrap: $(STAMP)
+	PYTHON=$(BIN)/python bash packaging/appimage/build-appimage.sh
+
+# The bundle and AppImage built in a Debian 11 root (root only; slow the first time): they need
+# glibc 2.30, with PySide6 6.9.3, the newest whose wheels are manylinux_2_28.
+bundle-bullseye:
+	bash packaging/bullseye/build-bundle.sh
+
+appimage-bullseye: $(STAMP) bundle-bullseye
+	PYTHON=$(BIN)/python BUNDLE=build/bullseye/dist/nixos-kexec-wizard \
+	  OUT=build/bullseye/NixOS_Kexec_Wizard-$$($(BIN)/python -c 'import app; print(app.__version__)')-$$(uname -m).AppImage \
+	  bash packaging/appimage/build-appimage.sh
+
+# The highest GLIBC_ symbol version any ELF in the bundle needs (objdump -T), against MAX.
+glibc-floor:
+	@bash packaging/glibc-floor.sh dist/nixos-kexec-wizard $(MAX)
 
 # The menu entry and icons for a pip/pipx install (the command must be on PATH).
 install-desktop:

@@ -32,6 +32,19 @@ check openssl /usr/bin/openssl openssl
 check desktop-file-validate /usr/bin/desktop-file-validate desktop-file-utils
 check appstreamcli /usr/bin/appstreamcli appstream
 check nix-instantiate /usr/bin/nix-instantiate nix-bin
+# The AppImage: its runtime (C, linked statically against libsquashfuse, libfuse3 and the
+# squashfs decompressors), mksquashfs, fusermount3, and objdump for the glibc floor check.
+check cc /usr/bin/cc gcc
+check make /usr/bin/make make
+check objdump /usr/bin/objdump binutils
+check mksquashfs /usr/bin/mksquashfs squashfs-tools
+check fusermount3 /usr/bin/fusermount3 fuse3
+for lib in libsquashfuse_ll.a:libsquashfuse-dev libfuse3.a:libfuse3-dev libzstd.a:libzstd-dev \
+           liblzma.a:liblzma-dev libz.a:zlib1g-dev liblz4.a:liblz4-dev liblzo2.a:liblzo2-dev; do
+  [ -e "/usr/lib/$(uname -m)-linux-gnu/${lib%%:*}" ] || need+=("${lib##*:}")
+done
+# The Flatpak manifest, checked offline (--show-manifest): its runtimes are not reachable.
+check flatpak-builder /usr/bin/flatpak-builder flatpak-builder
 ldconfig -p | grep -q libfontconfig.so.1 || need+=(libfontconfig1)
 ldconfig -p | grep -q libxkbcommon.so.0 || need+=(libxkbcommon0)
 ldconfig -p | grep -q libglib-2.0.so.0 || need+=(libglib2.0-0)

@@ -1,11 +1,14 @@
-"""Every way to ship the app, built and started for real: resources, wheel, bundle, Nix."""
+"""Every way to ship the app, built and started for real: resources, wheel, bundle, AppImage, Nix."""
 
 from __future__ import annotations
 
 import configparser
+import json
 import os
+import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
@@ -209,6 +212,218 @@ def test_the_bundle_installs_into_the_users_menu(bundle: Path, tmp_path: Path) -
     assert r.stdout.strip() == f"{APP_NAME} {__version__}"
     assert _run(bundle / "install.sh", "--remove", env=env).returncode == 0
     assert not (tmp_path / "opt" / APP_NAME).exists()
+
+
+# -- the glibc floor: what the bundle needs, as the README states it ------------------------
+
+
+def _readme_glibc_floor() -> str:
+    m = re.search(r"needs glibc (\d+\.\d+) or newer", (ROOT / "README.md").read_text())
+    assert m, "the README's Install section states no glibc floor"
+    return m.group(1)
+
+
+def test_the_bundle_needs_no_newer_glibc_than_the_readme_states(bundle: Path) -> None:
+    """objdump -T over every ELF in the bundle: the highest GLIBC_ version any of them imports."""
+    stated = _readme_glibc_floor()
+    r = _run("bash", ROOT / "packaging" / "glibc-floor.sh", bundle / "app", stated)
+    assert r.returncode == 0, r.stdout + r.stderr
+    floor = re.search(r"glibc floor of \S+: (\S+) \((\d+) ELF files\)", r.stdout)
+    assert floor and int(floor.group(2)) > 100, r.stdout
+    assert floor.group(1) == stated, f"the README says {stated}, the bundle needs {floor.group(1)}"
+
+
+# -- the AppImage: our runtime in front of a squashfs of the AppDir --------------------------
+
+FALLBACK = "running it from a temporary extraction instead"
+
+
+@pytest.fixture(scope="module")
+def appimage(bundle: Path) -> Path:
+    """`make appimage-wrap` over the bundle just built (`make appimage` builds both)."""
+    r = _run("make", "-s", "appimage-wrap", cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return ROOT / "dist" / f"NixOS_Kexec_Wizard-{__version__}-{os.uname().machine}.AppImage"
+
+
+@pytest.fixture(scope="module")
+def xvfb() -> Iterator[str]:
+    display = f":{80 + os.getpid() % 9}"
+    proc = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x1000x24", "-nolisten", "tcp"])
+    time.sleep(0.5)
+    yield display
+    proc.terminate()
+    proc.wait(10)
+
+
+def _smoke(cmd: list[str | Path], display: str, tmp: Path, **env: str) -> str:
+    """Runs the wizard's --smoke-test on the X server with TMPDIR=tmp/t; returns stderr."""
+    (tmp / "t").mkdir()
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    full.update(DISPLAY=display, QT_QPA_PLATFORM="xcb", TMPDIR=str(tmp / "t"), **env)
+    r = _run(*cmd, "--smoke-test", "--home", tmp / "home", env=full, cwd=tmp, timeout=90)
+    assert r.returncode == 0 and "wizard shown" in r.stdout, r.stdout + r.stderr
+    # Whichever way it ran, nothing is left behind: no mount point, no extraction, no mount.
+    # (The FUSE server unmounts as soon as the app has exited: give it a moment.)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+        list((tmp / "t").iterdir()) or "appimage" in Path("/proc/self/mounts").read_text()
+    ):
+        time.sleep(0.05)
+    assert list((tmp / "t").iterdir()) == []
+    assert "appimage" not in Path("/proc/self/mounts").read_text()
+    return r.stderr
+
+
+def _fuse_works() -> bool:
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError:
+        return False
+    return os.geteuid() == 0 or shutil.which("fusermount3") is not None
+
+
+def test_the_appimage_is_one_elf_with_the_squashfs_at_its_end(appimage: Path) -> None:
+    data = appimage.read_bytes()
+    assert data[:4] == b"\x7fELF" and data[8:11] == b"AI\x02"  # type-2 magic at offset 8
+    shoff, = struct.unpack_from("<Q", data, 0x28)  # fmt: skip
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    elf_end = shoff + shentsize * shnum
+    r = _run(appimage, "--appimage-offset")
+    assert r.returncode == 0 and int(r.stdout) == elf_end, r.stdout + r.stderr
+    assert data[elf_end : elf_end + 4] == b"hsqs"  # the squashfs superblock's magic
+    assert len(data) <= 75 * 2**20, f"{len(data) / 2**20:.0f} MB"
+    r = _run(appimage, "--appimage-version")
+    assert r.returncode == 0 and r.stdout.startswith("AppImage runtime")
+    r = _run(appimage, "--appimage-nonsense")
+    assert r.returncode == 2 and "--appimage-help" in r.stderr
+
+
+def test_appimage_extract_gives_the_appdir(appimage: Path, tmp_path: Path) -> None:
+    r = _run(appimage, "--appimage-extract", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    root = tmp_path / "squashfs-root"
+    assert os.access(root / "AppRun", os.X_OK)
+    assert os.access(root / "usr" / "lib" / APP_NAME / APP_NAME, os.X_OK)
+    assert (root / ".DirIcon").resolve() == root / f"{APP_ID}.png"
+    assert _desktop_entry(root / DESKTOP.name) == _desktop_entry(DESKTOP)
+    assert _run("desktop-file-validate", root / DESKTOP.name).returncode == 0
+    metainfo = root / "usr" / "share" / "metainfo" / METAINFO.name
+    r = _run("appstreamcli", "validate", "--no-net", "--explain", metainfo)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for n in ICON_SIZES:
+        assert (root / f"usr/share/icons/hicolor/{n}x{n}/apps/{APP_ID}.png").exists()
+    # A glob extracts only what matches.
+    (tmp_path / "t2").mkdir()
+    r = _run(appimage, "--appimage-extract", "usr/share/metainfo/*", cwd=tmp_path / "t2")
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in (tmp_path / "t2" / "squashfs-root").rglob("*") if p.is_file()] == [
+        METAINFO.name
+    ]
+
+
+@pytest.mark.skipif(not _fuse_works(), reason="needs a usable /dev/fuse (and fusermount3)")
+def test_the_appimage_starts_the_wizard_mounted(appimage: Path, xvfb: str, tmp_path: Path) -> None:
+    assert FALLBACK not in _smoke([appimage], xvfb, tmp_path)
+
+
+@pytest.mark.parametrize("how", ["variable", "option"])
+def test_the_appimage_starts_the_wizard_extracted(
+    appimage: Path, xvfb: str, tmp_path: Path, how: str
+) -> None:
+    if how == "variable":
+        stderr = _smoke([appimage], xvfb, tmp_path, APPIMAGE_EXTRACT_AND_RUN="1")
+    else:
+        stderr = _smoke([appimage, "--appimage-extract-and-run"], xvfb, tmp_path)
+    assert FALLBACK not in stderr
+
+
+@pytest.mark.fault
+@pytest.mark.skipif(os.geteuid() != 0, reason="hides /dev/fuse in a mount namespace: needs root")
+def test_without_fuse_the_appimage_extracts_and_runs_by_itself(
+    appimage: Path, xvfb: str, tmp_path: Path
+) -> None:
+    """A container without FUSE: /dev/fuse is an empty file in the app's mount namespace."""
+    (tmp_path / "not-a-device").touch()
+    hide = f'mount --bind {tmp_path / "not-a-device"} /dev/fuse && exec "$@"'
+    cmd: list[str | Path] = ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide,
+                             "sh", appimage]  # fmt: skip
+    stderr = _smoke(cmd, xvfb, tmp_path)
+    assert FALLBACK in stderr and "/dev/fuse is not a device" in stderr, stderr
+
+
+# -- Debian 11: the bundle and AppImage built in a bullseye root start there ------------------
+
+
+@pytest.mark.skipif(
+    os.environ.get("NKW_BULLSEYE") != "1" or os.geteuid() != 0,
+    reason="set NKW_BULLSEYE=1, as root: debootstrap, CPython and PyInstaller take ~5 minutes",
+)
+def test_the_bullseye_appimage_starts_inside_debian_11() -> None:
+    """make appimage-bullseye, then the AppImage mounted and extracted in the Debian 11 root."""
+    r = _run("make", "-s", "appimage-bullseye", cwd=ROOT, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    bull = ROOT / "build" / "bullseye"
+    r = _run("bash", ROOT / "packaging" / "glibc-floor.sh", bull / "dist" / APP_NAME, "2.31")
+    assert r.returncode == 0, r.stdout + r.stderr
+    root = bull / "root"
+    assert (root / "etc" / "debian_version").read_text().startswith("11.")
+    image = next(bull.glob("NixOS_Kexec_Wizard-*.AppImage"))
+    shutil.copy(image, root / "tmp" / "nkw.AppImage")
+    for extra in ("", "APPIMAGE_EXTRACT_AND_RUN=1"):
+        # /proc and /dev for the chroot, in a mount namespace that takes them away afterwards.
+        script = (
+            f"mount -t proc proc {root}/proc && mount --bind /dev {root}/dev && "
+            f"chroot {root} env -i PATH=/usr/bin:/bin HOME=/tmp LANG=C.UTF-8 "
+            f"QT_QPA_PLATFORM=offscreen {extra} /tmp/nkw.AppImage --smoke-test --home /tmp/h"
+        )
+        r = _run("unshare", "--mount", "--propagation", "private", "sh", "-c", script, timeout=120)
+        assert r.returncode == 0 and "wizard shown" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
+# -- Flatpak: the manifest, checked offline (its runtimes come only from Flathub) ------------
+
+FLATPAK = ROOT / "packaging" / "flatpak" / f"{APP_ID}.yml"
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_the_flatpak_manifest_parses_without_a_warning(tmp_path: Path) -> None:
+    """flatpak-builder reads it (an unknown key or a typo is a warning, made fatal here)."""
+    env = {**os.environ, "G_DEBUG": "fatal-warnings"}
+    # (in tmp_path: flatpak-builder leaves its state directory in the working directory)
+    r = _run("flatpak-builder", "--show-manifest", FLATPAK, env=env, cwd=tmp_path)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+    m = json.loads(r.stdout)
+    assert m["id"] == APP_ID and m["command"] == APP_NAME
+    # The PySide base app of the Qt the lock pins, on the KDE runtime of the same Qt.
+    qt = ".".join(_lock()["pyside6-essentials"].split(".")[:2])
+    assert (m["runtime"], m["runtime-version"]) == ("org.kde.Platform", qt)
+    assert (m["base"], m["base-version"]) == ("io.qt.PySide.BaseApp", qt)
+    assert {"--share=network", "--socket=ssh-auth", "--filesystem=~/.ssh:ro",
+            "--talk-name=org.freedesktop.secrets"} <= set(m["finish-args"])  # fmt: skip
+    assert not any("home" in a or "host" in a or "Flatpak" in a for a in m["finish-args"])
+
+
+def test_the_flatpaks_python_wheels_are_the_locked_versions_with_hashes() -> None:
+    deps = json.loads((FLATPAK.parent / "python-deps.json").read_text())
+    pins, seen = _lock(), set()
+    for src in deps["sources"]:
+        wheel = src["url"].rsplit("/", 1)[1]
+        name, version = wheel.split("-")[:2]
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        assert pins.get(key) == version, f"{wheel}: requirements.lock pins {pins.get(key)}"
+        assert re.fullmatch(r"[0-9a-f]{64}", src["sha256"]) and wheel.endswith(".whl")
+        seen.add(key)
+    assert {"paramiko", "cryptography", "keyring", "secretstorage", "platformdirs"} <= seen
+    assert not seen & {"pyside6-essentials", "shiboken6"}  # the base app brings PySide6
 
 
 # -- Nix: parse and evaluate what needs no nixpkgs -------------------------------------------
