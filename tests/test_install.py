@@ -437,18 +437,28 @@ def test_the_old_system_answering_again_is_told_apart_from_the_installer(
     _trusted_for(trusted, ssh_env, own_sshd.port)
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, port=own_sshd.port)
     ensure_key(rig.step())
-    # Root login with our key is refused here (as on an old system), the login user's works.
-    session = wait_up(rig.step())
+    # Root login with our key is refused here (as on an old system), the login user's works,
+    # and finds the same boot: not gone yet, until the deadline says it never rebooted.
+    t0 = time.monotonic()
     with pytest.raises(OldSystemBack) as ei:
-        verify_installer(rig.step(), session, rig.installer.setup.facts.boot_id)
+        wait_up(rig.step())
+    assert time.monotonic() - t0 >= settings.up_timeout
     assert ei.value.exit_code == ExitCode.OLD_SYSTEM_BACK
     assert "never rebooted" in ei.value.what
     # A different boot id but the same OS: it rebooted into the old system.
+    _another_boot(rig)
     session = wait_up(rig.step())
     with pytest.raises(OldSystemBack) as ei:
-        verify_installer(rig.step(), session, "another-boot")
+        verify_installer(rig.step(), session, rig.installer.setup.facts.boot_id)
     assert "rebooted into the old system" in ei.value.what
     rig.session.close()
+
+
+def _another_boot(rig: Rig) -> None:
+    """Let the boot the probe read before the kexec be another one than the server's now,
+    as after a reboot."""
+    setup = rig.installer.setup
+    rig.installer.setup = replace(setup, facts=replace(setup.facts, boot_id="another-boot"))
 
 
 @pytest.mark.fault
@@ -464,7 +474,9 @@ def test_waiting_again_at_another_address_looks_there_and_leaves_the_login_alone
     rig = make_rig(ssh_env, trusted, settings, releases, tmp_path, port=own_sshd.port)
     ensure_key(rig.step())
     # The user gives "localhost": the same sshd answers there, as the old system (root's key
-    # is refused, the login user's works), so the wait ends in the proof that it is not.
+    # is refused, the login user's works) after a reboot, so the wait ends in the proof that
+    # it is not.
+    _another_boot(rig)
     with pytest.raises(OldSystemBack) as ei:
         rig.installer.rewait(rig.events.append, rig.cancel, host="localhost")
     assert ei.value.what.startswith("localhost answers"), ei.value.what
@@ -536,10 +548,11 @@ def test_a_server_whose_first_banner_takes_over_a_second_is_still_seen(
         ensure_key(rig.step())
         plan = replace(rig.installer.setup.plan, installer_port=relay.port)
         rig.installer.setup = replace(rig.installer.setup, plan=plan)
+        _another_boot(rig)  # what answers has rebooted, so the wait ends at its login
         relay.delay = 1.2  # over the second an attempt used to get, under BANNER_PATIENCE
         before = relay.accepted
         t0 = time.monotonic()
-        session = wait_up(rig.step())  # the old system (root's key is refused here)
+        session = wait_up(rig.step())  # the old system rebooted (root's key is refused here)
         took = time.monotonic() - t0
         assert session.active and took < settings.up_timeout, took
         session.close()

@@ -23,12 +23,12 @@ from app.core.errors import (
 from app.core.events import AttemptEvent
 from app.core.install.kexec import NOTABLE
 from app.core.install.state import Step
+from app.core.install.verify import Identity, old_system_back, read_boot_id, read_identity
 from app.core.netpreview import preview as net_preview
 from app.core.ssh import ConnectOptions, Session, connect
-from app.core.ssh.banner import BannerPoll, has_banner
+from app.core.ssh.banner import BannerPoll, banner_socket
 
-DOWN_PROBE_TIMEOUT = 1.0  # seconds a fresh connection may take to send its SSH banner
-BOOT_ID_EVERY = 2.0  # while banners still answer: a login that reads the boot id, this often
+BOOT_ID_EVERY = 2.0  # while the old system answers: a login that reads the boot id, this often
 # A port refused (or reset) within QUICK_FAIL cost the server nothing but its kernel's answer:
 # the next attempt comes after QUICK_RETRY, so the installer's sshd is seen soon after it
 # listens. After one that hung, the next starts at once (it has waited long enough).
@@ -38,6 +38,10 @@ QUICK_RETRY = 0.1
 # banners came 0.88-0.95 s after the connection on the TCG test bed, so one second (as the
 # wait had, and OpenSSH's ConnectTimeout=1) leaves no margin for a slower server.
 BANNER_PATIENCE = 1.4
+# How long each of the host's addresses may take to send its banner before the old system
+# counts as gone there: as patient as the wait for the installer, or a banner between the two
+# would read as "down" here and as the old system still up there.
+DOWN_PROBE_TIMEOUT = BANNER_PATIENCE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,9 +53,11 @@ def wait_down(step: Step) -> None:
 
     Never on the old connection: after the kexec it is dead, and a command on it fails
     only at its own deadline (or when TCP gives up). A banner on a new TCP connection
-    says in a second whether an SSH server still answers; as both systems have the same
-    host key, a login's boot id tells them apart now and then. Through a jump host only
-    the old connection can be asked.
+    says soon whether an SSH server still answers; every address of the host gets
+    DOWN_PROBE_TIMEOUT of its own, and the server is down only when none of them sends one.
+    As both systems have the same host key, a login over that connection reads the boot id
+    now and then to tell them apart. Through a jump host only the old connection can be
+    asked.
     """
     setup = step.setup
     session, settings, old_boot = setup.session, setup.settings, setup.facts.boot_id
@@ -64,13 +70,15 @@ def wait_down(step: Step) -> None:
     while time.monotonic() < deadline:
         if step.cancel.wait(settings.poll_interval):
             raise Cancelled("Stopped waiting; the kexec may still happen.")
-        up, why = has_banner(target.host, target.port, timeout=DOWN_PROBE_TIMEOUT)
-        if not up:
+        sock, why = banner_socket(target.host, target.port, timeout=DOWN_PROBE_TIMEOUT)
+        if sock is None:
             step.log("down", f"The old system went down ({why}).")
             session.close()
             return
-        if time.monotonic() >= next_login:
-            boot = _fresh_boot_id(step)
+        if time.monotonic() < next_login:
+            sock.close()
+        else:
+            boot = _fresh_boot_id(step, sock)
             next_login = time.monotonic() + BOOT_ID_EVERY
             if boot is not None and boot != old_boot:
                 step.log("down", "The server already rebooted.")
@@ -79,18 +87,19 @@ def wait_down(step: Step) -> None:
     _never_went_down(step)
 
 
-def _fresh_boot_id(step: Step) -> str | None:
-    """The boot id a new login as the old user reads (None: no answer, so no verdict)."""
+def _fresh_boot_id(step: Step, sock: socket.socket) -> str | None:
+    """The boot id a new login as the old user reads over ``sock``, a connection whose
+    banner was seen (None: no readable answer, so no verdict)."""
     setup = step.setup
     opts = ConnectOptions(
         timeout=5.0, expect_key=setup.session.host_key_line, update_known_hosts=False
     )
     try:
         with connect(
-            setup.session.target, setup.creds, setup.known_hosts, opts, cancel=step.cancel
-        ) as s:
-            res = s.run(sh.BOOT_ID, timeout=3, cancel=step.cancel, what="liveness check")
-            return res.stdout.strip()
+            setup.session.target, setup.creds, setup.known_hosts, opts, cancel=step.cancel,
+            sock=sock,
+        ) as s:  # fmt: skip
+            return read_boot_id(s, timeout=3, cancel=step.cancel)
     except WizardError:
         return None
 
@@ -107,12 +116,12 @@ def _wait_down_on_session(step: Step) -> None:
             step.log("down", "The old system went down.")
             return
         try:
-            res = session.run(sh.BOOT_ID, timeout=3, what="liveness check")
+            boot = read_boot_id(session, timeout=3)
         except WizardError:
             step.log("down", "The old system went down.")
             session.close()
             return
-        if res.stdout.strip() and res.stdout.strip() != old_boot:
+        if boot is not None and boot != old_boot:
             step.log("down", "The server already rebooted.")
             return
     _never_went_down(step)
@@ -148,6 +157,8 @@ class _Waited:
     attempts: int = 0
     last: str = "no answer yet"
     refused_auth: bool = False
+    old: Identity | None = None  # the old system, when a login last found its boot
+    quiet_since_old: int = 0  # attempts without an answer since then
 
 
 def ports(step: Step) -> list[int]:
@@ -160,9 +171,13 @@ def wait_up(step: Step) -> Session:
     """Poll with fresh short attempts until the installer answers and logs us in.
 
     Directly, a BannerPoll: one connection at a time, a new one each poll interval (or
-    QUICK_RETRY while the ports refuse at once), each waiting BANNER_PATIENCE for its
-    banner; the login goes on over the first to send one. Through a jump host, one login
-    attempt per port and poll interval.
+    QUICK_RETRY while the ports refuse at once), each address of the host waiting
+    BANNER_PATIENCE for its banner; the login goes on over the first to send one. Through
+    a jump host, one login attempt per port and poll interval.
+
+    A login that finds the old boot is not a verdict: the kexec may be seconds away (a
+    down check fooled by a slow banner or a lost SYN ends early). The wait goes on, and
+    only at its deadline is the old system still answering "old-system-back".
     """
     settings, cancel = step.setup.settings, step.cancel
     deadline = time.monotonic() + settings.up_timeout
@@ -171,6 +186,7 @@ def wait_up(step: Step) -> Session:
     def failed(port: int, why: str) -> None:
         w.attempts += 1
         w.last = why
+        w.quiet_since_old += 1
         step.emit(AttemptEvent("up", why, attempts=w.attempts, port=port))
 
     if step.setup.session.target.jump is not None:
@@ -185,7 +201,7 @@ def wait_up(step: Step) -> Session:
                     return sess
                 step.emit(AttemptEvent("up", w.last, attempts=w.attempts, port=port))
                 if time.monotonic() >= deadline:
-                    raise _never_came_back(step, w)
+                    raise _gave_up(step, w)
                 rest = settings.poll_interval - (time.monotonic() - t0)
                 if rest > 0 and cancel.wait(rest):
                     raise Cancelled("Stopped waiting; the installer may still come up.")
@@ -198,18 +214,22 @@ def wait_up(step: Step) -> Session:
         if cancel.cancelled:
             raise Cancelled("Stopped waiting; the installer may still come up.")
         if got is None:
-            raise _never_came_back(step, w)
+            raise _gave_up(step, w)
         sock, port = got
         w.attempts += 1
         sess = _login(step, port, sock, w)
         if sess is not None:
             return sess
+        if w.old is not None and not w.quiet_since_old:
+            poll.pause(BOOT_ID_EVERY)  # each login costs the old system a forked sshd
         step.emit(AttemptEvent("up", w.last, attempts=w.attempts, port=port))
 
 
 def _login(step: Step, port: int, sock: socket.socket | None, w: _Waited) -> Session | None:
-    """Log in to what answers on ``port``: the installer, or (our key refused) the old
-    system come back; None, with ``w`` updated, when neither."""
+    """Log in to what answers on ``port`` and is not the old boot still running: the
+    installer, or (our key refused) the old system come back; None, with ``w`` updated,
+    when neither."""
+    w.quiet_since_old += 1  # until it proves to be the old system
     try:
         sess = connect_installer(step, port, sock)
     except HostKeyChanged as exc:
@@ -223,13 +243,37 @@ def _login(step: Step, port: int, sock: socket.socket | None, w: _Waited) -> Ses
     except AuthError as exc:
         w.refused_auth = True
         w.last = f"the SSH server refused our key ({exc.what})"
-        return _try_old_login(step, port)
+        old = _try_old_login(step, port)
+        return None if old is None or _not_gone_yet(step, old, port, w) else old
     except (SSHConnectError, RemoteCommandError) as exc:
         w.last = exc.what
+        return None
+    if _not_gone_yet(step, sess, port, w):
         return None
     step.log("up", f"The server answers on port {port} after {w.attempts} attempts.",
              attempts=w.attempts)  # fmt: skip
     return sess
+
+
+def _not_gone_yet(step: Step, sess: Session, port: int, w: _Waited) -> bool:
+    """Whether ``sess`` reached the old system still running (its old boot id): closed
+    then, and noted in ``w``. A connection lost meanwhile (the kexec) counts as no answer;
+    an identity that cannot be read goes on to the verify stage, which says why."""
+    try:
+        ident, _said = read_identity(sess, timeout=5.0, cancel=step.cancel)
+    except WizardError as exc:
+        sess.close()
+        w.last = exc.what
+        return True
+    if ident is None or ident.boot_id != step.setup.facts.boot_id:
+        return False
+    sess.close()
+    w.last = f"port {port}: the old system still answers (the same boot)"
+    if w.old is None:
+        step.log("up", f"The old system still answers on port {port} (the same boot): it "
+                 "is not gone yet; waiting on for the installer.")  # fmt: skip
+    w.old, w.quiet_since_old = ident, 0
+    return True
 
 
 def connect_installer(step: Step, port: int, sock: socket.socket | None = None) -> Session:
@@ -262,6 +306,16 @@ def _try_old_login(step: Step, port: int) -> Session | None:
         return connect(target, setup.creds, setup.known_hosts, opts, cancel=step.cancel)
     except WizardError:
         return None
+
+
+def _gave_up(step: Step, w: _Waited) -> WizardError:
+    """The deadline: the old system still answering (at the last attempts: one or two lost
+    on a lossy link do not count), or nothing we could log in to."""
+    if w.old is not None and w.quiet_since_old <= 2:
+        return old_system_back(
+            step.state.host, w.old, same=True, waited=step.setup.settings.up_timeout
+        )
+    return _never_came_back(step, w)
 
 
 def _never_came_back(step: Step, w: _Waited) -> NeverCameBack:

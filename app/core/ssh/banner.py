@@ -1,4 +1,4 @@
-"""Fresh TCP connections that wait for an SSH banner, once or in turn until one comes."""
+"""Fresh TCP connections that wait for an SSH banner, each address its own time, once or in turn."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import selectors
 import socket
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from app.core.events import CancelToken
 
@@ -18,24 +19,16 @@ TICK = 0.1  # the longest a wait sleeps between looks at its cancel token
 def banner_socket(host: str, port: int, timeout: float) -> tuple[socket.socket | None, str]:
     """A connection whose server has sent an SSH banner (only peeked at, so the login can go
     on over this very connection: on a rebooting server each new one costs it a forked sshd),
-    or None and why not."""
-    return _attempt(host, port, time.monotonic() + timeout, None)
-
-
-def has_banner(host: str, port: int, timeout: float) -> tuple[bool, str]:
-    """Check cheaply, before any handshake, that something sends an SSH banner."""
-    sock, why = banner_socket(host, port, timeout)
-    if sock is None:
-        return False, why
-    sock.close()
-    return True, ""
+    or None and why not. Each of the host's addresses in turn gets ``timeout`` seconds."""
+    return _attempt(host, port, timeout, float("inf"), None)
 
 
 class BannerPoll:
     """Fresh connections to ``ports`` in turn, one at a time, until one sends an SSH banner
-    (only peeked at: nothing is sent). Each waits up to ``patience`` seconds for it; the
-    next starts ``pace`` seconds after the last one started, or ``quick_retry`` after one
-    refused or reset within ``quick_fail`` (that cost the server nothing).
+    (only peeked at: nothing is sent). Each tries the host's addresses in turn, each given
+    ``patience`` seconds of its own for it; the next starts ``pace`` seconds after the last
+    one started, or ``quick_retry`` after one refused or reset within ``quick_fail`` (that
+    cost the server nothing).
 
     One at a time, as measured on the VM test bed: overlapping attempts (a new one every
     0.5 s beside the waiting ones) made the banners slower, 2.8 s instead of 0.9 s, since on
@@ -59,6 +52,10 @@ class BannerPoll:
         self._turn = 0
         self._next = 0.0  # when the next attempt may start
 
+    def pause(self, seconds: float) -> None:
+        """Start no attempt for ``seconds`` from now."""
+        self._next = max(self._next, time.monotonic() + seconds)
+
     def wait(
         self, deadline: float, cancel: CancelToken, failed: Callable[[int, str], None]
     ) -> tuple[socket.socket, int] | None:
@@ -74,7 +71,7 @@ class BannerPoll:
             port = self.ports[self._turn % len(self.ports)]
             self._turn += 1
             self._next = now + self.pace
-            sock, why = _attempt(self.host, port, min(now + self.patience, deadline), cancel)
+            sock, why = _attempt(self.host, port, self.patience, deadline, cancel)
             if sock is not None:
                 return sock, port
             if not why:  # cancelled
@@ -86,26 +83,64 @@ class BannerPoll:
 
 
 def _attempt(
-    host: str, port: int, until: float, cancel: CancelToken | None
+    host: str, port: int, patience: float, deadline: float, cancel: CancelToken | None
 ) -> tuple[socket.socket | None, str]:
-    """One connection: its socket once a banner came by ``until``, else None and why (""
+    """One connection: the host's addresses in turn, each given ``patience`` seconds of its
+    own (never past ``deadline``) to connect and send a banner, as ``socket.create_connection``
+    and OpenSSH's ConnectTimeout give each address its own time: an address that drops
+    packets (a dual-stack name with a broken IPv6 route) costs its time, not the others'.
+    The first socket with a banner, else None and why for every address ("" if cancelled)."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return None, f"port {port}: {exc.strerror or type(exc).__name__}"
+    addrs = list(
+        dict.fromkeys((family, kind, proto, addr) for family, kind, proto, _n, addr in found)
+    )
+    whys: list[str] = []
+    for family, kind, proto, addr in addrs:
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        sock, why = _attempt_one(family, kind, proto, addr, min(now + patience, deadline), cancel)
+        if sock is not None:
+            return sock, ""
+        if not why:  # cancelled
+            return None, ""
+        whys.append(why if len(addrs) == 1 else f"{addr[0]}: {why}")
+    return None, f"port {port}: " + ("; ".join(whys) or "no address")
+
+
+def _attempt_one(
+    family: int, kind: int, proto: int, addr: Any, until: float, cancel: CancelToken | None
+) -> tuple[socket.socket | None, str]:
+    """One address: its socket once a banner came by ``until``, else None and why (""
     when it was cancelled)."""
     started = time.monotonic()
-    sock, why = _connect(host, port, until, cancel, started)
-    if sock is None:
-        return None, why
+    waited = f"no SSH banner within {round(until - started, 1):g} s"
+    try:
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        return None, exc.strerror or type(exc).__name__
+    sock.setblocking(False)
+    err = sock.connect_ex(addr)
+    if err not in (0, errno.EINPROGRESS):
+        sock.close()
+        return None, os.strerror(err)
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_WRITE)
+        if not _ready(sel, until, cancel):
+            sock.close()
+            return None, "" if cancel is not None and cancel.cancelled else waited
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        sock.close()
+        return None, os.strerror(err)
     with selectors.DefaultSelector() as sel:
         sel.register(sock, selectors.EVENT_READ)
-        while True:
-            left = until - time.monotonic()
-            if cancel is not None and cancel.cancelled:
-                sock.close()
-                return None, ""
-            if left <= 0:
-                sock.close()
-                return None, f"port {port}: no SSH banner within {round(until - started, 1):g} s"
-            if sel.select(min(left, TICK)):
-                break
+        if not _ready(sel, until, cancel):
+            sock.close()
+            return None, "" if cancel is not None and cancel.cancelled else waited
     sock.setblocking(True)
     sock.settimeout(max(0.01, until - time.monotonic()))
     try:
@@ -114,49 +149,22 @@ def _attempt(
             data = sock.recv(len(BANNER), socket.MSG_PEEK | socket.MSG_WAITALL)
     except OSError as exc:
         sock.close()
-        return None, f"port {port}: {exc.strerror or 'no SSH banner in time'}"
+        return None, exc.strerror or "no SSH banner in time"
     if data.startswith(BANNER):
         sock.settimeout(None)
         return sock, ""
     sock.close()
-    return None, f"port {port}: " + ("closed without an SSH banner" if not data else "not SSH")
+    return None, "closed without an SSH banner" if not data else "not SSH"
 
 
-def _connect(
-    host: str, port: int, until: float, cancel: CancelToken | None, started: float
-) -> tuple[socket.socket | None, str]:
-    """A TCP connection to the first of the host's addresses that takes one by ``until`` (as
-    ``socket.create_connection`` tries them in turn), else None and the last reason."""
-    try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        return None, f"port {port}: {exc.strerror or type(exc).__name__}"
-    why = f"port {port}: no address"
-    for family, kind, proto, _name, addr in found:
-        try:
-            sock = socket.socket(family, kind, proto)
-        except OSError as exc:
-            why = f"port {port}: {exc.strerror or type(exc).__name__}"
-            continue
-        sock.setblocking(False)
-        err = sock.connect_ex(addr)
-        if err not in (0, errno.EINPROGRESS):
-            sock.close()
-            why = f"port {port}: {os.strerror(err)}"
-            continue
-        with selectors.DefaultSelector() as sel:
-            sel.register(sock, selectors.EVENT_WRITE)
-            while not sel.select(min(max(0.0, until - time.monotonic()), TICK)):
-                if (cancel is not None and cancel.cancelled) or time.monotonic() >= until:
-                    sock.close()
-                    if cancel is not None and cancel.cancelled:
-                        return None, ""
-                    waited = round(until - started, 1)
-                    return None, f"port {port}: no SSH banner within {waited:g} s"
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            sock.close()
-            why = f"port {port}: {os.strerror(err)}"
-            continue
-        return sock, ""
-    return None, why
+def _ready(sel: selectors.BaseSelector, until: float, cancel: CancelToken | None) -> bool:
+    """Whether ``sel``'s socket became ready by ``until`` (False, too, once cancelled),
+    looking at the cancel token every TICK."""
+    while True:
+        if cancel is not None and cancel.cancelled:
+            return False
+        left = until - time.monotonic()
+        if left <= 0:
+            return False
+        if sel.select(min(left, TICK)):
+            return True
