@@ -252,3 +252,29 @@ def test_the_wizards_batch_and_the_command_line_build_the_same_plans(
         gui_plans = {r.label: r.plan.summary() for r in fleet.runs if r.plan is not None}
         assert machine.state == second.state == "installer"
     assert gui_plans == cli_plans
+
+
+@pytest.mark.fault
+def test_server_text_in_a_batch_tooltip_is_shown_as_text_never_as_markup(
+    qtbot: QtBot,
+    wizard: KexecWizard,  # noqa: F811
+) -> None:
+    """Qt renders a tooltip that looks like markup as rich text: what a server said (here in
+    an error) is escaped, so it shows as the characters it is."""
+    from PySide6.QtWidgets import QTreeWidgetItem
+
+    from app.core.errors import WizardError
+    from app.core.result import Outcome
+
+    page = wizard.page_of(PageId.BATCH_INSPECT)
+    assert isinstance(page, BatchInspectPage)
+    item = QTreeWidgetItem(["web", "", ""])
+    page.table.addTopLevelItem(item)
+    page.rows["web"] = item
+    said = WizardError("<img src='http://192.0.2.1/x'>It failed", "<b>loud</b>", "Look.")
+    page._left_out("web", Outcome.failed("web", said))
+    tip = item.toolTip(2)
+    assert "<img" not in tip and "<b>" not in tip
+    assert (
+        "&lt;img src=&#x27;http://192.0.2.1/x&#x27;&gt;It failed" in tip and "&lt;b&gt;loud" in tip
+    )

@@ -60,6 +60,12 @@ def fill_channels(combo: QComboBox, catalog: Catalog) -> None:
     combo.blockSignals(False)
 
 
+def plain_tip(text: str) -> str:
+    """A tooltip that shows ``text`` as it is: Qt renders a tooltip that looks like markup as
+    rich text, and server text (an error, a verdict's reason) must never be markup."""
+    return "<p style='white-space:pre-wrap'>" + html.escape(text) + "</p>"
+
+
 def wrap_label(text: str = "", rich: bool = False) -> QLabel:
     """A word-wrapping label whose text can be selected."""
     label = QLabel(text)

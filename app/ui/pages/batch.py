@@ -49,7 +49,15 @@ from app.ui.context import AppContext, Batch, WizardState
 from app.ui.dialogs import HostKeysDialog
 from app.ui.pages.asking import BatchQuestions
 from app.ui.pages.base import BasePage, PageId
-from app.ui.widgets import STAGE_NAMES, Checklist, ErrorPanel, fill_channels, std_icon, wrap_label
+from app.ui.widgets import (
+    STAGE_NAMES,
+    Checklist,
+    ErrorPanel,
+    fill_channels,
+    plain_tip,
+    std_icon,
+    wrap_label,
+)
 
 COLUMNS_INSPECT = ["Server", "System", "Verdict"]
 COLUMNS_INSTALL = ["Server", "Stage", "Progress", "Time", "Outcome", ""]
@@ -208,8 +216,10 @@ class BatchInspectPage(BasePage):
             row.setText(2, "ok" if level is Level.OK else "warnings: " + ", ".join(
                 v.title for v in run.inspection.verdicts if v.level is Level.WARN))  # fmt: skip
             row.setIcon(2, std_icon(self, LEVEL_ICON[level]))
-            row.setToolTip(2, "\n".join(f"{v.title}: {v.reason}" for v in run.inspection.verdicts
-                                        if v.level is not Level.OK))  # fmt: skip
+            said = [
+                f"{v.title}: {v.reason}" for v in run.inspection.verdicts if v.level is not Level.OK
+            ]
+            row.setToolTip(2, plain_tip("\n".join(said)))
         warned = [r for r in inspected if r.inspection and r.inspection.level is Level.WARN]
         self.override.setText(
             f"I have read the warnings for {servers(len(warned))} and want to go on anyway"
@@ -246,7 +256,7 @@ class BatchInspectPage(BasePage):
         row.setText(2, err.what if err is not None else outcome.outcome)
         row.setIcon(2, std_icon(self, "stop" if not outcome.ok else "ok"))
         if err is not None:
-            row.setToolTip(2, f"{err.what}\n{err.why}\nWhat to do: {err.fix}")
+            row.setToolTip(2, plain_tip(f"{err.what}\n{err.why}\nWhat to do: {err.fix}"))
 
     @Slot()
     def _show_details(self) -> None:
@@ -542,7 +552,7 @@ class BatchInstallPage(BasePage):
             item.setIcon(4, std_icon(self, "ok" if ok else "stop"))
             what = (e.payload.get("error") or {}).get("what", "")
             item.setText(4, "installer ready" if ok else what or str(e.payload.get("outcome")))
-            item.setToolTip(4, item.text(4))
+            item.setToolTip(4, plain_tip(item.text(4)))
             self._tick()
             self.table.removeItemWidget(item, 5)  # nothing left to cancel on this server
             ended = sum(1 for r in self.rows.values() if r.done)
@@ -640,7 +650,7 @@ class BatchDonePage(BasePage):
                 item.setText(1, f"{o.outcome}: {err.what}" if err else o.outcome)
                 item.setIcon(1, std_icon(self, "stop"))
                 if err is not None:
-                    item.setToolTip(1, f"{err.what}\n{err.why}\nWhat to do: {err.fix}")
+                    item.setToolTip(1, plain_tip(f"{err.what}\n{err.why}\nWhat to do: {err.fix}"))
         self.table.resizeColumnToContents(0)
         self.table.resizeColumnToContents(1)
         self.copy_all.setEnabled(bool(self.installers))
