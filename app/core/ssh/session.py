@@ -421,9 +421,12 @@ class Session:
                 out.add(data)
                 lines["stdout"].feed(data)
                 got = True
-                if pokes:
+                if pokes and not (chan.closed or chan.exit_status_ready()):
                     pokes -= 1
-                    chan.sendall(poke)
+                    # The command may end between the check and the send: its input is then
+                    # gone with it, which is not a broken connection.
+                    with contextlib.suppress(OSError):
+                        chan.sendall(poke)
             while chan.recv_stderr_ready():
                 data = chan.recv_stderr(65536)
                 err.add(data)
