@@ -622,7 +622,7 @@ def test_a_bundle_printing_a_byte_that_is_not_utf8_is_still_refused_at_once(
     inst = rig.installer
     inst.prepare(rig.events.append, rig.cancel)
     inst.setup = replace(inst.setup, plan=replace(inst.setup.plan, kind="bundle"))
-    bundle = Path(inst.setup.remote_tarball)
+    bundle = Path(rig.step().remote_tarball)
     bundle.write_bytes(
         b"#!/bin/sh\nprintf 'kexec: not enough memory for the initrd \\377\\n'\nsleep 1\nexit 1\n"
     )

@@ -84,7 +84,7 @@ def test_a_link_re_pointed_after_the_owner_check_changes_nothing_that_runs(
         assert not (evil / "kexec").exists()  # nothing was unpacked where the link leads now
         # What was checked is what was unpacked and run, as root.
         assert (real / "kexec" / "kexec.log").read_text().startswith("uid=0 --load ")
-        assert rig.installer.setup.staging == str(real)
+        assert rig.step().staging == str(real)
         rig.session.close()
     finally:
         shutil.rmtree(shared, ignore_errors=True)

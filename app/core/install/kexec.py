@@ -28,7 +28,7 @@ def run_kexec(step: Step) -> None:
         return
     # Like nixos-anywhere: its own session, waited for (else the output would be lost).
     cmd = sh.run_installer(
-        setup.staging, setup.plan.kexec_extra_flags, setsid_wait=setup.facts.setsid_wait
+        step.staging, setup.plan.kexec_extra_flags, setsid_wait=setup.facts.setsid_wait
     )
     # The tail of what `run` says is enough to explain a failure; a flood is not kept.
     lines: deque[str] = deque(maxlen=KEPT_LINES)
@@ -100,8 +100,8 @@ def run_bundle(step: Step) -> None:
     """
     setup, state = step.setup, step.state
     session, run_timeout = setup.session, setup.settings.run_timeout
-    log = sh.bundle_log(setup.staging)
-    start = sh.start_bundle(setup.staging, setup.remote_tarball, setsid=setup.facts.has("setsid"))
+    log = sh.bundle_log(step.staging)
+    start = sh.start_bundle(step.staging, step.remote_tarball, setsid=setup.facts.has("setsid"))
 
     def started() -> None:
         state.point_of_no_return = True

@@ -59,7 +59,7 @@ def transfer_image(step: Step) -> None:
     and its owners listed in one, the marker made and an earlier copy hashed in one, the
     upload stored and hashed in one, and the move reports the size it put in place."""
     setup, state = step.setup, step.state
-    staging = setup.staging
+    staging = step.staging
     res, own = own_output(
         step, sh.make_folder_and_list_owners(staging), "making the staging folder"
     )
@@ -70,8 +70,8 @@ def transfer_image(step: Step) -> None:
             "C" + another_folder(staging)[1:] + ".",
         )
     _check_staging_owner(step, res, own)
-    # From here on every command names the real path the check judged (setup.staging).
-    staging, tarball = setup.staging, setup.remote_tarball
+    # From here on every command names the real path the check judged (step.staging).
+    staging, tarball = step.staging, step.remote_tarball
     token = secrets.token_hex(8)
     res = step.run(
         sh.mark_and_hash(f"{staging}/{sh.MARKER}", tarball, token),
@@ -130,7 +130,7 @@ def owner_lines(own: str) -> list[tuple[str, str, str]] | None:
 def _check_staging_owner(step: Step, res: CommandResult, own: str) -> None:
     """Refuse a staging folder (or a parent) that another user owns or may write to, from
     the ``uid mode path`` lines ``make_folder_and_list_owners`` printed; once it passes,
-    every later command names the real path judged here (``Setup.staging``).
+    every later command names the real path judged here (``Step.staging``).
 
     ``run`` executes as root from there: whoever can change the folder could change what
     root runs. A parent writable by others is fine only with the sticky bit (as ``/tmp``).
@@ -138,7 +138,7 @@ def _check_staging_owner(step: Step, res: CommandResult, own: str) -> None:
     may re-point it changes nothing that runs.
     """
     setup = step.setup
-    staging, uid = setup.staging, setup.facts.uid
+    staging, uid = step.staging, setup.facts.uid
     lines = owner_lines(own) if res.ok else None
     if lines is None:
         said = printable((res.stderr.strip() or own.strip())[:200]) or "(nothing)"
@@ -166,8 +166,7 @@ def _check_staging_owner(step: Step, res: CommandResult, own: str) -> None:
     real = lines[0][2]
     if real != staging:
         step.log("transfer", f"The staging folder {staging} is {real}; the app uses that path.")
-    setup.checked.path = real
-    step.state.staging_checked = True
+    step.state.staging = real
 
 
 def _remote_download(step: Step, part: str) -> None:
@@ -215,7 +214,7 @@ def _remote_download(step: Step, part: str) -> None:
 def compare_sha256(step: Step) -> None:
     """Compare the server's sha256 of the tarball with the verified one."""
     setup, state = step.setup, step.state
-    tarball, remote = setup.remote_tarball, state.mode == Transfer.REMOTE
+    tarball, remote = step.remote_tarball, state.mode == Transfer.REMOTE
     want = setup.plan.sha256
     streamed = state.streamed_sha
     if state.server_hash is ServerHash.WHILE_UNPACKING:
@@ -276,7 +275,7 @@ def _compare_unpacked(step: Step, got: str | None, want: str | None) -> None:
             f"sha256 matches on the server ({HASHED[ServerHash.WHILE_UNPACKING]}): {got}",
         )
         return
-    step.run(sh.drop_unpacked(step.setup.staging), what="removing the unpack")
+    step.run(sh.drop_unpacked(step.staging), what="removing the unpack")
     if got is None:
         raise TransferError(
             "The server printed no sha256 of the image it unpacked.",
@@ -294,7 +293,7 @@ def _compare_unpacked(step: Step, got: str | None, want: str | None) -> None:
 def _check_remote_members(step: Step) -> None:
     """The tarball member check, on the server's copy that this computer never saw."""
     setup = step.setup
-    tarball, name = setup.remote_tarball, setup.plan.file_name
+    tarball, name = step.remote_tarball, setup.plan.file_name
     try:
         res, own = own_output(
             step,
@@ -327,9 +326,9 @@ def _check_remote_members(step: Step) -> None:
 def unpack(step: Step) -> None:
     """Unpack into <staging>/kexec as the login user, setting aside a folder we did not make."""
     setup = step.setup
-    staging = setup.staging
+    staging = step.staging
     if setup.plan.bundle:
-        res = step.run(sh.make_executable(setup.remote_tarball), what="chmod")
+        res = step.run(sh.make_executable(step.remote_tarball), what="chmod")
         if not res.ok:
             raise TransferError(
                 f"The kexec-bundle cannot be made executable: {res.stderr.strip()[:300]}",
@@ -360,10 +359,10 @@ def unpack(step: Step) -> None:
 def cleanup(step: Step) -> None:
     """Leave the server as it was: remove what we put there, and the key we added."""
     setup, state = step.setup, step.state
-    session, staging, added = setup.session, setup.staging, state.added_key
+    session, staging, added = setup.session, step.staging, state.added_key
     steps = []
-    if state.staging_checked:
-        clean = sh.clean_staging(staging, setup.remote_tarball)
+    if state.staging:
+        clean = sh.clean_staging(staging, step.remote_tarball)
         steps.append((clean, session.privilege is not None))
     else:
         # Not checked (yet): only an empty folder the mkdir made goes, as the login user.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,6 @@ from app.core.plan import DEFAULT_STAGING, InstallPlan
 from app.core.probe import Facts
 from app.core.settings import Settings
 from app.core.ssh import CommandResult, Credentials, KnownHosts, Session
-
-
-@dataclass
-class CheckedStaging:
-    """The staging folder's real path (every link resolved), once its owners were checked."""
-
-    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -32,19 +25,11 @@ class Setup:
     known_hosts: KnownHosts
     settings: Settings
     keys_dir: Path  # where the app's own keys are kept
-    checked: CheckedStaging = field(default_factory=CheckedStaging, compare=False)
 
     @property
     def staging(self) -> str:
-        """The staging folder on the server: the real path its owner check judged, once it
-        has (so a link re-pointed after the check changes nothing that runs); before, the
-        path the probe expanded."""
-        return self.checked.path or self.facts.staging.path or DEFAULT_STAGING
-
-    @property
-    def remote_tarball(self) -> str:
-        """Where the tarball lands on the server."""
-        return f"{self.staging.rstrip('/')}/{self.plan.file_name}"
+        """The staging folder on the server, as the probe expanded it."""
+        return self.facts.staging.path or DEFAULT_STAGING
 
 
 @dataclass
@@ -57,7 +42,7 @@ class State:
     identity_file: str | None = None  # the key file OpenSSH needs for it, if any
     added_key: tuple[str, str] | None = None  # (file, line) we appended to authorized_keys
     mode: Transfer = Transfer.UPLOAD  # how the image travels, once chosen
-    staging_checked: bool = False  # the staging folder's owner and mode were checked
+    staging: str = ""  # the staging folder's real path, once its owners and mode were checked
     streamed_sha: str | None = None  # the server's sha256 of the upload it received
     server_hash: ServerHash = ServerHash.NONE  # how the server hashed the upload
     point_of_no_return: bool = False  # `run` started: cancelling is too late
@@ -76,6 +61,17 @@ class Step:
     state: State
     emit: EventSink
     cancel: CancelToken
+
+    @property
+    def staging(self) -> str:
+        """The staging folder: the real path its owner check judged, once it has (so a link
+        re-pointed after the check changes nothing that runs); before, the probe's path."""
+        return self.state.staging or self.setup.staging
+
+    @property
+    def remote_tarball(self) -> str:
+        """Where the tarball lands on the server."""
+        return f"{self.staging.rstrip('/')}/{self.setup.plan.file_name}"
 
     def log(self, stage: str, message: str, level: str = "", **extra: Any) -> None:
         """Tell the user something about a stage."""
