@@ -13,6 +13,7 @@ from app.core.events import LogEvent, OutputEvent
 from app.core.install.place import cleanup
 from app.core.privilege import establish_privilege
 from app.core.settings import Settings
+from app.core.ssh.streams import END_OF_INPUT, SUDO_PROMPT, PromptReplies
 from tests.support.releases import ReleasesServer
 from tests.support.sshd import SSHEnv, SSHServer, free_port, sudoers_line
 from tests.test_install import make_rig
@@ -178,3 +179,14 @@ def test_commands_one_after_another_never_need_two_sessions(
         res = rig.session.run(f"echo {i}", privileged=i % 2 == 0, timeout=10)
         assert res.stdout.strip() == str(i)
     rig.session.close()
+
+
+def test_sudo_password_is_sent_only_when_its_prompt_shows_even_split_between_reads() -> None:
+    replies = PromptReplies(SUDO_PROMPT, [b"pw\n", END_OF_INPUT])
+    assert replies.feed(b"sudo: a password is required\r\n") == b""
+    half = len(SUDO_PROMPT) // 2
+    assert replies.feed(SUDO_PROMPT[:half].encode()) == b""
+    assert replies.feed(SUDO_PROMPT[half:].encode()) == b"pw\n"
+    assert replies.feed(b"\nSorry, try again.\r\n" + SUDO_PROMPT.encode()) == END_OF_INPUT
+    assert replies.feed(SUDO_PROMPT.encode()) == b""  # nothing more to say
+    assert replies.clean(f"{SUDO_PROMPT}\n0\n") == "\n0\n"

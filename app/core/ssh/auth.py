@@ -94,8 +94,9 @@ class Privilege:
 
     kind: PrivilegeKind
 
-    def wrap(self, command: str) -> str:
-        """``command`` run as root through this privilege."""
+    def wrap(self, command: str, prompt: str = "") -> str:
+        """``command`` run as root through this privilege (``prompt``: what sudo prints when
+        it wants the password; none where the password is typed ahead into its input)."""
         inner = shlex.quote(command)
         if self.kind == PrivilegeKind.ROOT:
             return command
@@ -103,7 +104,7 @@ class Privilege:
             return f"sudo -n -- sh -c {inner}"
         if self.kind == PrivilegeKind.SUDO_PASSWORD:
             # -k: always read the password, so it never lands in the command's stdin.
-            return f"sudo -k -S -p '' -- sh -c {inner}"
+            return f"sudo -k -S -p {shlex.quote(prompt)} -- sh -c {inner}"
         if self.kind == PrivilegeKind.DOAS:
             return f"doas -n -- sh -c {inner}"
         raise ValueError(self.kind)

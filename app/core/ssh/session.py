@@ -47,9 +47,11 @@ from app.core.ssh.known_hosts import (
 from app.core.ssh.streams import (
     END_OF_INPUT,
     OUTPUT_LIMIT,
+    SUDO_PROMPT,
     CommandResult,
     LineSink,
     LineSplitter,
+    PromptReplies,
     TailBuffer,
     close_quietly,
     request_pty,
@@ -223,16 +225,14 @@ class Session:
         label: str,
         on_start: Callable[[], None] | None,
     ) -> CommandResult:
-        """Through sudo with a terminal: the password (if any), then end of input, so a
-        wrong one ends sudo at its second prompt instead of at the deadline. sudo discards
-        what was typed ahead before it asks again, so the end of input is sent again when it
-        speaks (harmless later: the command's input is /dev/null)."""
+        """Through sudo with a terminal: the password only once sudo asks for it, and the end
+        of input if it asks again, so a wrong one ends sudo at once, not at the deadline."""
         if stdin:
             raise ValueError("a command run through a terminal takes no input")
-        wrapped = priv.wrap("exec </dev/null\n" + command)
-        poke = END_OF_INPUT if secret else b""
-        return self._run(wrapped, secret + END_OF_INPUT, deadline, timeout, on_line, cancel,
-                         label, on_start, tty=True, poke=poke)  # fmt: skip
+        replies = PromptReplies(SUDO_PROMPT, [secret, END_OF_INPUT, END_OF_INPUT])
+        wrapped = priv.wrap("exec </dev/null\n" + command, SUDO_PROMPT)
+        return self._run(wrapped, None, deadline, timeout, on_line, cancel, label, on_start,
+                         tty=True, replies=replies if secret else None)  # fmt: skip
 
     def _run(
         self,
@@ -246,9 +246,9 @@ class Session:
         on_start: Callable[[], None] | None,
         *,
         tty: bool = False,
-        poke: bytes = b"",
+        replies: PromptReplies | None = None,
     ) -> CommandResult:
-        """One command on one channel, by ``deadline`` (see ``_collect`` for ``poke``)."""
+        """One command on one channel, by ``deadline`` (``replies``: to a prompt on its tty)."""
         chan = self._start(
             command, stdin, deadline, cancel, label, budget=timeout, tty=tty, end_input=not tty
         )
@@ -256,7 +256,7 @@ class Session:
         try:
             if on_start is not None:
                 on_start()
-            return self._collect(chan, deadline, timeout, on_line, cancel, label, poke)
+            return self._collect(chan, deadline, timeout, on_line, cancel, label, replies)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             if cancel is not None and cancel.cancelled:
                 raise Cancelled() from exc
@@ -397,12 +397,13 @@ class Session:
         on_line: LineSink | None,
         cancel: CancelToken | None,
         what: str,
-        poke: bytes = b"",
+        replies: PromptReplies | None = None,
     ) -> CommandResult:
-        """The command's output and exit status by the deadline; ``poke`` is sent again
-        (a few times at most) whenever output comes, for a prompt that flushed the input."""
+        """The command's output and exit status by the deadline; ``replies`` answer a prompt
+        in its output (the prompt itself is left out of what is returned)."""
         out, err = TailBuffer(self.output_limit), TailBuffer(self.output_limit)
-        pokes = 3 if poke else 0
+        if replies is not None and on_line is not None:
+            on_line = replies.lines_to(on_line)
         lines = {
             "stdout": LineSplitter(on_line, "stdout"),
             "stderr": LineSplitter(on_line, "stderr"),
@@ -421,12 +422,11 @@ class Session:
                 out.add(data)
                 lines["stdout"].feed(data)
                 got = True
-                if pokes and not (chan.closed or chan.exit_status_ready()):
-                    pokes -= 1
-                    # The command may end between the check and the send: its input is then
+                if replies is not None and (answer := replies.feed(data)):
+                    # The command may end between the prompt and the send: its input is then
                     # gone with it, which is not a broken connection.
                     with contextlib.suppress(OSError):
-                        chan.sendall(poke)
+                        chan.sendall(answer)
             while chan.recv_stderr_ready():
                 data = chan.recv_stderr(65536)
                 err.add(data)
@@ -447,8 +447,9 @@ class Session:
                 raise EOFError("the connection closed")
         for splitter in lines.values():
             splitter.flush()
+        text = out.text() if replies is None else replies.clean(out.text())
         return CommandResult(
-            status, out.text(), err.text(), out.dropped, err.dropped, raw_stdout=out.data()
+            status, text, err.text(), out.dropped, err.dropped, raw_stdout=out.data()
         )
 
     def upload(

@@ -34,6 +34,42 @@ _PTY_MODES = (
 )  # fmt: skip
 PTY_MODES = b"".join(struct.pack(">BI", op, v) for op, v in _PTY_MODES) + b"\0"
 END_OF_INPUT = b"\x04"  # VEOF at the start of a line: a read of the terminal returns nothing
+# What sudo on a terminal is told to print when it wants the password (`sudo -p`; no `%`, which
+# it would expand): the password is sent only once this shows, never typed ahead.
+SUDO_PROMPT = "[nkw-sudo-password]"
+
+
+class PromptReplies:
+    """Answers a prompt in a terminal's output: its n-th showing gets the n-th reply, and
+    nothing is sent at any other time (input typed ahead, or after the command started, is
+    read by whoever reads the terminal then, or left pending when the command ends)."""
+
+    def __init__(self, prompt: str, replies: list[bytes]) -> None:
+        self.prompt = prompt.encode()
+        self.replies = replies
+        self._tail = b""  # the end of the output so far: a prompt split between two reads
+
+    def feed(self, data: bytes) -> bytes:
+        """Take more output; return what to send now (nothing, or the replies due)."""
+        seen = self._tail + data
+        count = seen.count(self.prompt)
+        rest = seen[seen.rfind(self.prompt) + len(self.prompt) :] if count else seen
+        self._tail = rest[-(len(self.prompt) - 1) :]
+        due, self.replies = self.replies[:count], self.replies[count:]
+        return b"".join(due)
+
+    def clean(self, text: str) -> str:
+        """``text`` without the prompts."""
+        return text.replace(self.prompt.decode(), "")
+
+    def lines_to(self, sink: LineSink) -> LineSink:
+        """``sink`` given the lines without the prompts (a line that was only one is left out)."""
+
+        def cleaned(name: str, line: str) -> None:
+            if (kept := self.clean(line)) or not line:
+                sink(name, kept)
+
+        return cleaned
 
 
 @dataclass(frozen=True)
