@@ -14,7 +14,13 @@ from app.core.events import CancelToken
 from app.core.fleet import SharedImages, targets_of_text
 from app.core.kinds import AuthMethod, Transfer
 from app.core.paths import AppPaths
-from app.core.plan import BUNDLE_VARIANT, DEFAULT_STAGING, ImageRequest, InstallRequest
+from app.core.plan import (
+    BUNDLE_VARIANT,
+    DEFAULT_STAGING,
+    ImageRequest,
+    InstallRequest,
+    dead_man_choice,
+)
 from app.core.profiles import Profile, ProfileStore
 from app.core.questions import Answers
 from app.core.run import Host, RunEnv, RunRequest
@@ -100,11 +106,14 @@ class Context:
         """Everything `install` was told about the image and the install."""
         a = self.args
         image = self.image_request()
+        minutes, required = dead_man_choice(a.dead_man)
         install = InstallRequest(
             transfer=Transfer(a.transfer),
             installer_port=a.installer_port,
             kexec_extra_flags=a.kexec_extra_flags or "",
             accept_host_keys=tuple(a.accept_host_key or ()),
+            dead_man_minutes=minutes,
+            dead_man_required=required,
         )
         return RunRequest(image, install, self.catalog(image))
 

@@ -8,7 +8,7 @@ from app import __version__
 from app.core.catalog import ARCHES, DEFAULT_VARIANT, VARIANTS
 from app.core.fleet import DEFAULT_PARALLEL
 from app.core.netboot import DEFAULT_SERVE_FOR
-from app.core.plan import DEFAULT_STAGING
+from app.core.plan import DEFAULT_DEAD_MAN_MINUTES, DEFAULT_STAGING
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--installer-port", type=int, metavar="PORT", help="also try this port after the kexec"
     )
     g.add_argument("--kexec-extra-flags", metavar="FLAGS", help="passed to kexec/run (e.g. -c)")
+    g.add_argument(
+        "--dead-man",
+        metavar="MINUTES|off",
+        help="restart the server into its old system if the installer cannot be reached "
+        f"this long after its boot (default {DEFAULT_DEAD_MAN_MINUTES:g}; off to disable)",
+    )
     g.add_argument(
         "--timeout",
         type=float,

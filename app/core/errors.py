@@ -28,6 +28,7 @@ class ExitCode(IntEnum):
     OLD_SYSTEM_BACK = 42
     NEVER_CAME_BACK = 43
     INSTALLER_KEY_CHANGED = 44
+    DEAD_MAN_FIRED = 45
     CANCELLED = 130
 
 
@@ -314,6 +315,14 @@ class OldSystemBack(WizardError):
 
     exit_code = ExitCode.OLD_SYSTEM_BACK
     kind = "old-system-back"
+
+
+class DeadManFired(WizardError):
+    """The installer was not reached in time and the dead-man switch restarted the server
+    into its old system, which answers now."""
+
+    exit_code = ExitCode.DEAD_MAN_FIRED
+    kind = "dead-man-fired"
 
 
 class NeverCameBack(WizardError):

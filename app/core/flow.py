@@ -30,6 +30,7 @@ from app.core.plan import (
     ImageRequest,
     InstallPlan,
     InstallRequest,
+    systemd_takes_units,
 )
 from app.core.preflight import Level, Verdict, evaluate, raise_first_stop, worst
 from app.core.probe import Facts
@@ -227,6 +228,9 @@ def make_plan(
         key_name=request.key_name,
         kind=image.info.kind if image is not None else choice.kind,
         accept_host_keys=request.accept_host_keys,
+        dead_man_minutes=request.dead_man_minutes,
+        dead_man_required=request.dead_man_required,
+        dead_man_units=systemd_takes_units(choice.meta.get("channel", "")),
     )
 
 

@@ -17,6 +17,8 @@ from app.core.ssh import Target, jump_spec
 DEFAULT_STAGING = "~/nixos-kexec-wizard"
 BUNDLE_VARIANT = "kexec-bundle"
 KEXEC_FLAGS_RE = re.compile(r"^[A-Za-z0-9 ._=,:/+-]*$")
+DEFAULT_DEAD_MAN_MINUTES = 10.0  # the dead-man switch's deadline unless told otherwise
+DEAD_MAN_MIN, DEAD_MAN_MAX = 1.0, 240.0  # the deadlines allowed, in minutes
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class InstallRequest:
     kexec_extra_flags: str = ""
     key_name: str = "default"  # names the app's generated key (the profile's name)
     accept_host_keys: tuple[str, ...] = ()  # fingerprints accepted ahead (a bundle's new key)
+    dead_man_minutes: float | None = DEFAULT_DEAD_MAN_MINUTES  # None: the switch is off
+    dead_man_required: bool = False  # asked for by name: no kexec without it
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,11 @@ class InstallPlan:
     kind: ImageKind = ImageKind.TARBALL  # or a legacy self-extracting kexec-bundle
     # Host key fingerprints the user accepted ahead (--accept-host-key), for a bundle's system.
     accept_host_keys: tuple[str, ...] = ()
+    # The dead-man switch: minutes from the installer's boot (None: off), and whether the
+    # image's systemd takes units from the kernel command line (else a panic restart only).
+    dead_man_minutes: float | None = None
+    dead_man_units: bool = True
+    dead_man_required: bool = False  # the user asked for it: stop rather than go without
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "transfer", Transfer(self.transfer))
@@ -100,6 +109,7 @@ class InstallPlan:
             "key_name": self.key_name,
             "kind": self.kind,
             "accept_host_keys": list(self.accept_host_keys),
+            "dead_man_minutes": None if self.bundle else self.dead_man_minutes,
         }
 
     @property
@@ -130,3 +140,32 @@ def check_kexec_flags(flags: str) -> str:
             "Give plain kexec flags, for example -c or --no-sync.",
         )
     return flags
+
+
+def systemd_takes_units(channel: str) -> bool:
+    """Whether a channel's installer has systemd 256 or later (NixOS 24.11 on), which reads
+    units from the kernel command line; an unnamed or unstable channel is taken to."""
+    m = re.search(r"(\d{2})\.(\d{2})", channel)
+    return m is None or (int(m.group(1)), int(m.group(2))) >= (24, 11)
+
+
+def dead_man_choice(value: str | None) -> tuple[float | None, bool]:
+    """``--dead-man``: (minutes or None for off, whether it was asked for by name)."""
+    if value is None:
+        return DEFAULT_DEAD_MAN_MINUTES, False
+    if value.strip().lower() == "off":
+        return None, False
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = -1.0
+    if not DEAD_MAN_MIN <= minutes <= DEAD_MAN_MAX:
+        raise UsageError(
+            f"--dead-man {value!r} is neither a number of minutes from {DEAD_MAN_MIN:g} to "
+            f"{DEAD_MAN_MAX:g} nor off.",
+            "It is how long after the installer's boot the server waits for the app before "
+            "it restarts into its old system.",
+            f"Give --dead-man {DEFAULT_DEAD_MAN_MINUTES:g} (the default, fits a slow boot), "
+            "another number of minutes, or --dead-man off.",
+        )
+    return minutes, True

@@ -235,10 +235,13 @@ def unpack(staging: str, file_name: str) -> str:
     )
 
 
-def run_installer(staging: str, kexec_extra_flags: str = "", *, setsid_wait: bool = True) -> str:
-    """Run ``kexec/run`` in its own session, waited for (busybox's setsid cannot wait; ``run``
-    detaches its kexec with nohup anyway), with kexec's extra flags when given."""
-    run = q(f"{staging.rstrip('/')}/kexec/run")
+def run_installer(
+    staging: str, kexec_extra_flags: str = "", *, setsid_wait: bool = True, launcher: str = "run"
+) -> str:
+    """Run ``kexec/run`` (or the app's ``launcher`` beside it) in its own session, waited for
+    (busybox's setsid cannot wait; ``run`` detaches its kexec with nohup anyway), with kexec's
+    extra flags when given."""
+    run = q(f"{staging.rstrip('/')}/kexec/{launcher}")
     args = f" --kexec-extra-flags {q(kexec_extra_flags)}" if kexec_extra_flags else ""
     setsid = "setsid --wait " if setsid_wait else ""
     return f"{setsid}{run}{args} </dev/null"
@@ -315,4 +318,18 @@ def remove_line(path: str, line: str) -> str:
         f"|| {{ rm -f {bak}; keep; }}; "
         f"if cat {tmp} > {f} && cmp -s {tmp} {f}; then rm -f {tmp} {bak}; "
         f"else cat {bak} > {f} && cmp -s {bak} {f} && rm -f {bak}; keep; fi"
+    )
+
+
+def write_file(path: str, text: str, token: str) -> str:
+    """Write ``text`` (no secret: it is part of the command) to ``path``, mode 0700, and print
+    its sha256; ``token`` makes the here-document's end line one the text cannot hold."""
+    end = f"NKW_END_{token}"
+    if end in text:
+        raise ValueError("the text holds the here-document's end line")
+    body = text if text.endswith("\n") else text + "\n"
+    f = q(path)
+    return (
+        f"umask 077 && rm -f {f} && cat > {f} <<'{end}'\n{body}{end}\n"
+        f"chmod 700 {f} && sha256sum {f}"
     )

@@ -27,6 +27,9 @@ class InstallerInfo:
     # The old system's authorized_keys where the app's key line stays, and that line's comment.
     key_left_in: str = ""
     key_comment: str = ""
+    # The dead-man switch after the proof: "disarmed", "still-armed" (a loud warning), or ""
+    # when it was off.
+    dead_man: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -74,6 +74,8 @@ class Machine:
     power_off_mode: str = "kill"
     state: str = "off"  # off | original | down | installer
     carried: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    loaded: list[str] = field(default_factory=list)
+    kexec_files: dict[str, bytes] = field(default_factory=dict)
     events: list[tuple[float, str]] = field(default_factory=list)
     _proc: subprocess.Popen[bytes] | None = None
     _watch: threading.Thread | None = None
@@ -208,6 +210,9 @@ class Machine:
         loaded = (self.signal_dir / "loaded").read_text().split("\n")
         initrd = next(a.split("=", 1)[1] for a in loaded if a.startswith("--initrd="))
         files = read_initrd(self._host_path(initrd).read_bytes())
+        self.loaded = loaded  # kexec --load's arguments, one per line
+        folder = self._host_path(initrd).parent  # the image's kexec/ folder, as the kexec saw it
+        self.kexec_files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
         self.events.append((time.monotonic(), "kexec"))
         self.carried = files
         if self.power_off_mode == "freeze":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -13,6 +14,20 @@ from tests.support.cpio import gzip_newc
 # Our own POSIX sh script doing what upstream's kexec/run does (see kexec-run.sh), shared with
 # the QEMU test bed.
 RUN = (Path(__file__).parent / "kexec-run.sh").read_text()
+# The same in the form Nix fills in upstream's (see kexec-run-nix.sh): `fill_run` completes it.
+NIX_RUN = (Path(__file__).parent / "kexec-run-nix.sh").read_text()
+_SAFE = re.compile(r"[A-Za-z0-9,._+:@%/-]+")  # nixpkgs lib.escapeShellArg's unquoted set
+
+
+def escape_shell_args(words: list[str]) -> str:
+    """nixpkgs' ``lib.escapeShellArgs``: what Nix writes into ``kernelParams="..."``."""
+    return " ".join(w if _SAFE.fullmatch(w) else "'" + w.replace("'", "'\\''") + "'" for w in words)
+
+
+def fill_run(text: str, init: str, params: list[str]) -> str:
+    """A ``run`` with ``@init@`` and ``@kernelParams@`` filled in, as upstream's module does."""
+    return text.replace("@init@", init).replace("@kernelParams@", escape_shell_args(params))
+
 
 # A stand-in for kexec-tools. On a loopback test machine (which has /run/nkw-machine) it asks the
 # harness to "boot" the loaded initrd; elsewhere loading succeeds and executing does nothing.
@@ -70,11 +85,12 @@ def standin_tarball(
     skip: tuple[str, ...] = (),
     links: dict[str, str] | None = None,
     kernel: bytes | None = None,
+    run: str = RUN,
 ) -> Path:
     """Write a tar.gz with kexec/{run,bzImage,initrd,kexec,ip}; the initrd holds ``size`` random bytes."""
     initrd = gzip_newc({"init": (0o755, b"#!/bin/sh\n"), "padding": (0o644, os.urandom(size))})
     files = {
-        "kexec/run": (RUN.encode(), 0o755),
+        "kexec/run": (run.encode(), 0o755),
         "kexec/bzImage": (os.urandom(4096) if kernel is None else kernel, 0o644),
         "kexec/initrd": (initrd, 0o644),
         "kexec/kexec": (kexec.encode(), 0o755),

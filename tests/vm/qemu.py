@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,28 @@ class VM:
     distro: Path | None = None
     arch: str = "x86_64"  # or aarch64: QEMU's arm virt machine (always TCG here)
     cpus: int = 1  # virtual CPUs (the benchmark also measures a 2-CPU server)
+    resets: list[float] = field(default_factory=list)  # when each reboot power-cycled it
+    _cycling: bool = False
+
+    def power_cycle_on_reset(self) -> None:
+        """From now on a reboot starts the VM again, as a power cycle goes through the
+        firmware to the disk: QEMU runs with -no-reboot (a reset would boot the kernel given
+        by -kernel, the installer's after a kexec), so its exit is the reset, and the VM
+        starts again with the origin's own kernel, initramfs and disk (a fresh snapshot: the
+        disk as the old system left it)."""
+        self._cycling = True
+        threading.Thread(target=self._cycle, daemon=True).start()
+
+    def _cycle(self) -> None:
+        while self._cycling:
+            proc = self.proc
+            if proc is not None and proc.poll() is not None and self._cycling:
+                self.resets.append(time.monotonic())
+                self.serial.rename(self.workdir / f"serial-{self.port}-{len(self.resets)}.log")
+                self.proc = subprocess.Popen(
+                    self._cmd(self.accel), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            time.sleep(0.2)
 
     @property
     def serial(self) -> Path:
@@ -168,14 +192,20 @@ class VM:
             return False
 
     def console(self) -> str:
-        """Everything the VM printed on its serial console."""
-        try:
-            return self.serial.read_text(errors="replace")
-        except OSError:
-            return ""
+        """Everything the VM printed on its serial console (each boot before a power cycle
+        first)."""
+        logs = [
+            self.workdir / f"serial-{self.port}-{n}.log" for n in range(1, len(self.resets) + 1)
+        ]
+        text = ""
+        for log in [*logs, self.serial]:
+            with contextlib.suppress(OSError):
+                text += log.read_text(errors="replace")
+        return text
 
     def stop(self) -> None:
         """Kill QEMU by pid and wait for it."""
+        self._cycling = False
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from app.core.errors import PreflightStop, PrivilegeError
 from app.core.events import CancelToken, EventSink
+from app.core.install.deadman import arm, disarm
 from app.core.install.kexec import run_kexec
 from app.core.install.key import ensure_key
 from app.core.install.place import cleanup, compare_sha256, transfer_image, unpack
@@ -108,6 +110,7 @@ class Installer:
         step = Step(self.setup, self.state, emit, cancel)
         try:
             with self.timings.measure("run", emit, self.setup.settings.run_timeout):
+                arm(step)
                 run_kexec(step)
         except BaseException:
             if not self.state.point_of_no_return:
@@ -126,8 +129,14 @@ class Installer:
         settings = self.setup.settings
         with self.timings.measure("up", step.emit, settings.up_timeout):
             session = wait_up(step)
-        with self.timings.measure("verify", step.emit, settings.command_timeout):
-            return verify_installer(step, session, self.setup.facts.boot_id)
+        try:
+            with self.timings.measure("verify", step.emit, settings.command_timeout):
+                info = verify_installer(step, session, self.setup.facts.boot_id)
+                if self.state.dead_man_minutes is not None:
+                    info = replace(info, dead_man=disarm(step, session))
+                return info
+        finally:
+            session.close()
 
     def _check(self) -> None:
         """Refuse to start when preflight says stop or root access is missing."""

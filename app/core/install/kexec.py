@@ -28,8 +28,9 @@ def run_kexec(step: Step) -> None:
         return
     # Like nixos-anywhere: its own session, waited for (else the output would be lost).
     cmd = sh.run_installer(
-        step.staging, setup.plan.kexec_extra_flags, setsid_wait=setup.facts.setsid_wait
-    )
+        step.staging, setup.plan.kexec_extra_flags, setsid_wait=setup.facts.setsid_wait,
+        launcher=state.launcher,
+    )  # fmt: skip
     # The tail of what `run` says is enough to explain a failure; a flood is not kept.
     lines: deque[str] = deque(maxlen=KEPT_LINES)
     stderr: deque[str] = deque(maxlen=KEPT_LINES)
@@ -38,6 +39,8 @@ def run_kexec(step: Step) -> None:
     def on_line(stream: str, line: str) -> None:
         nonlocal said_success
         lines.append(line)
+        if SUCCESS_LINE in line and not said_success:
+            state.kexec_at = time.monotonic()  # the kexec comes 6 s later
         said_success = said_success or SUCCESS_LINE in line
         if stream == "stderr":
             stderr.append(line)

@@ -46,6 +46,9 @@ class State:
     streamed_sha: str | None = None  # the server's sha256 of the upload it received
     server_hash: ServerHash = ServerHash.NONE  # how the server hashed the upload
     point_of_no_return: bool = False  # `run` started: cancelling is too late
+    launcher: str = "run"  # what runs in the image's kexec/ folder: upstream's, or the app's copy
+    dead_man_minutes: float | None = None  # the switch as armed in the launcher (None: not)
+    kexec_at: float | None = None  # time.monotonic() when `run` said the kexec comes in 6 s
 
     @classmethod
     def start(cls, setup: Setup) -> State:

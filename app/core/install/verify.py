@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from app.core import remote_sh as sh
 from app.core.errors import OldSystemBack, RemoteCommandError
 from app.core.events import CancelToken
+from app.core.install.deadman import came_back
 from app.core.install.place import login_noise
 from app.core.install.state import Step
 from app.core.probe import parse_os_release
@@ -81,19 +82,19 @@ def old_system_back(host: str, ident: Identity, same: bool, waited: float = 0) -
 
 
 def verify_installer(step: Step, session: Session, old_boot: str) -> InstallerInfo:
-    """Prove it is the installer: VARIANT_ID=installer, a new boot_id, the same host key."""
+    """Prove it is the installer: VARIANT_ID=installer, a new boot_id, the same host key
+    (``session`` stays open: the caller closes it)."""
     setup, state = step.setup, step.state
-    try:
-        ident, said = read_identity(session, setup.settings.command_timeout, step.cancel)
-        if ident is None:
-            noise = login_noise("the identity check", said)
-            raise RemoteCommandError(noise.what, noise.why, noise.fix)
-    finally:
-        session.close()
+    ident, said = read_identity(session, setup.settings.command_timeout, step.cancel)
+    if ident is None:
+        noise = login_noise("the identity check", said)
+        raise RemoteCommandError(noise.what, noise.why, noise.fix)
     osr, boot, hostname = ident.os_release, ident.boot_id, ident.hostname
     # Bundles predate VARIANT_ID=installer: for them NixOS and a new boot are the proof.
     variant_ok = osr.get("VARIANT_ID") == "installer" or setup.plan.bundle
     installer = osr.get("ID") == "nixos" and variant_ok
+    if not installer and boot and boot != old_boot and state.dead_man_minutes is not None:
+        raise came_back(step, ident.name)
     if not installer or boot == old_boot:
         raise old_system_back(session.target.host, ident, same=boot == old_boot)
     verified = key_line(session.host_key) == setup.session.host_key_line

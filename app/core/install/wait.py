@@ -42,6 +42,7 @@ BANNER_PATIENCE = 1.4
 # counts as gone there: as patient as the wait for the installer, or a banner between the two
 # would read as "down" here and as the old system still up there.
 DOWN_PROBE_TIMEOUT = BANNER_PATIENCE
+KEXEC_DELAY = 6.0  # `run` kexecs this long after its success line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +181,7 @@ def wait_up(step: Step) -> Session:
     only at its deadline is the old system still answering "old-system-back".
     """
     settings, cancel = step.setup.settings, step.cancel
-    deadline = time.monotonic() + settings.up_timeout
+    deadline = _up_deadline(step)
     w = _Waited()
 
     def failed(port: int, why: str) -> None:
@@ -223,6 +224,23 @@ def wait_up(step: Step) -> Session:
         if w.old is not None and not w.quiet_since_old:
             poll.pause(BOOT_ID_EVERY)  # each login costs the old system a forked sshd
         step.emit(AttemptEvent("up", w.last, attempts=w.attempts, port=port))
+
+
+def _up_deadline(step: Step) -> float:
+    """When the wait for the installer ends: after ``up_timeout``, or with the dead-man switch
+    armed, that long after the switch's own deadline, so the app is still there to see the old
+    system come back."""
+    settings, state = step.setup.settings, step.state
+    deadline = time.monotonic() + settings.up_timeout
+    if state.dead_man_minutes is None or state.kexec_at is None:
+        return deadline
+    fires = state.kexec_at + KEXEC_DELAY + state.dead_man_minutes * 60
+    if fires + settings.up_timeout > deadline:
+        left = fires - time.monotonic()
+        step.log("up", f"Waiting for the installer; if it cannot be reached, the dead-man "
+                 f"switch restarts the server into its old system in about {left:.0f} s, and "
+                 "the app waits to see it.")  # fmt: skip
+    return max(deadline, fires + settings.up_timeout)
 
 
 def _login(step: Step, port: int, sock: socket.socket | None, w: _Waited) -> Session | None:

@@ -6,7 +6,9 @@ import html
 
 from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import (
+    QCheckBox,
     QFormLayout,
+    QHBoxLayout,
     QLineEdit,
     QSpinBox,
     QToolButton,
@@ -19,7 +21,14 @@ from app.core.errors import WizardError
 from app.core.events import CancelToken
 from app.core.imagecheck import bundle_note
 from app.core.kinds import ImageKind, Transfer
-from app.core.plan import DEFAULT_STAGING, InstallRequest, check_kexec_flags
+from app.core.plan import (
+    DEAD_MAN_MAX,
+    DEAD_MAN_MIN,
+    DEFAULT_DEAD_MAN_MINUTES,
+    DEFAULT_STAGING,
+    InstallRequest,
+    check_kexec_flags,
+)
 from app.core.run import RunRequest
 from app.ui.context import AppContext, WizardState
 from app.ui.pages.base import BasePage, PageId
@@ -41,6 +50,29 @@ class ConfirmPage(BasePage):
         self.typed = QLineEdit(self)
         self.typed.setAccessibleName("Type the host name to confirm")
         self.typed.textChanged.connect(self._typed)
+
+        # The dead-man switch (--dead-man): on by default, its deadline beside it.
+        self.dead_man = QCheckBox(
+            "&Dead-man switch: if the app cannot reach the installer within", self
+        )
+        self.dead_man.setChecked(True)
+        self.dead_man.setAccessibleName("Dead-man switch")
+        self.dead_man_minutes = QSpinBox(self)
+        self.dead_man_minutes.setRange(int(DEAD_MAN_MIN), int(DEAD_MAN_MAX))
+        self.dead_man_minutes.setValue(int(DEFAULT_DEAD_MAN_MINUTES))
+        self.dead_man_minutes.setSuffix(" min")
+        self.dead_man_minutes.setAccessibleName("Dead-man switch deadline in minutes")
+        self.dead_man.toggled.connect(self.dead_man_minutes.setEnabled)
+        self.dead_man_rest = wrap_label(
+            "of its boot, the server restarts into its old system by itself."
+        )
+        self.dead_man_row = QWidget(self)
+        row = QHBoxLayout(self.dead_man_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.dead_man)
+        row.addWidget(self.dead_man_minutes)
+        row.addWidget(self.dead_man_rest, 1)
+        self.dead_man_limits = wrap_label("")  # what it cannot cover (set per image)
 
         # The choices the command line has too (--installer-port, --kexec-extra-flags).
         self.advanced = QToolButton(self)
@@ -69,6 +101,8 @@ class ConfirmPage(BasePage):
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.summary)
+        layout.addWidget(self.dead_man_row)
+        layout.addWidget(self.dead_man_limits)
         layout.addWidget(self.advanced)
         layout.addWidget(self.advanced_box)
         layout.addWidget(self.prompt)
@@ -116,6 +150,15 @@ class ConfirmPage(BasePage):
             "<li>The disks are not touched: a power cycle brings the old system back.</li>"
             "<li>Until the kexec starts you can cancel, and the server is left as it was.</li></ul>"
         )
+        # A bundle cannot carry the switch: it has no `run` to add the words to.
+        self.dead_man_row.setVisible(not bundle)
+        self.dead_man_limits.setText(
+            "A kexec-bundle cannot carry the dead-man switch: if its system does not answer, "
+            "a power cycle in the provider's panel brings the old system back."
+            if bundle
+            else "The switch cannot help if the installer's kernel hangs before it starts, if "
+            "the firmware does not boot the disk, or in a provider's rescue mode."
+        )
         self.prompt.setText(f"Type the host name “{self.host}” to enable Install:")
         self.typed.clear()
         self.typed.setFocus()
@@ -148,6 +191,9 @@ class ConfirmPage(BasePage):
             transfer=self.state.transfer,
             installer_port=self.installer_port.value() or None,
             kexec_extra_flags=self.kexec_flags.text().strip(),
+            dead_man_minutes=(
+                float(self.dead_man_minutes.value()) if self.dead_man.isChecked() else None
+            ),
         )
 
     def validatePage(self) -> bool:
