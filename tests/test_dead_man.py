@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import difflib
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from app.cli.context import Context
+from app.cli.parser import build_parser
 from app.core.errors import PreflightStop, UsageError
 from app.core.install.deadman import (
     CMDLINE_LIMIT,
@@ -25,6 +28,7 @@ from app.core.install.deadman import (
     unit_texts,
 )
 from app.core.plan import dead_man_choice, systemd_takes_units
+from app.core.profiles import Profile
 from tests.support.machine import Machine
 from tests.support.sshd import SSHEnv
 from tests.support.tarballs import NIX_RUN, escape_shell_args, fill_run, standin_tarball
@@ -177,11 +181,10 @@ def test_the_deadline_is_minutes_in_range_or_off() -> None:
 
 def _install(machine: Machine, ssh_env: SSHEnv, tmp_path: Path, image: Path, *args: str):  # type: ignore[no-untyped-def]
     _trust(tmp_path / "app" / "config" / "known_hosts", machine)
-    env = {"XDG_CONFIG_HOME": str(tmp_path / "app" / "config")}
     return cli(
         "install", "--json", "--yes", f"root@127.0.0.1:{machine.port}", "-i", str(ssh_env.key),
         "--image", str(image), "--transfer", "upload", "--down-timeout", "20", "--timeout", "20",
-        *args, env=env,
+        *args,
     )  # fmt: skip
 
 
@@ -192,8 +195,10 @@ def test_the_switch_rides_on_the_kexec_command_line_and_off_leaves_no_trace(
 ) -> None:
     run = fill_run(NIX_RUN, INIT, PARAMS)
     image = standin_tarball(tmp_path / "installer.tar.gz", run=run)
-    r = _install(machine, ssh_env, tmp_path, image, "--dead-man", choice)
+    r = _install(machine, ssh_env, tmp_path, image, "--dead-man", choice, "--save-profile", "box")
     assert r.code == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    saved = json.loads((tmp_path / "app" / "config" / "profiles.json").read_text())
+    assert saved["profiles"][0]["dead_man"] == choice  # the next install starts from it
     # Upstream's run is never edited: the app's launcher sits beside it.
     assert machine.kexec_files["run"] == run.encode()
     cmdline = next(a for a in machine.loaded if a.startswith("init="))  # one argument, whole
@@ -226,3 +231,19 @@ def test_a_run_the_switch_cannot_patch_stops_before_anything_changes_if_it_was_a
     r = _install(machine, ssh_env, tmp_path, image)
     assert r.code == 0, r.stdout[-3000:]
     assert any(e.get("dead_man") == "not-armed" and e.get("level") == "warn" for e in r.events)
+
+
+@pytest.mark.parametrize(
+    ("kept", "given", "want"),
+    [("off", None, (None, False)), ("15", None, (15.0, False)), ("off", "7", (7.0, True)),
+     ("", None, (10.0, False))],
+)  # fmt: skip
+def test_the_profile_keeps_the_choice_and_the_command_line_wins(
+    kept: str, given: str | None, want: tuple[float | None, bool], tmp_path: Path
+) -> None:
+    image = standin_tarball(tmp_path / "installer.tar.gz")
+    args = ["install", "--home", str(tmp_path / "home"), "--profile", "box", "--image", str(image)]
+    ctx = Context(build_parser().parse_args(args + (["--dead-man", given] if given else [])))
+    ctx.profiles.put(Profile(name="box", host="192.0.2.7", dead_man=kept))
+    install = ctx.run_request().install
+    assert (install.dead_man_minutes, install.dead_man_required) == want

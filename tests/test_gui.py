@@ -683,6 +683,12 @@ def test_the_wizard_and_the_command_line_build_the_same_plan(
     )
     confirm.kexec_flags.setText("-c")
     assert confirm.isComplete() and not confirm.flags_error.isVisible()
+    # The dead-man switch (--dead-man): on by default, its minutes beside it, or off.
+    assert confirm.dead_man.isChecked() and confirm.dead_man_minutes.value() == 10
+    click(qtbot, confirm.dead_man)
+    assert confirm.request().dead_man_minutes is None and not confirm.dead_man_minutes.isEnabled()
+    click(qtbot, confirm.dead_man)
+    confirm.dead_man_minutes.setValue(7)
     assert confirm.validatePage()  # what the Install button does first; nothing runs yet
     run = wizard.state.run
     assert run is not None and run.plan is not None
@@ -692,13 +698,14 @@ def test_the_wizard_and_the_command_line_build_the_same_plan(
     r = cli(
         "install", "--json", f"root@127.0.0.1:{machine.port}", "-i", str(ssh_env.key),
         "--transfer", "upload", "--save-profile", "127.0.0.1", "--installer-port", "2222",
-        "--kexec-extra-flags=-c", env=urls,
+        "--kexec-extra-flags=-c", "--dead-man", "7", env=urls,
     )  # fmt: skip
     assert r.code == 2 and "needs a confirmation" in r.stdout, r.stdout + r.stderr
     (cli_plan,) = [e["plan"] for e in r.events if e["event"] == "plan"]
     assert cli_plan == gui_plan
     assert gui_plan["transfer"] == "upload" and gui_plan["kind"] == "tarball"
     assert gui_plan["installer_port"] == 2222 and gui_plan["kexec_extra_flags"] == "-c"
+    assert gui_plan["dead_man_minutes"] == 7
     assert machine.state == "original"
 
 

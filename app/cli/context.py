@@ -106,7 +106,11 @@ class Context:
         """Everything `install` was told about the image and the install."""
         a = self.args
         image = self.image_request()
-        minutes, required = dead_man_choice(a.dead_man)
+        # Not given: the choice the profile kept (never "asked for by name" then).
+        profile = self.profile() if a.dead_man is None else None
+        kept = (profile.dead_man or None) if profile else None
+        minutes, required = dead_man_choice(a.dead_man if a.dead_man is not None else kept)
+        required = required and a.dead_man is not None
         install = InstallRequest(
             transfer=Transfer(a.transfer),
             installer_port=a.installer_port,

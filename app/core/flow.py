@@ -267,6 +267,7 @@ def record(
     installer: InstallerInfo | None = None,
     state: str | None = None,
     remember: bool = False,
+    dead_man: str | None = None,
 ) -> tuple[Profile, str | None]:
     """Save (or update) a profile; secrets go to the keyring only. Returns a warning, if any."""
     name = check_name(name)
@@ -287,6 +288,7 @@ def record(
         image=image or (existing.image if existing else {}),
         installer=installer.to_json() if installer else (existing.installer if existing else {}),
         remember_password=remember,
+        dead_man=dead_man if dead_man is not None else (existing.dead_man if existing else ""),
     ).touched()
     store.put(profile)
     warning = None

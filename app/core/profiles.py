@@ -61,6 +61,7 @@ class Profile:
     installer: dict[str, Any] = field(default_factory=dict)
     remember_password: bool = False
     last_contact: float | None = None
+    dead_man: str = ""  # the dead-man switch last chosen: minutes, "off", or "" (the default)
 
     def to_json(self) -> dict[str, Any]:
         """The on-disk form."""
@@ -110,6 +111,7 @@ FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "installer": ((dict,), "an object"),
     "remember_password": ((bool,), "true or false"),
     "last_contact": ((int, float, type(None)), "a time"),
+    "dead_man": ((str,), "text"),
 }
 
 

@@ -397,6 +397,13 @@ class HostRun:
         """Remember this server under ``profile`` from now on (its name checked here)."""
         self.host = replace(self.host, profile=check_name(profile), remember=remember)
 
+    def _dead_man_choice(self) -> str | None:
+        """The dead-man switch this run's plan used, as the profile keeps it (None: no plan)."""
+        plan = self.installer.setup.plan if self.installer is not None else None
+        if plan is None or plan.bundle:
+            return None
+        return "off" if plan.dead_man_minutes is None else f"{plan.dead_man_minutes:g}"
+
     def record(
         self,
         emit: EventSink,
@@ -416,6 +423,7 @@ class HostRun:
                 self.env.profiles, self.env.secrets, name, target=self.host.target,
                 creds=self.host.creds, host_key=session.host_key_line, facts=facts,
                 image=image, installer=installer, state=state, remember=self.host.remember,
+                dead_man=self._dead_man_choice(),
             )  # fmt: skip
         except (WizardError, OSError, ValueError) as exc:
             what = exc.what if isinstance(exc, WizardError) else str(exc)

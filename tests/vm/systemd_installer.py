@@ -1,14 +1,13 @@
-"""A stand-in installer with systemd: a Debian origin booted again by kexec, as the installer.
+"""A stand-in installer with systemd: the trixie origin booted again by kexec, as the installer."""
 
-The dead-man switch needs what only a real systemd does: read units from the kernel command
-line, start a timer, reboot at its deadline. Debian trixie's systemd 257 does all of it (NixOS
-24.11 and later have systemd 256 or newer). So this stand-in kexecs the trixie origin's own
-kernel and initramfs with the root on its own disk; the command line (upstream's `run` format,
-tests/support/kexec-run-nix.sh) makes that boot an installer: an os-release with ID=nixos and
-VARIANT_ID=installer, host name nixos-installer, root's keys as `run` carries them (root's and
-the sudo user's, without options; the cloud-metadata unit masked). The behaviour comes, like the
-switch itself, as a unit passed on the kernel command line.
-"""
+# The dead-man switch needs what only a real systemd does: read units from the kernel command
+# line, start a timer, reboot at its deadline. Debian trixie's systemd 257 does all of it (NixOS
+# 24.11 and later have systemd 256 or newer). So this stand-in kexecs the trixie origin's own
+# kernel and initramfs with the root on its own disk; the command line (upstream's `run` format,
+# tests/support/kexec-run-nix.sh) makes that boot an installer: an os-release with ID=nixos and
+# VARIANT_ID=installer, host name nixos-installer, root's keys as `run` carries them (root's and
+# the sudo user's, without options; the cloud-metadata unit masked). The behaviour comes, like the
+# switch itself, as a unit passed on the kernel command line.
 
 from __future__ import annotations
 

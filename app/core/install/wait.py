@@ -159,6 +159,7 @@ class _Waited:
     last: str = "no answer yet"
     refused_auth: bool = False
     old: Identity | None = None  # the old system, when a login last found its boot
+    unreadable: bool = False  # the last login's identity check gave no answer
     quiet_since_old: int = 0  # attempts without an answer since then
 
 
@@ -267,6 +268,12 @@ def _login(step: Step, port: int, sock: socket.socket | None, w: _Waited) -> Ses
         w.last = exc.what
         return None
     if _not_gone_yet(step, sess, port, w):
+        if w.unreadable and step.setup.session.target.user != "root":
+            # Root's key may run a forced command on the old system (a cloud image's "log in
+            # as deploy"): a new boot of it answers the way the app logged in before.
+            old = _try_old_login(step, port)
+            if old is not None and not _not_gone_yet(step, old, port, w):
+                return old
         return None
     step.log("up", f"The server answers on port {port} after {w.attempts} attempts.",
              attempts=w.attempts)  # fmt: skip
@@ -277,11 +284,12 @@ def _not_gone_yet(step: Step, sess: Session, port: int, w: _Waited) -> bool:
     """Whether ``sess`` reached the old system still running (its old boot id): closed
     then, and noted in ``w``. A connection lost meanwhile (the kexec) counts as no answer;
     an identity that cannot be read goes on to the verify stage, which says why."""
+    w.unreadable = False
     try:
         ident, _said = read_identity(sess, timeout=5.0, cancel=step.cancel)
     except WizardError as exc:
         sess.close()
-        w.last = exc.what
+        w.last, w.unreadable = exc.what, True
         return True
     if ident is None or ident.boot_id != step.setup.facts.boot_id:
         return False

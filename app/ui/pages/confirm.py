@@ -28,6 +28,7 @@ from app.core.plan import (
     DEFAULT_STAGING,
     InstallRequest,
     check_kexec_flags,
+    dead_man_choice,
 )
 from app.core.run import RunRequest
 from app.ui.context import AppContext, WizardState
@@ -150,6 +151,14 @@ class ConfirmPage(BasePage):
             "<li>The disks are not touched: a power cycle brings the old system back.</li>"
             "<li>Until the kexec starts you can cancel, and the server is left as it was.</li></ul>"
         )
+        # The switch as this server's profile last had it (a value it cannot read: the default).
+        kept = self.state.profile.dead_man if self.state.profile else ""
+        try:
+            minutes = dead_man_choice(kept or None)[0]
+        except WizardError:
+            minutes = DEFAULT_DEAD_MAN_MINUTES
+        self.dead_man.setChecked(minutes is not None)
+        self.dead_man_minutes.setValue(round(minutes or DEFAULT_DEAD_MAN_MINUTES))
         # A bundle cannot carry the switch: it has no `run` to add the words to.
         self.dead_man_row.setVisible(not bundle)
         self.dead_man_limits.setText(
