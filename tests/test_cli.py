@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from app.core.handoff import terminal_command
+from app.core.handoff import open_terminal, terminal_command
 from app.core.profiles import Profile, ProfileStore
 from tests.support.releases import ASSET, ReleasesServer
 from tests.support.secret_checks import GIVEN_SECRETS, assert_no_secret
@@ -335,3 +335,14 @@ def test_home_before_the_subcommand_is_honoured(tmp_path: Path) -> None:
     ProfileStore(elsewhere / "config" / "profiles.json").put(Profile("only-here", "192.0.2.3"))
     r = cli("--home", str(elsewhere), "profiles", "list")
     assert r.code == 0 and "only-here" in r.stdout, r.stdout + r.stderr
+
+
+def test_inside_the_flatpak_sandbox_no_terminal_is_started(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Flatpak's sandbox has no desktop programs: the faces copy the command instead."""
+    monkeypatch.setenv("DISPLAY", ":99")
+    monkeypatch.setenv("TERMINAL", "/bin/true")  # would be found and started outside
+    marker = tmp_path / ".flatpak-info"
+    marker.write_text("[Application]\nname=io.github.nixos_kexec_wizard\n")
+    assert "Flatpak sandbox" in (open_terminal(["ssh", "h"], sandbox=marker) or "")

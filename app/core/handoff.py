@@ -102,8 +102,13 @@ def terminal_command(
     return None
 
 
-def open_terminal(ssh: Sequence[str]) -> str | None:
+FLATPAK_INFO = Path("/.flatpak-info")  # present in every Flatpak sandbox
+
+
+def open_terminal(ssh: Sequence[str], sandbox: Path = FLATPAK_INFO) -> str | None:
     """Open the user's terminal with ``ssh``; returns why not, or None on success."""
+    if sandbox.exists():
+        return "the Flatpak sandbox cannot start programs of your desktop"
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return "there is no graphical session to open a terminal in"
     term = terminal_command(ssh)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import html
+import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QIcon
+from PySide6.QtGui import QGuiApplication, QIcon
 from PySide6.QtWidgets import (
     QComboBox,
     QFrame,
@@ -26,6 +27,7 @@ from PySide6.QtWidgets import (
 from app.core.catalog import Catalog
 from app.core.errors import WizardError
 from app.core.events import ProgressEvent
+from app.core.handoff import open_terminal
 from app.core.preflight import Level, Verdict
 
 
@@ -260,3 +262,16 @@ def ask(
     box.finished.connect(on_answer)
     box.open()
     return box
+
+
+def terminal_or_clipboard(ssh: Sequence[str]) -> str:
+    """Open a terminal running ``ssh``; where that cannot be (no terminal, the Flatpak
+    sandbox), put the command on the clipboard instead. Returns what happened, for the user."""
+    why_not = open_terminal(ssh)
+    if why_not is None:
+        return "Opened a terminal."
+    QGuiApplication.clipboard().setText(shlex.join(ssh))
+    return (
+        f"Could not open a terminal: {why_not}. The SSH command is on the clipboard: paste it "
+        "into your terminal."
+    )

@@ -38,7 +38,7 @@ from app.core.events import (
     StageEvent,
 )
 from app.core.fleet import DEFAULT_PARALLEL, Asked, Fleet, host_of_profile, host_of_spec, servers
-from app.core.handoff import installer_ssh_command, open_terminal, ssh_config_snippet
+from app.core.handoff import installer_ssh_command, ssh_config_snippet
 from app.core.kinds import Transfer
 from app.core.plan import ImageRequest, InstallRequest, check_kexec_flags
 from app.core.preflight import Level
@@ -56,6 +56,7 @@ from app.ui.widgets import (
     fill_channels,
     plain_tip,
     std_icon,
+    terminal_or_clipboard,
     wrap_label,
 )
 
@@ -666,7 +667,7 @@ class BatchDonePage(BasePage):
         row.setContentsMargins(0, 0, 0, 0)
         cmd = installer_ssh_command(info, host.target.jump, self.ctx.known_hosts.app_file)
         term = QPushButton("Open terminal", box)
-        term.clicked.connect(lambda: open_terminal(cmd))
+        term.clicked.connect(lambda: self.note.setText(terminal_or_clipboard(cmd)))
         copy = QPushButton("Copy SSH command", box)
         copy.clicked.connect(lambda: QGuiApplication.clipboard().setText(shlex.join(cmd)))
         row.addWidget(term)

@@ -25,14 +25,13 @@ from app.core.handoff import (
     hardware_report,
     installer_ssh_command,
     nixos_anywhere_command,
-    open_terminal,
     reboot_installer,
 )
 from app.core.result import InstallerInfo, leftover_note
 from app.core.ssh import Credentials
 from app.ui.context import AppContext, WizardState
 from app.ui.pages.base import BasePage
-from app.ui.widgets import ErrorPanel, ask, wrap_label
+from app.ui.widgets import ErrorPanel, ask, terminal_or_clipboard, wrap_label
 
 
 class DonePage(BasePage):
@@ -115,11 +114,7 @@ class DonePage(BasePage):
 
     @Slot()
     def _open_terminal(self) -> None:
-        why_not = open_terminal(self.ssh_command())
-        if why_not is None:
-            self.status.setText("Opened a terminal.")
-        else:
-            self.status.setText(f"Could not open a terminal: {why_not}. Copy the command instead.")
+        self.status.setText(terminal_or_clipboard(self.ssh_command()))
 
     @Slot()
     def _copy_ssh(self) -> None:
