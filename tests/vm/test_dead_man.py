@@ -23,7 +23,13 @@ def _note_restart(vm: VM, what: str, ended: float) -> None:
     took to answer the app, in the stage timings summary."""
     first = (vm.workdir / f"serial-{vm.port}-1.log").read_text(errors="replace")
     m = re.search(r"\[\s*([\d.]+)\] reboot: Restarting system", first)
-    at = f"{float(m.group(1)):.1f} s after the installer's boot" if m else "at an unknown time"
+    panic = re.search(r"\[\s*([\d.]+)\] Rebooting in (\d+) seconds", first)
+    at = (
+        f"{float(m.group(1)):.1f} s after the installer's boot" if m
+        else f"{float(panic.group(1)) + int(panic.group(2)):.1f} s after the installer's boot "
+        f"({panic.group(2)} s after its panic)" if panic
+        else "at an unknown time"
+    )  # fmt: skip
     STAGE_TIMINGS.append(f"[{vm.accel}] {what}: restarted {at}; the old system answered the "
                          f"app {ended - vm.resets[0]:.1f} s after the restart")  # fmt: skip
 
