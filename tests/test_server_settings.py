@@ -183,10 +183,12 @@ def test_commands_one_after_another_never_need_two_sessions(
 
 def test_sudo_password_is_sent_only_when_its_prompt_shows_even_split_between_reads() -> None:
     replies = PromptReplies(SUDO_PROMPT, [b"pw\n", END_OF_INPUT])
-    assert replies.feed(b"sudo: a password is required\r\n") == b""
+    assert replies.feed(b"sudo: a password is required\r\n") == b"" and replies.waiting
     half = len(SUDO_PROMPT) // 2
     assert replies.feed(SUDO_PROMPT[:half].encode()) == b""
-    assert replies.feed(SUDO_PROMPT[half:].encode()) == b"pw\n"
+    assert replies.feed(SUDO_PROMPT[half:].encode()) == b"pw\n" and not replies.waiting
     assert replies.feed(b"\nSorry, try again.\r\n" + SUDO_PROMPT.encode()) == END_OF_INPUT
     assert replies.feed(SUDO_PROMPT.encode()) == b""  # nothing more to say
     assert replies.clean(f"{SUDO_PROMPT}\n0\n") == "\n0\n"
+    assert replies.clean_bytes(f"{SUDO_PROMPT}\nnkw-exit 0\n".encode()) == b"\nnkw-exit 0\n"
+    assert "PAM module" in replies.unanswered("the root check").why

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from app.core.catalog import DEFAULT_VARIANT, Catalog, CatalogClient
 from app.core.download import ImageCache
-from app.core.errors import UsageError
+from app.core.errors import ConfigError, UsageError
 from app.core.events import CancelToken
 from app.core.fleet import SharedImages, targets_of_text
 from app.core.kinds import AuthMethod, Transfer
@@ -109,8 +109,22 @@ class Context:
         # Not given: the choice the profile kept (never "asked for by name" then).
         profile = self.profile() if a.dead_man is None else None
         kept = (profile.dead_man or None) if profile else None
-        minutes, required = dead_man_choice(a.dead_man if a.dead_man is not None else kept)
+        try:
+            minutes, required = dead_man_choice(a.dead_man if a.dead_man is not None else kept)
+        except UsageError as exc:
+            if a.dead_man is not None or profile is None:
+                raise
+            raise ConfigError(
+                f"The profile {profile.name!r} keeps dead_man = {kept!r}, which is neither "
+                "minutes nor off.",
+                "The app cannot tell which dead-man switch you chose for this server.",
+                "Give --dead-man MINUTES or --dead-man off (the install saves it), or correct "
+                "the field in profiles.json.",
+            ) from exc
         required = required and a.dead_man is not None
+        if profile is not None and kept == "off":
+            self.report.info(f"Dead-man switch off, as the profile {profile.name!r} keeps it "
+                             "(--dead-man 10 turns it on).")  # fmt: skip
         install = InstallRequest(
             transfer=Transfer(a.transfer),
             installer_port=a.installer_port,

@@ -322,14 +322,11 @@ def remove_line(path: str, line: str) -> str:
 
 
 def write_file(path: str, text: str, token: str) -> str:
-    """Write ``text`` (no secret: it is part of the command) to ``path``, mode 0700, and print
-    its sha256; ``token`` makes the here-document's end line one the text cannot hold."""
+    """Write ``text`` (no secret: it is part of the command) to ``path``, mode 0700; ``token``
+    makes the here-document's end line one the text cannot hold."""
     end = f"NKW_END_{token}"
     if end in text:
         raise ValueError("the text holds the here-document's end line")
     body = text if text.endswith("\n") else text + "\n"
     f = q(path)
-    return (
-        f"umask 077 && rm -f {f} && cat > {f} <<'{end}'\n{body}{end}\n"
-        f"chmod 700 {f} && sha256sum {f}"
-    )
+    return f"umask 077 && rm -f {f} && cat > {f} <<'{end}'\n{body}{end}\nchmod 700 {f}"

@@ -6,9 +6,15 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from app.core.errors import PreflightStop, PrivilegeError
+from app.core.errors import (
+    DeadManFired,
+    OldSystemBack,
+    PreflightStop,
+    PrivilegeError,
+    WizardError,
+)
 from app.core.events import CancelToken, EventSink
-from app.core.install.deadman import arm, disarm
+from app.core.install.deadman import arm, armed_note, disarm
 from app.core.install.kexec import run_kexec
 from app.core.install.key import ensure_key
 from app.core.install.place import cleanup, compare_sha256, transfer_image, unpack
@@ -127,16 +133,21 @@ class Installer:
     def _up_and_verify(self, step: Step) -> InstallerInfo:
         """Wait for the installer at the state's host and prove what it is; repeatable."""
         settings = self.setup.settings
-        with self.timings.measure("up", step.emit, settings.up_timeout):
-            session = wait_up(step)
         try:
-            with self.timings.measure("verify", step.emit, settings.command_timeout):
-                info = verify_installer(step, session, self.setup.facts.boot_id)
-                if self.state.dead_man_minutes is not None:
-                    info = replace(info, dead_man=disarm(step, session))
-                return info
-        finally:
-            session.close()
+            with self.timings.measure("up", step.emit, settings.up_timeout):
+                session = wait_up(step)
+            try:
+                with self.timings.measure("verify", step.emit, settings.command_timeout):
+                    info = verify_installer(step, session, self.setup.facts.boot_id)
+                    if self.state.dead_man_minutes is not None:
+                        info = replace(info, dead_man=disarm(step, session, info))
+                    return info
+            finally:
+                session.close()
+        except WizardError as exc:
+            if not isinstance(exc, (DeadManFired, OldSystemBack)):  # it is not armed there
+                exc.fix += armed_note(step)
+            raise
 
     def _check(self) -> None:
         """Refuse to start when preflight says stop or root access is missing."""

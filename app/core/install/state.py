@@ -48,6 +48,7 @@ class State:
     point_of_no_return: bool = False  # `run` started: cancelling is too late
     launcher: str = "run"  # what runs in the image's kexec/ folder: upstream's, or the app's copy
     dead_man_minutes: float | None = None  # the switch as armed in the launcher (None: not)
+    dead_man_units: bool = False  # its timer too, not only the panic restart
     kexec_at: float | None = None  # time.monotonic() when `run` said the kexec comes in 6 s
 
     @classmethod

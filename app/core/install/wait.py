@@ -21,6 +21,7 @@ from app.core.errors import (
     WizardError,
 )
 from app.core.events import AttemptEvent
+from app.core.install.deadman import KEXEC_DELAY
 from app.core.install.kexec import NOTABLE
 from app.core.install.state import Step
 from app.core.install.verify import Identity, old_system_back, read_boot_id, read_identity
@@ -42,7 +43,6 @@ BANNER_PATIENCE = 1.4
 # counts as gone there: as patient as the wait for the installer, or a banner between the two
 # would read as "down" here and as the old system still up there.
 DOWN_PROBE_TIMEOUT = BANNER_PATIENCE
-KEXEC_DELAY = 6.0  # `run` kexecs this long after its success line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +158,8 @@ class _Waited:
     attempts: int = 0
     last: str = "no answer yet"
     refused_auth: bool = False
+    started: float = 0.0  # time.monotonic() when the wait began
+    limit: float = 0.0  # how long it may last: up_timeout, or longer for the dead-man switch
     old: Identity | None = None  # the old system, when a login last found its boot
     unreadable: bool = False  # the last login's identity check gave no answer
     quiet_since_old: int = 0  # attempts without an answer since then
@@ -183,7 +185,11 @@ def wait_up(step: Step) -> Session:
     """
     settings, cancel = step.setup.settings, step.cancel
     deadline = _up_deadline(step)
-    w = _Waited()
+    w = _Waited(started=time.monotonic())
+    w.limit = deadline - w.started
+    # The old system still answering in its old boot ends the wait at up_timeout, however long
+    # the dead-man switch would have it last: there was no kexec to come back from.
+    still_old_by = w.started + settings.up_timeout
 
     def failed(port: int, why: str) -> None:
         w.attempts += 1
@@ -222,6 +228,8 @@ def wait_up(step: Step) -> Session:
         sess = _login(step, port, sock, w)
         if sess is not None:
             return sess
+        if w.old is not None and w.quiet_since_old <= 2 and time.monotonic() >= still_old_by:
+            raise _gave_up(step, w)
         if w.old is not None and not w.quiet_since_old:
             poll.pause(BOOT_ID_EVERY)  # each login costs the old system a forked sshd
         step.emit(AttemptEvent("up", w.last, attempts=w.attempts, port=port))
@@ -235,6 +243,8 @@ def _up_deadline(step: Step) -> float:
     deadline = time.monotonic() + settings.up_timeout
     if state.dead_man_minutes is None or state.kexec_at is None:
         return deadline
+    if not state.dead_man_units:
+        return deadline  # only the panic restart: it comes within a boot's time, or never
     fires = state.kexec_at + KEXEC_DELAY + state.dead_man_minutes * 60
     if fires + settings.up_timeout > deadline:
         left = fires - time.monotonic()
@@ -339,7 +349,7 @@ def _gave_up(step: Step, w: _Waited) -> WizardError:
     on a lossy link do not count), or nothing we could log in to."""
     if w.old is not None and w.quiet_since_old <= 2:
         return old_system_back(
-            step.state.host, w.old, same=True, waited=step.setup.settings.up_timeout
+            step.state.host, w.old, same=True, waited=round(time.monotonic() - w.started)
         )
     return _never_came_back(step, w)
 
@@ -356,7 +366,7 @@ def _never_came_back(step: Step, w: _Waited) -> NeverCameBack:
         else "Nothing answered SSH."
     )
     return NeverCameBack(
-        f"{step.state.host} did not come back within {step.setup.settings.up_timeout:g} s "
+        f"{step.state.host} did not come back within {w.limit:.0f} s "
         f"({w.attempts} attempts on ports {', '.join(map(str, ports(step)))}; last: {w.last}).",
         f"{hint} The installer should be at {addrs}.{moved} Expected network:\n{net}",
         "Look at the server's console in your provider's panel. If the address changed, "

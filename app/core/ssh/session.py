@@ -414,7 +414,8 @@ class Session:
                 raise Cancelled()
             left = deadline - time.monotonic()
             if left <= 0:
-                raise self._late(what, timeout)
+                late = replies.unanswered(what) if replies and replies.waiting else None
+                raise late or self._late(what, timeout)
             select.select([chan], [], [], min(left, 0.5))
             got = False
             while chan.recv_ready():
@@ -447,10 +448,9 @@ class Session:
                 raise EOFError("the connection closed")
         for splitter in lines.values():
             splitter.flush()
-        text = out.text() if replies is None else replies.clean(out.text())
-        return CommandResult(
-            status, text, err.text(), out.dropped, err.dropped, raw_stdout=out.data()
-        )
+        raw = out.data() if replies is None else replies.clean_bytes(out.data())
+        return CommandResult(status, raw.decode("utf-8", "replace"), err.text(), out.dropped,
+                             err.dropped, raw_stdout=raw)  # fmt: skip
 
     def upload(
         self,

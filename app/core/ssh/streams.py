@@ -48,6 +48,7 @@ class PromptReplies:
         self.prompt = prompt.encode()
         self.replies = replies
         self._tail = b""  # the end of the output so far: a prompt split between two reads
+        self._answered = 0
 
     def feed(self, data: bytes) -> bytes:
         """Take more output; return what to send now (nothing, or the replies due)."""
@@ -56,11 +57,32 @@ class PromptReplies:
         rest = seen[seen.rfind(self.prompt) + len(self.prompt) :] if count else seen
         self._tail = rest[-(len(self.prompt) - 1) :]
         due, self.replies = self.replies[:count], self.replies[count:]
+        self._answered += len(due)
         return b"".join(due)
 
     def clean(self, text: str) -> str:
         """``text`` without the prompts."""
         return text.replace(self.prompt.decode(), "")
+
+    def clean_bytes(self, data: bytes) -> bytes:
+        """``data`` without the prompts."""
+        return data.replace(self.prompt, b"")
+
+    @property
+    def waiting(self) -> bool:
+        """Nothing was answered yet: the prompt never showed."""
+        return self._answered == 0
+
+    def unanswered(self, what: str) -> PrivilegeError:
+        """The deadline passed and sudo never showed the prompt the app answers."""
+        return PrivilegeError(
+            f"sudo never asked for the password the way the app answers ({what}).",
+            "sudo was told to prompt with the app's own words (sudo -p); a PAM module that "
+            "asks its own question (a one-time code, a differently worded password prompt) "
+            "gets no answer, and nothing ran as root.",
+            "Let this user use sudo without a password for the install (NOPASSWD in a file "
+            "in /etc/sudoers.d/), or log in as root.",
+        )
 
     def lines_to(self, sink: LineSink) -> LineSink:
         """``sink`` given the lines without the prompts (a line that was only one is left out)."""

@@ -107,6 +107,13 @@ class DonePage(BasePage):
             f"{proof}: <code>{html.escape(info.fingerprint)}</code>.<br>"
             "It runs from RAM: nothing on the disks has changed yet."
             + (f"<br><br>{html.escape(note)}" if note else "")
+            + (
+                "<br><br><b>⚠ The dead-man switch could not be confirmed off:</b> it may "
+                "restart the server into its old system at its deadline. Stop it now: open a "
+                "terminal and run <code>systemctl stop nkw-dead-man.timer</code>."
+                if info.dead_man == "still-armed"
+                else ""
+            )
         )
         self.command.setPlainText(shlex.join(self.ssh_command()))
 
