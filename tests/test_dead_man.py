@@ -19,6 +19,7 @@ from app.cli.parser import build_parser
 from app.core.errors import ConfigError, PreflightStop, UsageError
 from app.core.install.deadman import (
     CMDLINE_LIMIT,
+    DISARMED,
     SERVICE,
     TIMER,
     DeadMan,
@@ -145,8 +146,10 @@ def test_a_word_that_would_need_quoting_is_refused() -> None:
 def test_the_reboot_is_the_services_success_action_never_the_timers() -> None:
     timer, service = unit_texts(90)
     assert "OnBootSec=90s" in timer and "Action" not in timer
-    unit_part = service.split("[Service]")[0]
+    unit_part, service_part = service.split("[Service]")
     assert "[Unit]" in unit_part and "SuccessAction=reboot-force" in unit_part
+    # It succeeds (and restarts the machine) only while the disarm mark is missing.
+    assert f'ExecStart=/bin/sh -c "test ! -e {DISARMED}"' in service_part
     b64 = {w.split(":", 1)[0]: w.split(":", 1)[1] for w in DeadMan(1.5).words() if ":" in w}
     assert base64.b64decode(b64[f"systemd.set_credential_binary=systemd.extra-unit.{SERVICE}"]
                             ).decode() == service  # fmt: skip
@@ -163,12 +166,13 @@ def test_old_channels_get_the_panic_restart_only() -> None:
 @pytest.mark.parametrize(
     ("output", "verdict", "said"),
     [
-        ("words=1\nload=loaded\ntimer=inactive\nran=0\n", "disarmed", "disarmed"),
-        ("words=1\nload=not-found\ntimer=inactive\nran=\n", "not-armed", "older than systemd"),
-        ("words=0\nload=not-found\ntimer=inactive\nran=\n", "not-armed", "never reached"),
-        ("words=1\nload=loaded\ntimer=active\nran=0\n", "still-armed", "not be confirmed"),
-        ("words=1\nload=loaded\ntimer=inactive\nran=81234567\n", "still-armed", "confirmed"),
-        ("words=1\nload=loaded\ntimer=inactive\nran=\n", "still-armed", "not be confirmed"),
+        ("mark=yes\nwords=1\nload=loaded\ntimer=inactive\nran=0\n", "disarmed", "stopped"),
+        ("mark=yes\nwords=1\nload=loaded\ntimer=active\nran=0\n", "disarmed", "does nothing"),
+        ("mark=yes\nwords=1\nload=not-found\ntimer=inactive\nran=\n", "not-armed", "older"),
+        ("mark=yes\nwords=0\nload=not-found\ntimer=inactive\nran=\n", "not-armed", "never"),
+        ("mark=\nwords=1\nload=loaded\ntimer=inactive\nran=0\n", "still-armed", "missing"),
+        ("mark=yes\nwords=1\nload=loaded\ntimer=inactive\nran=812345\n", "still-armed", "812345"),
+        ("mark=yes\nwords=1\nload=loaded\ntimer=inactive\nran=\n", "still-armed", "unknown"),
         ("sh: systemctl: not found\n", "still-armed", "could not be confirmed off"),
     ],
 )

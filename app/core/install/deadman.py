@@ -25,6 +25,11 @@ from app.core.ssh import Session
 DEFAULT_MINUTES = DEFAULT_DEAD_MAN_MINUTES
 TIMER = "nkw-dead-man.timer"
 SERVICE = "nkw-dead-man.service"
+# Disarming writes this: the service then fails instead of succeeding, and only its success
+# restarts the machine. (A timer stopped while the boot still starts units was seen to start
+# anyway; a file in /run needs nothing of systemd.)
+DISARMED = "/run/nkw-dead-man.disarmed"
+STOP_COMMAND = f"touch {DISARMED}; systemctl stop {TIMER}"  # by hand, on the installer
 PANIC_SECONDS = 30  # a kernel panic in the installer restarts the machine after this long
 # x86's setup header allows 2047 bytes and the NUL; kexec_file_load (what `run` uses on kernels
 # from 6.1) also keeps room for an appended "elfcorehdr=" (30 bytes): 2016 fit everywhere.
@@ -92,8 +97,8 @@ class DeadMan:
 
 def unit_texts(seconds: int) -> tuple[str, str]:
     """The timer and the service it starts: the service's success restarts the machine at
-    once. The action sits on the service, never on the timer that disarming stops (systemd
-    runs a unit's success action on every clean stop)."""
+    once, and it succeeds only while the switch is not disarmed. The action sits on the service,
+    never on the timer that disarming stops (systemd runs a success action on every clean stop)."""
     timer = (
         "[Unit]\nDescription=nixos-kexec-wizard dead-man switch\n"
         f"[Timer]\nOnBootSec={seconds}s\nAccuracySec=1s\n"
@@ -101,7 +106,7 @@ def unit_texts(seconds: int) -> tuple[str, str]:
     service = (
         "[Unit]\nDescription=nixos-kexec-wizard dead-man switch: back to the old system\n"
         "SuccessAction=reboot-force\n"
-        '[Service]\nType=oneshot\nExecStart=/bin/sh -c "echo nkw: dead-man switch fired"\n'
+        f'[Service]\nType=oneshot\nExecStart=/bin/sh -c "test ! -e {DISARMED}"\n'
     )
     return timer, service
 
@@ -166,9 +171,14 @@ def _refused(why: str) -> PreflightStop:
 
 
 def disarm_script() -> str:
-    """Stop the timer, then report what the installer's kernel and systemd know of the switch."""
+    """Disarm (the file the service checks), stop the timer (a few tries: during the boot a
+    stop may not take), then report what the installer's kernel and systemd know of it."""
     return (
+        f": > {DISARMED}; i=0; while :; do "
         f"systemctl stop {TIMER} >/dev/null 2>&1; "
+        f'[ "$(systemctl is-active {TIMER})" != active ] && break; '
+        'i=$((i+1)); [ "$i" -ge 10 ] && break; sleep 0.3; done; '
+        f"echo mark=$(test -e {DISARMED} && echo yes); "
         f"echo words=$(grep -c 'systemd.wants={TIMER}' /proc/cmdline); "
         f"echo load=$(systemctl show --property=LoadState --value {TIMER}); "
         f"echo timer=$(systemctl is-active {TIMER}); "
@@ -178,8 +188,8 @@ def disarm_script() -> str:
 
 def disarm_verdict(output: str) -> tuple[str, str]:
     """("disarmed", "not-armed" or "still-armed", what to say) from ``disarm_script``'s
-    output: only a stopped timer that never fired is disarmed; words that never reached the
-    kernel, or a systemd that did not take them, armed nothing to stop."""
+    output: disarmed once the mark is there and the service never ran; words that never
+    reached the kernel, or a systemd that did not take them, armed nothing to stop."""
     seen = dict(ln.split("=", 1) for ln in output.splitlines() if "=" in ln)
     words, load = seen.get("words", ""), seen.get("load", "")
     timer, ran = seen.get("timer", ""), seen.get("ran", "")
@@ -193,10 +203,14 @@ def disarm_verdict(output: str) -> tuple[str, str]:
             "The installer's systemd did not take the switch's timer (older than systemd 256): "
             f"only the kernel panic restart (panic={PANIC_SECONDS}) was armed."
         )
-    if load == "loaded" and timer == "inactive" and ran == "0":
-        return "disarmed", "Dead-man switch disarmed: its timer is stopped and never fired."
+    if seen.get("mark") == "yes" and load == "loaded" and ran == "0":
+        how = (
+            "its timer is stopped" if timer == "inactive" else "if its timer fires, it does nothing"
+        )
+        return "disarmed", f"Dead-man switch disarmed: {how}, and it never fired."
     return "still-armed", (
-        f"The dead-man switch could not be confirmed off (timer {timer or 'unknown'}, "
+        f"The dead-man switch could not be confirmed off (disarm mark "
+        f"{'written' if seen.get('mark') == 'yes' else 'missing'}, timer {timer or 'unknown'}, "
         f"load state {load or 'unknown'}, service last started at {ran or 'unknown'})."
     )
 
@@ -291,7 +305,7 @@ def disarm(step: Step, session: Session, info: InstallerInfo) -> str:
     step.log(
         "verify",
         f"{message} It restarts {info.host} into its old system {restart_time(step)} unless "
-        f"stopped. Stop it now: {shlex.join([*ssh, 'systemctl', 'stop', TIMER])}",
+        f"stopped. Stop it now: {shlex.join([*ssh, STOP_COMMAND])}",
         level="warn", dead_man="still-armed",
     )  # fmt: skip
     return "still-armed"

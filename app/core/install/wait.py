@@ -162,6 +162,7 @@ class _Waited:
     limit: float = 0.0  # how long it may last: up_timeout, or longer for the dead-man switch
     old: Identity | None = None  # the old system, when a login last found its boot
     unreadable: bool = False  # the last login's identity check gave no answer
+    ident: Identity | None = None  # what the last login's identity check read
     quiet_since_old: int = 0  # attempts without an answer since then
 
 
@@ -272,8 +273,7 @@ def _login(step: Step, port: int, sock: socket.socket | None, w: _Waited) -> Ses
     except AuthError as exc:
         w.refused_auth = True
         w.last = f"the SSH server refused our key ({exc.what})"
-        old = _try_old_login(step, port)
-        return None if old is None or _not_gone_yet(step, old, port, w) else old
+        return _old_system_back(step, port, w)
     except (SSHConnectError, RemoteCommandError) as exc:
         w.last = exc.what
         return None
@@ -281,26 +281,39 @@ def _login(step: Step, port: int, sock: socket.socket | None, w: _Waited) -> Ses
         if w.unreadable and step.setup.session.target.user != "root":
             # Root's key may run a forced command on the old system (a cloud image's "log in
             # as deploy"): a new boot of it answers the way the app logged in before.
-            old = _try_old_login(step, port)
-            if old is not None and not _not_gone_yet(step, old, port, w):
-                return old
+            return _old_system_back(step, port, w)
         return None
     step.log("up", f"The server answers on port {port} after {w.attempts} attempts.",
              attempts=w.attempts)  # fmt: skip
     return sess
 
 
+def _old_system_back(step: Step, port: int, w: _Waited) -> Session | None:
+    """A login the way the app first logged in, when it reaches the old system in a new boot
+    (for the verify stage to name); None otherwise. Never the installer: that must answer
+    root's login, and a login as another user is not one to go on with."""
+    old = _try_old_login(step, port)
+    if old is None or _not_gone_yet(step, old, port, w):
+        return None
+    if w.ident is not None and w.ident.os_release.get("VARIANT_ID") == "installer":
+        old.close()
+        w.last = f"port {port}: the installer answers, but not yet to root's login"
+        return None
+    return old
+
+
 def _not_gone_yet(step: Step, sess: Session, port: int, w: _Waited) -> bool:
     """Whether ``sess`` reached the old system still running (its old boot id): closed
     then, and noted in ``w``. A connection lost meanwhile (the kexec) counts as no answer;
     an identity that cannot be read goes on to the verify stage, which says why."""
-    w.unreadable = False
+    w.unreadable, w.ident = False, None
     try:
         ident, _said = read_identity(sess, timeout=5.0, cancel=step.cancel)
     except WizardError as exc:
         sess.close()
         w.last, w.unreadable = exc.what, True
         return True
+    w.ident = ident
     if ident is None or ident.boot_id != step.setup.facts.boot_id:
         return False
     sess.close()

@@ -27,6 +27,7 @@ from app.core.handoff import (
     nixos_anywhere_command,
     reboot_installer,
 )
+from app.core.install.deadman import STOP_COMMAND
 from app.core.result import InstallerInfo, leftover_note
 from app.core.ssh import Credentials
 from app.ui.context import AppContext, WizardState
@@ -110,7 +111,7 @@ class DonePage(BasePage):
             + (
                 "<br><br><b>⚠ The dead-man switch could not be confirmed off:</b> it may "
                 "restart the server into its old system at its deadline. Stop it now: open a "
-                "terminal and run <code>systemctl stop nkw-dead-man.timer</code>."
+                f"terminal and run <code>{html.escape(STOP_COMMAND)}</code>."
                 if info.dead_man == "still-armed"
                 else ""
             )
