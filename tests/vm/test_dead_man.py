@@ -80,6 +80,7 @@ def test_the_app_disarms_the_switch_and_the_installer_stays_up_past_its_deadline
     assert active == "inactive" and result in ("success", "exit-code"), (active, result)
 
 
+@pytest.mark.fault
 @pytest.mark.timeout(900)
 def test_the_switch_brings_the_old_system_back_when_the_installer_has_no_network(
     make_vm: Callable[..., VM], bed: Path, tmp_path: Path
@@ -97,6 +98,7 @@ def test_the_switch_brings_the_old_system_back_when_the_installer_has_no_network
     assert "nkw: origin ready" in vm.console().split("nkw: origin ready", 1)[1]  # booted again
 
 
+@pytest.mark.fault
 @pytest.mark.timeout(900)
 def test_a_kernel_panic_in_the_installer_comes_back_as_the_old_system(
     make_vm: Callable[..., VM], bed: Path, tmp_path: Path
