@@ -8,6 +8,12 @@ from typing import Any
 
 from app.core.errors import ConfigError, WizardError
 
+# The dead-man switch's names on the installer (app/core/install/deadman.py arms it), and how to
+# stop it by hand there: the mark makes its service do nothing, the stop ends its timer.
+DEAD_MAN_TIMER = "nkw-dead-man.timer"
+DEAD_MAN_MARK = "/run/nkw-dead-man.disarmed"
+DEAD_MAN_STOP = f"touch {DEAD_MAN_MARK}; systemctl stop {DEAD_MAN_TIMER}"
+
 
 @dataclass(frozen=True)
 class InstallerInfo:

@@ -19,17 +19,17 @@ from app.core.install.state import Step
 from app.core.netpreview import preview as net_preview
 from app.core.plan import DEFAULT_DEAD_MAN_MINUTES
 from app.core.probe import Facts
-from app.core.result import InstallerInfo
+from app.core.result import DEAD_MAN_MARK, DEAD_MAN_STOP, DEAD_MAN_TIMER, InstallerInfo
 from app.core.ssh import Session
 
 DEFAULT_MINUTES = DEFAULT_DEAD_MAN_MINUTES
-TIMER = "nkw-dead-man.timer"
+TIMER = DEAD_MAN_TIMER
 SERVICE = "nkw-dead-man.service"
 # Disarming writes this: the service then fails instead of succeeding, and only its success
 # restarts the machine. (A timer stopped while the boot still starts units was seen to start
 # anyway; a file in /run needs nothing of systemd.)
-DISARMED = "/run/nkw-dead-man.disarmed"
-STOP_COMMAND = f"touch {DISARMED}; systemctl stop {TIMER}"  # by hand, on the installer
+DISARMED = DEAD_MAN_MARK
+STOP_COMMAND = DEAD_MAN_STOP  # by hand, on the installer
 PANIC_SECONDS = 30  # a kernel panic in the installer restarts the machine after this long
 # x86's setup header allows 2047 bytes and the NUL; kexec_file_load (what `run` uses on kernels
 # from 6.1) also keeps room for an appended "elfcorehdr=" (30 bytes): 2016 fit everywhere.

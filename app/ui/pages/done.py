@@ -27,8 +27,7 @@ from app.core.handoff import (
     nixos_anywhere_command,
     reboot_installer,
 )
-from app.core.install.deadman import STOP_COMMAND
-from app.core.result import InstallerInfo, leftover_note
+from app.core.result import DEAD_MAN_STOP, InstallerInfo, leftover_note
 from app.core.ssh import Credentials
 from app.ui.context import AppContext, WizardState
 from app.ui.pages.base import BasePage
@@ -111,7 +110,7 @@ class DonePage(BasePage):
             + (
                 "<br><br><b>⚠ The dead-man switch could not be confirmed off:</b> it may "
                 "restart the server into its old system at its deadline. Stop it now: open a "
-                f"terminal and run <code>{html.escape(STOP_COMMAND)}</code>."
+                f"terminal and run <code>{html.escape(DEAD_MAN_STOP)}</code>."
                 if info.dead_man == "still-armed"
                 else ""
             )
