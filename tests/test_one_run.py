@@ -14,6 +14,7 @@ from app.core.profiles import Profile, ProfileStore
 from tests.support.machine import Machine
 from tests.support.releases import ReleasesServer
 from tests.support.secret_checks import PASSPHRASE
+from tests.support.sources import tree
 from tests.support.sshd import SSHEnv, free_port
 from tests.support.tarballs import machine_bundle
 from tests.test_cli import ROOT, Run, cli
@@ -169,7 +170,7 @@ def test_no_face_assigns_to_an_attribute_of_a_live_engine_object() -> None:
     the engine's callbacks or choices from outside races the engine's own threads."""
     offenders = []
     for f in FACES:
-        for node in ast.walk(ast.parse(f.read_text())):
+        for node in ast.walk(tree(f)):
             targets = node.targets if isinstance(node, ast.Assign) else (
                 [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign) else [])  # fmt: skip
             for t in targets:

@@ -353,3 +353,30 @@ def test_the_unpacking_commands_are_exactly_these() -> None:
         "cat > /dev/null; wait; rm -f /s/.nixos-kexec-wizard.unpack.fifo",
         sh.DIGEST,
     )
+
+
+@pytest.mark.fault
+def test_cleanup_outlasts_an_unpack_that_is_still_writing(tmp_path: Path) -> None:
+    """A cancelled upload's ``tar`` can still be writing when the cleanup runs (its stdin ends
+    only once the server notices the closed channel): one ``rm -rf`` then races it, fails on a
+    folder that is not empty, and the staging folder stayed behind."""
+    staging = tmp_path / "staging"
+    unpack = staging / sh.UNPACKING
+    (unpack / "kexec").mkdir(parents=True)
+    (staging / sh.MARKER).touch()
+    # Like tar -C: it writes relative to a folder it entered, for up to 3 s or until that
+    # folder is gone; each entry a folder holding a file, as a tarball's members are.
+    writer = subprocess.Popen(
+        ["/bin/sh", "-c", "cd kexec && i=0; end=$(( $(date +%s) + 3 )); "
+         "while [ $(date +%s) -lt $end ] && mkdir d$i 2>/dev/null; do "
+         ": > d$i/f; i=$((i+1)); done"],
+        cwd=unpack,
+    )  # fmt: skip
+    try:
+        while sum(1 for _ in (unpack / "kexec").iterdir()) < 50:
+            assert writer.poll() is None, "the writer ended before the cleanup started"
+        assert run(sh.clean_staging(str(staging), str(staging / "i.tar.gz"))).returncode == 0
+        assert not staging.exists(), sorted(p.name for p in staging.rglob("*"))[:5]
+    finally:
+        writer.kill()
+        writer.wait()

@@ -5,14 +5,15 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.support.sources import tree
+
 ROOT = Path(__file__).resolve().parent.parent
 QT_MODULES = ("PySide6", "PyQt5", "PyQt6", "shiboken6")
 
 
 def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
     out: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(tree(path)):
         if isinstance(node, ast.Import):
             out |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -39,7 +40,7 @@ def test_qt_is_imported_only_under_app_ui() -> None:
 def test_every_module_has_a_one_line_docstring() -> None:
     missing = []
     for f in [*(ROOT / "app").rglob("*.py"), *(ROOT / "tests").rglob("*.py")]:
-        doc = ast.get_docstring(ast.parse(f.read_text()))
+        doc = ast.get_docstring(tree(f))
         if not doc or "\n" in doc.strip():
             missing.append(str(f.relative_to(ROOT)))
     assert missing == []
@@ -68,7 +69,7 @@ SSH_SESSION_NAMES = {"Session", "connect", "ConnectOptions"}
 def _imported(path: Path) -> list[tuple[int, str, str]]:
     """(line, module, name) for every name a file imports."""
     out = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree(path)):
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name, "") for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -93,7 +94,7 @@ def test_the_faces_neither_build_plans_nor_run_installers() -> None:
     """The one InstallPlan of a server is built by its run; no face makes or runs one."""
     offenders = []
     for f in FACES:
-        for node in ast.walk(ast.parse(f.read_text())):
+        for node in ast.walk(tree(f)):
             if isinstance(node, ast.Call):
                 func = node.func
                 name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")

@@ -281,11 +281,18 @@ def clean_staging(staging: str, tarball: str) -> str:
     """Remove the image, its partial transfer, the app's unpack and marker, and the folder if
     it is then empty; never anything the app did not make."""
     d = staging.rstrip("/")
+    u = q(d + "/" + UNPACKING)
+    # A cancelled upload's tar may still be writing into its unpack until the server sees the
+    # channel closed: one rm -rf races it, so it is repeated (for up to 10 s) until it is gone.
+    drop = (
+        f"i=0; while {drop_unpacked(d)} 2>/dev/null; [ -e {u} ] && [ $i -lt 100 ]; do "
+        "i=$((i+1)); sleep 0.1 2>/dev/null || sleep 1; done"
+    )
     return (
         "; ".join(
             [
                 remove(tarball, tarball + ".part", bundle_log(d)),
-                drop_unpacked(d),
+                drop,
                 f"if [ -e {q(d + '/kexec/' + MARKER)} ]; then rm -rf {q(d + '/kexec')}; fi",
                 remove(d + "/" + MARKER),
                 f"rmdir {q(d)} 2>/dev/null",
