@@ -39,18 +39,38 @@ def _nix() -> str:
     return nix
 
 
-@pytest.fixture(scope="module")
-def disko(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The vendored disko and nixpkgs lib, unpacked, with the evaluation that prints the
-    commands disko itself would run (create, then mount)."""
-    if DISKO is None or NIXPKGS_LIB is None:
-        pytest.skip(f"the vendored disko and nixpkgs lib are not in {VENDOR} (set NKW_VENDOR)")
-    root = tmp_path_factory.mktemp("disko")
+def unpack_disko(into: Path) -> Path | None:
+    """The vendored disko and nixpkgs lib, unpacked into ``into``, with the evaluation that
+    prints the commands disko itself would run (create, then mount); None when the vendored
+    sources or Debian's nix-bin are not here."""
+    if DISKO is None or NIXPKGS_LIB is None or shutil.which("nix-instantiate") is None:
+        return None
     for archive in (DISKO, NIXPKGS_LIB):
         with tarfile.open(archive) as t:
-            t.extractall(root, filter="data")
-    (root / "eval.nix").write_text(EVAL)
+            t.extractall(into, filter="data")
+    (into / "eval.nix").write_text(EVAL)
+    return into
+
+
+@pytest.fixture(scope="module")
+def disko(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """disko, unpacked once for the module (see unpack_disko)."""
+    root = unpack_disko(tmp_path_factory.mktemp("disko"))
+    if root is None:
+        pytest.skip(f"needs the vendored disko and nixpkgs lib in {VENDOR} and nix-bin")
     return root
+
+
+def disko_ops(disko: Path, layout: Layout, tmp_path: Path) -> list[tuple[str, ...]]:
+    """What disko's own script does to the disk for the disko file the app keeps."""
+    (tmp_path / "disko.nix").write_text(disko_nix(layout))
+    r = subprocess.run(
+        [_nix(), "--eval", "--strict", "--json", str(disko / "eval.nix"),
+         "--arg", "layout", str(tmp_path / "disko.nix")],
+        cwd=disko, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return _ops(json.loads(r.stdout), layout.disk)
 
 
 def _ops(script: str, disk: str) -> list[tuple[str, ...]]:
@@ -85,14 +105,7 @@ def test_the_app_partitions_as_disko_would_from_the_file_it_keeps(
     name: str, disko: Path, tmp_path: Path
 ) -> None:
     layout = LAYOUTS[name]
-    (tmp_path / "disko.nix").write_text(disko_nix(layout))
-    r = subprocess.run(
-        [_nix(), "--eval", "--strict", "--json", str(disko / "eval.nix"),
-         "--arg", "layout", str(tmp_path / "disko.nix")],
-        cwd=disko, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    theirs = _ops(json.loads(r.stdout), layout.disk)
+    theirs = disko_ops(disko, layout, tmp_path)
     ours = _ops(partition_script(layout).replace('"$disk"', layout.disk), layout.disk)
     assert ours == theirs
     assert ("new", "1:0:+1M", "1:disk-main-boot", "1:EF02") in ours or name == "aarch64"

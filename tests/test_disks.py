@@ -19,6 +19,8 @@ from app.core.disk.disks import (
     what_is_on,
 )
 from app.core.disk.layout import Layout
+from app.core.disk.prepare import confirm_wipe, layout_problems
+from app.core.errors import ConfigError
 from app.core.remote_sh import framed
 
 GiB = 1 << 30
@@ -195,3 +197,48 @@ def test_the_old_root_through_lvm_and_md_names_every_disk_and_nothing_else() -> 
     assert old == OldRoot("/dev/mapper/vg-root", (("sda", "S1 x", 4000), ("sdb", "", 4000)), 12288)
     assert parse_old_root(printed[:-20]) is None  # cut short: not a record
     assert isinstance(old, OldRoot) and not old.matches(Disk("sdc", "/dev/sdc", 4000))
+
+
+def _read_back(rows: list[dict[str, Any]]) -> str:
+    """What read_back_command prints for these partitions: flat, as lsblk lists them
+    without a NAME column."""
+    body = json.dumps({"blockdevices": [{"path": "/dev/vdb", "type": "disk"}, *rows]})
+    return sh(framed(f"cat <<'EOF'\n{body}\nEOF\n", "layout"))
+
+
+GOOD = [
+    {"path": "/dev/vdb1", "type": "part", "partlabel": "disk-main-boot",
+     "parttype": "21686148-6449-6e6f-744e-656564454649", "fstype": None, "mountpoint": None},
+    {"path": "/dev/vdb2", "type": "part", "partlabel": "disk-main-ESP",
+     "parttype": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "fstype": "vfat",
+     "mountpoint": "/mnt/boot"},
+    {"path": "/dev/vdb3", "type": "part", "partlabel": "disk-main-root",
+     "parttype": "0fc63daf-8483-4772-8e79-3d69d8477de4", "fstype": "ext4", "mountpoint": "/mnt"},
+]  # fmt: skip
+
+
+def test_the_disk_read_back_must_hold_exactly_the_layout() -> None:
+    layout = Layout("/dev/disk/by-id/virtio-nkw-disk-1")
+    assert layout_problems(layout, _read_back(GOOD)) == []
+    wrong = [dict(GOOD[0]), dict(GOOD[1], fstype="ext4"), dict(GOOD[2], mountpoint=None)]
+    assert layout_problems(layout, _read_back(wrong)) == [
+        "disk-main-ESP holds ext4, not vfat",
+        "disk-main-root is not mounted on /mnt",
+    ]
+    assert layout_problems(layout, _read_back(GOOD[1:])) == [
+        "2 partitions where the layout has 3",
+        "no partition labelled disk-main-boot",
+    ]
+    cut = _read_back(GOOD)
+    assert layout_problems(layout, cut[: len(cut) // 2]) != []
+
+
+def test_a_wipe_happens_only_for_the_disk_named() -> None:
+    (vda,) = parse_disks(listing([dev("vda", 40 * GiB, serial="nkw-1")],
+                                 "/dev/disk/by-id/virtio-nkw-1 /dev/vda\n"))  # fmt: skip
+    for typed in ("vda", "/dev/vda", "/dev/disk/by-id/virtio-nkw-1", " vda\n"):
+        confirm_wipe(vda, typed)
+    for typed in ("", "yes", "vdb", "VDA", "/dev/vd"):
+        with pytest.raises(ConfigError) as err:
+            confirm_wipe(vda, typed)
+        assert "--yes-wipe vda" in err.value.fix

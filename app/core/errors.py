@@ -29,6 +29,7 @@ class ExitCode(IntEnum):
     NEVER_CAME_BACK = 43
     INSTALLER_KEY_CHANGED = 44
     DEAD_MAN_FIRED = 45
+    DISK = 50
     CANCELLED = 130
 
 
@@ -337,3 +338,11 @@ class InstallerKeyChanged(WizardError):
 
     exit_code = ExitCode.INSTALLER_KEY_CHANGED
     kind = "installer-key-changed"
+
+
+class DiskError(WizardError):
+    """Preparing the chosen disk failed: the installer still runs, nothing was rebooted, and
+    the message says what state the disk is in."""
+
+    exit_code = ExitCode.DISK
+    kind = "disk"

@@ -63,6 +63,9 @@ class VM:
     distro: Path | None = None
     arch: str = "x86_64"  # or aarch64: QEMU's arm virt machine (always TCG here)
     cpus: int = 1  # virtual CPUs (the benchmark also measures a 2-CPU server)
+    # More virtio disks, written for real: (raw image file, serial); the first is vdb after a
+    # distro's own disk (vda), else vda.
+    disks: tuple[tuple[Path, str], ...] = ()
     resets: list[float] = field(default_factory=list)  # when each reboot power-cycled it
     _cycling: bool = False
 
@@ -109,6 +112,10 @@ class VM:
                 # The users' keys, as a cloud's metadata brings them (debian.sh's nkw-keys).
                 "-fw_cfg", f"name=opt/nkw/authorized_keys,file={self.bed / 'client_ed25519.pub'}",
             ]  # fmt: skip
+        for n, (image, serial) in enumerate(self.disks):
+            boot += ["-drive", f"file={image},format=raw,if=none,id=extra{n}",
+                     # Away from slot 3, where the network card is.
+                     "-device", f"virtio-blk-pci,drive=extra{n},serial={serial},addr={8 + n:#x}"]  # fmt: skip
         if self.netboot_port:
             # iPXE opens a new connection per file: a `cmd:` forward runs one relay per
             # connection (a `tcp:` forward is a single connection for the VM's lifetime).

@@ -116,7 +116,9 @@ def partition_script(layout: Layout) -> str:
     lines = [
         "set -eu",
         f"disk=$(readlink -f {disk})",
+        '[ -b "$disk" ] || { echo "$disk is not a disk on this system" >&2; exit 1; }',
         "# Release everything on the disk: mounts under /mnt, swap, md arrays, LVM.",
+        step("release"),
         f"umount -R {MNT} 2>/dev/null || :",
         'for dev in $(lsblk -nrpo NAME "$disk"); do',
         '  swapoff "$dev" 2>/dev/null || :',
@@ -129,10 +131,18 @@ def partition_script(layout: Layout) -> str:
         "| sort -u); do",
         '  vgchange -an "$vg"',
         "done",
+        "# Nothing on it may still be in use: wipefs --force would wipe a mounted file system.",
+        'if lsblk -nrpo MOUNTPOINT "$disk" | grep -q .; then',
+        '  echo "$disk is still in use: $(lsblk -nrpo NAME,MOUNTPOINT "$disk" | '
+        "awk '$2 != \"\" {print $1 \" on \" $2}' | tr '\\n' ' ')\" >&2",
+        "  exit 1",
+        "fi",
+        step("wipe"),
         'for dev in $(lsblk -nrpo NAME "$disk" | sort -r); do',
         '  wipefs --all --force "$dev"',
         "done",
         'sgdisk --zap-all "$disk" >/dev/null',
+        step("partition"),
         'sgdisk --clear "$disk"',
     ]
     for n, p in enumerate(layout.partitions(), start=1):
@@ -145,6 +155,7 @@ def partition_script(layout: Layout) -> str:
             "udevadm trigger --subsystem-match=block",
             "udevadm settle --timeout 120",
         ]
+    lines.append(step("format"))
     for p in layout.partitions():
         if p.fs == "swap":
             lines.append(f"mkswap {p.device}")
@@ -153,9 +164,22 @@ def partition_script(layout: Layout) -> str:
     for p in layout.partitions():
         if p.fs == "swap":  # the evaluation of a NixOS configuration needs the memory
             lines.append(f"swapon --options=defaults {p.device}")
+    lines.append(step("mount"))
     mounted = sorted((p for p in layout.partitions() if p.mountpoint), key=lambda p: p.mountpoint)
     for p in mounted:
         opts = ",".join(p.mount_options) if p.mount_options else "defaults"  # as disko does
         where = f"{MNT}{p.mountpoint}".rstrip("/") or MNT
         lines.append(f"mount {p.device} {where} -t {p.fs} -o {opts} -o X-mount.mkdir")
+    lines.append(step("done"))
     return "\n".join(lines) + "\n"
+
+
+STEP_MARK = "@@nkw step "
+STEPS = ("release", "wipe", "partition", "format", "mount", "done")
+
+
+def step(name: str) -> str:
+    """The line that tells the app how far the script got (what state a failure left)."""
+    if name not in STEPS:
+        raise ValueError(f"no partitioning step {name!r}")
+    return f"echo '{STEP_MARK}{name}'"
