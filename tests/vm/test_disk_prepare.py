@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from app.core.disk.config import Network, SystemConfig, configuration_nix
 from app.core.disk.disks import choose, list_command, parse_disks
-from app.core.disk.layout import Layout
+from app.core.disk.install import install_nixos, nixpkgs_url, parse_version, version_command
+from app.core.disk.layout import Layout, disko_nix
 from app.core.disk.prepare import confirm_wipe, prepare_disk
 from app.core.errors import ConfigError, DiskError
 from app.core.kinds import PrivilegeKind
@@ -59,6 +63,15 @@ def installer(make_vm: Callable[..., VM], tmp_path: Path) -> Iterator[tuple[VM, 
     yield vm, image
 
 
+def _standins() -> bytes:
+    """nixos-install, nixos-generate-config and nixos-version stand-ins, as a tar."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for f in sorted((HERE / "nixos-standins").iterdir()):
+            tar.add(f, arcname=f.name)
+    return buf.getvalue()
+
+
 def _session(vm: VM, bed: Path, tmp_path: Path) -> Session:
     pub = (trixie() / "ssh_host_ed25519_key.pub").read_text().split()[:2]
     kh = tmp_path / "known_hosts"
@@ -78,7 +91,7 @@ def _root(s: Session, cmd: str, timeout: float = 120) -> str:
 
 
 @pytest.mark.timeout(900)
-def test_a_busy_disk_is_refused_then_wiped_partitioned_and_mounted_as_disko_would(
+def test_a_busy_disk_is_refused_then_partitioned_as_disko_would_and_installed(
     installer: tuple[VM, Path], bed: Path, tmp_path: Path
 ) -> None:
     vm, image = installer
@@ -86,8 +99,11 @@ def test_a_busy_disk_is_refused_then_wiped_partitioned_and_mounted_as_disko_woul
     with _session(vm, bed, tmp_path) as s:
         res = s.run("cat > /tmp/disk-tools.tar.gz", stdin=tools.read_bytes(), timeout=120)
         assert res.ok, res.stderr
+        res = s.run("cat > /tmp/standins.tar", stdin=_standins(), timeout=60)
+        assert res.ok, res.stderr
         _root(s, "tar -xzf /tmp/disk-tools.tar.gz -C /opt && "
-                 "ln -sf /opt/nkw-disk-tools/* /usr/local/sbin/")  # fmt: skip
+                 "ln -sf /opt/nkw-disk-tools/* /usr/local/sbin/ && "
+                 "tar -xf /tmp/standins.tar -C /usr/local/sbin")  # fmt: skip
         _root(s, LEFTOVERS)
         _root(s, "mkdir -p /srv/old && mount /dev/md0 /srv/old && echo kept > /srv/old/f")
 
@@ -138,3 +154,47 @@ def test_a_busy_disk_is_refused_then_wiped_partitioned_and_mounted_as_disko_woul
         assert theirs == [(f"{p.number}:{p.label}", f"{p.number}:{p.typecode}") for p in parts]
     assert parts[3].size > (DISK_GIB - 2) << 30
     assert [file_system(image, p) for p in parts] == ["", "vfat", "swap", "ext4"]
+
+    # nixos-install (a stand-in) on the mounted disk: a failure half-way and a boot loader that
+    # died are errors, never a reboot; then the install whose result is read back.
+    key = " ".join((bed / "client_ed25519.pub").read_text().split()[:2])
+    disko_text = disko_nix(layout)
+    with _session(vm, bed, tmp_path) as s:
+        release = parse_version(_root(s, version_command()))
+        assert release is not None and release.state_version == "26.05"
+        url = nixpkgs_url(release.revision, "http://127.0.0.1:9/nixpkgs")
+        cfg = SystemConfig("web-1", release.state_version, (key,))
+        config_text, _notes = configuration_nix(cfg, layout, Network())
+        for mode, words in (("fails-halfway", "nixos-install failed"),
+                            ("no-bootloader", "said it finished, but the disk lacks")):  # fmt: skip
+            _root(s, f"echo {mode} > /etc/nkw-standin-mode")
+            with pytest.raises(DiskError) as err:
+                install_nixos(s, layout, config_text, disko_text, url, swapfile_mib=256)
+            assert words in err.value.what and "nothing rebooted" in err.value.why
+        assert "/mnt/boot/grub/grub.cfg" in err.value.what and "mbr" in err.value.what
+        _root(s, "echo ok > /etc/nkw-standin-mode")
+        said: list[str] = []
+        copied: list[int] = []
+        t0 = time.monotonic()
+        installed = install_nixos(s, layout, config_text, disko_text, url, swapfile_mib=256,
+                                  on_line=lambda _s, line: said.append(line),
+                                  on_copied=copied.append)  # fmt: skip
+        STAGE_TIMINGS.append(f"[{vm.accel}] configuration, swapfile, nixos-install (stand-in): "
+                             f"{time.monotonic() - t0:.1f} s")  # fmt: skip
+        assert installed.missing == () and installed.toplevel.endswith(
+            f"-nixos-system-web-1-{release.version}"
+        )
+        assert copied == [1, 2, 3, 4, 5, 6] and "installation finished!" in said
+        on_disk = _root(s, "cat /mnt/etc/nixos/configuration.nix; echo @@; "
+                           "cat /mnt/etc/nixos/disko-config.nix; echo @@; "
+                           "cat /mnt/etc/nixos/hardware-configuration.nix; echo @@; "
+                           "cat /mnt/etc/ssh/ssh_host_ed25519_key.pub; "
+                           "stat -c %a /mnt/etc/ssh/ssh_host_ed25519_key; "
+                           "swapon --show=NAME --noheadings")  # fmt: skip
+    ours, disko_on_disk, hardware, keys = on_disk.split("@@\n")
+    assert ours == config_text and disko_on_disk == disko_text
+    assert 'fileSystems."/" = { device = "/dev/disk/by-uuid/' in hardware
+    assert 'fileSystems."/boot"' in hardware
+    pub = " ".join((trixie() / "ssh_host_ed25519_key.pub").read_text().split()[:2])
+    assert keys.split()[:2] == pub.split() and keys.split()[3] == "600"  # mode kept
+    assert "/mnt/var/lib/swapfile" in keys
