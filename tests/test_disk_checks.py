@@ -31,7 +31,7 @@ def test_a_server_short_of_memory_for_the_evaluation_gets_a_swapfile(
 @pytest.mark.fault
 def test_ram_no_swap_can_make_up_for_is_refused_before_anything_is_written() -> None:
     with pytest.raises(PreflightStop) as err:
-        memory_plan(900 * MiB, 8 * GiB, VDA)
+        memory_plan(800 * MiB, 8 * GiB, VDA)
     assert "Nothing was written" in err.value.why and "2 GiB" in err.value.fix
 
 

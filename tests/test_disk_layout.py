@@ -106,7 +106,12 @@ def test_the_app_partitions_as_disko_would_from_the_file_it_keeps(
 ) -> None:
     layout = LAYOUTS[name]
     theirs = disko_ops(disko, layout, tmp_path)
-    ours = _ops(partition_script(layout).replace('"$disk"', layout.disk), layout.disk)
+    # The app names each partition through the disk ("$(part N)"), disko by its label: the
+    # same partition, here written as disko writes it.
+    script = partition_script(layout).replace('"$disk"', layout.disk)
+    for n, p in enumerate(layout.partitions(), start=1):
+        script = script.replace(f'"$(part {n})"', p.device)
+    ours = _ops(script, layout.disk)
     assert ours == theirs
     assert ("new", "1:0:+1M", "1:disk-main-boot", "1:EF02") in ours or name == "aarch64"
     assert ours[-1][0] == "mount" and ours[-1][2] == "/mnt/boot" and "umask=0077" in ours[-1][4]
@@ -138,3 +143,33 @@ def test_the_script_stops_at_the_first_failure_and_releases_the_disk_first() -> 
     for holder in ("swapoff", "mdadm --stop", "vgchange -an", "umount -R /mnt"):
         assert next(i for i, ln in enumerate(script) if holder in ln) < wipe, holder
     assert wipe < next(i for i, ln in enumerate(script) if ln.startswith("sgdisk --align-end"))
+
+
+@pytest.mark.fault
+def test_partitions_are_named_through_the_confirmed_disk_never_by_a_label_another_may_hold() -> (
+    None
+):
+    """A label like disk-main-root can also be on another disk (an earlier install): udev may
+    point /dev/disk/by-partlabel at either, and mkfs would format the other disk."""
+    script = partition_script(LAYOUTS["x86_64 with swap"], ("/dev/vda", 20 << 30))
+    assert "by-partlabel" not in script
+    lines = script.splitlines()
+    guard = next(i for i, ln in enumerate(lines) if "not the disk that was confirmed" in ln)
+    assert guard < lines.index("echo '@@nkw step release'")
+    assert '[ "$disk" != /dev/vda ]' in script and "!= 21474836480 ]" in script
+    assert 'mkfs.ext4 "$(part 4)"' in script and 'mount "$(part 2)" /mnt/boot' in script
+
+
+@pytest.mark.fault
+def test_the_wipe_clears_old_boot_code_and_a_retry_releases_the_last_swapfile() -> None:
+    """After a failed install the swapfile on /mnt is still on (umount -R failed "busy"), and
+    an old boot loader's bytes are not a signature wipefs removes: both would fool the app."""
+    lines = partition_script(LAYOUTS["x86_64"], ("/dev/vda", 20 << 30)).splitlines()
+    swapfiles = next(i for i, ln in enumerate(lines) if "/proc/swaps" in ln)
+    assert swapfiles < next(i for i, ln in enumerate(lines) if "umount -R /mnt" in ln)
+    assert "2>/dev/null" not in next(ln for ln in lines if "umount -R /mnt" in ln)
+    mbr = lines.index('dd if=/dev/zero of="$disk" bs=440 count=1 conv=notrunc status=none')
+    assert lines.index("echo '@@nkw step wipe'") < mbr
+    assert 'dd if=/dev/zero of="$(part 1)" bs=1M count=1 status=none' in lines  # BIOS boot
+    held = next(i for i, ln in enumerate(lines) if ln.startswith("held=$("))
+    assert held < lines.index("echo '@@nkw step wipe'")  # dm-crypt, LVM, md left: stop first

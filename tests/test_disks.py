@@ -242,3 +242,32 @@ def test_a_wipe_happens_only_for_the_disk_named() -> None:
         with pytest.raises(ConfigError) as err:
             confirm_wipe(vda, typed)
         assert "--yes-wipe vda" in err.value.fix
+
+
+@pytest.mark.fault
+def test_two_disks_with_one_serial_are_named_by_their_bus_path() -> None:
+    """udev gives the one by-id link of a duplicated serial to either disk, and may move it."""
+    devices = [dev("vda", 40 * GiB, serial="clone"), dev("vdb", 40 * GiB, serial="clone")]
+    links = ("/dev/disk/by-id/virtio-clone /dev/vdb\n/dev/disk/by-path/pci-0000:00:04.0 /dev/vda\n"
+             "/dev/disk/by-path/pci-0000:00:05.0 /dev/vdb\n")  # fmt: skip
+    vda, vdb = parse_disks(listing(devices, links))
+    assert vdb.stable_path == "/dev/disk/by-path/pci-0000:00:05.0"
+    assert vda.stable_path == "/dev/disk/by-path/pci-0000:00:04.0"
+
+
+@pytest.mark.fault
+def test_an_old_root_known_only_by_name_is_no_default_among_several_disks() -> None:
+    """The kernel may name the disks in another order after the kexec."""
+    disks = parse_disks(listing([dev("vda", 40 * GiB), dev("vdb", 40 * GiB)]))
+    choice = choose(disks, OldRoot("/dev/vda1", (("vda", "", 40 * GiB),)))
+    assert choice.default is None and "no serial" in choice.why_no_default
+    alone = choose(disks[:1], OldRoot("/dev/vda1", (("vda", "", 40 * GiB),)))
+    assert alone.default == disks[0]
+
+
+@pytest.mark.fault
+def test_a_mount_point_from_the_server_reaches_no_terminal_raw() -> None:
+    devices = [dev("vda", 40 * GiB, children=[
+        dev("vda1", 40 * GiB, "part", fstype="ext4", mountpoint="/srv/\x1b[2Jx")])]  # fmt: skip
+    (why,) = [r for _d, r in choose(parse_disks(listing(devices)), None).refused]
+    assert "\x1b" not in why and "\\x1b" in why

@@ -105,7 +105,7 @@ def test_the_old_systems_network_is_carried_by_mac_with_its_onlink_gateway(tmp_p
     ]
     grub = cfg["boot"]["loader"]["grub"]
     assert grub == {"enable": True, "efiSupport": True, "efiInstallAsRemovable": True,
-                    "device": "/dev/disk/by-id/virtio-nkw-1"}  # fmt: skip
+                    "device": "/dev/disk/by-id/virtio-nkw-1", "configurationLimit": 10}  # fmt: skip
     assert cfg["users"]["users"]["root"]["openssh"]["authorizedKeys"]["keys"] == [APP_KEY, USER_KEY]
     assert cfg["services"]["openssh"]["settings"]["PasswordAuthentication"] is False
     assert cfg["system"]["stateVersion"] == "25.11" and cfg["time"]["timeZone"] == "UTC"
@@ -192,3 +192,21 @@ def test_an_installed_system_the_app_could_not_log_in_to_is_refused() -> None:
     assert check_login_key(config(), [APP_KEY.replace("nkw-app", "other")]).startswith(
         "ssh-ed25519"
     )
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("name", ["sshd", "nixbld1", "systemd-network", "messagebus", "nobody"])
+def test_an_admin_named_like_a_system_user_is_refused_before_the_wipe(name: str) -> None:
+    """NixOS would fail its own assertion, with the old system already wiped."""
+    with pytest.raises(ConfigError) as err:
+        config(admin_user=name)
+    assert "--admin-user" in err.value.fix
+
+
+def test_a_pasted_key_ending_in_crlf_and_the_nixpkgs_pin_reach_the_system(tmp_path: Path) -> None:
+    url = "https://github.com/NixOS/nixpkgs/archive/" + "a" * 40 + ".tar.gz"
+    cfg = config(root_keys=(APP_KEY + "\r\n",), nixpkgs_url=url)
+    text, _ = configuration_nix(cfg, Layout("/dev/vda"), Network())
+    got = evaluate(text, tmp_path)
+    assert got["users"]["users"]["root"]["openssh"]["authorizedKeys"]["keys"] == [APP_KEY]
+    assert got["nix"]["nixPath"] == [f"nixpkgs={url}"]  # nixos-rebuild works after the install

@@ -120,7 +120,7 @@ def test_a_busy_disk_is_refused_then_partitioned_as_disko_would_and_installed(
             confirm_wipe(vdb, "")  # --yes alone names no disk
         # ...and, mounted after it was chosen, the script stops before the wipe.
         with pytest.raises(DiskError) as err:
-            prepare_disk(s, layout)
+            prepare_disk(s, layout, vdb)
         assert "release" in err.value.what and "not changed" in err.value.why
         assert _root(s, "cat /srv/old/f; blkid -s LABEL -o value /dev/md0").split() == [
             "kept", "old-data"]  # fmt: skip
@@ -132,7 +132,7 @@ def test_a_busy_disk_is_refused_then_partitioned_as_disko_would_and_installed(
         confirm_wipe(choice.default, "vdb")
         t0 = time.monotonic()
         said: list[str] = []
-        prepare_disk(s, layout, on_line=lambda _stream, line: said.append(line))
+        prepare_disk(s, layout, choice.default, on_line=lambda _stream, line: said.append(line))
         took = time.monotonic() - t0
         mounts = _root(s, "findmnt -rn -o TARGET,FSTYPE -R /mnt; swapon --show=NAME --noheadings; "
                           "cat /proc/mdstat; sync")  # fmt: skip
@@ -191,6 +191,9 @@ def test_a_busy_disk_is_refused_then_partitioned_as_disko_would_and_installed(
                            "cat /mnt/etc/ssh/ssh_host_ed25519_key.pub; "
                            "stat -c %a /mnt/etc/ssh/ssh_host_ed25519_key; "
                            "swapon --show=NAME --noheadings")  # fmt: skip
+        # "Run the install again: it starts over": with the swapfile on and /mnt mounted.
+        prepare_disk(s, layout, choice.default)
+        again = _root(s, "swapon --show=NAME --noheadings; ls /mnt")
     ours, disko_on_disk, hardware, keys = on_disk.split("@@\n")
     assert ours == config_text and disko_on_disk == disko_text
     assert 'fileSystems."/" = { device = "/dev/disk/by-uuid/' in hardware
@@ -198,3 +201,4 @@ def test_a_busy_disk_is_refused_then_partitioned_as_disko_would_and_installed(
     pub = " ".join((trixie() / "ssh_host_ed25519_key.pub").read_text().split()[:2])
     assert keys.split()[:2] == pub.split() and keys.split()[3] == "600"  # mode kept
     assert "/mnt/var/lib/swapfile" in keys
+    assert "/mnt/var/lib/swapfile" not in again and "etc" not in again.split()  # a new, empty root

@@ -13,8 +13,9 @@ GiB = 1 << 30
 # Evaluating a NixOS configuration takes about 1.8-2 GiB (Nix issue 5200) beside the installer's
 # own RAM root: below this much memory and swap together, the install gets a swapfile.
 EVAL_MEMORY = 3 * GiB
-# The installer lives in RAM; below this it has no room left for Nix at all, swap or not.
-MIN_RAM = 1 * GiB
+# The installer lives in RAM; below about 1 GiB (a "1 GiB" server reports a little less) it
+# has no room left for Nix at all, swap or not.
+MIN_RAM = 896 * MiB
 MIN_ROOT = 8 * GiB  # a small system, its first rebuild, and nixos-install's caches
 
 
@@ -31,8 +32,8 @@ def memory_plan(mem_total: int | None, swap_total: int | None, layout: Layout) -
     for that. An unknown RAM size plans the swapfile, which costs only disk space."""
     if mem_total is not None and mem_total < MIN_RAM:
         raise PreflightStop(
-            f"The installer has {size_text(mem_total)} of RAM; installing needs at least "
-            f"{size_text(MIN_RAM)}.",
+            f"The installer has {size_text(mem_total)} of RAM; installing needs about 1 GiB "
+            "or more.",
             "The installer runs from RAM, and Nix's evaluation of the configuration needs about "
             "2 GiB more; swap helps with the second, not the first. Nothing was written.",
             "Resize the server to at least 2 GiB of RAM for the install (it can shrink again "

@@ -16,7 +16,18 @@ from app.core.probe import Interface, Route
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
 TIMEZONE_RE = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+){0,2}")
 USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# Names NixOS (or a module it enables) already uses for a system user: taking one for the admin
+# fails the evaluation ("Exactly one of isSystemUser and isNormalUser") after the disk is wiped.
+SYSTEM_USERS = frozenset(
+    {
+        "root", "nobody", "sshd", "messagebus", "nscd", "polkituser", "systemd-coredump",
+        "systemd-network", "systemd-resolve", "systemd-timesync", "systemd-oom", "sddm",
+        "avahi", "dhcpcd",
+    }
+)  # fmt: skip
+SYSTEM_PREFIXES = ("nixbld", "systemd-", "_")
 STATE_VERSION_RE = re.compile(r"\d{2}\.\d{2}")
+NIXPKGS_URL_RE = re.compile(r"https?://[A-Za-z0-9.:/_~%+-]+\.tar\.gz")
 KEY_TYPES = (
     "ssh-ed25519",
     "ssh-rsa",
@@ -52,6 +63,9 @@ class SystemConfig:
     admin_user: str = ""  # a user in wheel with the same keys and sudo without a password
     network: NetworkMode = NetworkMode.AS_BEFORE
     swapfile_mib: int = 0
+    # The nixpkgs the system was installed from: its NIX_PATH, so `nixos-rebuild` works there
+    # (nixos-install copies no channel).
+    nixpkgs_url: str = ""
 
     def __post_init__(self) -> None:
         if not HOSTNAME_RE.fullmatch(self.hostname):
@@ -66,18 +80,26 @@ class SystemConfig:
                 "time.timeZone names a file under /usr/share/zoneinfo.",
                 "Set --timezone to a name like UTC or Europe/Berlin.",
             )
-        if self.admin_user and (
-            not USER_RE.fullmatch(self.admin_user) or self.admin_user == "root"
+        admin = self.admin_user
+        if admin and (
+            not USER_RE.fullmatch(admin)
+            or admin in SYSTEM_USERS
+            or admin.startswith(SYSTEM_PREFIXES)
         ):
             raise ConfigError(
                 f"The user name {self.admin_user!r} cannot be used for the admin user.",
-                "A user name is lowercase letters, digits, '-' and '_', up to 32, not root.",
+                "A user name is lowercase letters, digits, '-' and '_', up to 32, and not one "
+                "NixOS keeps for itself (root, nobody, sshd, nixbld*, systemd-*, ...).",
                 "Set --admin-user to a name like alice, or leave it out.",
             )
         if not STATE_VERSION_RE.fullmatch(self.state_version):
             raise ValueError(f"state version {self.state_version!r} is not like 25.11")
         for key in self.root_keys:
             key_parts(key)
+        # One line each, as written into authorized_keys (a pasted key may end in CR LF).
+        object.__setattr__(self, "root_keys", tuple(k.strip() for k in self.root_keys))
+        if self.nixpkgs_url and not NIXPKGS_URL_RE.fullmatch(self.nixpkgs_url):
+            raise ValueError(f"{self.nixpkgs_url!r} is not a nixpkgs tarball URL")
 
 
 def key_parts(line: str) -> tuple[str, str]:
@@ -198,7 +220,8 @@ def configuration_nix(config: SystemConfig, layout: Layout, net: Network) -> tup
     keys = _list(config.root_keys, "  ")
     out = [
         "# The installed system, as the NixOS Kexec Wizard wrote it. Change it and run",
-        "# `nixos-rebuild switch` on the server; disko-config.nix beside it is the disk layout.",
+        "# `nixos-rebuild switch` on the server (nixpkgs is the one it was installed from, see",
+        "# nix.nixPath); disko-config.nix beside it is the disk layout.",
         "{ ... }:",
         "{",
         "  imports = [ ./hardware-configuration.nix ];",
@@ -209,6 +232,7 @@ def configuration_nix(config: SystemConfig, layout: Layout, net: Network) -> tup
         "    efiSupport = true;",
         "    efiInstallAsRemovable = true;",
         f"    device = {nix_string(device)};",
+        "    configurationLimit = 10;  # older systems stay bootable; /boot (512 MiB) holds them",
         "  };",
         "",
         f"  networking.hostName = {nix_string(config.hostname)};",
@@ -235,5 +259,7 @@ def configuration_nix(config: SystemConfig, layout: Layout, net: Network) -> tup
             f"  swapDevices = [ {{ device = {nix_string(SWAPFILE)}; "
             f"size = {int(config.swapfile_mib)}; }} ];"
         )
+    if config.nixpkgs_url:
+        out.append(f"  nix.nixPath = [ {nix_string('nixpkgs=' + config.nixpkgs_url)} ];")
     out += ["", f"  system.stateVersion = {nix_string(config.state_version)};", "}", ""]
     return "\n".join(out), notes

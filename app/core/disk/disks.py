@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.core.disk.layout import DEVICE_RE
@@ -90,6 +90,12 @@ class OldRoot:
                 return True
         return False
 
+    @property
+    def by_serial(self) -> bool:
+        """Every disk under the old root had a serial: a match is by serial, not by a name
+        the kernel may have given to another disk after the kexec."""
+        return all(serial for _name, serial, _size in self.disks)
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -119,7 +125,12 @@ def parse_disks(stdout: str, token: str = LIST_TOKEN) -> list[Disk]:
     if own is None or "@@links\n" not in own:
         raise ValueError("the disk listing did not come back whole")
     listing, links = own.split("@@links\n", 1)
-    tree = json.loads(listing)
+    try:
+        tree = json.loads(listing)
+    except ValueError as exc:
+        raise ValueError(
+            f"lsblk did not list the disks: {printable(listing.strip()[:200])!r}"
+        ) from exc
     by_target: dict[str, list[str]] = {}
     for line in links.splitlines():
         link, _, target = line.partition(" ")
@@ -150,7 +161,10 @@ def parse_disks(stdout: str, token: str = LIST_TOKEN) -> list[Disk]:
                 mountpoint=_s(dev, "mountpoint"),
             )
         )
-    return disks
+    # Two disks with one serial (cloned virtual disks) share one by-id link, which udev may
+    # give to either: name them by their bus path instead.
+    serials = [d.serial for d in disks if d.serial]
+    return [replace(d, by_id="") if d.serial and serials.count(d.serial) > 1 else d for d in disks]
 
 
 def _volumes(children: list[dict[str, Any]]) -> list[Volume]:
@@ -195,7 +209,9 @@ def choose(disks: list[Disk], old_root: OldRoot | None, *, needed: int = MIN_DIS
         elif d.removable:
             refused.append((d, "it is removable (a USB stick or a virtual CD)"))
         elif busy:
-            refused.append((d, f"the installer is using it (mounted on {', '.join(busy)})"))
+            refused.append(
+                (d, printable(f"the installer is using it (mounted on {', '.join(busy)})"))
+            )
         elif d.size < needed:
             refused.append((d, f"it holds {size_text(d.size)}; NixOS needs {size_text(needed)}"))
         elif not DEVICE_RE.fullmatch(d.stable_path):
@@ -205,10 +221,10 @@ def choose(disks: list[Disk], old_root: OldRoot | None, *, needed: int = MIN_DIS
             held = sorted({v.kind for v in d.volumes if v.kind not in ("part", "disk")})
             if d.mounts or held:
                 what = [*(f"mounted on {m}" for m in d.mounts), *(f"{k} on it" for k in held)]
-                notes[d.name] = "the wipe first releases it: " + ", ".join(what)
+                notes[d.name] = printable("the wipe first releases it: " + ", ".join(what))
     default, why = None, ""
     old = [d for d in ok if old_root is not None and old_root.matches(d)]
-    if len(old) == 1:
+    if len(old) == 1 and (len(ok) == 1 or (old_root is not None and old_root.by_serial)):
         default = old[0]
     elif len(ok) == 1 and old_root is None:
         default, why = ok[0], ""
@@ -216,6 +232,12 @@ def choose(disks: list[Disk], old_root: OldRoot | None, *, needed: int = MIN_DIS
         why = "no disk can be wiped"
     elif len(old) > 1:
         why = "the old system's root spanned several disks; name the one to install on"
+    elif len(old) == 1:
+        why = (
+            f"{old[0].name} has the old root disk's name and size, but no serial proves it is "
+            "the same disk (the kernel may name disks in another order); name the one to "
+            "install on"
+        )
     else:
         why = (
             "the old system's root disk is not among them"
@@ -233,7 +255,8 @@ def old_root_command(token: str = OLD_ROOT_TOKEN) -> str:
     """Run on the old system before the kexec: what / is mounted from, every disk under it
     (through partitions, md, LVM and dm-crypt), and how much of / is used."""
     return framed(
-        'src=$(findmnt -n -o SOURCE -T /) || exit 0; echo "source $src"; '
+        # -v: a btrfs subvolume's source without its [/@] suffix, which lsblk cannot take.
+        'src=$(findmnt -n -v -o SOURCE -T /) || exit 0; echo "source $src"; '
         'lsblk -n -b -P -s -o NAME,TYPE,SERIAL,SIZE "$src" 2>/dev/null; '
         "df -Pk / | awk 'NR == 2 {print \"used\", $3}'",
         token,

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from shlex import quote as q
 
-from app.core.disk.layout import MNT, Layout, Partition
-from app.core.errors import DiskError
+from app.core.disk.layout import MNT, PART_FUNCTION, Layout, Partition
+from app.core.errors import DiskError, RemoteCommandError
 from app.core.remote_sh import framed, unframe
 from app.core.ssh.session import Session
 from app.core.ssh.streams import LineSink
@@ -152,10 +152,14 @@ def check_command(layout: Layout) -> str:
     lines += [f'[ -s {q(f)} ] && echo "file {f}"' for f in boot_files(layout)]
     bios = _bios_boot(layout)
     if bios is not None:
-        for name, dev, size in (("mbr", layout.disk, 440), ("bios-boot", bios.device, 4096)):
-            lines.append(f"[ -n \"$(head -c {size} {q(dev)} | tr -d '\\000' | head -c 1)\" ] "
-                         f"&& echo \"code {name}\"")  # fmt: skip
-    return framed("; ".join(lines) + "; true", CHECK_TOKEN)
+        # GRUB's boot code in the MBR and its core in the BIOS boot partition (both zeroed by
+        # the partitioning script, so only GRUB's own bytes count), found through the disk.
+        n = layout.partitions().index(bios) + 1
+        lines += [f"disk=$(readlink -f {q(layout.disk)}); name=${{disk##*/}}", *PART_FUNCTION]
+        for what, dev, size in (("mbr", '"$disk"', 440), ("bios-boot", f'"$(part {n})"', 4096)):
+            lines.append(f"[ -n \"$(head -c {size} {dev} | tr -d '\\000' | head -c 1)\" ] "
+                         f"&& echo \"code {what}\"")  # fmt: skip
+    return framed("\n".join([*lines, "true"]), CHECK_TOKEN)
 
 
 @dataclass(frozen=True)
@@ -218,8 +222,17 @@ def install_nixos(
         if on_line is not None:
             on_line(stream, line)
 
-    res = session.run(install_command(url), timeout=timeout, privileged=True, on_line=lines,
-                      what="nixos-install")  # fmt: skip
+    try:
+        res = session.run(install_command(url), timeout=timeout, privileged=True,
+                          on_line=lines, what="nixos-install")  # fmt: skip
+    except RemoteCommandError as exc:  # its deadline passed or the connection broke
+        raise DiskError(
+            f"nixos-install did not finish: {exc.what}",
+            "The disk holds a partial installation that does not boot, and nixos-install may "
+            "still be running on the server. The installer still runs; nothing rebooted.",
+            "Log in to the installer (the ssh command above) and watch nixos-install end "
+            "(ps ax | grep nixos-install); then run the install again.",
+        ) from exc
     if not res.ok:
         raise DiskError(
             f"nixos-install failed (exit status {res.status}): {_last(res.stderr or res.stdout)}",
@@ -230,6 +243,13 @@ def install_nixos(
         )
     check = session.run(check_command(layout), timeout=60, privileged=True,
                         what="checking the installed system and its boot loader")  # fmt: skip
+    if not check.ok:
+        raise DiskError(
+            f"The installed system could not be checked: {_last(check.stderr)}",
+            "Nothing reboots into a system the app could not look at. The installer still "
+            "runs; nothing rebooted.",
+            "Look at /mnt on the installer (the ssh command above) and run the install again.",
+        )
     installed = parse_check(check.stdout, layout)
     if not installed.toplevel or installed.missing:
         what = ", ".join(installed.missing) if installed.toplevel else "the system profile"

@@ -107,34 +107,83 @@ def _nix_str(s: str) -> str:
     return f'"{s}"'
 
 
-def partition_script(layout: Layout) -> str:
+# The partition numbered $1 of the disk in $disk (its kernel name in $name), from the kernel's
+# own list in sysfs: never by a label another disk may hold too.
+PART_FUNCTION = (
+    "part() {",
+    '  for f in /sys/class/block/"$name"/*/partition; do',
+    '    if [ -e "$f" ] && [ "$(cat "$f")" = "$1" ]; then',
+    '      p=${f%/partition}; echo "/dev/${p##*/}"; return 0',
+    "    fi",
+    "  done",
+    '  echo "the kernel sees no partition $1 on $disk" >&2; return 1',
+    "}",
+)
+
+
+def partition_script(layout: Layout, expect: tuple[str, int] | None = None) -> str:
     """The app's own script for the layout, in disko's order of commands: release what holds
-    the disk (swap, mounts, md arrays, LVM), wipe every signature, new GPT partitions with
-    disko's type codes and labels, let udev catch up, make the file systems, mount under /mnt.
-    Run as root on the installer, with ``set -eu``: the first failure stops it."""
+    the disk (swap, mounts, LVM, dm-crypt, md arrays), wipe every signature, new GPT partitions
+    with disko's type codes and labels, let udev catch up, make the file systems, mount under
+    /mnt. Run as root on the installer, with ``set -eu``: the first failure stops it.
+
+    ``expect`` is the disk the user confirmed, (kernel path, size in bytes): the script stops
+    before anything else unless ``layout.disk`` still resolves to exactly that disk. Unlike
+    disko, it names partitions through the disk (sysfs), never by their labels: a label such as
+    disk-main-root can also be on another disk (an earlier install), and udev may point the
+    by-partlabel link at either one."""
     disk = q(layout.disk)
+    parts = layout.partitions()
     lines = [
         "set -eu",
         f"disk=$(readlink -f {disk})",
         '[ -b "$disk" ] || { echo "$disk is not a disk on this system" >&2; exit 1; }',
-        "# Release everything on the disk: mounts under /mnt, swap, md arrays, LVM.",
+        "name=${disk##*/}",
+    ]
+    if expect is not None:
+        path, size = expect
+        if not DEVICE_RE.fullmatch(path):
+            raise ValueError(f"{path!r} is not a device path the app names in a script")
+        lines += [
+            f'if [ "$disk" != {q(path)} ] || '
+            f'[ "$(( $(cat "/sys/class/block/$name/size") * 512 ))" != {int(size)} ]; then',
+            f'  echo "{layout.disk} is now $disk, not the disk that was confirmed ({path}, '
+            f'{int(size)} bytes)" >&2',
+            "  exit 1",
+            "fi",
+        ]
+    lines += [
+        *PART_FUNCTION,
+        "# Release everything on the disk: /mnt and swap under it, swap, LVM, dm-crypt, md arrays.",
         step("release"),
-        f"umount -R {MNT} 2>/dev/null || :",
+        f"awk 'NR > 1 && index($1, \"{MNT}/\") == 1 {{print $1}}' /proc/swaps "
+        '| while read -r f; do swapoff "$f"; done',
+        f"if findmnt {MNT} >/dev/null; then umount -R {MNT}; fi",
         'for dev in $(lsblk -nrpo NAME "$disk"); do',
         '  swapoff "$dev" 2>/dev/null || :',
-        "done",
-        'for md in $(lsblk -nrpo NAME,TYPE "$disk" '
-        "| awk '$2 ~ /^raid/ {print $1}' | sort -u); do",
-        '  mdadm --stop "$md"',
         "done",
         'for vg in $(pvs --noheadings -o vg_name $(lsblk -nrpo NAME "$disk") 2>/dev/null '
         "| sort -u); do",
         '  vgchange -an "$vg"',
         "done",
-        "# Nothing on it may still be in use: wipefs --force would wipe a mounted file system.",
+        'for c in $(lsblk -nrpo NAME,TYPE "$disk" '
+        "| awk '$2 == \"crypt\" {print $1}' | sort -u); do",
+        '  cryptsetup close "$c"',
+        "done",
+        'for md in $(lsblk -nrpo NAME,TYPE "$disk" '
+        "| awk '$2 ~ /^raid/ {print $1}' | sort -u); do",
+        '  mdadm --stop "$md"',
+        "done",
+        "# Nothing on it may still be in use: wipefs --force would wipe a mounted file system,",
+        "# and with holders left the kernel keeps the old partition table.",
         'if lsblk -nrpo MOUNTPOINT "$disk" | grep -q .; then',
         '  echo "$disk is still in use: $(lsblk -nrpo NAME,MOUNTPOINT "$disk" | '
         "awk '$2 != \"\" {print $1 \" on \" $2}' | tr '\\n' ' ')\" >&2",
+        "  exit 1",
+        "fi",
+        'held=$(lsblk -nrpo NAME,TYPE "$disk" | awk \'$2 != "disk" && $2 != "part" {print $1}\')',
+        'if [ -n "$held" ]; then',
+        '  echo "$disk is still held by $(echo $held)" >&2',
         "  exit 1",
         "fi",
         step("wipe"),
@@ -142,10 +191,12 @@ def partition_script(layout: Layout) -> str:
         '  wipefs --all --force "$dev"',
         "done",
         'sgdisk --zap-all "$disk" >/dev/null',
+        "# An old boot loader's code is not a signature: cleared, so only GRUB's counts later.",
+        'dd if=/dev/zero of="$disk" bs=440 count=1 conv=notrunc status=none',
         step("partition"),
         'sgdisk --clear "$disk"',
     ]
-    for n, p in enumerate(layout.partitions(), start=1):
+    for n, p in enumerate(parts, start=1):
         end = "-0" if p.size == "100%" else f"+{p.size}"
         lines += [
             f"sgdisk --align-end --new={n}:0:{end} --partition-guid={n}:R "
@@ -155,21 +206,29 @@ def partition_script(layout: Layout) -> str:
             "udevadm trigger --subsystem-match=block",
             "udevadm settle --timeout 120",
         ]
+    lines += [f"for n in {' '.join(str(n) for n in range(1, len(parts) + 1))}; do "
+              'part "$n" >/dev/null; done']  # fmt: skip
     lines.append(step("format"))
-    for p in layout.partitions():
-        if p.fs == "swap":
-            lines.append(f"mkswap {p.device}")
+    for n, p in enumerate(parts, start=1):
+        dev = f'"$(part {n})"'
+        if p.typecode == "EF02":  # GRUB's core goes here: nothing older may look like it
+            lines.append(f"dd if=/dev/zero of={dev} bs=1M count=1 status=none")
+        elif p.fs == "swap":
+            lines.append(f"mkswap {dev}")
         elif p.fs:
-            lines.append(f"mkfs.{p.fs} {p.device}")
-    for p in layout.partitions():
+            lines.append(f"mkfs.{p.fs} {dev}")
+    for n, p in enumerate(parts, start=1):
         if p.fs == "swap":  # the evaluation of a NixOS configuration needs the memory
-            lines.append(f"swapon --options=defaults {p.device}")
+            lines.append(f'swapon --options=defaults "$(part {n})"')
     lines.append(step("mount"))
-    mounted = sorted((p for p in layout.partitions() if p.mountpoint), key=lambda p: p.mountpoint)
-    for p in mounted:
+    mounted = sorted(
+        ((n, p) for n, p in enumerate(parts, start=1) if p.mountpoint),
+        key=lambda np: np[1].mountpoint,
+    )
+    for n, p in mounted:
         opts = ",".join(p.mount_options) if p.mount_options else "defaults"  # as disko does
         where = f"{MNT}{p.mountpoint}".rstrip("/") or MNT
-        lines.append(f"mount {p.device} {where} -t {p.fs} -o {opts} -o X-mount.mkdir")
+        lines.append(f'mount "$(part {n})" {where} -t {p.fs} -o {opts} -o X-mount.mkdir')
     lines.append(step("done"))
     return "\n".join(lines) + "\n"
 

@@ -8,15 +8,15 @@ from typing import Any
 
 from app.core.disk.disks import Disk
 from app.core.disk.layout import MNT, STEP_MARK, Layout, partition_script
-from app.core.errors import ConfigError, DiskError
+from app.core.errors import ConfigError, DiskError, RemoteCommandError
 from app.core.remote_sh import framed, unframe
 from app.core.ssh.session import Session
 from app.core.ssh.streams import LineSink
 from app.core.text import printable
 
-# udevadm settle may wait 120 s after each of up to four partitions; mkfs is quick (ext4's
-# inode tables are initialised lazily, in the background of the installed system).
-PARTITION_TIMEOUT = 600.0
+# udevadm settle may wait 120 s after each of up to four partitions, and mkfs discards the
+# whole device first, which takes minutes on a large thin-provisioned disk.
+PARTITION_TIMEOUT = 1800.0
 CHECK_TOKEN = "layout"
 # sgdisk's type codes as the GPT partition type GUIDs lsblk reports.
 TYPE_GUIDS = {
@@ -57,13 +57,15 @@ def confirm_wipe(disk: Disk, typed: str) -> None:
 def prepare_disk(
     session: Session,
     layout: Layout,
+    disk: Disk,
     *,
     on_line: LineSink | None = None,
     timeout: float = PARTITION_TIMEOUT,
 ) -> None:
-    """Run the app's partitioning script as root on the installer, then read the disk back
-    and check it holds exactly the layout. Not cancellable once started: a script stopped
-    half-way leaves the disk in a state nobody chose. DiskError names the state left."""
+    """Run the app's partitioning script as root on the installer for ``disk`` (the one the
+    user confirmed: the script stops unless ``layout.disk`` still is that disk), then read the
+    disk back and check it holds exactly the layout. Not cancellable once started: a script
+    stopped half-way leaves the disk in a state nobody chose. DiskError names the state left."""
     reached = [""]
 
     def lines(stream: str, line: str) -> None:
@@ -72,24 +74,38 @@ def prepare_disk(
         elif on_line is not None:
             on_line(stream, line)
 
-    res = session.run(
-        f"sh -c {q(partition_script(layout))}",
-        timeout=timeout,
-        privileged=True,
-        on_line=lines,
-        what=f"partitioning {layout.disk}",
-    )
+    try:
+        res = session.run(
+            f"sh -c {q(partition_script(layout, (disk.path, disk.size)))}",
+            timeout=timeout,
+            privileged=True,
+            on_line=lines,
+            what=f"partitioning {layout.disk}",
+        )
+    except RemoteCommandError as exc:  # the deadline passed or the connection broke
+        raise DiskError(
+            f"Partitioning {layout.disk} did not finish: {exc.what}",
+            _left(reached[0]) + " The script may still be running on the server.",
+            "Log in to the installer (the ssh command above), wait for the script to end "
+            "(ps ax | grep sgdisk), then run the install again: it starts over.",
+        ) from exc
     if not res.ok or reached[0] != "done":
         said = printable(res.stderr.strip().splitlines()[-1][:300]) if res.stderr.strip() else ""
         raise DiskError(
             f"Partitioning {layout.disk} failed"
             + (f" while it was at the {reached[0]} step" if reached[0] else "")
             + (f": {said}" if said else f" (exit status {res.status})."),
-            LEFT.get(reached[0], LEFT["wipe"]) + " The installer still runs; nothing rebooted.",
+            _left(reached[0]),
             "Read the installer's words above; fix what they name (a disk still in use, a "
             "missing tool) and run the install again: it starts over from an empty disk.",
         )
     check_layout(session, layout)
+
+
+def _left(reached: str) -> str:
+    """What a script that got as far as ``reached`` left on the disk, and that nothing else
+    happened."""
+    return LEFT.get(reached, LEFT["wipe"]) + " The installer still runs; nothing rebooted."
 
 
 def read_back_command(layout: Layout, token: str = CHECK_TOKEN) -> str:
@@ -145,7 +161,8 @@ def check_layout(session: Session, layout: Layout) -> None:
     """DiskError unless the disk holds exactly the layout, mounted under /mnt."""
     res = session.run(read_back_command(layout), timeout=30, privileged=True,
                       what="reading the new partitions back")  # fmt: skip
-    problems = layout_problems(layout, res.stdout)
+    problems = layout_problems(layout, res.stdout) if res.ok else [
+        f"lsblk failed: {printable(res.stderr.strip()[:200])}"]  # fmt: skip
     if problems:
         raise DiskError(
             f"{layout.disk} does not hold the layout after partitioning: {'; '.join(problems)}.",
