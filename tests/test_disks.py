@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,12 @@ from app.core.disk.disks import (
 from app.core.disk.layout import Layout
 from app.core.disk.prepare import confirm_wipe, layout_problems
 from app.core.errors import ConfigError
+from app.core.flow import record
+from app.core.probe import Facts, parse_probe, probe_script
+from app.core.profiles import ProfileStore
 from app.core.remote_sh import framed
+from app.core.secrets import SecretStore
+from app.core.ssh import Credentials, Target
 
 GiB = 1 << 30
 
@@ -271,3 +277,35 @@ def test_a_mount_point_from_the_server_reaches_no_terminal_raw() -> None:
         dev("vda1", 40 * GiB, "part", fstype="ext4", mountpoint="/srv/\x1b[2Jx")])]  # fmt: skip
     (why,) = [r for _d, r in choose(parse_disks(listing(devices)), None).refused]
     assert "\x1b" not in why and "\\x1b" in why
+
+
+def test_the_probe_records_the_root_disk_of_the_system_it_runs_on(tmp_path: Path) -> None:
+    """The probe itself, run here: its old-root section is this machine's / and its disks."""
+    facts = parse_probe(sh(probe_script(str(tmp_path / "staging"), "")))
+    real = sh("findmnt -n -v -o SOURCE -T /").strip()
+    disks = sh(f"lsblk -n -s -r -o NAME,TYPE {real} 2>/dev/null").split()
+    if "disk" not in disks:  # / on an overlay, a tmpfs or a network: no disk to record
+        assert facts.old_root is None
+        return
+    assert facts.old_root is not None and facts.old_root.source == real
+    assert [name for name, _serial, _size in facts.old_root.disks] == [
+        disks[i - 1] for i, word in enumerate(disks) if word == "disk"
+    ]
+    assert facts.old_root.os_name == facts.os_release.get("PRETTY_NAME", "")
+
+
+def test_the_profile_keeps_the_old_root_through_the_installer(tmp_path: Path) -> None:
+    """Seen on the old system before the kexec; the installer's probe (its / is RAM) has
+    none and must not erase it, since the install onto the disk needs it afterwards."""
+    store = ProfileStore(tmp_path / "profiles.json")
+    target = Target("203.0.113.9", 22, "root")
+    old = OldRoot("/dev/vda2", (("vda", "nkw-1", 40 * GiB),), 5 * GiB, "Debian GNU/Linux 12")
+    before = Facts(os_release={"ID": "debian"}, old_root=old)
+    after = Facts(os_release={"ID": "nixos", "VARIANT_ID": "installer"})
+    for facts in (before, after):
+        record(store, SecretStore(), "web-1", target=target, creds=Credentials(),
+               host_key="", facts=facts)  # fmt: skip
+    kept = store.load()["web-1"].old_root
+    assert OldRoot.from_json(kept) == old
+    assert OldRoot.from_json(json.loads(json.dumps(kept))) == old  # as profiles.json holds it
+    assert OldRoot.from_json({"source": "/dev/vda", "disks": "nonsense"}) is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.core.catalog import (
     STILL_LOADING,
@@ -254,6 +255,14 @@ def already_installer(session: Session, facts: Facts) -> InstallerInfo:
     )
 
 
+def _old_root(facts: Facts | None, existing: Profile | None) -> dict[str, Any]:
+    """The old system's root disk as last seen on it: a probe of the old system replaces it,
+    the installer's (whose / is RAM) keeps it."""
+    if facts is not None and not facts.is_installer and facts.old_root is not None:
+        return facts.old_root.to_json()
+    return existing.old_root if existing else {}
+
+
 def record(
     store: ProfileStore,
     secrets: SecretStore,
@@ -289,6 +298,7 @@ def record(
         installer=installer.to_json() if installer else (existing.installer if existing else {}),
         remember_password=remember,
         dead_man=dead_man if dead_man is not None else (existing.dead_man if existing else ""),
+        old_root=_old_root(facts, existing),
     ).touched()
     store.put(profile)
     warning = None

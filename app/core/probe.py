@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from app.core.catalog import machine_to_arch
+from app.core.disk.disks import OLD_ROOT_SCRIPT, OldRoot, old_root_from_lines
 from app.core.kinds import PrivilegeKind
 
 MARK = "@@nkw "
@@ -87,6 +88,7 @@ S ip-route4; ip -4 --json route 2>/dev/null || ip -4 route 2>/dev/null
 S ip-route6; ip -6 --json route 2>/dev/null || ip -6 route 2>/dev/null
 S dns; grep -E '^nameserver' /etc/resolv.conf 2>/dev/null
 S host-keys; ls /etc/ssh/ 2>/dev/null | grep -E '^ssh_host_.*_key(\.pub)?$'
+S old-root; __OLDROOT__
 S reach
 wait
 [ -f "$T/v4" ] && echo "v4=$(cat "$T/v4")"
@@ -107,8 +109,11 @@ def probe_script(staging: str, reach_url: str, token: str = "0") -> str:
         "STAGING": shlex.quote(staging),
         "URL": shlex.quote(reach_url),
         "TOOLS": " ".join(TOOLS),
+        "OLDROOT": OLD_ROOT_SCRIPT,
     }
-    return re.sub(r"__(TOKEN|STAGING|URL|TOOLS)__", lambda m: values[m.group(1)], PROBE_SCRIPT)
+    return re.sub(
+        r"__(TOKEN|STAGING|URL|TOOLS|OLDROOT)__", lambda m: values[m.group(1)], PROBE_SCRIPT
+    )
 
 
 CLOUD_USER_RE = re.compile(
@@ -230,6 +235,8 @@ class Facts:
     host_key_files: tuple[str, ...] = ()
     reach_v4: bool | None = None
     reach_v6: bool | None = None
+    # The disk(s) under / (the old system's root disk, which an install onto the disk wipes).
+    old_root: OldRoot | None = None
     notes: tuple[str, ...] = ()
 
     @property
@@ -562,10 +569,12 @@ def parse_probe(text: str) -> Facts:
     priv_lines = sec.get("priv", [])
     said = priv_lines[0].strip() if priv_lines else ""
     privilege = PrivilegeKind(said) if said in set(PrivilegeKind) else PrivilegeKind.NONE
+    os_release = parse_os_release(sec.get("os-release", []))
+    old_root = old_root_from_lines(sec.get("old-root", []), os_release.get("PRETTY_NAME", ""))
     return Facts(
         kernel=uname[0].strip() if uname else "",
         machine=uname[1].strip() if len(uname) > 1 else "",
-        os_release=parse_os_release(sec.get("os-release", [])),
+        os_release=os_release,
         hostname=(sec.get("hostname") or [""])[0].strip(),
         boot_id=(sec.get("boot-id") or [""])[0].strip(),
         mem_total=mem.get("MemTotal"),
@@ -593,6 +602,7 @@ def parse_probe(text: str) -> Facts:
         host_key_files=tuple(sorted(ln.strip() for ln in sec.get("host-keys", []))),
         reach_v4=_tri(reach.get("v4")),
         reach_v6=_tri(reach.get("v6")),
+        old_root=old_root,
         notes=tuple(notes),
     )
 

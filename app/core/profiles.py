@@ -62,6 +62,10 @@ class Profile:
     remember_password: bool = False
     last_contact: float | None = None
     dead_man: str = ""  # the dead-man switch last chosen: minutes, "off", or "" (the default)
+    # The old system's root disk(s), seen before the kexec (app.core.disk.disks.OldRoot's
+    # form): the disk an install onto the disk offers first. Kept while the server runs the
+    # installer, whose own / is RAM.
+    old_root: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The on-disk form."""
@@ -112,6 +116,7 @@ FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "remember_password": ((bool,), "true or false"),
     "last_contact": ((int, float, type(None)), "a time"),
     "dead_man": ((str,), "text"),
+    "old_root": ((dict,), "an object"),
 }
 
 

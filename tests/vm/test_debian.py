@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,8 +70,15 @@ def test_a_cloud_style_debian_server_boots_the_installer_with_its_host_key(
     assert refused.code == 26, refused.stdout[-2000:]
     assert refused.result["error"]["suggested_user"] == "deploy"
     assert f"install deploy@127.0.0.1:{vm.port}" in refused.result["error"]["fix"]
-    r = _install(vm, bed, "deploy", f"debian {release} ({address}) as deploy")
+    r = install_as(vm, bed, "deploy", f"debian {release} ({address}) as deploy", "--image",
+                   str(bed / "installer-ok.tar.gz"), "--save-profile", "origin")  # fmt: skip
     assert r.code == 0, r.stdout[-3000:] + r.stderr[-2000:] + vm.console()[-3000:]
+    # The old system's root disk, seen by the probe before the kexec, kept in the profile.
+    saved = json.loads((tmp_path / "app" / "config" / "profiles.json").read_text())
+    (profile,) = [p for p in saved["profiles"] if p["name"] == "origin"]
+    assert profile["old_root"]["source"] == "/dev/vda"
+    assert [d[0] for d in profile["old_root"]["disks"]] == ["vda"]
+    assert profile["old_root"]["os_name"].startswith("Debian GNU/Linux")
     # run picks kexec's syscall by the kernel: bullseye's 5.10 takes the branch without
     # --kexec-syscall-auto (its kexec_file_load path is older than 6.1's).
     load = [e["message"] for e in r.events if e["event"] == "output" and "--load" in e["message"]]

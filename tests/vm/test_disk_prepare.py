@@ -140,6 +140,8 @@ def test_a_busy_disk_is_refused_then_partitioned_as_disko_would_and_installed(
                              f"{DISK_GIB} GiB: {took:.1f} s")  # fmt: skip
     assert "/mnt ext4" in mounts and "/mnt/boot vfat" in mounts and "md0" not in mounts
     assert "/dev/vdb3" in mounts  # the swap partition is on, for nixos-install's evaluation
+    assert any("operation has completed successfully" in line for line in said)  # sgdisk's words
+    assert not any(line.startswith("@@nkw step") for line in said)  # the app's markers, not shown
 
     # What the host reads in the image's bytes: disko's table and file systems, nothing older.
     parts = read_gpt(image)

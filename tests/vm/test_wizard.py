@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from PySide6.QtWidgets import QApplication
+from pytestqt.exceptions import TimeoutError as QtTimeout
 from pytestqt.qtbot import QtBot
 
 from app.core.paths import AppPaths
@@ -16,11 +18,28 @@ from app.ui.pages.base import PageId
 from app.ui.pages.connect import ConnectPage
 from app.ui.pages.image import ImagePage
 from app.ui.pages.inspect import InspectPage
+from app.ui.pages.install import InstallPage
 from app.ui.wizard import KexecWizard
 from tests.support.sshd import fingerprint
 from tests.test_gui import click, confirm_and_install, connect_and_trust, fill_connect, next_page
 from tests.vm.qemu import STAGE_TIMINGS, VM
 from tests.vm.test_debian import BOOT_DEADLINE, origin_of
+
+
+def wait_for_done(qtbot: QtBot, w: KexecWizard, vm: VM, timeout_ms: int = 300_000) -> None:
+    """Until the Done page shows; else fail with what the wizard and the VM showed then."""
+    try:
+        qtbot.waitUntil(lambda: w.currentId() == PageId.DONE, timeout=timeout_ms)
+    except QtTimeout as exc:
+        install = w.page_of(PageId.INSTALL)
+        assert isinstance(install, InstallPage)
+        modal = QApplication.activeModalWidget()
+        raise AssertionError(
+            f"no Done page after {timeout_ms / 1000:.0f} s; page {w.currentId()}, stages "
+            f"{install.stages.stage_state}, dialog {modal.windowTitle() if modal else None!r}\n"
+            f"error: {install.error.text.text() if install.error.isVisible() else ''}\n"
+            f"log: {install.log.toPlainText()[-3000:]}\nconsole: {vm.console()[-3000:]}"
+        ) from exc
 
 
 @pytest.fixture
@@ -78,7 +97,7 @@ def test_the_wizard_kexecs_the_vm_into_the_installer(
     choose_local_file(qtbot, w, bed / "installer-ok.tar.gz")
     assert w.state.image is not None and w.state.image.info.verification == "local"
     install = confirm_and_install(qtbot, w)
-    qtbot.waitUntil(lambda: w.currentId() == PageId.DONE, timeout=240_000)
+    wait_for_done(qtbot, w, vm, 240_000)
     assert all(s == "done" for s in install.stages.stage_state.values())
     info = w.state.info
     assert info is not None and info.hostname == "nixos-installer"
@@ -121,7 +140,7 @@ def test_the_wizard_logs_in_as_the_user_a_debian_cloud_image_names_and_installs(
     choose_local_file(qtbot, w, bed / "installer-ok.tar.gz")
     t1 = time.monotonic()
     install = confirm_and_install(qtbot, w)
-    qtbot.waitUntil(lambda: w.currentId() == PageId.DONE, timeout=300_000)
+    wait_for_done(qtbot, w, vm)
     STAGE_TIMINGS.append(f"[{vm.accel}] debian trixie (dhcp, wizard): Install to Done in "
                          f"{time.monotonic() - t1:.1f} s")  # fmt: skip
     assert all(s == "done" for s in install.stages.stage_state.values())

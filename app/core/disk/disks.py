@@ -82,6 +82,24 @@ class OldRoot:
     used_bytes: int | None = None
     os_name: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        """The form a profile keeps."""
+        return {"source": self.source, "disks": [list(d) for d in self.disks],
+                "used_bytes": self.used_bytes, "os_name": self.os_name}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: object) -> OldRoot | None:
+        """Read a kept record; None for anything that is not one."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            disks = tuple((str(n), str(s), int(z)) for n, s, z in data["disks"])
+            used = data.get("used_bytes")
+            return cls(str(data["source"]), disks, int(used) if used is not None else None,
+                       str(data.get("os_name", "")))  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            return None
+
     def matches(self, disk: Disk) -> bool:
         """``disk`` is one of them: by serial and size when the old system saw a serial
         (names can change across the kexec), else by the kernel's name and size."""
@@ -251,16 +269,19 @@ def _releasable(mount: str) -> bool:
     return any(mount == r or mount.startswith(r + "/") for r in RELEASABLE)
 
 
+# What / is mounted from (-v: a btrfs subvolume's source without its [/@] suffix, which lsblk
+# cannot take), every disk under it, and how much of / is used. Also a section of the probe.
+OLD_ROOT_SCRIPT = (
+    'src=$(findmnt -n -v -o SOURCE -T / 2>/dev/null) && echo "source $src" && '
+    'lsblk -n -b -P -s -o NAME,TYPE,SERIAL,SIZE "$src" 2>/dev/null; '
+    "df -Pk / 2>/dev/null | awk 'NR == 2 {print \"used\", $3}'"
+)
+
+
 def old_root_command(token: str = OLD_ROOT_TOKEN) -> str:
     """Run on the old system before the kexec: what / is mounted from, every disk under it
     (through partitions, md, LVM and dm-crypt), and how much of / is used."""
-    return framed(
-        # -v: a btrfs subvolume's source without its [/@] suffix, which lsblk cannot take.
-        'src=$(findmnt -n -v -o SOURCE -T /) || exit 0; echo "source $src"; '
-        'lsblk -n -b -P -s -o NAME,TYPE,SERIAL,SIZE "$src" 2>/dev/null; '
-        "df -Pk / | awk 'NR == 2 {print \"used\", $3}'",
-        token,
-    )
+    return framed(OLD_ROOT_SCRIPT, token)
 
 
 PAIRS = re.compile(r'[A-Z]+="[^"\n]*"(?: [A-Z]+="[^"\n]*")*')
@@ -270,12 +291,15 @@ def parse_old_root(stdout: str, os_name: str = "", token: str = OLD_ROOT_TOKEN) 
     """The record ``old_root_command`` printed, or None when the old system could not tell
     (a container, a root on ZFS or over the network, no findmnt or lsblk)."""
     own = unframe(stdout, token)
-    if own is None:
-        return None
+    return None if own is None else old_root_from_lines(own.splitlines(), os_name)
+
+
+def old_root_from_lines(lines: list[str], os_name: str = "") -> OldRoot | None:
+    """The record in the lines ``OLD_ROOT_SCRIPT`` printed; None without a source or a disk."""
     source, disks, used = "", [], None
-    for line in own.splitlines():
+    for line in lines:
         if line.startswith("source "):
-            source = line.removeprefix("source ").strip()
+            source = printable(line.removeprefix("source ").strip())
         elif line.startswith("used ") and line[5:].strip().isdigit():
             used = int(line[5:]) * 1024
         elif PAIRS.fullmatch(line):
