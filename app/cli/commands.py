@@ -183,6 +183,27 @@ def cmd_install(ctx: Context) -> int:
     return exit_code(outcomes)
 
 
+def cmd_install_nixos(ctx: Context) -> int:
+    """NixOS onto the disk of each server that runs the installer: look at all, pick each
+    disk, the typed confirmation of every wipe, then the installs; nothing reboots."""
+    a = ctx.args
+    hosts = ctx.hosts()
+    many = len(hosts) > 1 or bool(a.targets) or bool(a.from_profiles)
+    ctx.start_log("install-nixos-many" if many else "install-nixos")
+    fleet = _fleet(ctx, hosts, many)
+    request = ctx.disk_request()
+    answers = ctx.answers(hosts)
+    if many:
+        ctx.report.start_board([r.label for r in fleet.runs])
+    try:
+        outcomes = fleet.drive(answers, Prompts(ctx, fleet, answers), request, ctx.report)
+    finally:
+        ctx.report.end_board()
+    if many:
+        ctx.report.summary(outcomes, {r.label: fleet.log_of(r) for r in fleet.runs})
+    return exit_code(outcomes)
+
+
 def cmd_netboot(ctx: Context) -> int:
     """Show the release's iPXE chain URL, or serve a netboot image from this computer."""
     a = ctx.args
@@ -324,6 +345,7 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
     "download": cmd_download,
     "probe": cmd_probe,
     "install": cmd_install,
+    "install-nixos": cmd_install_nixos,
     "netboot": cmd_netboot,
     "reconnect": cmd_reconnect,
     "profiles": cmd_profiles,

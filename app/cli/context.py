@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 from app.core.catalog import DEFAULT_VARIANT, Catalog, CatalogClient
+from app.core.disk.config import KEY_TYPES as KEY_TYPE_NAMES
+from app.core.disk.config import NetworkMode, key_parts
+from app.core.disk.install import DEFAULT_NIXPKGS_ARCHIVE
+from app.core.disk.run import DiskRequest
 from app.core.download import ImageCache
 from app.core.errors import ConfigError, UsageError
 from app.core.events import CancelToken
@@ -76,6 +80,9 @@ class Context:
             images=images,
             accept_new_host_key=bool(getattr(self.args, "accept_new_host_key", False)),
             staging=getattr(self.args, "staging_dir", None) or DEFAULT_STAGING,
+            systems_dir=Path(saved).expanduser()
+            if (saved := getattr(self.args, "save_config", None))
+            else self.paths.config / "systems",
         )
 
     # -- the image ------------------------------------------------------------------------------
@@ -134,6 +141,23 @@ class Context:
             dead_man_required=required,
         )
         return RunRequest(image, install, self.catalog(image))
+
+    def disk_request(self) -> RunRequest:
+        """Everything `install-nixos` was told about the disk and the installed system."""
+        a = self.args
+        request = DiskRequest(
+            disk=a.disk or "",
+            yes_wipe=a.yes_wipe or "",
+            swap_mib=_swap_size(a.swap_size),
+            hostname=a.hostname or "",
+            timezone=a.timezone,
+            admin_user=a.admin_user or "",
+            keys=tuple(read_key_args(a.authorized_key or [])),
+            network=NetworkMode(a.network),
+            nixpkgs_url=a.nixpkgs_url or "",
+            nixpkgs_archive=(a.nixpkgs_archive or DEFAULT_NIXPKGS_ARCHIVE).rstrip("/"),
+        )
+        return RunRequest(ImageRequest(), InstallRequest(), disk=request)
 
     # -- the servers ----------------------------------------------------------------------------
 
@@ -230,6 +254,39 @@ class Context:
         # The confirmation (typed, or --yes) is the go-ahead for the warnings printed with it.
         yes = bool(getattr(self.args, "yes", False))
         return Answers(host_keys=tuple(keys), go_ahead=True, confirmed=yes)
+
+
+def _swap_size(mib: int) -> int:
+    if not 0 <= mib <= 1 << 20:
+        raise UsageError(
+            f"--swap-size {mib} is not a size in MiB from 0 to 1048576.",
+            "It is the swap partition's size; 0 makes none.",
+            "Give --swap-size in MiB, e.g. --swap-size 2048.",
+        )
+    return mib
+
+
+def read_key_args(values: list[str]) -> list[str]:
+    """--authorized-key values: a key line as it is, or a file of key lines ('#' comments)."""
+    keys: list[str] = []
+    for value in values:
+        if value.split(" ", 1)[0] in KEY_TYPE_NAMES or not value.strip():
+            keys.append(value)
+            continue
+        path = Path(value).expanduser()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(
+                f"--authorized-key {value}: not a key line, and the file cannot be read ({exc}).",
+                "Each --authorized-key is a public key line or a .pub file.",
+                "Give the path of a .pub file, or the key line in quotes.",
+            ) from exc
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        keys += lines
+    for key in keys:
+        key_parts(key)  # ConfigError naming --authorized-key for anything else
+    return keys
 
 
 def env_secret(var: str | None, what: str) -> str | None:

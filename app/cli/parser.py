@@ -93,6 +93,75 @@ def _add_image(p: argparse.ArgumentParser, bundle: bool = True) -> None:
     )
 
 
+def _add_many(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("many servers")
+    g.add_argument(
+        "--from-profiles", nargs="+", metavar="NAME", help="the saved profiles to install on"
+    )
+    g.add_argument(
+        "--targets", metavar="FILE", help="one target per line ('#' starts a comment; - is stdin)"
+    )
+    g.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        metavar="N",
+        help=f"servers worked on at the same time (default {DEFAULT_PARALLEL})",
+    )
+
+
+def _add_disk(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the disk")
+    g.add_argument(
+        "--disk",
+        metavar="NAME",
+        help="the disk to install on: vda, /dev/vda or a /dev/disk/by-id link (default: the old "
+        "system's root disk, or the only disk that can take it)",
+    )
+    g.add_argument(
+        "--yes-wipe",
+        metavar="NAME",
+        help="confirm erasing the disk by its name, e.g. --yes-wipe vda (--yes is not enough)",
+    )
+    g.add_argument(
+        "--swap-size", type=int, default=0, metavar="MIB", help="a swap partition (default none)"
+    )
+    g = p.add_argument_group("the installed system")
+    g.add_argument("--hostname", help="its host name (default: the server's own, else nixos)")
+    g.add_argument("--timezone", default="UTC", help="a tz database name (default UTC)")
+    g.add_argument("--admin-user", metavar="NAME", help="a user with sudo and root's keys")
+    g.add_argument(
+        "--authorized-key",
+        action="append",
+        metavar="KEY|FILE",
+        help="another public key for root: the line, or a .pub file (repeatable); the keys the "
+        "installer accepts are kept",
+    )
+    g.add_argument(
+        "--network",
+        choices=["as-before", "dhcp"],
+        default="as-before",
+        help="the addresses, routes and DNS the server has now (default), or DHCP",
+    )
+    g.add_argument(
+        "--nixpkgs-url",
+        metavar="URL",
+        help="the nixpkgs tarball to install from (default: the installer's own revision)",
+    )
+    g.add_argument(
+        "--nixpkgs-archive",
+        metavar="URL",
+        help="where that revision's tarball is fetched (default "
+        "https://github.com/NixOS/nixpkgs/archive)",
+    )
+    g.add_argument(
+        "--save-config",
+        metavar="DIR",
+        help="keep each server's configuration.nix and disko-config.nix under DIR (default: "
+        "the app's config folder, systems/)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     p = argparse.ArgumentParser(
@@ -125,20 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(s)
     _add_ssh(s, many=True)
     _add_image(s)
-    g = s.add_argument_group("many servers")
-    g.add_argument(
-        "--from-profiles", nargs="+", metavar="NAME", help="the saved profiles to install on"
-    )
-    g.add_argument(
-        "--targets", metavar="FILE", help="one target per line ('#' starts a comment; - is stdin)"
-    )
-    g.add_argument(
-        "--parallel",
-        type=int,
-        default=DEFAULT_PARALLEL,
-        metavar="N",
-        help=f"servers worked on at the same time (default {DEFAULT_PARALLEL})",
-    )
+    _add_many(s)
     g = s.add_argument_group("install")
     g.add_argument("--transfer", choices=["auto", "upload", "remote"], default="auto")
     g.add_argument(
@@ -164,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for the old system to stop (default 60)",
     )
     g.add_argument("-y", "--yes", action="store_true", help="confirm the kexec without a prompt")
+
+    s = sub.add_parser(
+        "install-nixos",
+        help="install NixOS onto the disk of a server that runs the installer (or many)",
+    )
+    _add_common(s)
+    _add_ssh(s, many=True)
+    _add_many(s)
+    _add_disk(s)
 
     s = sub.add_parser(
         "netboot",

@@ -6,6 +6,8 @@ import getpass
 import sys
 from collections.abc import Callable
 
+from app.core.disk.disks import size_text
+from app.core.disk.run import DiskChoiceRequired, WipeConfirmationRequired
 from app.core.errors import Cancelled, HostKeyUnknown
 from app.core.fleet import Asked, Fleet, servers
 from app.core.questions import (
@@ -41,6 +43,8 @@ class Prompts:
             (SudoPasswordRequired, self._secrets),
             (GoAheadRequired, self._go_ahead),
             (ConfirmationRequired, self._confirm),
+            (DiskChoiceRequired, self._disk),
+            (WipeConfirmationRequired, self._wipe),
         ]
         for kind, ask in kinds:
             these = [(run, q) for run, q in asked if isinstance(q, kind)]
@@ -133,6 +137,34 @@ class Prompts:
                 self._end(asked, Cancelled("Not confirmed; nothing was changed on the servers."))
                 return
         self.answers.give(asked[0][1])
+
+    def _disk(self, asked: list[Asked]) -> None:
+        for run, q in asked:
+            assert isinstance(q, DiskChoiceRequired)
+            _say(f"\n{q.what}\n")
+            for disk in q.choice.candidates:
+                note = q.choice.notes.get(disk.name, "")
+                _say(f"  {disk.describe()}  {disk.stable_path}" + (f"  ({note})" if note else "")
+                     + "\n")  # fmt: skip
+            for disk, why in q.choice.refused:
+                _say(f"  not {disk.name} ({size_text(disk.size)}): {why}\n")
+            answer = input(printable(f"The disk to install NixOS on ({run.label}): ")).strip()
+            if not answer:
+                self.fleet.end(run, Cancelled("No disk chosen; nothing was written."),
+                               self.ctx.report)  # fmt: skip
+                continue
+            self.answers.give(q, answer, run=run.label)
+
+    def _wipe(self, asked: list[Asked]) -> None:
+        for run, q in asked:
+            assert isinstance(q, WipeConfirmationRequired)
+            _say(f"\n{q.what}\n{q.why}\n")
+            answer = input(printable(f"Type {q.disk.name} to erase it and install NixOS: "))
+            if answer.strip() != q.disk.name:
+                self.fleet.end(run, Cancelled("Not confirmed; nothing was written to the disk."),
+                               self.ctx.report)  # fmt: skip
+                continue
+            self.answers.give(q, answer.strip(), run=run.label)
 
 
 def _say(text: str) -> None:

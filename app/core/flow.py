@@ -277,6 +277,7 @@ def record(
     state: str | None = None,
     remember: bool = False,
     dead_man: str | None = None,
+    system: str | None = None,
 ) -> tuple[Profile, str | None]:
     """Save (or update) a profile; secrets go to the keyring only. Returns a warning, if any."""
     name = check_name(name)
@@ -299,6 +300,7 @@ def record(
         remember_password=remember,
         dead_man=dead_man if dead_man is not None else (existing.dead_man if existing else ""),
         old_root=_old_root(facts, existing),
+        system=system if system is not None else (existing.system if existing else ""),
     ).touched()
     store.put(profile)
     warning = None

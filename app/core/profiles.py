@@ -20,7 +20,8 @@ from app.core.fsutil import atomic_write_text
 from app.core.secrets import SecretStore, password_key, sudo_key
 
 SCHEMA_VERSION = 1
-STATES = ("original", "installer", "unknown")
+# installed: NixOS is on the disk, the installer still runs until the server reboots.
+STATES = ("original", "installer", "installed", "unknown")
 NAME_RE = re.compile(r"^[^\x00-\x1f/\\]{1,64}$")
 # Keys that must never appear in a profile file, whatever a caller passes in.
 SECRET_KEYS = frozenset({"password", "passphrase", "sudo_password", "secret", "private_key"})
@@ -55,7 +56,7 @@ class Profile:
     auth: str = "auto"  # auto | agent | key | password
     key_path: str = ""
     host_key: str = ""  # pinned "type base64"
-    state: str = "unknown"  # original | installer | unknown
+    state: str = "unknown"  # original | installer | installed | unknown
     facts: dict[str, Any] = field(default_factory=dict)
     image: dict[str, Any] = field(default_factory=dict)
     installer: dict[str, Any] = field(default_factory=dict)
@@ -66,6 +67,7 @@ class Profile:
     # form): the disk an install onto the disk offers first. Kept while the server runs the
     # installer, whose own / is RAM.
     old_root: dict[str, Any] = field(default_factory=dict)
+    system: str = ""  # the folder on this computer keeping the installed system's configuration
 
     def to_json(self) -> dict[str, Any]:
         """The on-disk form."""
@@ -117,6 +119,7 @@ FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "last_contact": ((int, float, type(None)), "a time"),
     "dead_man": ((str,), "text"),
     "old_root": ((dict,), "an object"),
+    "system": ((str,), "text"),
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from app.core.disk.run import DiskChoiceRequired, WipeConfirmationRequired
 from app.core.errors import (
     ExitCode,
     HostKeyOtherType,
@@ -82,6 +83,8 @@ Question: TypeAlias = (
     | SudoPasswordRequired
     | GoAheadRequired
     | ConfirmationRequired
+    | DiskChoiceRequired
+    | WipeConfirmationRequired
 )
 QUESTIONS = (
     HostKeyUnknown,
@@ -90,6 +93,8 @@ QUESTIONS = (
     SudoPasswordRequired,
     GoAheadRequired,
     ConfirmationRequired,
+    DiskChoiceRequired,
+    WipeConfirmationRequired,
 )
 
 
@@ -118,6 +123,8 @@ class Answers:
     sudo_passwords: dict[str, str] = field(default_factory=dict)  # by the run's label
     go_ahead: bool = False  # the preflight warnings were seen and accepted
     confirmed: bool = False  # the kexec itself was confirmed
+    disks: dict[str, str] = field(default_factory=dict)  # by the run's label: the disk named
+    wipes: dict[str, str] = field(default_factory=dict)  # by the run's label: the name typed
 
     def give(self, question: Question, reply: str = "", *, run: str = "") -> None:
         """Record ``reply`` to ``question`` (asked by the run labelled ``run``): a secret, or
@@ -133,6 +140,10 @@ class Answers:
             self.sudo_passwords[run] = reply
         elif isinstance(question, GoAheadRequired):
             self.go_ahead = True
+        elif isinstance(question, DiskChoiceRequired):
+            self.disks[run] = reply
+        elif isinstance(question, WipeConfirmationRequired):
+            self.wipes[run] = reply
         else:
             self.confirmed = True
 

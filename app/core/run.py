@@ -11,11 +11,15 @@
 #                  verify (a kexec-bundle's new host key is asked about, then waited for again)
 #   6 record       the profile, under a guard: a failing write is a warning beside the real
 #                  outcome, never instead of it
+# A run asked to install NixOS onto the disk (RunRequest.disk) on a server that runs the
+# installer goes from step 2 to become_root and then to the disk's own steps (app.core.disk.run:
+# look and pick by PREPARED, the typed wipe confirmation and the install by DONE).
 # A step that needs the user raises a question (app.core.questions) and changes nothing; the
 # face answers and calls again, and the steps already done are not done again.
 
 from __future__ import annotations
 
+import time
 import traceback
 from dataclasses import dataclass, replace
 from enum import IntEnum
@@ -24,6 +28,8 @@ from typing import Protocol
 
 from app.core import flow
 from app.core.catalog import Catalog
+from app.core.disk.disks import OldRoot
+from app.core.disk.run import DiskRequest, DiskRun
 from app.core.download import CachedImage
 from app.core.errors import Cancelled, NewSystemHostKey, WizardError
 from app.core.events import CancelToken, EventSink, InfoEvent, LogEvent, PlanEvent, TimingsEvent
@@ -85,6 +91,7 @@ class RunRequest:
     image: ImageRequest
     install: InstallRequest
     catalog: Catalog | None = None  # the releases list (None: an image file or URL was given)
+    disk: DiskRequest | None = None  # install NixOS onto the disk (a server in the installer)
 
 
 class Images(Protocol):
@@ -107,6 +114,7 @@ class RunEnv:
     images: Images
     accept_new_host_key: bool = False  # --accept-new-host-key: trust a host with no known key
     staging: str = DEFAULT_STAGING  # the folder on each server (--staging-dir)
+    systems_dir: Path | None = None  # where each installed system's configuration is kept
 
 
 def internal_error(exc: BaseException) -> WizardError:
@@ -134,6 +142,7 @@ class HostRun:
         self.info: InstallerInfo | None = None
         self.new_key: NewSystemHostKey | None = None  # a bundle's new key, asked about
         self.outcome: Outcome | None = None
+        self.disk: DiskRun | None = None  # the disk's steps, once the installer was found
 
     @property
     def label(self) -> str:
@@ -168,6 +177,8 @@ class HostRun:
                 self.inspect(emit, cancel, request)
             if self.outcome is not None or until <= Step.INSPECTED:
                 return self.outcome
+            if self.disk is not None:
+                return self.disk_steps(answers, emit, cancel, until)
             self.stopped()
             if until <= Step.CHECKED:
                 return None
@@ -236,16 +247,23 @@ class HostRun:
         """Probe and judge the server, and remember it in its profile. A server that already
         runs the installer ends the run here (nothing to do)."""
         session = self._session()
-        reach = request is None or flow.reach_matters(
-            request.install.transfer, request.image.source
+        reach = request is None or (
+            request.disk is None
+            and flow.reach_matters(request.install.transfer, request.image.source)
         )
         found = flow.inspect(
             session, self.env.settings, self.env.staging, emit=emit, cancel=cancel, reach=reach
         )
         self.inspection, self.rooted, self.plan = found, False, None
+        wants_disk = request is not None and request.disk is not None
+        if wants_disk and not found.facts.is_installer:
+            raise not_the_installer(self.label, found.facts.os_name)
         if found.facts.is_installer:
             info = flow.already_installer(session, found.facts)
             self.record(emit, installer=info)
+            if request is not None and request.disk is not None:
+                self.info, self.disk = info, DiskRun(self.label, request.disk)
+                return found
             emit(InfoEvent("", f"{session.target.host} already runs the NixOS installer; "
                                "nothing to do."))  # fmt: skip
             self.info = info
@@ -391,6 +409,64 @@ class HostRun:
             return creds
         return Credentials(passphrases={**self.host.creds.passphrases, **answers.passphrases})
 
+    # -- 5b. onto the disk (a server that runs the installer) --------------------------------
+
+    def disk_steps(
+        self, answers: Answers, emit: EventSink, cancel: CancelToken, until: Step
+    ) -> Outcome | None:
+        """Look and pick a disk by PREPARED (its configuration kept on this computer), then
+        the typed wipe confirmation and the install; nothing reboots after an error."""
+        disk = self.disk
+        assert disk is not None
+        if until <= Step.CHECKED:
+            return None
+        if not self.rooted:
+            self.become_root(answers)
+        if until <= Step.ROOT:
+            return None
+        session, facts, old_root = self._session(), self._inspected().facts, self._old_root()
+        if disk.config is None:
+            disk.look(session, facts, old_root, emit, cancel)
+        before = disk.disk
+        chosen = disk.pick(answers.disks.get(self.label) or disk.request.disk)
+        if chosen is not before or disk.saved is None:
+            emit(PlanEvent(plan={"disk": disk.summary()}))
+            for note in disk.notes:
+                emit(InfoEvent("disks", f"Note: {note}.", level="warn"))
+            if self.env.systems_dir is not None:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                where = disk.save(self.env.systems_dir / self.host.key_name / stamp)
+                emit(InfoEvent("disks", f"The configuration is kept in {where}."))
+        if until <= Step.PREPARED:
+            return None
+        disk.confirm(answers.wipes.get(self.label) or disk.request.yes_wipe, old_root)
+        try:
+            installed = disk.install(session, emit, cancel)
+        except WizardError:
+            emit(TimingsEvent(timings=disk.timings.stages))
+            self.close()
+            raise
+        self.record(emit, state="installed", system=str(disk.saved or ""))
+        self.close()
+        emit(InfoEvent("", f"NixOS is installed on {disk.summary()['disk']} of {self.label} "
+                           f"({installed.toplevel}). The server still runs the installer: "
+                           "reboot it to start the installed system."))  # fmt: skip
+        payload = {
+            **disk.summary(),
+            "toplevel": installed.toplevel,
+            "configuration": str(disk.saved) if disk.saved else None,
+            "timings": disk.timings.stages,
+            "installer": self.info.to_json() if self.info else None,
+        }
+        self.outcome = Outcome(self.label, True, "nixos-installed", 0, payload)
+        return self.outcome
+
+    def _old_root(self) -> OldRoot | None:
+        """The old system's root disk, as the server's profile kept it before the kexec."""
+        name = self.host.profile
+        profile = self.env.profiles.load().get(name) if name else None
+        return OldRoot.from_json(profile.old_root) if profile else None
+
     # -- 6. record --------------------------------------------------------------------------
 
     def keep_as(self, profile: str, remember: bool) -> None:
@@ -411,6 +487,7 @@ class HostRun:
         image: dict[str, str] | None = None,
         installer: InstallerInfo | None = None,
         state: str | None = None,
+        system: str | None = None,
     ) -> None:
         """Save the server in its profile (secrets to the keyring only). A profile that cannot
         be written is a warning: the run's own outcome stands."""
@@ -423,7 +500,7 @@ class HostRun:
                 self.env.profiles, self.env.secrets, name, target=self.host.target,
                 creds=self.host.creds, host_key=session.host_key_line, facts=facts,
                 image=image, installer=installer, state=state, remember=self.host.remember,
-                dead_man=self._dead_man_choice(),
+                dead_man=self._dead_man_choice(), system=system,
             )  # fmt: skip
         except (WizardError, OSError, ValueError) as exc:
             what = exc.what if isinstance(exc, WizardError) else str(exc)
@@ -467,6 +544,16 @@ def image_alone(
     choice = flow.choose_image(request, None, settings, catalog)
     warn_unchecked(choice, emit)
     return images.get(choice, emit, cancel)
+
+
+def not_the_installer(label: str, os_name: str) -> WizardError:
+    """install-nixos found the old system, not the installer, at ``label``."""
+    return WizardError(
+        f"{label} runs {os_name or 'a system'}, not the NixOS installer.",
+        "install-nixos installs from the installer running in RAM; it does not boot it.",
+        f"Boot the installer first (nixos-kexec-wizard install {label}), then run install-nixos "
+        "on the address it answers at.",
+    )
 
 
 def warn_unchecked(choice: ImageChoice, emit: EventSink) -> None:

@@ -99,7 +99,13 @@ class SystemConfig:
         # One line each, as written into authorized_keys (a pasted key may end in CR LF).
         object.__setattr__(self, "root_keys", tuple(k.strip() for k in self.root_keys))
         if self.nixpkgs_url and not NIXPKGS_URL_RE.fullmatch(self.nixpkgs_url):
-            raise ValueError(f"{self.nixpkgs_url!r} is not a nixpkgs tarball URL")
+            raise ConfigError(
+                f"{self.nixpkgs_url!r} is not a nixpkgs tarball URL.",
+                "The installed system is built from it and nix.nixPath points at it; it is an "
+                "http(s) URL ending in .tar.gz, with no spaces or quotes.",
+                "Give --nixpkgs-url like https://github.com/NixOS/nixpkgs/archive/<commit>.tar.gz "
+                "(or --nixpkgs-archive for a mirror of that folder).",
+            )
 
 
 def key_parts(line: str) -> tuple[str, str]:

@@ -1,0 +1,320 @@
+"""The disk half of a server's run: from the proven installer to NixOS installed on its disk."""
+
+# The order, as HostRun walks it once the server runs the installer (one step per call; a
+# step that needs the user raises a question and changes nothing):
+#   look     the disks, the installer's release, the keys it accepts, the memory plan
+#   pick     the disk: --disk, else the one default (the old root disk, or the only one)
+#   confirm  the disk's name typed (--yes-wipe DISK), against the disk as listed
+#   install  partition, format, mount, the files, nixos-install, the check of what it left
+# Nothing reboots here: the installed system is booted by a later step, never after an error.
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from app.core.disk.checks import Plan, check_disk_size, memory_plan
+from app.core.disk.config import (
+    Network,
+    NetworkMode,
+    SystemConfig,
+    check_login_key,
+    configuration_nix,
+    key_parts,
+)
+from app.core.disk.disks import Choice, Disk, OldRoot, choose, list_command, parse_disks, what_is_on
+from app.core.disk.install import (
+    DEFAULT_NIXPKGS_ARCHIVE,
+    Installed,
+    Release,
+    install_nixos,
+    nixpkgs_url,
+    parse_version,
+    version_command,
+)
+from app.core.disk.layout import Layout, disko_nix
+from app.core.disk.prepare import confirm_wipe, prepare_disk
+from app.core.errors import ConfigError, DiskError, PreflightStop, UsageError
+from app.core.events import CancelToken, EventSink, InfoEvent, OutputEvent, ProgressEvent
+from app.core.probe import Facts
+from app.core.ssh import Session
+from app.core.timings import Timings
+
+LOOK_TIMEOUT = 60.0
+# The installer's own authorized keys: the ones `kexec/run` carried over from the old system.
+AUTHORIZED = "/root/.ssh/authorized_keys"
+
+
+class DiskChoiceRequired(UsageError):
+    """Several disks could take the system and none is the obvious one: the user names it."""
+
+    def __init__(self, host: str, choice: Choice, given: str = "") -> None:
+        names = ", ".join(d.name for d in choice.candidates) or "none"
+        if given:
+            what = f"{host} has no disk the install can use called {given!r}."
+        else:
+            what = f"{host} has {len(choice.candidates)} disks the system could go on: {names}."
+        super().__init__(
+            what,
+            choice.why_no_default or "The app never guesses which disk to wipe.",
+            f"Name the disk: --disk NAME (one of: {names}; the Disks page's list).",
+        )
+        self.host = host
+        self.choice = choice
+        self.given = given
+
+
+class WipeConfirmationRequired(UsageError):
+    """Everything is ready and nothing is written yet: the wipe needs the disk's name typed."""
+
+    def __init__(self, host: str, disk: Disk, on_it: str, typed: str = "") -> None:
+        wrong = f" ({typed!r} is not its name)" if typed else ""
+        super().__init__(
+            f"Installing NixOS on {host} erases {disk.describe()}{wrong}.",
+            f"On it now: {on_it}. This cannot be undone.",
+            f"Type the disk's name to confirm: --yes-wipe {disk.name} (--yes alone is not enough).",
+        )
+        self.host = host
+        self.disk = disk
+        self.on_it = on_it
+        self.typed = typed
+
+
+@dataclass(frozen=True)
+class DiskRequest:
+    """What the user chose for the installed system (the options of `install-nixos`)."""
+
+    disk: str = ""  # a kernel name, /dev path or stable link; "" for the one default
+    yes_wipe: str = ""  # the disk's name, typed ahead
+    swap_mib: int = 0  # a swap partition (0: none; a swapfile is added when RAM is short)
+    hostname: str = ""  # "" keeps the old system's host name
+    timezone: str = "UTC"
+    admin_user: str = ""
+    keys: tuple[str, ...] = ()  # authorized for root beside the keys the installer accepts
+    network: NetworkMode = NetworkMode.AS_BEFORE
+    nixpkgs_url: str = ""  # "" pins the installer's own nixpkgs revision
+    nixpkgs_archive: str = DEFAULT_NIXPKGS_ARCHIVE  # where that revision's tarball is fetched
+    save_dir: Path | None = None  # where the configuration is kept on this computer
+
+
+@dataclass
+class DiskRun:
+    """One server's disk install; each step keeps what it found for the next."""
+
+    label: str
+    request: DiskRequest
+    timings: Timings = field(default_factory=Timings)
+    disks: list[Disk] = field(default_factory=list)
+    choice: Choice | None = None
+    release: Release | None = None
+    keys: tuple[str, ...] = ()
+    memory: Plan = field(default_factory=Plan)
+    disk: Disk | None = None
+    layout: Layout | None = None
+    configuration: str = ""
+    disko: str = ""
+    notes: list[str] = field(default_factory=list)
+    saved: Path | None = None
+    installed: Installed | None = None
+    config: SystemConfig | None = None
+    network: Network = field(default_factory=Network)
+    mem: tuple[int | None, int | None] = (None, None)
+    arch: str = "x86_64"
+
+    # -- look -------------------------------------------------------------------------------
+
+    def look(
+        self,
+        session: Session,
+        facts: Facts,
+        old_root: OldRoot | None,
+        emit: EventSink,
+        cancel: CancelToken,
+    ) -> None:
+        """The disks, the installer's release and authorized keys (nothing written)."""
+        with self.timings.measure("disks", emit):
+            res = session.run(list_command(), timeout=LOOK_TIMEOUT, what="listing the disks")
+            self.disks = parse_disks(res.stdout)
+            if not self.disks:
+                raise DiskError(
+                    f"{self.label} listed no disks.",
+                    "The installer's lsblk answered nothing the app could read. Nothing was "
+                    "written.",
+                    "Log in to the installer and run lsblk; a server without a disk cannot be "
+                    "installed to.",
+                )
+            self.choice = choose(self.disks, old_root)
+            for disk, why in self.choice.refused:
+                emit(InfoEvent("disks", f"Not {disk.describe()}: {why}."))
+            cancel.check()
+            res = session.run(version_command(), timeout=LOOK_TIMEOUT, what="nixos-version")
+            self.release = parse_version(res.stdout)
+            if self.release is None:
+                raise DiskError(
+                    f"{self.label}'s installer did not name its NixOS release "
+                    "(nixos-version --json).",
+                    "The installed system's nixpkgs is pinned to the installer's own; without "
+                    "it the app cannot tell what it would install. Nothing was written.",
+                    "Boot a current installer (install with --channel), or give --nixpkgs-url.",
+                )
+            res = session.run(f"cat {AUTHORIZED} 2>/dev/null || true", timeout=LOOK_TIMEOUT,
+                              privileged=True, what="reading root's authorized keys")  # fmt: skip
+            self.keys = tuple(_keys(res.stdout))
+        self._configure(session, facts)
+
+    def _configure(self, session: Session, facts: Facts) -> None:
+        """The system's configuration: the keys, at least one the app logs in with."""
+        assert self.release is not None
+        r = self.request
+        url = r.nixpkgs_url or nixpkgs_url(self.release.revision, r.nixpkgs_archive)
+        keys = tuple(dict.fromkeys([*self.keys, *(k.strip() for k in r.keys)]))
+        config = self.config = SystemConfig(
+            r.hostname or _hostname(facts.hostname), self.release.state_version, keys,
+            timezone=r.timezone, admin_user=r.admin_user, network=r.network, nixpkgs_url=url,
+        )  # fmt: skip
+        usable = [_key_line(session)] if session.auth_key is not None else []
+        check_login_key(config, usable)
+        self.network = Network(facts.interfaces, facts.routes, facts.dns)
+        self.mem = (facts.mem_total, facts.swap_total)
+        self.arch = facts.arch or "x86_64"
+
+    # -- pick -------------------------------------------------------------------------------
+
+    def pick(self, given: str) -> Disk:
+        """The disk named (``given``), else the one default; a question when there is none."""
+        choice = self.choice
+        assert choice is not None
+        disk = _find(choice, given) if given else choice.default
+        if disk is None:
+            if given and (refused := _refused(choice, given)) is not None:
+                raise PreflightStop(
+                    f"{refused[0].describe()} cannot take the system: {refused[1]}.",
+                    "The app never writes to a disk that is read-only, removable, too small "
+                    "or in use. Nothing was written.",
+                    "Name another disk with --disk, or free this one first.",
+                )
+            raise DiskChoiceRequired(self.label, choice, given)
+        if disk is not self.disk:
+            self._lay_out(disk)
+        return disk
+
+    def _lay_out(self, disk: Disk) -> None:
+        layout = Layout(disk.stable_path, arch=self.arch, swap_mib=self.request.swap_mib)
+        self.memory = memory_plan(*self.mem, layout)
+        check_disk_size(disk, layout, self.memory)
+        config = self._config()
+        if self.memory.swapfile_mib:
+            config = replace(config, swapfile_mib=self.memory.swapfile_mib)
+        self.configuration, self.notes = configuration_nix(config, layout, self.network)
+        self.disko = disko_nix(layout)
+        self.disk, self.layout = disk, layout
+        self.saved = None
+
+    def _config(self) -> SystemConfig:
+        if self.config is None:
+            raise DiskError(f"{self.label}'s disks were not looked at yet.")
+        return self.config
+
+    def save(self, folder: Path) -> Path:
+        """Keep configuration.nix and disko-config.nix in ``folder`` on this computer, so the
+        same system can be installed again with disko or nixos-anywhere."""
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (folder / "configuration.nix").write_text(self.configuration)
+        (folder / "disko-config.nix").write_text(self.disko)
+        self.saved = folder
+        return folder
+
+    # -- confirm and install ----------------------------------------------------------------
+
+    def confirm(self, typed: str, old_root: OldRoot | None) -> None:
+        """The wipe confirmed by the disk's name; the question when it is missing or wrong."""
+        disk = self.disk
+        assert disk is not None
+        try:
+            confirm_wipe(disk, typed)
+        except ConfigError:
+            raise WipeConfirmationRequired(
+                self.label, disk, what_is_on(disk, old_root), typed
+            ) from None
+
+    def install(self, session: Session, emit: EventSink, cancel: CancelToken) -> Installed:
+        """Partition, format and mount the confirmed disk, then nixos-install onto it."""
+        disk, layout = self.disk, self.layout
+        assert disk is not None and layout is not None
+        url = self._config().nixpkgs_url
+        cancel.check()
+
+        def said(stage: str) -> Callable[[str, str], None]:
+            return lambda stream, line: emit(OutputEvent(stage, line, stream=stream))
+
+        emit(InfoEvent("partition", f"Erasing {disk.describe()} on {self.label}.",
+                       safe_to_cancel=False))  # fmt: skip
+        with self.timings.measure("partition", emit, deadline=None):
+            prepare_disk(session, layout, disk, on_line=said("partition"))
+        with self.timings.measure("nixos-install", emit):
+            self.installed = install_nixos(
+                session, layout, self.configuration, self.disko, url,
+                swapfile_mib=self.memory.swapfile_mib, on_line=said("nixos-install"),
+                on_copied=lambda n: emit(ProgressEvent("nixos-install", f"{n} store paths copied",
+                                                       done=n)),
+            )  # fmt: skip
+        return self.installed
+
+    def summary(self) -> dict[str, object]:
+        """The plan as the faces show it and the JSON result carries it."""
+        disk, layout, config = self.disk, self.layout, self._config()
+        return {
+            "disk": disk.stable_path if disk else None,
+            "disk_name": disk.name if disk else None,
+            "size": disk.size if disk else None,
+            "swap_mib": layout.swap_mib if layout else 0,
+            "swapfile_mib": self.memory.swapfile_mib,
+            "hostname": config.hostname,
+            "nixpkgs": config.nixpkgs_url,
+            "release": self.release.version if self.release else None,
+            "authorized_keys": len(config.root_keys),
+            "notes": list(self.notes),
+        }
+
+
+def _keys(text: str) -> list[str]:
+    """The plain key lines of an authorized_keys file (options and junk are not carried)."""
+    out = []
+    for line in text.splitlines():
+        try:
+            key_parts(line)
+        except ConfigError:
+            continue
+        out.append(line.strip())
+    return out
+
+
+def _key_line(session: Session) -> str:
+    key = session.auth_key
+    assert key is not None
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+GENERIC_NAMES = ("", "nixos", "nixos-installer", "localhost")
+
+
+def _hostname(name: str) -> str:
+    """The installer's host name as NixOS takes it (its first label; the kexec installer keeps
+    the old system's), else "nixos"."""
+    first = name.split(".")[0]
+    ok = re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?", first)
+    return first if ok and first not in GENERIC_NAMES else "nixos"
+
+
+def _names(disk: Disk) -> set[str]:
+    return {disk.name, disk.path, disk.stable_path, disk.by_id, disk.by_path} - {""}
+
+
+def _find(choice: Choice, given: str) -> Disk | None:
+    return next((d for d in choice.candidates if given in _names(d)), None)
+
+
+def _refused(choice: Choice, given: str) -> tuple[Disk, str] | None:
+    return next(((d, why) for d, why in choice.refused if given in _names(d)), None)
