@@ -28,6 +28,7 @@ from app.core.plan import (
 from app.core.profiles import Profile, ProfileStore
 from app.core.questions import Answers
 from app.core.run import Host, RunEnv, RunRequest
+from app.core.result import InstallerInfo
 from app.core.runlog import RunLog
 from app.core.secrets import SecretStore, password_key, sudo_key
 from app.core.settings import Settings
@@ -219,6 +220,15 @@ class Context:
                 "Name it as [user@]host[:port] or an ~/.ssh/config alias, or use --profile NAME.",
             )
         identity = list(a.identity or ([profile.key_path] if profile and profile.key_path else []))
+        if profile is not None and not given and a.command == "install-nixos" and profile.installer:
+            # The installer the app booted and proved: root, with the key it proved it with.
+            info = InstallerInfo.from_json(profile.installer, f"profile {profile.name!r}")
+            key = [info.identity_file] if info.identity_file else identity
+            return parse_target(
+                info.host, port=a.port or info.port, user=a.user or info.user,
+                identity=list(a.identity or key), jump=a.jump or profile.jump or None,
+                config=load_ssh_config(),
+            )  # fmt: skip
         return parse_target(
             spec,
             port=a.port or (profile.port if profile and not given else None),

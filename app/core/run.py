@@ -143,6 +143,7 @@ class HostRun:
         self.new_key: NewSystemHostKey | None = None  # a bundle's new key, asked about
         self.outcome: Outcome | None = None
         self.disk: DiskRun | None = None  # the disk's steps, once the installer was found
+        self.pinned: tuple[str, int, str] | None = None  # a host key proven earlier in this run
 
     @property
     def label(self) -> str:
@@ -178,7 +179,7 @@ class HostRun:
             if self.outcome is not None or until <= Step.INSPECTED:
                 return self.outcome
             if self.disk is not None:
-                return self.disk_steps(answers, emit, cancel, until)
+                return self.disk_steps(answers, emit, cancel, until, request)
             self.stopped()
             if until <= Step.CHECKED:
                 return None
@@ -222,7 +223,7 @@ class HostRun:
         options = ConnectOptions(
             timeout=self.env.settings.connect_timeout,
             accept_new_host_key=self.env.accept_new_host_key,
-            trusted=answers.host_keys,
+            trusted=(*answers.host_keys, *([self.pinned] if self.pinned else [])),
         )
         self.session = connect(target, creds, self.env.known_hosts, options, cancel=cancel)
         self.inspection, self.rooted, self.plan = None, False, None
@@ -255,14 +256,17 @@ class HostRun:
             session, self.env.settings, self.env.staging, emit=emit, cancel=cancel, reach=reach
         )
         self.inspection, self.rooted, self.plan = found, False, None
-        wants_disk = request is not None and request.disk is not None
-        if wants_disk and not found.facts.is_installer:
+        asked = request.disk if request is not None else None
+        if (self.disk is not None or asked is not None) and not found.facts.is_installer:
             raise not_the_installer(self.label, found.facts.os_name)
         if found.facts.is_installer:
             info = flow.already_installer(session, found.facts)
             self.record(emit, installer=info)
-            if request is not None and request.disk is not None:
-                self.info, self.disk = info, DiskRun(self.label, request.disk)
+            if self.disk is not None or asked is not None:
+                self.info, self.disk = (
+                    info,
+                    self.disk or DiskRun(self.label, asked or DiskRequest()),
+                )
                 return found
             emit(InfoEvent("", f"{session.target.host} already runs the NixOS installer; "
                                "nothing to do."))  # fmt: skip
@@ -412,24 +416,31 @@ class HostRun:
     # -- 5b. onto the disk (a server that runs the installer) --------------------------------
 
     def disk_steps(
-        self, answers: Answers, emit: EventSink, cancel: CancelToken, until: Step
+        self,
+        answers: Answers,
+        emit: EventSink,
+        cancel: CancelToken,
+        until: Step,
+        request: RunRequest | None = None,
     ) -> Outcome | None:
-        """Look and pick a disk by PREPARED (its configuration kept on this computer), then
-        the typed wipe confirmation and the install; nothing reboots after an error."""
+        """Root and a look at the disks by ROOT; the disk picked and laid out with the
+        request's choices by PREPARED (the configuration kept on this computer); the typed wipe
+        confirmation and the install by DONE. Nothing reboots after an error."""
         disk = self.disk
         assert disk is not None
         if until <= Step.CHECKED:
             return None
         if not self.rooted:
             self.become_root(answers)
+        session, facts, old_root = self._session(), self._inspected().facts, self._old_root()
+        if disk.choice is None:
+            disk.look(session, facts, old_root, emit, cancel)
         if until <= Step.ROOT:
             return None
-        session, facts, old_root = self._session(), self._inspected().facts, self._old_root()
-        if disk.config is None:
-            disk.look(session, facts, old_root, emit, cancel)
-        before = disk.disk
-        chosen = disk.pick(answers.disks.get(self.label) or disk.request.disk)
-        if chosen is not before or disk.saved is None:
+        before, laid_out = disk.disk, disk.configuration
+        wanted = request.disk if request is not None else None
+        chosen = disk.pick(answers.disks.get(self.label) or disk.request.disk, wanted)
+        if chosen is not before or disk.configuration != laid_out or disk.saved is None:
             emit(PlanEvent(plan={"disk": disk.summary()}))
             for note in disk.notes:
                 emit(InfoEvent("disks", f"Note: {note}.", level="warn"))
@@ -460,6 +471,26 @@ class HostRun:
         }
         self.outcome = Outcome(self.label, True, "nixos-installed", 0, payload)
         return self.outcome
+
+    def onto_disk(self, answers: Answers, request: DiskRequest) -> HostRun:
+        """A run for the installer this run found or booted, to install NixOS onto its disk:
+        root with the key the install proved it with, the installer's verified host key."""
+        info = self.info
+        if info is None:
+            raise WizardError(
+                f"No installer is known on {self.label}.",
+                "NixOS is installed onto the disk from the installer running in RAM.",
+                "Boot the installer first, or connect to the server that runs it.",
+            )
+        t = self.host.target
+        ids = (info.identity_file,) if info.identity_file else t.identity_files
+        target = replace(t, host=info.host, port=info.port, user="root", identity_files=ids)
+        proven = self.installer.installer_creds if self.installer is not None else None
+        host = replace(self.host, target=target, creds=proven or self.credentials(answers))
+        run = HostRun(host, self.env)
+        run.pinned = (info.host, info.port, info.fingerprint)
+        run.disk = DiskRun(self.label, request)
+        return run
 
     def _old_root(self) -> OldRoot | None:
         """The old system's root disk, as the server's profile kept it before the kexec."""

@@ -36,15 +36,19 @@ def _as_installer(vm: VM, bed: Path, tmp_path: Path) -> None:
                  f"printf '%s\\n' '{key}' > /root/.ssh/authorized_keys")  # fmt: skip
 
 
-def _install_nixos(vm: VM, bed: Path, tmp_path: Path, what: str, *args: str) -> Run:
+def _install_nixos(
+    vm: VM, bed: Path, tmp_path: Path, what: str, *args: str, profile: bool = False
+) -> Run:
+    """`install-nixos --json` at the VM, or (``profile``) at the installer the profile keeps."""
     kh = tmp_path / "known_hosts"
     pub = (trixie() / "ssh_host_ed25519_key.pub").read_text().split()[:2]
     kh.write_text(f"[127.0.0.1]:{vm.port} {pub[0]} {pub[1]}\n")
     t0 = time.monotonic()
     r = cli(
-        "install-nixos", "--json", f"root@127.0.0.1:{vm.port}", "-i", str(bed / "client_ed25519"),
-        "--known-hosts", str(kh), "--nixpkgs-archive", "http://127.0.0.1:9/nixpkgs",
-        "--save-profile", "web", *args, timeout=600,
+        "install-nixos", "--json", "--known-hosts", str(kh), "--nixpkgs-archive",
+        "http://127.0.0.1:9/nixpkgs",
+        *(("--profile", "web") if profile else (f"root@127.0.0.1:{vm.port}", "-i",
+          str(bed / "client_ed25519"), "--save-profile", "web")), *args, timeout=600,
     )  # fmt: skip
     timings = next((e["timings"] for e in r.events if e.get("timings")), {})
     stages = ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
@@ -84,8 +88,9 @@ def test_install_nixos_asks_for_the_disk_by_name_fails_safely_and_installs(
 
     with _session(vm, bed, tmp_path) as s:
         _root(s, "echo ok > /etc/nkw-standin-mode")
+    # By the profile alone: the installer it keeps (root, the key that proved it).
     r = _install_nixos(vm, bed, tmp_path, "installs", "--yes-wipe", "vdb", "--hostname",
-                       "web-1", "--timezone", "Europe/Berlin")  # fmt: skip
+                       "web-1", "--timezone", "Europe/Berlin", profile=True)  # fmt: skip
     assert r.code == 0, r.stdout[-3000:] + r.stderr[-2000:]
     res = r.result
     assert res["outcome"] == "nixos-installed" and res["disk_name"] == "vdb"

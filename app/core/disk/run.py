@@ -122,6 +122,8 @@ class DiskRun:
     network: Network = field(default_factory=Network)
     mem: tuple[int | None, int | None] = (None, None)
     arch: str = "x86_64"
+    hostname: str = "nixos"  # the default: the installer's (the old system's) host name
+    login_keys: tuple[str, ...] = ()  # the public key the app logged in to the installer with
 
     # -- look -------------------------------------------------------------------------------
 
@@ -162,30 +164,20 @@ class DiskRun:
             res = session.run(f"cat {AUTHORIZED} 2>/dev/null || true", timeout=LOOK_TIMEOUT,
                               privileged=True, what="reading root's authorized keys")  # fmt: skip
             self.keys = tuple(_keys(res.stdout))
-        self._configure(session, facts)
-
-    def _configure(self, session: Session, facts: Facts) -> None:
-        """The system's configuration: the keys, at least one the app logs in with."""
-        assert self.release is not None
-        r = self.request
-        url = r.nixpkgs_url or nixpkgs_url(self.release.revision, r.nixpkgs_archive)
-        keys = tuple(dict.fromkeys([*self.keys, *(k.strip() for k in r.keys)]))
-        config = self.config = SystemConfig(
-            r.hostname or _hostname(facts.hostname), self.release.state_version, keys,
-            timezone=r.timezone, admin_user=r.admin_user, network=r.network, nixpkgs_url=url,
-        )  # fmt: skip
-        usable = [_key_line(session)] if session.auth_key is not None else []
-        check_login_key(config, usable)
         self.network = Network(facts.interfaces, facts.routes, facts.dns)
         self.mem = (facts.mem_total, facts.swap_total)
         self.arch = facts.arch or "x86_64"
+        self.hostname = _hostname(facts.hostname)
+        self.login_keys = (_key_line(session),) if session.auth_key is not None else ()
 
     # -- pick -------------------------------------------------------------------------------
 
-    def pick(self, given: str) -> Disk:
-        """The disk named (``given``), else the one default; a question when there is none."""
+    def pick(self, given: str, request: DiskRequest | None = None) -> Disk:
+        """The disk named (``given``), else the one default, laid out with ``request``'s
+        choices (the run's own when None); a question when no disk is named or found."""
         choice = self.choice
         assert choice is not None
+        request = request or self.request
         disk = _find(choice, given) if given else choice.default
         if disk is None:
             if given and (refused := _refused(choice, given)) is not None:
@@ -196,25 +188,40 @@ class DiskRun:
                     "Name another disk with --disk, or free this one first.",
                 )
             raise DiskChoiceRequired(self.label, choice, given)
-        if disk is not self.disk:
-            self._lay_out(disk)
+        if disk is not self.disk or request != self.request or self.config is None:
+            self._lay_out(disk, request)
         return disk
 
-    def _lay_out(self, disk: Disk) -> None:
-        layout = Layout(disk.stable_path, arch=self.arch, swap_mib=self.request.swap_mib)
-        self.memory = memory_plan(*self.mem, layout)
-        check_disk_size(disk, layout, self.memory)
-        config = self._config()
-        if self.memory.swapfile_mib:
-            config = replace(config, swapfile_mib=self.memory.swapfile_mib)
+    def system(self, request: DiskRequest) -> SystemConfig:
+        """The installed system as ``request`` chooses it (root's keys: the installer's and the
+        request's; at least one the app logs in with, or ConfigError)."""
+        assert self.release is not None
+        r = request
+        url = r.nixpkgs_url or nixpkgs_url(self.release.revision, r.nixpkgs_archive)
+        keys = tuple(dict.fromkeys([*self.keys, *(k.strip() for k in r.keys)]))
+        config = SystemConfig(
+            r.hostname or self.hostname, self.release.state_version, keys,
+            timezone=r.timezone, admin_user=r.admin_user, network=r.network, nixpkgs_url=url,
+        )  # fmt: skip
+        check_login_key(config, self.login_keys)
+        return config
+
+    def _lay_out(self, disk: Disk, request: DiskRequest) -> None:
+        config = self.system(request)
+        layout = Layout(disk.stable_path, arch=self.arch, swap_mib=request.swap_mib)
+        memory = memory_plan(*self.mem, layout)
+        check_disk_size(disk, layout, memory)
+        if memory.swapfile_mib:
+            config = replace(config, swapfile_mib=memory.swapfile_mib)
         self.configuration, self.notes = configuration_nix(config, layout, self.network)
         self.disko = disko_nix(layout)
-        self.disk, self.layout = disk, layout
+        self.disk, self.layout, self.memory, self.config = disk, layout, memory, config
+        self.request = request
         self.saved = None
 
     def _config(self) -> SystemConfig:
         if self.config is None:
-            raise DiskError(f"{self.label}'s disks were not looked at yet.")
+            raise DiskError(f"No disk was chosen on {self.label} yet.")
         return self.config
 
     def save(self, folder: Path) -> Path:
