@@ -27,8 +27,8 @@ from app.core.plan import (
 )
 from app.core.profiles import Profile, ProfileStore
 from app.core.questions import Answers
-from app.core.run import Host, RunEnv, RunRequest
 from app.core.result import InstallerInfo
+from app.core.run import Host, RunEnv, RunRequest
 from app.core.runlog import RunLog
 from app.core.secrets import SecretStore, password_key, sudo_key
 from app.core.settings import Settings

@@ -432,7 +432,7 @@ class HostRun:
             return None
         if not self.rooted:
             self.become_root(answers)
-        session, facts, old_root = self._session(), self._inspected().facts, self._old_root()
+        session, facts, old_root = self._session(), self._inspected().facts, self.old_root()
         if disk.choice is None:
             disk.look(session, facts, old_root, emit, cancel)
         if until <= Step.ROOT:
@@ -492,7 +492,7 @@ class HostRun:
         run.disk = DiskRun(self.label, request)
         return run
 
-    def _old_root(self) -> OldRoot | None:
+    def old_root(self) -> OldRoot | None:
         """The old system's root disk, as the server's profile kept it before the kexec."""
         name = self.host.profile
         profile = self.env.profiles.load().get(name) if name else None

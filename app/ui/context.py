@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from app.core.catalog import Catalog
+from app.core.disk.run import DiskRequest
 from app.core.download import CachedImage, ImageCache
 from app.core.events import Event, LogEvent
 from app.core.fleet import Fleet, SharedImages
@@ -58,6 +59,7 @@ class AppContext:
             secrets=self.secrets,
             keys_dir=self.paths.keys_dir,
             images=self.images,
+            systems_dir=self.paths.config / "systems",
         )
 
     def record(self, event: Event) -> None:
@@ -114,6 +116,8 @@ class WizardState:
     image: CachedImage | None = None  # the verified file, when it is uploaded
     info: InstallerInfo | None = None  # the verified installer, once a page was told of it
     batch: Batch | None = None  # several servers at once (the Batch pages)
+    disk_run: HostRun | None = None  # the installer's run, installing NixOS onto its disk
+    disk_request: DiskRequest = field(default_factory=DiskRequest)  # the System page's choices
 
     @property
     def target(self) -> Target | None:
@@ -149,5 +153,7 @@ class WizardState:
         session: close() is safe)."""
         if self.run is not None:
             self.run.close()
-        self.run = None
+        if self.disk_run is not None:
+            self.disk_run.close()
+        self.run = self.disk_run = None
         self.info = None

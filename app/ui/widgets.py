@@ -124,13 +124,18 @@ STAGE_NAMES = {
     "up": "Wait for the installer to answer",
     "verify": "Prove it is the installer",
 }
+DISK_STAGE_NAMES = {
+    "partition": "Erase, partition, format and mount the disk",
+    "nixos-install": "Install NixOS (nixos-install)",
+}
 
 
 class StageList(QTreeWidget):
     """The install stages with their state and how long each took (or is taking)."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, names: dict[str, str] | None = None) -> None:
         super().__init__(parent)
+        self.names = names or STAGE_NAMES
         self.setColumnCount(3)
         self.setHeaderLabels(["Stage", "State", "Time"])
         self.setRootIsDecorated(False)
@@ -144,7 +149,7 @@ class StageList(QTreeWidget):
         self.started: dict[str, float] = {}
         self.stage_state: dict[str, str] = {}
         self.deadlines: dict[str, float] = {}
-        for key, name in STAGE_NAMES.items():
+        for key, name in self.names.items():
             item = QTreeWidgetItem([name, "waiting", ""])
             item.setIcon(0, std_icon(self, "pending"))
             self.addTopLevelItem(item)

@@ -1,4 +1,4 @@
-"""The wizard window: seven pages over one run, settings and log buttons, a careful close."""
+"""The wizard window: the pages over one run, settings and log buttons, a careful close."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from app.ui.pages.batch import (
 )
 from app.ui.pages.confirm import ConfirmPage
 from app.ui.pages.connect import ConnectPage
+from app.ui.pages.disk import DiskInstallPage, DisksPage, InstalledPage, SystemPage, WipePage
 from app.ui.pages.done import DonePage
 from app.ui.pages.image import ImagePage
 from app.ui.pages.inspect import InspectPage
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 
 class KexecWizard(QWizard):
     """Servers → Connect → Inspect → Image → Confirm → Install → Done; for several servers,
-    Servers → Inspect all → Confirm → Install all → Done."""
+    Servers → Inspect all → Confirm → Install all → Done. From Done, NixOS onto the disk:
+    Disks → System → Erase → Installing → Installed."""
 
     def __init__(
         self, ctx: AppContext, icon: QIcon | None = None, parent: QWidget | None = None
@@ -85,6 +87,11 @@ class KexecWizard(QWizard):
             PageId.BATCH_CONFIRM: BatchConfirmPage(ctx, self.state),
             PageId.BATCH_INSTALL: BatchInstallPage(ctx, self.state),
             PageId.BATCH_DONE: BatchDonePage(ctx, self.state),
+            PageId.DISKS: DisksPage(ctx, self.state),
+            PageId.SYSTEM: SystemPage(ctx, self.state),
+            PageId.WIPE: WipePage(ctx, self.state),
+            PageId.DISK_INSTALL: DiskInstallPage(ctx, self.state),
+            PageId.INSTALLED: InstalledPage(ctx, self.state),
         }
         for pid, page in self.pages.items():
             self.setPage(int(pid), page)

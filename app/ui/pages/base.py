@@ -30,6 +30,11 @@ class PageId(IntEnum):
     BATCH_CONFIRM = 8
     BATCH_INSTALL = 9
     BATCH_DONE = 10
+    DISKS = 11  # NixOS onto the disk, from the installer (after Done)
+    SYSTEM = 12
+    WIPE = 13
+    DISK_INSTALL = 14
+    INSTALLED = 15
 
 
 class BasePage(QWizardPage):

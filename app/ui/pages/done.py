@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
+from app.core.disk.run import DiskRequest
 from app.core.errors import WizardError
 from app.core.events import CancelToken, EventSink
 from app.core.handoff import (
@@ -30,7 +31,7 @@ from app.core.handoff import (
 from app.core.result import DEAD_MAN_STOP, InstallerInfo, leftover_note
 from app.core.ssh import Credentials
 from app.ui.context import AppContext, WizardState
-from app.ui.pages.base import BasePage
+from app.ui.pages.base import BasePage, PageId
 from app.ui.widgets import ErrorPanel, ask, terminal_or_clipboard, wrap_label
 
 
@@ -57,6 +58,13 @@ class DonePage(BasePage):
         self.report = QPushButton("Save &hardware report…", self)
         self.copy_anywhere = QPushButton("Copy &nixos-anywhere command", self)
         self.reboot = QPushButton("&Reboot to the original system…", self)
+        self.install_nixos = QPushButton("&Install NixOS on this server's disk…", self)
+        self.install_nixos.setAccessibleName("Install NixOS on this server's disk")
+        self.install_nixos.setToolTip(
+            "Choose a disk and the system's settings; nothing is written until you type the "
+            "disk's name"
+        )
+        self.install_nixos.clicked.connect(self._install_nixos)
         grid = QGridLayout()
         buttons = (self.open_terminal, self.copy_ssh, self.report, self.copy_anywhere, self.reboot)
         for i, b in enumerate(buttons):
@@ -71,6 +79,7 @@ class DonePage(BasePage):
         layout.addWidget(self.headline)
         layout.addWidget(self.command)
         layout.addLayout(grid)
+        layout.addWidget(self.install_nixos)
         layout.addWidget(self.status)
         layout.addWidget(self.error)
         layout.addStretch(1)
@@ -209,5 +218,20 @@ class DonePage(BasePage):
         """Show a failure on this page."""
         self.error.show_error(error)
 
+    @Slot()
+    def _install_nixos(self) -> None:
+        """On to the disk's pages, with a run on this installer."""
+        run = self.state.run
+        if run is None or self.info is None:
+            return
+        try:
+            self.state.disk_run = run.onto_disk(self.state.answers, DiskRequest())
+        except WizardError as exc:
+            self.error.show_error(exc)
+            return
+        self.wizard().next()
+
     def nextId(self) -> int:
-        return -1  # the last page of one server's walk (the batch pages come after it by id)
+        # The last page of one server's walk, unless the disk's pages follow (the batch pages
+        # come after it by id).
+        return int(PageId.DISKS) if self.state.disk_run is not None else -1
