@@ -65,6 +65,9 @@ class DonePage(BasePage):
             "disk's name"
         )
         self.install_nixos.clicked.connect(self._install_nixos)
+        bold = self.install_nixos.font()
+        bold.setBold(True)
+        self.install_nixos.setFont(bold)  # the way on, where the rest are ways out
         grid = QGridLayout()
         buttons = (self.open_terminal, self.copy_ssh, self.report, self.copy_anywhere, self.reboot)
         for i, b in enumerate(buttons):
@@ -78,8 +81,8 @@ class DonePage(BasePage):
         layout = QVBoxLayout(self)
         layout.addWidget(self.headline)
         layout.addWidget(self.command)
+        grid.addWidget(self.install_nixos, len(buttons) // 2, len(buttons) % 2)
         layout.addLayout(grid)
-        layout.addWidget(self.install_nixos)
         layout.addWidget(self.status)
         layout.addWidget(self.error)
         layout.addStretch(1)
