@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.core.disk.disks import Choice, Disk
-from app.core.disk.run import DiskChoiceRequired, WipeConfirmationRequired
+from app.core.disk.run import DiskChoiceRequired, DiskRequest, DiskRun, WipeConfirmationRequired
+from app.core.flow import record
+from app.core.profiles import ProfileStore
 from app.core.questions import Answers, is_question, unanswered
+from app.core.run import Host, folder_name
+from app.core.secrets import SecretStore
+from app.core.ssh import Credentials, Target
 from tests.support.sshd import SSHEnv
 from tests.test_cli import _ssh_args, cli
 
@@ -61,3 +66,29 @@ def test_the_disk_questions_are_answered_per_server_and_name_their_options() -> 
     answers.give(wipe, "vdc", run="web-1")
     assert answers.disks == {"web-1": "vdc"} and answers.wipes == {"web-1": "vdc"}
     assert not answers.confirmed  # the kexec's confirmation is another question
+
+
+def test_each_server_keeps_its_configuration_in_a_folder_of_its_own(tmp_path: Path) -> None:
+    web = Host("web", Target("10.0.0.2", 2201), Credentials())
+    other = Host("web", Target("10.0.0.2", 2202), Credentials())
+    assert folder_name(web) != folder_name(other)  # port apart, same address
+    assert folder_name(Host("x", Target("h"), Credentials(), profile="..")) == "server"
+    disk = DiskRun("web", DiskRequest(), configuration="{ }\n", disko="{ }\n")
+    first, second = disk.save(tmp_path / "web" / "t"), disk.save(tmp_path / "web" / "t")
+    assert first != second and second.name == "t-2"  # the same second: never overwritten
+    assert (first / "configuration.nix").read_text() == "{ }\n"
+
+
+def test_a_run_on_the_installer_keeps_the_profile_s_own_login(tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path / "profiles.json")
+    secrets = SecretStore()
+    old = Target("web-1.example.org", 22, "deploy", identity_files=("/home/me/.ssh/id",))
+    record(store, secrets, "web", target=old, creds=Credentials(), host_key="ssh-ed25519 AAAA",
+           facts=None)  # fmt: skip
+    installer = Target("203.0.113.7", 22, "root", identity_files=("/keys/web",))
+    saved, _ = record(store, secrets, "web", target=installer, creds=Credentials(),
+                      host_key="ssh-ed25519 AAAA", facts=None, state="installed",
+                      system="/x", keep_login=True)  # fmt: skip
+    assert (saved.host, saved.user, saved.key_path) == ("web-1.example.org", "deploy",
+                                                        "/home/me/.ssh/id")  # fmt: skip
+    assert (saved.state, saved.system) == ("installed", "/x")

@@ -10,7 +10,7 @@ from pathlib import Path
 from app.core.catalog import DEFAULT_VARIANT, Catalog, CatalogClient
 from app.core.disk.config import KEY_TYPES as KEY_TYPE_NAMES
 from app.core.disk.config import NetworkMode, key_parts
-from app.core.disk.install import DEFAULT_NIXPKGS_ARCHIVE
+from app.core.disk.reach import cache_url
 from app.core.disk.run import DiskRequest
 from app.core.download import ImageCache
 from app.core.errors import ConfigError, UsageError
@@ -155,8 +155,17 @@ class Context:
             admin_user=a.admin_user or "",
             keys=tuple(read_key_args(a.authorized_key or [])),
             network=NetworkMode(a.network),
-            nixpkgs_url=a.nixpkgs_url or "",
-            nixpkgs_archive=(a.nixpkgs_archive or DEFAULT_NIXPKGS_ARCHIVE).rstrip("/"),
+            nixpkgs_url=self.settings.check_url(a.nixpkgs_url, "nixpkgs URL (--nixpkgs-url)")
+            if a.nixpkgs_url
+            else "",
+            nixpkgs_archive=self.settings.check_url(
+                (a.nixpkgs_archive or self.settings.nixpkgs_archive).rstrip("/"),
+                "nixpkgs archive URL (--nixpkgs-archive)",
+            ),
+            binary_cache=self.settings.check_url(
+                cache_url(a.binary_cache or self.settings.binary_cache),
+                "binary cache URL (--binary-cache)",
+            ),
         )
         return RunRequest(ImageRequest(), InstallRequest(), disk=request)
 

@@ -155,6 +155,11 @@ def _add_disk(p: argparse.ArgumentParser) -> None:
         "https://github.com/NixOS/nixpkgs/archive)",
     )
     g.add_argument(
+        "--binary-cache",
+        metavar="URL",
+        help="where nixos-install downloads the system (default https://cache.nixos.org)",
+    )
+    g.add_argument(
         "--save-config",
         metavar="DIR",
         help="keep each server's configuration.nix and disko-config.nix under DIR (default: "

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -278,8 +278,11 @@ def record(
     remember: bool = False,
     dead_man: str | None = None,
     system: str | None = None,
+    keep_login: bool = False,
 ) -> tuple[Profile, str | None]:
-    """Save (or update) a profile; secrets go to the keyring only. Returns a warning, if any."""
+    """Save (or update) a profile; secrets go to the keyring only. Returns a warning, if any.
+    ``keep_login``: the run logged in somewhere else for now (the installer, to install onto
+    its disk), so an existing profile keeps how the server is reached."""
     name = check_name(name)
     existing = store.load().get(name)
     remember = remember or bool(existing and existing.remember_password)
@@ -302,6 +305,12 @@ def record(
         old_root=_old_root(facts, existing),
         system=system if system is not None else (existing.system if existing else ""),
     ).touched()
+    if keep_login and existing is not None:
+        profile = replace(
+            profile, host=existing.host, port=existing.port, user=existing.user,
+            jump=existing.jump, auth=existing.auth, key_path=existing.key_path,
+            host_key=existing.host_key,
+        )  # fmt: skip
     store.put(profile)
     warning = None
     if remember:

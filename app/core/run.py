@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import traceback
 from dataclasses import dataclass, replace
@@ -261,13 +262,12 @@ class HostRun:
             raise not_the_installer(self.label, found.facts.os_name)
         if found.facts.is_installer:
             info = flow.already_installer(session, found.facts)
-            self.record(emit, installer=info)
             if self.disk is not None or asked is not None:
-                self.info, self.disk = (
-                    info,
-                    self.disk or DiskRun(self.label, asked or DiskRequest()),
-                )
+                self.info = info
+                self.disk = self.disk or DiskRun(self.label, asked or DiskRequest())
+                self.record(emit, installer=info)
                 return found
+            self.record(emit, installer=info)
             emit(InfoEvent("", f"{session.target.host} already runs the NixOS installer; "
                                "nothing to do."))  # fmt: skip
             self.info = info
@@ -444,9 +444,12 @@ class HostRun:
             emit(PlanEvent(plan={"disk": disk.summary()}))
             for note in disk.notes:
                 emit(InfoEvent("disks", f"Note: {note}.", level="warn"))
+            note = disk.reach(session)  # PreflightStop: nothing written
+            if note:
+                emit(InfoEvent("disks", note, level="warn"))
             if self.env.systems_dir is not None:
                 stamp = time.strftime("%Y%m%d-%H%M%S")
-                where = disk.save(self.env.systems_dir / self.host.key_name / stamp)
+                where = disk.save(self.env.systems_dir / folder_name(self.host) / stamp)
                 emit(InfoEvent("disks", f"The configuration is kept in {where}."))
         if until <= Step.PREPARED:
             return None
@@ -484,7 +487,7 @@ class HostRun:
             )
         t = self.host.target
         ids = (info.identity_file,) if info.identity_file else t.identity_files
-        target = replace(t, host=info.host, port=info.port, user="root", identity_files=ids)
+        target = replace(t, host=info.host, port=info.port, user=info.user, identity_files=ids)
         proven = self.installer.installer_creds if self.installer is not None else None
         host = replace(self.host, target=target, creds=proven or self.credentials(answers))
         run = HostRun(host, self.env)
@@ -532,6 +535,7 @@ class HostRun:
                 creds=self.host.creds, host_key=session.host_key_line, facts=facts,
                 image=image, installer=installer, state=state, remember=self.host.remember,
                 dead_man=self._dead_man_choice(), system=system,
+                keep_login=self.disk is not None,
             )  # fmt: skip
         except (WizardError, OSError, ValueError) as exc:
             what = exc.what if isinstance(exc, WizardError) else str(exc)
@@ -575,6 +579,15 @@ def image_alone(
     choice = flow.choose_image(request, None, settings, catalog)
     warn_unchecked(choice, emit)
     return images.get(choice, emit, cancel)
+
+
+def folder_name(host: Host) -> str:
+    """A server's folder under the systems folder: its profile, else its address and port, as
+    a file name (nothing that climbs out of the folder or hides)."""
+    t = host.target
+    name = host.profile or f"{t.alias or t.host}-{t.port}"
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return safe or "server"
 
 
 def not_the_installer(label: str, os_name: str) -> WizardError:

@@ -15,7 +15,14 @@ from app.core.fsutil import atomic_write_text
 DEFAULT_API_URL = "https://api.github.com/repos/nix-community/nixos-images"
 DEFAULT_DOWNLOAD_URL = "https://github.com/nix-community/nixos-images/releases/download"
 
+# Where the installed system comes from: nixos-install's binary cache, and the folder of nixpkgs
+# tarballs by commit (GitHub's archive), both asked for by the server, never by this computer.
+DEFAULT_BINARY_CACHE = "https://cache.nixos.org"
+DEFAULT_NIXPKGS_ARCHIVE = "https://github.com/NixOS/nixpkgs/archive"
+
 API_URL_ENV = "NIXOS_KEXEC_WIZARD_API_URL"
+BINARY_CACHE_ENV = "NIXOS_KEXEC_WIZARD_BINARY_CACHE"
+NIXPKGS_ARCHIVE_ENV = "NIXOS_KEXEC_WIZARD_NIXPKGS_ARCHIVE"
 DOWNLOAD_URL_ENV = "NIXOS_KEXEC_WIZARD_DOWNLOAD_URL"
 ALLOW_HTTP_ENV = "NIXOS_KEXEC_WIZARD_ALLOW_HTTP"
 
@@ -37,6 +44,8 @@ class Settings:
     poll_interval: float = 0.5
     catalog_max_age: float = 600.0
     cache_dir: str = ""  # "" = the platform's cache folder
+    binary_cache: str = DEFAULT_BINARY_CACHE
+    nixpkgs_archive: str = DEFAULT_NIXPKGS_ARCHIVE
 
     # Settings a person may change in the settings dialog (and settings.json).
     USER_KEYS = (
@@ -57,6 +66,10 @@ class Settings:
             env["api_url"] = os.environ[API_URL_ENV]
         if DOWNLOAD_URL_ENV in os.environ:
             env["download_url"] = os.environ[DOWNLOAD_URL_ENV]
+        if BINARY_CACHE_ENV in os.environ:
+            env["binary_cache"] = os.environ[BINARY_CACHE_ENV]
+        if NIXPKGS_ARCHIVE_ENV in os.environ:
+            env["nixpkgs_archive"] = os.environ[NIXPKGS_ARCHIVE_ENV]
         if ALLOW_HTTP_ENV in os.environ:
             env["allow_http"] = os.environ[ALLOW_HTTP_ENV] not in ("", "0", "false", "no")
         s = replace(s, **env)
@@ -64,6 +77,8 @@ class Settings:
         s = replace(s, **given)  # type: ignore[arg-type]
         s.check_url(s.api_url, "releases API URL")
         s.check_url(s.download_url, "download URL")
+        s.check_url(s.binary_cache, "binary cache URL")
+        s.check_url(s.nixpkgs_archive, "nixpkgs archive URL")
         return s
 
     def check_url(self, url: str, what: str) -> str:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The disk tools the NixOS installer ships and a minimal Debian lacks (gptfdisk's sgdisk,
-# parted's partprobe, dosfstools, e2fsprogs' mkfs.ext4, mdadm), from Debian's packages, each
+# parted's partprobe, dosfstools, e2fsprogs' mkfs.ext4, mdadm, and curl, which the install's
+# check of the binary cache uses), from Debian's packages, each
 # with its own loader and libraries so it runs on any release; cached by the hash of this
 # script and lib.sh.
 # Prints the path of a tarball holding nkw-disk-tools/ (put it on the PATH).
@@ -12,7 +13,7 @@ out="$CACHE/disk-tools-$key.tar.gz"
 if [ -f "$out" ]; then echo "$out"; exit 0; fi
 
 need=()
-for pair in sgdisk:gdisk partprobe:parted mkfs.fat:dosfstools mke2fs:e2fsprogs; do
+for pair in sgdisk:gdisk partprobe:parted mkfs.fat:dosfstools mke2fs:e2fsprogs curl:curl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -52,6 +53,7 @@ bundle /usr/sbin/partprobe partprobe
 bundle /usr/sbin/mkfs.fat mkfs.fat mkfs.vfat
 bundle /usr/sbin/mke2fs mke2fs mkfs.ext4
 bundle "$work/mdadm/sbin/mdadm" mdadm
+bundle "$(command -v curl)" curl
 mkdir -p "$CACHE"
 tar -czf "$out.tmp" -C "$work" nkw-disk-tools
 mv "$out.tmp" "$out"

@@ -97,7 +97,8 @@ class VM:
     def _cmd(self, accel: str) -> list[str]:
         fwd = f"hostfwd=tcp:127.0.0.1:{self.port}-{self.guest_ip}:22"
         if self.http_port:
-            fwd += f",guestfwd=tcp:{GUEST_HTTP}-tcp:127.0.0.1:{self.http_port}"
+            # One relay per connection (a `tcp:` forward is one connection for the VM's life).
+            fwd += f",guestfwd=tcp:{GUEST_HTTP}-cmd:busybox nc 127.0.0.1 {self.http_port}"
         boot = [
             "-kernel", str(self.bed / "vmlinuz"), "-initrd", str(self.bed / "origin.img"),
             "-append", f"console=ttyS0 panic=-1 quiet {self.append}".strip(),

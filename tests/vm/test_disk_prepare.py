@@ -24,6 +24,7 @@ from app.core.settings import Settings
 from app.core.ssh import Credentials, KnownHosts, Target
 from app.core.ssh.auth import AuthMethod
 from app.core.ssh.session import ConnectOptions, Session, connect
+from tests.support.cache_server import CacheServer
 from tests.support.gpt import file_system, read_gpt
 from tests.test_disk_layout import disko_ops, unpack_disko
 from tests.vm.qemu import STAGE_TIMINGS, VM
@@ -52,15 +53,17 @@ def _tools() -> Path:
 def installer(make_vm: Callable[..., VM], tmp_path: Path) -> Iterator[tuple[VM, Path]]:
     """Debian trixie (systemd 257 and its udev, as the NixOS installer has; its own root on
     vda, as the installer's RAM root is in use) with a blank 12 GiB disk, vdb, serial
-    nkw-disk-1. The disk step does not care how the system came up, so there is no kexec."""
+    nkw-disk-1, and a stand-in binary cache and nixpkgs archive at GUEST_HTTP. The disk step
+    does not care how the system came up, so there is no kexec."""
     image = tmp_path / "disk.img"
     with image.open("wb") as f:
         f.truncate(DISK_GIB << 30)
     t0 = time.monotonic()
-    vm = make_vm(BOOT_DEADLINE, distro=trixie(), disks=((image, SERIAL),))
-    STAGE_TIMINGS.append(f"[{vm.accel}] debian trixie + a blank disk: booted in "
-                         f"{time.monotonic() - t0:.1f} s")  # fmt: skip
-    yield vm, image
+    with CacheServer() as cache:  # the binary cache and nixpkgs archive, at GUEST_HTTP
+        vm = make_vm(BOOT_DEADLINE, distro=trixie(), disks=((image, SERIAL),), http_port=cache.port)
+        STAGE_TIMINGS.append(f"[{vm.accel}] debian trixie + a blank disk: booted in "
+                             f"{time.monotonic() - t0:.1f} s")  # fmt: skip
+        yield vm, image
 
 
 def _standins() -> bytes:

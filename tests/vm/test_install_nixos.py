@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.gpt import file_system, read_gpt
 from tests.test_cli import Run, cli
-from tests.vm.qemu import STAGE_TIMINGS, VM
+from tests.vm.qemu import GUEST_HTTP, STAGE_TIMINGS, VM
 from tests.vm.test_dead_man import trixie
 from tests.vm.test_disk_prepare import SERIAL, _root, _session, _standins, _tools
 from tests.vm.test_disk_prepare import installer as installer  # the fixture: trixie + a disk
@@ -45,8 +45,9 @@ def _install_nixos(
     kh.write_text(f"[127.0.0.1]:{vm.port} {pub[0]} {pub[1]}\n")
     t0 = time.monotonic()
     r = cli(
-        "install-nixos", "--json", "--known-hosts", str(kh), "--nixpkgs-archive",
-        "http://127.0.0.1:9/nixpkgs",
+        "install-nixos", "--json", "--known-hosts", str(kh), "--allow-http",
+        "--nixpkgs-archive", f"http://{GUEST_HTTP}/nixpkgs", *(() if "--binary-cache" in args
+        else ("--binary-cache", f"http://{GUEST_HTTP}/cache")),
         *(("--profile", "web") if profile else (f"root@127.0.0.1:{vm.port}", "-i",
           str(bed / "client_ed25519"), "--save-profile", "web")), *args, timeout=600,
     )  # fmt: skip
@@ -63,6 +64,15 @@ def test_install_nixos_asks_for_the_disk_by_name_fails_safely_and_installs(
 ) -> None:
     vm, image = installer
     _as_installer(vm, bed, tmp_path)
+
+    # A binary cache the installer cannot reach stops the install before the question.
+    r = _install_nixos(vm, bed, tmp_path, "no binary cache", "--yes-wipe", "vdb",
+                       "--binary-cache", f"http://{GUEST_HTTP}/elsewhere")  # fmt: skip
+    assert r.code == 30, r.stdout[-3000:] + r.stderr[-2000:]
+    assert f"http://{GUEST_HTTP}/elsewhere/nix-cache-info (HTTP 404)" in r.result["error"]["what"]
+    assert "--binary-cache" in r.result["error"]["fix"]
+    with image.open("rb") as f:
+        assert not f.read(2 << 20).strip(b"\0")
 
     # No --yes-wipe (from a script: the question becomes the error naming the option), then
     # the wrong disk's name: nothing is written either time.

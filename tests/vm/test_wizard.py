@@ -22,7 +22,7 @@ from app.ui.pages.install import InstallPage
 from app.ui.wizard import KexecWizard
 from tests.support.sshd import fingerprint
 from tests.test_gui import click, confirm_and_install, connect_and_trust, fill_connect, next_page
-from tests.vm.qemu import STAGE_TIMINGS, VM
+from tests.vm.qemu import GUEST_HTTP, STAGE_TIMINGS, VM
 from tests.vm.test_debian import BOOT_DEADLINE, origin_of
 
 
@@ -46,6 +46,7 @@ def wait_for_done(qtbot: QtBot, w: KexecWizard, vm: VM, timeout_ms: int = 300_00
 def vm_wizard(qtbot: QtBot, tmp_path: Path) -> Iterator[KexecWizard]:
     settings = Settings(
         download_url="http://127.0.0.1:9/", allow_http=True, connect_timeout=20,
+        binary_cache=f"http://{GUEST_HTTP}/cache", nixpkgs_archive=f"http://{GUEST_HTTP}/nixpkgs",
         up_timeout=120, down_timeout=60, poll_interval=0.5,
     )  # fmt: skip
     w = KexecWizard(AppContext(AppPaths.resolve(tmp_path / "app"), settings))

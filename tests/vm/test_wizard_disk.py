@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from PySide6.QtWidgets import QMessageBox
+from pytestqt.exceptions import TimeoutError as QtTimeout
 from pytestqt.qtbot import QtBot
 
 from app.ui.pages.base import PageId
@@ -23,6 +25,18 @@ from tests.vm.test_wizard import connect_as_root
 from tests.vm.test_wizard import vm_wizard as vm_wizard  # the fixture: the wizard for VMs
 
 COMMIT_BUTTON = KexecWizard.WizardButton.CommitButton
+
+
+def _wait(qtbot: QtBot, w: KexecWizard, until: Callable[[], bool], what: str) -> None:
+    """Until ``until()``; else fail with what the page and its error panel showed."""
+    try:
+        qtbot.waitUntil(until, timeout=90_000)
+    except QtTimeout as exc:
+        page = w.currentPage()
+        error = getattr(page, "error", None)
+        said = error.text.text() if error is not None and error.isVisible() else ""
+        raise AssertionError(f"waited for {what}: page {w.currentId()} ({page.title()}), "
+                             f"busy {page.busy}, error {said!r}") from exc  # fmt: skip
 
 
 def _shot(w: KexecWizard, name: str) -> None:
@@ -50,22 +64,28 @@ def test_the_wizard_installs_nixos_on_the_disk_the_user_typed(
 
     disks = w.page_of(PageId.DISKS)
     assert isinstance(disks, DisksPage)
-    qtbot.waitUntil(lambda: w.currentId() == PageId.DISKS and disks.isComplete(), timeout=60_000)
+    _wait(qtbot, w, lambda: w.currentId() == PageId.DISKS and disks.isComplete(), "the disks")
     assert list(disks.buttons) == ["vdb"] and disks.chosen() == "vdb"  # the one that can take it
     assert "vda" in disks.refused.text() and "using it" in disks.refused.text()
     _shot(w, "16-disks.png")
     next_page(qtbot, w)
 
+    # A host name NixOS refuses: said on the next page, nothing written; back, fixed, on.
     system = w.page_of(PageId.SYSTEM)
     assert isinstance(system, SystemPage)
+    system.hostname.clear()
+    qtbot.keyClicks(system.hostname, "web.example.org")
+    next_page(qtbot, w)
+    wipe = w.page_of(PageId.WIPE)
+    assert isinstance(wipe, WipePage)
+    _wait(qtbot, w, lambda: wipe.error.isVisible(), "the refused host name")
+    assert "web.example.org" in wipe.error.text.text() and not wipe.configuration.toPlainText()
+    click(qtbot, w.button(KexecWizard.WizardButton.BackButton))
     system.hostname.clear()
     qtbot.keyClicks(system.hostname, "web-1")
     _shot(w, "17-system.png")
     next_page(qtbot, w)
-
-    wipe = w.page_of(PageId.WIPE)
-    assert isinstance(wipe, WipePage)
-    qtbot.waitUntil(lambda: bool(wipe.configuration.toPlainText()), timeout=60_000)
+    _wait(qtbot, w, lambda: bool(wipe.configuration.toPlainText()), "the configuration")
     assert 'networking.hostName = "web-1";' in wipe.configuration.toPlainText()
     assert "disk-main" not in wipe.configuration.toPlainText() and wipe.disko.toPlainText()
     assert "This cannot be undone" in wipe.warning.text()

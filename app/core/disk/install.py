@@ -11,6 +11,8 @@ from shlex import quote as q
 from app.core.disk.layout import MNT, PART_FUNCTION, Layout, Partition
 from app.core.errors import DiskError, RemoteCommandError
 from app.core.remote_sh import framed, unframe
+from app.core.settings import DEFAULT_BINARY_CACHE as DEFAULT_CACHE
+from app.core.settings import DEFAULT_NIXPKGS_ARCHIVE
 from app.core.ssh.session import Session
 from app.core.ssh.streams import LineSink
 from app.core.text import printable
@@ -19,7 +21,6 @@ from app.core.text import printable
 # link needs long; the command still ends at this deadline.
 INSTALL_TIMEOUT = 7200.0
 FILES_TIMEOUT = 600.0  # the swapfile is written whole (fallocate is not on every file system)
-DEFAULT_NIXPKGS_ARCHIVE = "https://github.com/NixOS/nixpkgs/archive"
 VERSION_TOKEN = "nixosversion"
 CHECK_TOKEN = "installed"
 REVISION_RE = re.compile(r"[0-9a-f]{40}")
@@ -117,11 +118,14 @@ def files_script(configuration: str, disko: str, swapfile_mib: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
-def install_command(url: str) -> str:
+def install_command(url: str, cache: str = DEFAULT_CACHE) -> str:
     """``nixos-install`` pinned to ``url``'s nixpkgs, its temporary files and caches on the
-    new disk (the installer's / is RAM), no root password (keys only), no channel copy."""
+    new disk (the installer's / is RAM), no root password (keys only), no channel copy; a
+    binary cache other than the default replaces it (``--option substituters``)."""
     env = f"NIX_PATH={q('nixpkgs=' + url)} TMPDIR={NEW_TMP} XDG_CACHE_HOME={MNT}/var/cache/nkw"
-    return f"{env} nixos-install --root {MNT} --no-root-passwd --no-channel-copy </dev/null"
+    mirror = f" --option substituters {q(cache)}" if cache != DEFAULT_CACHE else ""
+    return (f"{env} nixos-install --root {MNT} --no-root-passwd --no-channel-copy{mirror}"
+            " </dev/null")  # fmt: skip
 
 
 def boot_files(layout: Layout) -> list[str]:
@@ -194,6 +198,7 @@ def install_nixos(
     url: str,
     *,
     swapfile_mib: int = 0,
+    cache: str = DEFAULT_CACHE,
     on_line: LineSink | None = None,
     on_copied: Callable[[int], None] | None = None,
     timeout: float = INSTALL_TIMEOUT,
@@ -223,7 +228,7 @@ def install_nixos(
             on_line(stream, line)
 
     try:
-        res = session.run(install_command(url), timeout=timeout, privileged=True,
+        res = session.run(install_command(url, cache), timeout=timeout, privileged=True,
                           on_line=lines, what="nixos-install")  # fmt: skip
     except RemoteCommandError as exc:  # its deadline passed or the connection broke
         raise DiskError(

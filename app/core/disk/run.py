@@ -26,7 +26,6 @@ from app.core.disk.config import (
 )
 from app.core.disk.disks import Choice, Disk, OldRoot, choose, list_command, parse_disks, what_is_on
 from app.core.disk.install import (
-    DEFAULT_NIXPKGS_ARCHIVE,
     Installed,
     Release,
     install_nixos,
@@ -36,9 +35,13 @@ from app.core.disk.install import (
 )
 from app.core.disk.layout import Layout, disko_nix
 from app.core.disk.prepare import confirm_wipe, prepare_disk
+from app.core.disk.reach import check_reach
 from app.core.errors import ConfigError, DiskError, PreflightStop, UsageError
 from app.core.events import CancelToken, EventSink, InfoEvent, OutputEvent, ProgressEvent
+from app.core.install.deadman import disarm_script, disarm_verdict
 from app.core.probe import Facts
+from app.core.result import DEAD_MAN_STOP
+from app.core.settings import DEFAULT_BINARY_CACHE, DEFAULT_NIXPKGS_ARCHIVE
 from app.core.ssh import Session
 from app.core.timings import Timings
 
@@ -96,7 +99,7 @@ class DiskRequest:
     network: NetworkMode = NetworkMode.AS_BEFORE
     nixpkgs_url: str = ""  # "" pins the installer's own nixpkgs revision
     nixpkgs_archive: str = DEFAULT_NIXPKGS_ARCHIVE  # where that revision's tarball is fetched
-    save_dir: Path | None = None  # where the configuration is kept on this computer
+    binary_cache: str = DEFAULT_BINARY_CACHE  # where nixos-install downloads the system's packages
 
 
 @dataclass
@@ -138,7 +141,15 @@ class DiskRun:
         """The disks, the installer's release and authorized keys (nothing written)."""
         with self.timings.measure("disks", emit):
             res = session.run(list_command(), timeout=LOOK_TIMEOUT, what="listing the disks")
-            self.disks = parse_disks(res.stdout)
+            try:
+                self.disks = parse_disks(res.stdout)
+            except ValueError as exc:
+                raise DiskError(
+                    f"{self.label}'s list of disks could not be read: {exc}.",
+                    "lsblk on the installer answered something the app does not understand, "
+                    "so it cannot tell which disk is which. Nothing was written.",
+                    "Log in to the installer and run lsblk -J; report what it prints.",
+                ) from exc
             if not self.disks:
                 raise DiskError(
                     f"{self.label} listed no disks.",
@@ -159,8 +170,10 @@ class DiskRun:
                     "(nixos-version --json).",
                     "The installed system's nixpkgs is pinned to the installer's own; without "
                     "it the app cannot tell what it would install. Nothing was written.",
-                    "Boot a current installer (install with --channel), or give --nixpkgs-url.",
+                    "Boot a current NixOS installer (nixos-version comes with every one since "
+                    "NixOS 22.05) and try again.",
                 )
+            self._dead_man_off(session)
             res = session.run(f"cat {AUTHORIZED} 2>/dev/null || true", timeout=LOOK_TIMEOUT,
                               privileged=True, what="reading root's authorized keys")  # fmt: skip
             self.keys = tuple(_keys(res.stdout))
@@ -169,6 +182,20 @@ class DiskRun:
         self.arch = facts.arch or "x86_64"
         self.hostname = _hostname(facts.hostname)
         self.login_keys = (_key_line(session),) if session.auth_key is not None else ()
+
+    def _dead_man_off(self, session: Session) -> None:
+        """The installer's dead-man switch, if the app armed one, stopped for good: it would
+        restart the server in the middle of the install, onto a half-written disk."""
+        res = session.run(disarm_script(), timeout=LOOK_TIMEOUT, privileged=True,
+                          what="stopping the dead-man switch")  # fmt: skip
+        state, said = disarm_verdict(res.stdout)
+        if state == "still-armed":
+            raise PreflightStop(
+                said,
+                "It restarts the server into its old system when its time is up; in the "
+                "middle of the install that leaves a half-written disk. Nothing was written.",
+                f"Log in to the installer and run: {DEAD_MAN_STOP}; then try again.",
+            )
 
     # -- pick -------------------------------------------------------------------------------
 
@@ -213,7 +240,15 @@ class DiskRun:
         check_disk_size(disk, layout, memory)
         if memory.swapfile_mib:
             config = replace(config, swapfile_mib=memory.swapfile_mib)
-        self.configuration, self.notes = configuration_nix(config, layout, self.network)
+        try:
+            self.configuration, self.notes = configuration_nix(config, layout, self.network)
+        except ValueError as exc:  # the server's own addresses or DNS, as it reported them
+            raise ConfigError(
+                f"The server's network cannot be carried into the configuration: {exc}.",
+                "The installed system would start without the network the server has now. "
+                "Nothing was written.",
+                "Choose DHCP (--network dhcp; on the System page, Network: DHCP).",
+            ) from exc
         self.disko = disko_nix(layout)
         self.disk, self.layout, self.memory, self.config = disk, layout, memory, config
         self.request = request
@@ -221,19 +256,44 @@ class DiskRun:
 
     def _config(self) -> SystemConfig:
         if self.config is None:
-            raise DiskError(f"No disk was chosen on {self.label} yet.")
+            raise DiskError(
+                f"No disk was chosen on {self.label} yet.",
+                "The configuration is made for the chosen disk. Nothing was written.",
+                "Choose the disk first (--disk NAME, or the Disks page).",
+            )
         return self.config
 
     def save(self, folder: Path) -> Path:
         """Keep configuration.nix and disko-config.nix in ``folder`` on this computer, so the
         same system can be installed again with disko or nixos-anywhere."""
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (folder / "configuration.nix").write_text(self.configuration)
-        (folder / "disko-config.nix").write_text(self.disko)
-        self.saved = folder
-        return folder
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for n in range(1, 100):  # never into a folder another run (or server) made
+                where = folder if n == 1 else folder.with_name(f"{folder.name}-{n}")
+                try:
+                    where.mkdir(mode=0o700)
+                    break
+                except FileExistsError:
+                    continue
+            (where / "configuration.nix").write_text(self.configuration)
+            (where / "disko-config.nix").write_text(self.disko)
+        except OSError as exc:
+            raise ConfigError(
+                f"The configuration could not be kept in {folder}: {exc.strerror or exc}.",
+                "The app keeps every installed system's configuration on this computer before "
+                "anything is written to the server. Nothing was written.",
+                "Choose a writable folder with --save-config DIR (or free space there).",
+            ) from exc
+        self.saved = where
+        return where
 
-    # -- confirm and install ----------------------------------------------------------------
+    # -- reach, confirm and install ---------------------------------------------------------
+
+    def reach(self, session: Session) -> str:
+        """PreflightStop unless the installer reaches the binary cache and the nixpkgs tarball
+        (nothing written); a note when it could not tell."""
+        urls = [f"{self.request.binary_cache}/nix-cache-info", self._config().nixpkgs_url]
+        return check_reach(session, urls, timeout=LOOK_TIMEOUT)
 
     def confirm(self, typed: str, old_root: OldRoot | None) -> None:
         """The wipe confirmed by the disk's name; the question when it is missing or wrong."""
@@ -263,7 +323,8 @@ class DiskRun:
         with self.timings.measure("nixos-install", emit):
             self.installed = install_nixos(
                 session, layout, self.configuration, self.disko, url,
-                swapfile_mib=self.memory.swapfile_mib, on_line=said("nixos-install"),
+                swapfile_mib=self.memory.swapfile_mib, cache=self.request.binary_cache,
+                on_line=said("nixos-install"),
                 on_copied=lambda n: emit(ProgressEvent("nixos-install", f"{n} store paths copied",
                                                        done=n)),
             )  # fmt: skip
@@ -280,6 +341,7 @@ class DiskRun:
             "swapfile_mib": self.memory.swapfile_mib,
             "hostname": config.hostname,
             "nixpkgs": config.nixpkgs_url,
+            "binary_cache": self.request.binary_cache,
             "release": self.release.version if self.release else None,
             "authorized_keys": len(config.root_keys),
             "notes": list(self.notes),

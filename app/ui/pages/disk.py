@@ -7,7 +7,7 @@ import shlex
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import QTimer, QUrl, Slot
+from PySide6.QtCore import Qt, QTimer, QUrl, Slot
 from PySide6.QtGui import QDesktopServices, QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -45,6 +45,7 @@ from app.core.handoff import connect_installer, installer_ssh_command, reboot_in
 from app.core.plan import ImageRequest, InstallRequest
 from app.core.result import Outcome
 from app.core.run import HostRun, RunRequest, Step
+from app.core.text import printable
 from app.ui.context import AppContext, WizardState
 from app.ui.pages.base import BasePage, PageId
 from app.ui.widgets import (
@@ -76,6 +77,15 @@ class _DiskPage(BasePage):
         """What the disk steps found so far."""
         run = self.state.disk_run
         return run.disk if run is not None else None
+
+    def fresh_run(self) -> None:
+        """A new run on the installer, after one that ended (a setting the engine refused
+        ends its run; nothing was written): the choices made so far stay in the answers."""
+        run = self.state.run
+        if self.state.disk_run is not None:
+            self.state.disk_run.close()
+        if run is not None:
+            self.state.disk_run = run.onto_disk(self.state.answers, self.state.disk_request)
 
     def request(self) -> RunRequest:
         """The run's request: the System page's choices, nothing about an image."""
@@ -117,7 +127,7 @@ class DisksPage(_DiskPage):
         self.swap.setSpecialValueText("none")
         self.swap.setAccessibleName("Swap partition")
         self.again = QPushButton("Look &again", self)
-        self.again.clicked.connect(self.look)
+        self.again.clicked.connect(self._look_again)
         self.swap.setMinimumWidth(140)
         swap_row = QHBoxLayout()
         swap_row.addWidget(QLabel("Swap partition:", self))
@@ -141,6 +151,11 @@ class DisksPage(_DiskPage):
             self.look()
 
     @Slot()
+    def _look_again(self) -> None:
+        self.fresh_run()
+        self.look()
+
+    @Slot()
     def look(self) -> None:
         """Connect to the installer and list its disks (in the background)."""
         run, state, request = self.disk_run, self.state, self.request()
@@ -151,9 +166,15 @@ class DisksPage(_DiskPage):
         def work(emit: EventSink, cancel: CancelToken) -> Outcome | None:
             return _go(run, state, request, Step.ROOT, emit, cancel)
 
-        self.run("disks", work, lambda _o: self._show(), ended=self.completeChanged.emit)
+        self.run("disks", work, lambda _o: self._show(), failed=self._failed,
+                 ended=self.completeChanged.emit)  # fmt: skip
         self.status.setText(f"Looking at the disks of {run.label}…")
         self.completeChanged.emit()
+
+    def _failed(self, error: WizardError) -> None:
+        self.status.setText("The disks could not be listed. Look again once fixed.")
+        self.error.show_error(error)
+        self.fresh_run()  # the run ended with the error: Look again starts a new one
 
     def _show(self) -> None:
         disk = self.disk
@@ -254,7 +275,7 @@ class SystemPage(_DiskPage):
     def validatePage(self) -> bool:
         keys = [k for k in self.keys.toPlainText().splitlines() if k.strip()]
         disk = self.disk
-        if disk is not None and not disk.keys:
+        if disk is not None:  # the key the app logs in with, always (twice is once)
             keys += list(disk.login_keys)
         self.state.disk_request = replace(
             self.state.disk_request,
@@ -297,6 +318,7 @@ class WipePage(_DiskPage):
         self.typed.textChanged.connect(self.completeChanged)
         form = QFormLayout()
         self.type_label = QLabel("Type the disk's name:", self)
+        self.type_label.setTextFormat(Qt.TextFormat.PlainText)  # the name is the server's word
         form.addRow(self.type_label, self.typed)
         layout = QVBoxLayout(self)
         layout.addWidget(self.warning)
@@ -314,6 +336,10 @@ class WipePage(_DiskPage):
             return
         self.typed.clear()
         self.error.clear()
+        self.configuration.clear()
+        self.disko.clear()
+        self.kept.clear()
+        self.type_label.setText("Type the disk's name:")
         self.warning.setText("Preparing the configuration…")
 
         def work(emit: EventSink, cancel: CancelToken) -> Outcome | None:
@@ -325,6 +351,7 @@ class WipePage(_DiskPage):
     def _failed(self, error: WizardError) -> None:
         self.warning.setText("The configuration could not be made. Go back to change it.")
         self.error.show_error(error)
+        self.fresh_run()  # nothing was written; the next try starts a new run
 
     def _show(self) -> None:
         disk, run = self.disk, self.disk_run
@@ -341,7 +368,7 @@ class WipePage(_DiskPage):
         self.configuration.setPlainText(disk.configuration)
         self.disko.setPlainText(disk.disko)
         self.kept.setText(f"Kept on this computer in {disk.saved}" if disk.saved else "")
-        self.type_label.setText(f"Type {d.name} to erase it:")
+        self.type_label.setText(printable(f"Type {d.name} to erase it:"))
         self.completeChanged.emit()
 
     @Slot()
@@ -542,10 +569,14 @@ class InstalledPage(_DiskPage):
             with connect_installer(info, jump, ctx.known_hosts, creds, ctx.settings) as s:
                 reboot_installer(s)
 
-        self.run("reboot", work, self._rebooted, failed=self.error.show_error)
+        self.reboot.setEnabled(False)
+        self.run("reboot", work, self._rebooted, failed=self._reboot_failed)
+
+    def _reboot_failed(self, error: WizardError) -> None:
+        self.reboot.setEnabled(True)
+        self.error.show_error(error)
 
     def _rebooted(self, _none: None) -> None:
-        self.reboot.setEnabled(False)
         self.status.setText("The server is rebooting into the NixOS on its disk.")
 
     def nextId(self) -> int:

@@ -228,7 +228,15 @@ class DonePage(BasePage):
         if run is None or self.info is None:
             return
         try:
-            self.state.disk_run = run.onto_disk(self.state.answers, DiskRequest())
+            settings = self.ctx.settings
+            request = DiskRequest(
+                nixpkgs_archive=settings.nixpkgs_archive.rstrip("/"),
+                binary_cache=settings.binary_cache.rstrip("/"),
+            )
+            self.state.disk_request = request
+            if self.state.disk_run is not None:  # back from the disk's pages: start afresh
+                self.state.disk_run.close()
+            self.state.disk_run = run.onto_disk(self.state.answers, request)
         except WizardError as exc:
             self.error.show_error(exc)
             return
