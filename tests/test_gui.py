@@ -392,6 +392,19 @@ def test_closing_while_connecting_asks_cancels_and_waits(qtbot: QtBot, wizard: K
         silent.close()
 
 
+def test_a_server_with_nixos_on_its_disk_is_listed_as_such(qtbot: QtBot, ctx: AppContext) -> None:
+    ctx.profiles.put(
+        Profile("web", "198.51.100.8", state="installed", system="/x", last_contact=1.0)
+    )
+    w = KexecWizard(ctx)
+    qtbot.addWidget(w)
+    w.show()
+    page = w.page_of(PageId.SERVERS)
+    assert isinstance(page, ServersPage)
+    item = page.tree.topLevelItem(0)
+    assert item is not None and item.text(2) == "NixOS on its disk (reboot to start it)"
+
+
 def test_saved_servers_reconnect_and_forget(qtbot: QtBot, ctx: AppContext) -> None:
     ctx.profiles.put(Profile("old", "198.51.100.7", state="original", last_contact=1.0))
     ctx.profiles.put(

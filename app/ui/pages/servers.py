@@ -25,7 +25,12 @@ from app.ui.dialogs import SeveralServersDialog
 from app.ui.pages.base import BasePage, PageId
 from app.ui.widgets import ErrorPanel, ask, wrap_label
 
-STATE_TEXT = {"original": "Original OS", "installer": "NixOS installer", "unknown": "Unknown"}
+STATE_TEXT = {
+    "original": "Original OS",
+    "installer": "NixOS installer",
+    "installed": "NixOS on its disk (reboot to start it)",
+    "unknown": "Unknown",
+}
 
 
 class ServersPage(BasePage):
