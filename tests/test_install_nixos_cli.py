@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from app.core.disk.disks import Choice, Disk
 from app.core.disk.run import DiskChoiceRequired, DiskRequest, DiskRun, WipeConfirmationRequired
 from app.core.flow import record
@@ -92,3 +94,16 @@ def test_a_run_on_the_installer_keeps_the_profile_s_own_login(tmp_path: Path) ->
     assert (saved.host, saved.user, saved.key_path) == ("web-1.example.org", "deploy",
                                                         "/home/me/.ssh/id")  # fmt: skip
     assert (saved.state, saved.system) == ("installed", "/x")
+
+
+def test_a_wipe_is_confirmed_for_what_was_shown_and_nothing_else() -> None:
+    disk = DiskRun("web", DiskRequest(), disk=VDB, configuration="{ a }\n", disko="{ }\n")
+    shown = disk.digest()
+    disk.confirm("vdb", None, shown)  # the name typed, for the files the page showed
+    disk.configuration = "{ b }\n"  # laid out again after it was shown
+    with pytest.raises(WipeConfirmationRequired) as err:
+        disk.confirm("vdb", None, shown)
+    assert "changed after it was shown" in err.value.what and "--yes-wipe vdb" in err.value.fix
+    disk.confirm("vdb", None)  # the command line shows nothing: its name alone confirms
+    with pytest.raises(WipeConfirmationRequired):
+        disk.confirm("vdc", None)

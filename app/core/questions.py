@@ -125,6 +125,7 @@ class Answers:
     confirmed: bool = False  # the kexec itself was confirmed
     disks: dict[str, str] = field(default_factory=dict)  # by the run's label: the disk named
     wipes: dict[str, str] = field(default_factory=dict)  # by the run's label: the name typed
+    shown: dict[str, str] = field(default_factory=dict)  # by label: the digest of what was shown
 
     def give(self, question: Question, reply: str = "", *, run: str = "") -> None:
         """Record ``reply`` to ``question`` (asked by the run labelled ``run``): a secret, or

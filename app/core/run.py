@@ -453,7 +453,8 @@ class HostRun:
                 emit(InfoEvent("disks", f"The configuration is kept in {where}."))
         if until <= Step.PREPARED:
             return None
-        disk.confirm(answers.wipes.get(self.label) or disk.request.yes_wipe, old_root)
+        typed = answers.wipes.get(self.label) or disk.request.yes_wipe
+        disk.confirm(typed, old_root, answers.shown.get(self.label, ""))
         try:
             installed = disk.install(session, emit, cancel)
         except WizardError:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -72,8 +73,12 @@ class DiskChoiceRequired(UsageError):
 class WipeConfirmationRequired(UsageError):
     """Everything is ready and nothing is written yet: the wipe needs the disk's name typed."""
 
-    def __init__(self, host: str, disk: Disk, on_it: str, typed: str = "") -> None:
-        wrong = f" ({typed!r} is not its name)" if typed else ""
+    def __init__(
+        self, host: str, disk: Disk, on_it: str, typed: str = "", *, changed: bool = False
+    ) -> None:
+        wrong = f" ({typed!r} is not its name)" if typed and not changed else ""
+        if changed:
+            wrong = " (the disk or the configuration changed after it was shown: look again)"
         super().__init__(
             f"Installing NixOS on {host} erases {disk.describe()}{wrong}.",
             f"On it now: {on_it}. This cannot be undone.",
@@ -295,15 +300,24 @@ class DiskRun:
         urls = [f"{self.request.binary_cache}/nix-cache-info", self._config().nixpkgs_url]
         return check_reach(session, urls, timeout=LOOK_TIMEOUT)
 
-    def confirm(self, typed: str, old_root: OldRoot | None) -> None:
-        """The wipe confirmed by the disk's name; the question when it is missing or wrong."""
+    def digest(self) -> str:
+        """What a confirmation is given for: the disk and the two files, as one hash."""
+        disk = self.disk
+        seen = f"{disk.stable_path}\0{disk.size}" if disk else ""
+        text = f"{seen}\0{self.configuration}\0{self.disko}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def confirm(self, typed: str, old_root: OldRoot | None, shown: str = "") -> None:
+        """The wipe confirmed by the disk's name (and, from a face that showed the files, for
+        exactly what it showed: ``shown`` is its ``digest()``); else the question again."""
         disk = self.disk
         assert disk is not None
+        changed = bool(shown) and shown != self.digest()
         try:
-            confirm_wipe(disk, typed)
+            confirm_wipe(disk, "" if changed else typed)
         except ConfigError:
             raise WipeConfirmationRequired(
-                self.label, disk, what_is_on(disk, old_root), typed
+                self.label, disk, what_is_on(disk, old_root), typed, changed=changed
             ) from None
 
     def install(self, session: Session, emit: EventSink, cancel: CancelToken) -> Installed:

@@ -388,6 +388,8 @@ class WipePage(_DiskPage):
         if run is None:
             return False
         self.state.answers.wipes[run.label] = self.typed.text().strip()
+        if run.disk is not None:  # the wipe is confirmed for what this page showed, no other
+            self.state.answers.shown[run.label] = run.disk.digest()
         return True
 
     def nextId(self) -> int:
