@@ -50,7 +50,7 @@ def confirm_wipe(disk: Disk, typed: str) -> None:
             f"{typed.strip()!r} was typed." if typed.strip() else
             f"The disk to wipe was not named: {disk.describe()} is chosen.",
             "Wiping a disk cannot be undone, so it happens only after its name was typed.",
-            f"Pass --yes-wipe {disk.name} (in the wizard, type {disk.name} on the Confirm page).",
+            f"Pass --yes-wipe {disk.name} (in the wizard, type {disk.name} on the Erase page).",
         )  # fmt: skip
 
 
