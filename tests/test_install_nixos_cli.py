@@ -68,6 +68,9 @@ def test_the_disk_questions_are_answered_per_server_and_name_their_options() -> 
     answers.give(wipe, "vdc", run="web-1")
     assert answers.disks == {"web-1": "vdc"} and answers.wipes == {"web-1": "vdc"}
     assert not answers.confirmed  # the kexec's confirmation is another question
+    none = DiskChoiceRequired("web-1", Choice((), refused=((VDB, "the installer is using it"),)))
+    assert "no disk that can take the system" in none.what and "--disk" not in none.fix
+    assert "vdb: the installer is using it" in none.why
 
 
 def test_each_server_keeps_its_configuration_in_a_folder_of_its_own(tmp_path: Path) -> None:

@@ -2,9 +2,11 @@
 
 # The order, as HostRun walks it once the server runs the installer (one step per call; a
 # step that needs the user raises a question and changes nothing):
-#   look     the disks, the installer's release, the keys it accepts, the memory plan
-#   pick     the disk: --disk, else the one default (the old root disk, or the only one)
-#   confirm  the disk's name typed (--yes-wipe DISK), against the disk as listed
+#   look     the disks, the installer's release, the keys it accepts; its dead-man switch off
+#   pick     the disk: --disk, else the one default (the old root disk, or the only one),
+#            laid out with the request's choices (memory plan, configuration, disko file)
+#   reach    the binary cache and the nixpkgs tarball, asked from the installer
+#   confirm  the disk's name typed (--yes-wipe DISK), for the disk and files laid out
 #   install  partition, format, mount, the files, nixos-install, the check of what it left
 # Nothing reboots here: the installed system is booted by a later step, never after an error.
 
@@ -55,16 +57,19 @@ class DiskChoiceRequired(UsageError):
     """Several disks could take the system and none is the obvious one: the user names it."""
 
     def __init__(self, host: str, choice: Choice, given: str = "") -> None:
-        names = ", ".join(d.name for d in choice.candidates) or "none"
-        if given:
-            what = f"{host} has no disk the install can use called {given!r}."
+        names = ", ".join(d.name for d in choice.candidates)
+        if not names:
+            what = f"{host} has no disk that can take the system."
+            fix = ("Free a disk (the list says why each was refused) or add one to the server, "
+                   "then try again.")  # fmt: skip
         else:
-            what = f"{host} has {len(choice.candidates)} disks the system could go on: {names}."
-        super().__init__(
-            what,
-            choice.why_no_default or "The app never guesses which disk to wipe.",
-            f"Name the disk: --disk NAME (one of: {names}; the Disks page's list).",
-        )
+            n = len(choice.candidates)
+            what = (f"{host} has no disk the install can use called {given!r}." if given else
+                    f"{host} has {n} disks the system could go on: {names}.")  # fmt: skip
+            fix = f"Name the disk: --disk NAME (one of: {names}; the Disks page's list)."
+        refused = "; ".join(f"{d.name}: {why}" for d, why in choice.refused)
+        why = choice.why_no_default or "The app never guesses which disk to wipe."
+        super().__init__(what, why + (f" Refused: {refused}." if refused else ""), fix)
         self.host = host
         self.choice = choice
         self.given = given
