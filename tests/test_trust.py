@@ -199,6 +199,23 @@ def test_output_under_the_bound_is_kept_whole_with_its_lines(
     assert all(ln == "stdout" + "y" * 63 for ln in lines if ln.startswith("stdout"))
 
 
+def test_output_after_the_exit_status_is_read_until_the_end_of_the_stream(
+    hostile: Callable[..., HostileSSH], keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """RFC 4254 lets a server send the exit status before the last of the output (OpenSSH
+    does when the channel's window is full): the command ends at the end of its stream."""
+
+    def late_tail(chan: paramiko.Channel, _cmd: str) -> None:
+        chan.sendall(b"begin\n")
+        chan.send_exit_status(0)
+        time.sleep(0.6)
+        chan.sendall(b"end\n")
+
+    with _login(hostile(late_tail), keys, tmp_path) as s:
+        res = s.run("framed", timeout=30)
+    assert res.ok and res.stdout == "begin\nend\n"
+
+
 # -- 2, 3: known_hosts read as OpenSSH reads it; other key types are never "new" ------------
 
 

@@ -293,11 +293,9 @@ class Session:
         tty: bool = False,
     ) -> paramiko.Channel:
         """Open a channel, start ``command`` and send its stdin, all within the deadline.
-
         paramiko waits for the server's answers to both requests without a deadline of ours,
         so they run on a helper thread; on the deadline or a cancel this thread stops waiting at
-        once and the channel, when it comes, is closed.
-        """
+        once and the channel, when it comes, is closed."""
         timeout = max(deadline - time.monotonic(), 0.1)
         state: dict[str, Any] = {}
         lock = threading.Lock()
@@ -433,7 +431,9 @@ class Session:
                 err.add(data)
                 lines["stderr"].feed(data)
                 got = True
-            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            # The exit status may precede the last output (RFC 4254): the end is the EOF.
+            ready = chan.recv_ready() or chan.recv_stderr_ready()
+            if (chan.eof_received or chan.closed) and chan.exit_status_ready() and not ready:
                 break
             if chan.closed and not got:
                 raise EOFError("the channel closed before the command ended")
